@@ -1,0 +1,1 @@
+//! stemflow actors (placeholder while the crate is written).

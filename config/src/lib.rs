@@ -1,0 +1,1 @@
+//! stemflow config (placeholder while the crate is written).

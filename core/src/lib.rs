@@ -1,0 +1,28 @@
+//! Core types shared by every stemflow crate. Nothing here does I/O.
+//!
+//! # Layout
+//! - [`shape`]: navigation (scan) and signal (detector) shapes, in pixels.
+//! - [`dtype`]: pixel data types and their sizes in bytes.
+//! - [`frame`]: raw frame stacks as received, decoded tiles, the [`frame::FrameDecoder`] trait
+//!   that turns one received frame into native pixels.
+//! - [`pool`]: bounded pools of preallocated buffers (the data path's backpressure).
+//! - [`state`]: the two state machines (device health; acquisition), pure transition functions.
+//! - [`validity`]: the per-frame validity map (received / lost / damaged) and its counters.
+//! - [`devices`]: the traits real and simulated scan engines and microscopes implement, the
+//!   modelled trigger line, and [`devices::DeviceError`].
+//! - [`metadata`]: the read-back instrument state stored with every acquisition.
+
+pub mod devices;
+pub mod dtype;
+pub mod frame;
+pub mod metadata;
+pub mod pool;
+pub mod shape;
+pub mod state;
+pub mod validity;
+
+pub use dtype::DType;
+pub use shape::{NavShape, SigShape};
+
+/// The stemflow version string stored in every recording's metadata.
+pub const SOFTWARE_VERSION: &str = env!("CARGO_PKG_VERSION");

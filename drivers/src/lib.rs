@@ -1,0 +1,1 @@
+//! stemflow drivers (placeholder while the crate is written).

@@ -1,0 +1,1 @@
+//! stemflow processing (placeholder while the crate is written).

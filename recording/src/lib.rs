@@ -1,0 +1,1 @@
+//! stemflow recording (placeholder while the crate is written).

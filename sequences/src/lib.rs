@@ -1,0 +1,1 @@
+//! stemflow sequences (placeholder while the crate is written).

@@ -1,0 +1,1 @@
+//! stemflow simulators (placeholder while the crate is written).
