@@ -8,16 +8,22 @@
 //! - [`pool`]: bounded pools of preallocated buffers (the data path's backpressure).
 //! - [`state`]: the two state machines (device health; acquisition), pure transition functions.
 //! - [`validity`]: the per-frame validity map (received / lost / damaged) and its counters.
+//! - [`detector`]: the [`detector::Detector`] trait the orchestrator drives (configure, arm, disarm).
 //! - [`devices`]: the traits real and simulated scan engines and microscopes implement, the
 //!   modelled trigger line, and [`devices::DeviceError`].
 //! - [`metadata`]: the read-back instrument state stored with every acquisition.
+//! - [`result`]: UDF result buffers (nav / sig / single) as merged, for views and recorders.
+//! - [`sink`]: the [`sink::TileSink`] trait through which decoded tiles reach a recorder.
 
+pub mod detector;
 pub mod devices;
 pub mod dtype;
 pub mod frame;
 pub mod metadata;
 pub mod pool;
+pub mod result;
 pub mod shape;
+pub mod sink;
 pub mod state;
 pub mod validity;
 
