@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace (unit, integration, interoperability with LiberTEM-live).
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/ensure-deps.sh
+exec cargo test --workspace --all-targets "$@"
