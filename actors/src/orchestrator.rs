@@ -77,6 +77,9 @@ pub struct AcquisitionRequest {
     pub pipeline: PipelineBuilder,
     /// Acquisition mode label stored in the metadata (`simulated`, `active`, `passive`).
     pub label: String,
+    /// Take the scan shape from the detector once armed (passive mode without a given
+    /// shape): the announced nav shape, else 1 × frames.
+    pub nav_from_detector: bool,
 }
 
 /// How a run ended.
@@ -211,6 +214,8 @@ pub struct InstrumentStatus {
     pub frames_processed: u64,
     /// Decoded bytes per frame.
     pub bytes_per_frame: u64,
+    /// Frames lost or damaged in the current run, as far as known (final at the end).
+    pub frames_lost: u64,
     /// Latest result snapshot.
     pub snapshot: Arc<LiveSnapshot>,
 }
@@ -288,6 +293,7 @@ impl Instrument {
             frames_expected: 0,
             frames_processed: 0,
             bytes_per_frame: 0,
+            frames_lost: 0,
             snapshot: Arc::new(LiveSnapshot::default()),
         });
         let (changes, _) = broadcast::channel(256);
@@ -469,7 +475,7 @@ impl Instrument {
         ctx: &mut RunContext,
     ) -> Result<ExitStatus, RunError> {
         let refs = self.refs();
-        let nav = req.detector.nav_shape;
+        let mut nav = req.detector.nav_shape;
         ctx.expected = nav.len() as u64;
         ctx.metadata = RunMetadata {
             mode: req.label.clone(),
@@ -564,7 +570,23 @@ impl Instrument {
         ctx.metadata.detector_header = armed.header.clone();
         ctx.metadata.sig_shape = Some(armed.sig_shape);
         ctx.metadata.dtype = Some(armed.dtype);
-        if armed.expected_frames != 0 && armed.expected_frames != ctx.expected {
+        if req.nav_from_detector {
+            nav = match armed.nav_shape {
+                Some(n) => n,
+                None if armed.expected_frames > 0 => NavShape::new(1, armed.expected_frames as usize),
+                None => {
+                    return Err(RunError::Detector {
+                        detector: self.detector_name.clone(),
+                        trigger_source: ctx.trigger_source.clone(),
+                        error: "continuous acquisition (0 frames) needs an explicit scan shape".into(),
+                        expected: 0,
+                        received: 0,
+                    });
+                }
+            };
+            ctx.expected = nav.len() as u64;
+            ctx.metadata.nav_shape = Some(nav);
+        } else if armed.expected_frames != 0 && armed.expected_frames != ctx.expected {
             tracing::warn!(
                 "detector announces {} frames, scan has {}; using the detector's count",
                 armed.expected_frames,
@@ -576,6 +598,7 @@ impl Instrument {
             s.frames_expected = ctx.expected;
             s.frames_processed = 0;
             s.bytes_per_frame = ctx.bytes_per_frame;
+            s.frames_lost = 0;
             s.snapshot = Arc::new(LiveSnapshot::default());
         });
         self.transition(AcqEvent::ArmConfirmed)?;
@@ -710,6 +733,8 @@ impl Instrument {
             end.validity.mark(i, FrameStatus::Damaged);
         }
         ctx.end = Some(end.clone());
+        let lost_now = end.lost + end.damaged;
+        self.status.send_modify(|s| s.frames_lost = lost_now);
 
         // Finishing: reverse order.
         if output.cancelled {

@@ -90,6 +90,7 @@ impl Detector for FakeDetector {
         Ok(ArmedAcquisition {
             header: Some("fake header".into()),
             expected_frames: 16,
+            nav_shape: None,
             sig_shape: SigShape::new(2, 2),
             dtype: DType::U8,
             stacks: rx,
@@ -162,6 +163,7 @@ fn request(p: PipelineBuilder) -> AcquisitionRequest {
         output: None,
         pipeline: p,
         label: "test".into(),
+        nav_from_detector: false,
     }
 }
 

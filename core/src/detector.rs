@@ -81,6 +81,9 @@ pub struct ArmedAcquisition {
     pub header: Option<String>,
     /// Frames expected (0 = continuous).
     pub expected_frames: u64,
+    /// Scan shape announced by the detector, if it announces one (Merlin: `ScanY` × `ScanX`
+    /// in newer HDRs).
+    pub nav_shape: Option<NavShape>,
     /// Frame shape in pixels, known before the first frame.
     pub sig_shape: SigShape,
     /// Decoded pixel type, known before the first frame.
