@@ -1,1 +1,34 @@
-fn main() {}
+//! The `stemflow` command line.
+//!
+//! With no subcommand it runs one 4D-STEM scan on the embedded simulated instrument.
+//! `acquire` drives a real or external Merlin, `process` reduces a recording offline,
+//! `sim merlin` serves the Merlin simulator, `bench merlin` measures the live path.
+
+mod bench;
+mod cli;
+mod merlin_detector;
+mod offline;
+mod output;
+mod pipeline;
+mod progress;
+mod run;
+mod simcmd;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STEMFLOW_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli::dispatch(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stemflow: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -12,9 +12,16 @@ use stemflow_core::devices::DeviceError;
 /// the channel the detector's receiver fills.
 pub enum DetectorMsg {
     /// Apply settings; replies with the settings read back.
-    Configure(DetectorSettings, RpcReplyPort<Result<BTreeMap<String, String>, DeviceError>>),
+    Configure(
+        DetectorSettings,
+        RpcReplyPort<Result<BTreeMap<String, String>, DeviceError>>,
+    ),
     /// Arm (active) or wait to be armed (passive) until the deadline.
-    Arm(ArmMode, Duration, RpcReplyPort<Result<ArmedAcquisition, DeviceError>>),
+    Arm(
+        ArmMode,
+        Duration,
+        RpcReplyPort<Result<ArmedAcquisition, DeviceError>>,
+    ),
     /// Send a software trigger.
     SoftTrigger(RpcReplyPort<Result<(), DeviceError>>),
     /// Disarm (idempotent).
@@ -24,8 +31,7 @@ pub enum DetectorMsg {
 }
 
 /// Builds a fresh, connected driver; called at start and on every restart (resync).
-pub type DetectorFactory =
-    Arc<dyn Fn() -> Result<Box<dyn Detector>, DeviceError> + Send + Sync>;
+pub type DetectorFactory = Arc<dyn Fn() -> Result<Box<dyn Detector>, DeviceError> + Send + Sync>;
 
 /// The detector actor (stateless handler; the driver lives in the state).
 pub struct DetectorActor;
@@ -90,8 +96,10 @@ impl Actor for DetectorActor {
                 let _ = reply.send(r);
             }
             DetectorMsg::Disarm(reply) => {
-                let r = call_device(&st.dev, &st.name, "disarm", CONTROL_DEADLINE, |d| d.disarm())
-                    .await;
+                let r = call_device(&st.dev, &st.name, "disarm", CONTROL_DEADLINE, |d| {
+                    d.disarm()
+                })
+                .await;
                 let _ = reply.send(r);
             }
             DetectorMsg::InjectPanic(text) => panic!("{text}"),

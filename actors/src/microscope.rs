@@ -10,7 +10,10 @@ use stemflow_core::metadata::MicroscopeState;
 /// Control messages to the microscope actor.
 pub enum MicroscopeMsg {
     /// Apply settings; replies with the state read back.
-    Apply(MicroscopeSettings, RpcReplyPort<Result<MicroscopeState, DeviceError>>),
+    Apply(
+        MicroscopeSettings,
+        RpcReplyPort<Result<MicroscopeState, DeviceError>>,
+    ),
     /// Read the state back.
     Read(RpcReplyPort<Result<MicroscopeState, DeviceError>>),
     /// Fault injection for supervision tests: the handler panics with this text.
@@ -64,8 +67,10 @@ impl Actor for MicroscopeActor {
                 let _ = reply.send(r);
             }
             MicroscopeMsg::Read(reply) => {
-                let r = call_device(&st.dev, &st.name, "read state", DEADLINE, |d| d.read_state())
-                    .await;
+                let r = call_device(&st.dev, &st.name, "read state", DEADLINE, |d| {
+                    d.read_state()
+                })
+                .await;
                 let _ = reply.send(r);
             }
             MicroscopeMsg::InjectPanic(text) => panic!("{text}"),

@@ -168,7 +168,9 @@ pub enum RunError {
         waited_s: f64,
     },
     /// The detector side ended the acquisition with an error.
-    #[error("detector `{detector}`: {error} ({received} of {expected} frames received, triggered by `{trigger_source}`)")]
+    #[error(
+        "detector `{detector}`: {error} ({received} of {expected} frames received, triggered by `{trigger_source}`)"
+    )]
     Detector {
         /// Detector name.
         detector: String,
@@ -321,7 +323,11 @@ impl Instrument {
 
     /// Health of every actor.
     pub fn health(&self) -> BTreeMap<Role, Health> {
-        self.shared.health.read().map(|h| h.clone()).unwrap_or_default()
+        self.shared
+            .health
+            .read()
+            .map(|h| h.clone())
+            .unwrap_or_default()
     }
 
     /// The acquisition state.
@@ -446,7 +452,11 @@ impl Instrument {
             frames_damaged: ctx.end.as_ref().map_or(0, |e| e.damaged),
             frames_processed: ctx.frames_processed,
             bytes_processed: ctx.frames_processed * ctx.bytes_per_frame,
-            end_reason: ctx.end.as_ref().map(|e| e.reason.clone()).unwrap_or_default(),
+            end_reason: ctx
+                .end
+                .as_ref()
+                .map(|e| e.reason.clone())
+                .unwrap_or_default(),
             metadata: ctx.metadata.clone(),
             output_file: ctx.output_file.clone(),
         };
@@ -491,15 +501,23 @@ impl Instrument {
             let state = match &req.microscope {
                 Some(s) => {
                     let s = s.clone();
-                    self.call(Role::Microscope, m, "apply microscope settings", CALL_MARGIN, |r| {
-                        MicroscopeMsg::Apply(s, r)
-                    })
+                    self.call(
+                        Role::Microscope,
+                        m,
+                        "apply microscope settings",
+                        CALL_MARGIN,
+                        |r| MicroscopeMsg::Apply(s, r),
+                    )
                     .await?
                 }
                 None => {
-                    self.call(Role::Microscope, m, "read microscope state", CALL_MARGIN, |r| {
-                        MicroscopeMsg::Read(r)
-                    })
+                    self.call(
+                        Role::Microscope,
+                        m,
+                        "read microscope state",
+                        CALL_MARGIN,
+                        MicroscopeMsg::Read,
+                    )
                     .await?
                 }
             }
@@ -512,9 +530,13 @@ impl Instrument {
         if let (Some(scan_ref), Some(scan)) = (&refs.scan, &req.scan) {
             let s = scan.clone();
             let readback = self
-                .call(Role::ScanEngine, scan_ref, "configure scan engine", CALL_MARGIN, |r| {
-                    ScanMsg::Configure(s, r)
-                })
+                .call(
+                    Role::ScanEngine,
+                    scan_ref,
+                    "configure scan engine",
+                    CALL_MARGIN,
+                    |r| ScanMsg::Configure(s, r),
+                )
                 .await?
                 .map_err(|source| RunError::Device {
                     step: "configure scan engine".into(),
@@ -533,9 +555,13 @@ impl Instrument {
         if req.mode == ArmMode::Active {
             let s = req.detector.clone();
             let readback = self
-                .call(Role::Detector, &refs.detector, "configure detector", CALL_MARGIN, |r| {
-                    DetectorMsg::Configure(s, r)
-                })
+                .call(
+                    Role::Detector,
+                    &refs.detector,
+                    "configure detector",
+                    CALL_MARGIN,
+                    |r| DetectorMsg::Configure(s, r),
+                )
                 .await?
                 .map_err(|source| RunError::Device {
                     step: "configure detector".into(),
@@ -573,12 +599,15 @@ impl Instrument {
         if req.nav_from_detector {
             nav = match armed.nav_shape {
                 Some(n) => n,
-                None if armed.expected_frames > 0 => NavShape::new(1, armed.expected_frames as usize),
+                None if armed.expected_frames > 0 => {
+                    NavShape::new(1, armed.expected_frames as usize)
+                }
                 None => {
                     return Err(RunError::Detector {
                         detector: self.detector_name.clone(),
                         trigger_source: ctx.trigger_source.clone(),
-                        error: "continuous acquisition (0 frames) needs an explicit scan shape".into(),
+                        error: "continuous acquisition (0 frames) needs an explicit scan shape"
+                            .into(),
                         expected: 0,
                         received: 0,
                     });
@@ -613,9 +642,13 @@ impl Instrument {
                     dtype: armed.dtype,
                 };
                 let rec = self
-                    .call(Role::Recorder, &refs.recorder, "open recording", CALL_MARGIN, |r| {
-                        RecorderMsg::Open(rr, r)
-                    })
+                    .call(
+                        Role::Recorder,
+                        &refs.recorder,
+                        "open recording",
+                        CALL_MARGIN,
+                        |r| RecorderMsg::Open(rr, r),
+                    )
                     .await?
                     .map_err(RunError::Recording)?;
                 Some(rec)
@@ -630,9 +663,13 @@ impl Instrument {
             recording,
         });
         let handle: PipelineHandle = self
-            .call(Role::Processing, &refs.processing, "start processing", CALL_MARGIN, |r| {
-                ProcessingMsg::Start(job, r)
-            })
+            .call(
+                Role::Processing,
+                &refs.processing,
+                "start processing",
+                CALL_MARGIN,
+                |r| ProcessingMsg::Start(job, r),
+            )
             .await?;
         ctx.cancel = Some(Arc::clone(&handle.cancel));
         let end_rx = armed.end.clone();
@@ -640,22 +677,34 @@ impl Instrument {
 
         // Running: start the trigger source.
         if let (Some(scan_ref), Some(_)) = (&refs.scan, &req.scan) {
-            self.call(Role::ScanEngine, scan_ref, "start scan", CALL_MARGIN, ScanMsg::Start)
-                .await?
-                .map_err(|source| RunError::Device {
-                    step: "start scan".into(),
-                    source,
-                })?;
+            self.call(
+                Role::ScanEngine,
+                scan_ref,
+                "start scan",
+                CALL_MARGIN,
+                ScanMsg::Start,
+            )
+            .await?
+            .map_err(|source| RunError::Device {
+                step: "start scan".into(),
+                source,
+            })?;
             ctx.scan_started = true;
         } else if req.detector.trigger == stemflow_core::detector::DetectorTrigger::Soft
             && req.mode == ArmMode::Active
         {
-            self.call(Role::Detector, &refs.detector, "soft trigger", CALL_MARGIN, DetectorMsg::SoftTrigger)
-                .await?
-                .map_err(|source| RunError::Device {
-                    step: "soft trigger".into(),
-                    source,
-                })?;
+            self.call(
+                Role::Detector,
+                &refs.detector,
+                "soft trigger",
+                CALL_MARGIN,
+                DetectorMsg::SoftTrigger,
+            )
+            .await?
+            .map_err(|source| RunError::Device {
+                step: "soft trigger".into(),
+                source,
+            })?;
         }
         self.transition(AcqEvent::Start)?;
 
@@ -711,7 +760,8 @@ impl Instrument {
         };
         let output = output.map_err(RunError::Pipeline)?;
         ctx.frames_processed = output.frames_processed;
-        self.status.send_modify(|s| s.frames_processed = output.frames_processed);
+        self.status
+            .send_modify(|s| s.frames_processed = output.frames_processed);
         let end = tokio::task::spawn_blocking(move || end_rx.recv_timeout(Duration::from_secs(10)))
             .await
             .ok()
@@ -770,9 +820,13 @@ impl Instrument {
                 run_record,
             };
             let path = self
-                .call(Role::Recorder, &refs.recorder, "finish recording", CALL_MARGIN, |r| {
-                    RecorderMsg::Finish(Box::new(args), r)
-                })
+                .call(
+                    Role::Recorder,
+                    &refs.recorder,
+                    "finish recording",
+                    CALL_MARGIN,
+                    |r| RecorderMsg::Finish(Box::new(args), r),
+                )
                 .await?
                 .map_err(RunError::Recording)?;
             ctx.output_file = Some(path);
@@ -800,22 +854,34 @@ impl Instrument {
         let refs = self.refs();
         if ctx.scan_started {
             if let Some(scan_ref) = &refs.scan {
-                self.call(Role::ScanEngine, scan_ref, "stop scan", CALL_MARGIN, ScanMsg::Stop)
-                    .await?
-                    .map_err(|source| RunError::Device {
-                        step: "stop scan".into(),
-                        source,
-                    })?;
+                self.call(
+                    Role::ScanEngine,
+                    scan_ref,
+                    "stop scan",
+                    CALL_MARGIN,
+                    ScanMsg::Stop,
+                )
+                .await?
+                .map_err(|source| RunError::Device {
+                    step: "stop scan".into(),
+                    source,
+                })?;
             }
             ctx.scan_started = false;
         }
         if ctx.armed {
-            self.call(Role::Detector, &refs.detector, "disarm detector", CALL_MARGIN, DetectorMsg::Disarm)
-                .await?
-                .map_err(|source| RunError::Device {
-                    step: "disarm detector".into(),
-                    source,
-                })?;
+            self.call(
+                Role::Detector,
+                &refs.detector,
+                "disarm detector",
+                CALL_MARGIN,
+                DetectorMsg::Disarm,
+            )
+            .await?
+            .map_err(|source| RunError::Device {
+                step: "disarm detector".into(),
+                source,
+            })?;
             ctx.armed = false;
         }
         Ok(())
@@ -829,7 +895,9 @@ impl Instrument {
         }
         let refs = self.refs();
         if let Some(scan_ref) = &refs.scan {
-            let _ = scan_ref.call(ScanMsg::Stop, Some(Duration::from_secs(5))).await;
+            let _ = scan_ref
+                .call(ScanMsg::Stop, Some(Duration::from_secs(5)))
+                .await;
         }
         let _ = refs
             .detector

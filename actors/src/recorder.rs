@@ -48,7 +48,10 @@ pub type RecordingFactory =
 /// Control messages to the recorder actor.
 pub enum RecorderMsg {
     /// Open a recording.
-    Open(RecordingRequest, RpcReplyPort<Result<Box<dyn Recording>, String>>),
+    Open(
+        RecordingRequest,
+        RpcReplyPort<Result<Box<dyn Recording>, String>>,
+    ),
     /// Finish a recording.
     Finish(Box<FinishArgs>, RpcReplyPort<Result<PathBuf, String>>),
     /// Fault injection for supervision tests: the handler panics with this text.

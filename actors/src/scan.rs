@@ -9,7 +9,10 @@ use stemflow_core::devices::{DeviceError, ScanEngine, ScanSettings, ScanStatus};
 /// Control messages to the scan engine actor.
 pub enum ScanMsg {
     /// Apply scan settings; replies with the settings read back.
-    Configure(ScanSettings, RpcReplyPort<Result<ScanSettings, DeviceError>>),
+    Configure(
+        ScanSettings,
+        RpcReplyPort<Result<ScanSettings, DeviceError>>,
+    ),
     /// Start the scan (the trigger output starts firing).
     Start(RpcReplyPort<Result<(), DeviceError>>),
     /// Stop the scan (idempotent).

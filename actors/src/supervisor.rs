@@ -254,11 +254,10 @@ async fn respawn(
                 .0
         }
         Role::Recorder => {
-            refs.recorder =
-                Actor::spawn_linked(None, RecorderActor, spec.recording.clone(), sup)
-                    .await
-                    .map_err(err)?
-                    .0
+            refs.recorder = Actor::spawn_linked(None, RecorderActor, spec.recording.clone(), sup)
+                .await
+                .map_err(err)?
+                .0
         }
     }
     Ok(())
@@ -318,7 +317,9 @@ impl Actor for InstrumentSupervisor {
             }
             Err(e) => {
                 set_health(&st.shared, role, HealthEvent::Failed);
-                let _ = st.reports.send(SupervisorReport::RestartFailed { role, error: e });
+                let _ = st
+                    .reports
+                    .send(SupervisorReport::RestartFailed { role, error: e });
             }
         }
         Ok(())

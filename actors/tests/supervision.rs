@@ -52,8 +52,14 @@ impl Detector for FakeDetector {
     fn name(&self) -> &str {
         "fake detector"
     }
-    fn configure(&mut self, _s: &DetectorSettings) -> Result<BTreeMap<String, String>, DeviceError> {
-        Ok(BTreeMap::from([("device".to_string(), "fake detector".to_string())]))
+    fn configure(
+        &mut self,
+        _s: &DetectorSettings,
+    ) -> Result<BTreeMap<String, String>, DeviceError> {
+        Ok(BTreeMap::from([(
+            "device".to_string(),
+            "fake detector".to_string(),
+        )]))
     }
     fn arm(&mut self, _m: ArmMode, _d: Duration) -> Result<ArmedAcquisition, DeviceError> {
         let (tx, rx) = bounded(4);
@@ -171,16 +177,25 @@ fn request(p: PipelineBuilder) -> AcquisitionRequest {
 /// the actor is restarted and the next run completes with every frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipeline_panic_faults_run_and_next_run_succeeds() {
-    let mut inst = Instrument::start(spec(Duration::from_millis(1))).await.unwrap();
+    let mut inst = Instrument::start(spec(Duration::from_millis(1)))
+        .await
+        .unwrap();
     let flag = Arc::new(AtomicBool::new(true));
     let before = inst.refs().processing.get_id();
-    let err = inst.run_acquisition(request(pipeline(Arc::clone(&flag)))).await.unwrap_err();
+    let err = inst
+        .run_acquisition(request(pipeline(Arc::clone(&flag))))
+        .await
+        .unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("processing"), "{msg}");
     assert!(msg.contains("injected UDF panic"), "{msg}");
     assert_eq!(err.record.exit_status, ExitStatus::Fault);
     assert_eq!(inst.state(), AcqState::Idle);
-    assert_ne!(inst.refs().processing.get_id(), before, "processing actor restarted");
+    assert_ne!(
+        inst.refs().processing.get_id(),
+        before,
+        "processing actor restarted"
+    );
     let rec = inst.run_acquisition(request(pipeline(flag))).await.unwrap();
     assert_eq!(rec.exit_status, ExitStatus::Completed);
     assert_eq!(rec.frames_processed, 16);
@@ -192,7 +207,9 @@ async fn pipeline_panic_faults_run_and_next_run_succeeds() {
 /// next run fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detector_actor_panic_mid_run_is_supervised() {
-    let mut inst = Instrument::start(spec(Duration::from_millis(30))).await.unwrap();
+    let mut inst = Instrument::start(spec(Duration::from_millis(30)))
+        .await
+        .unwrap();
     let flag = Arc::new(AtomicBool::new(false));
     let det = inst.refs().detector.clone();
     let mut changes = inst.state_changes();
@@ -207,7 +224,10 @@ async fn detector_actor_panic_mid_run_is_supervised() {
             }
         }
     });
-    let err = inst.run_acquisition(request(pipeline(Arc::clone(&flag)))).await.unwrap_err();
+    let err = inst
+        .run_acquisition(request(pipeline(Arc::clone(&flag))))
+        .await
+        .unwrap_err();
     match &err.error {
         stemflow_actors::orchestrator::RunError::ActorFailed { actor, error, .. } => {
             assert_eq!(*actor, Role::Detector);

@@ -192,21 +192,34 @@ impl Profile {
         if ![1, 6, 12, 24].contains(&self.detector.counter_depth) {
             return Err(bad(
                 "detector.counter_depth",
-                format!("{} bits: supported 1, 6, 12, 24", self.detector.counter_depth),
+                format!(
+                    "{} bits: supported 1, 6, 12, 24",
+                    self.detector.counter_depth
+                ),
             ));
         }
         let [sr, sc] = self.detector.sig_shape;
         if sr < 8 || sc < 8 || sr > 4096 || sc > 4096 {
-            return Err(bad("detector.sig_shape", format!("{sr}x{sc}: each must be 8–4096")));
+            return Err(bad(
+                "detector.sig_shape",
+                format!("{sr}x{sc}: each must be 8–4096"),
+            ));
         }
         if !(20e3..=300e3).contains(&self.microscope.high_tension_v) {
             return Err(bad(
                 "microscope.high_tension_v",
-                format!("{} V: must be within 20–300 kV", self.microscope.high_tension_v),
+                format!(
+                    "{} V: must be within 20–300 kV",
+                    self.microscope.high_tension_v
+                ),
             ));
         }
         let red = &self.reductions;
-        if !(red.adf_inner < red.adf_outer) || red.bf_radius <= 0.0 || red.com_radius <= 0.0 {
+        if red.adf_inner >= red.adf_outer
+            || red.adf_inner.is_nan()
+            || red.bf_radius <= 0.0
+            || red.com_radius <= 0.0
+        {
             return Err(bad(
                 "reductions",
                 format!(
@@ -245,7 +258,10 @@ mod tests {
     fn errors_name_file_key_and_problem() {
         let t = SIMULATED_PROFILE.replace("counter_depth = 12", "counter_depth = 7");
         let e = Profile::from_toml(&t, "x.toml").unwrap_err().to_string();
-        assert!(e.contains("x.toml") && e.contains("detector.counter_depth") && e.contains("7 bits"), "{e}");
+        assert!(
+            e.contains("x.toml") && e.contains("detector.counter_depth") && e.contains("7 bits"),
+            "{e}"
+        );
         let t = SIMULATED_PROFILE.replace("dwell_time_s = 0.0005", "dwell_time = 0.0005");
         let e = Profile::from_toml(&t, "y.toml").unwrap_err().to_string();
         assert!(e.contains("y.toml") && e.contains("dwell_time"), "{e}");

@@ -107,8 +107,10 @@ pub trait Detector: Send {
     ///
     /// # Errors
     /// [`DeviceError`] naming the detector and the setting.
-    fn configure(&mut self, settings: &DetectorSettings)
-    -> Result<BTreeMap<String, String>, DeviceError>;
+    fn configure(
+        &mut self,
+        settings: &DetectorSettings,
+    ) -> Result<BTreeMap<String, String>, DeviceError>;
     /// Arms (active) or waits to be armed (passive); returns when the detector has
     /// confirmed it, or fails at `deadline`.
     ///

@@ -93,7 +93,8 @@ pub struct ScanSettings {
 impl ScanSettings {
     /// Total scan duration in seconds: positions × dwell + rows × flyback.
     pub fn duration_s(&self) -> f64 {
-        self.nav_shape.len() as f64 * self.dwell_time_s + self.nav_shape.rows as f64 * self.flyback_s
+        self.nav_shape.len() as f64 * self.dwell_time_s
+            + self.nav_shape.rows as f64 * self.flyback_s
     }
 }
 
@@ -186,10 +187,7 @@ pub struct TriggerPulse {
 /// sees them queued, as a latched input would.
 pub fn trigger_line() -> (TriggerSender, TriggerReceiver) {
     let (tx, rx) = unbounded();
-    (
-        TriggerSender { tx, fired: 0 },
-        TriggerReceiver { rx },
-    )
+    (TriggerSender { tx, fired: 0 }, TriggerReceiver { rx })
 }
 
 /// The driving end of a trigger line (scan engine output).

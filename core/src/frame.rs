@@ -24,7 +24,9 @@ pub enum DecodeError {
         observed: usize,
     },
     /// The output buffer has the wrong element type or length.
-    #[error("decode target is {observed_dtype} × {observed_len}, expected {expected_dtype} × {expected_len}")]
+    #[error(
+        "decode target is {observed_dtype} × {observed_len}, expected {expected_dtype} × {expected_len}"
+    )]
     Target {
         /// Element type the decoder produces.
         expected_dtype: DType,

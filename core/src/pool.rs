@@ -14,7 +14,9 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum PoolError {
     /// No buffer came back within the deadline: the consumer is stalled.
-    #[error("pool `{pool}`: no free buffer of {capacity} within {waited_s:.3} s (consumer stalled?)")]
+    #[error(
+        "pool `{pool}`: no free buffer of {capacity} within {waited_s:.3} s (consumer stalled?)"
+    )]
     Exhausted {
         /// The pool's name.
         pool: String,
@@ -41,7 +43,8 @@ impl<T: Send> Pool<T> {
     pub fn new(name: &str, capacity: usize, mut make: impl FnMut() -> T) -> Self {
         let (give, take) = bounded(capacity);
         for _ in 0..capacity {
-            give.send(make()).expect("pool channel has room for every buffer");
+            give.send(make())
+                .expect("pool channel has room for every buffer");
         }
         Self {
             name: name.to_string(),

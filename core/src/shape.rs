@@ -47,10 +47,10 @@ pub struct ShapeParseError {
 }
 
 fn parse_pair(s: &str) -> Result<(usize, usize), ShapeParseError> {
-    let err = || ShapeParseError { text: s.to_string() };
-    let (a, b) = s
-        .split_once(['x', 'X', ',', '*'])
-        .ok_or_else(err)?;
+    let err = || ShapeParseError {
+        text: s.to_string(),
+    };
+    let (a, b) = s.split_once(['x', 'X', ',', '*']).ok_or_else(err)?;
     let r: usize = a.trim().parse().map_err(|_| err())?;
     let c: usize = b.trim().parse().map_err(|_| err())?;
     if r == 0 || c == 0 {

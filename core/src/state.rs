@@ -288,7 +288,10 @@ mod tests {
                     (Some(want), Ok(got)) => assert_eq!(*want, got, "{s:?} + {e:?}"),
                     (None, Err(err)) => {
                         let msg = err.to_string();
-                        assert!(msg.contains(&format!("{s:?}")) && msg.contains(&format!("{e:?}")), "{msg}");
+                        assert!(
+                            msg.contains(&format!("{s:?}")) && msg.contains(&format!("{e:?}")),
+                            "{msg}"
+                        );
                     }
                     (want, got) => panic!("{s:?} + {e:?}: expected {want:?}, got {got:?}"),
                 }
@@ -336,7 +339,10 @@ mod tests {
                     (Some(want), Ok(got)) => assert_eq!(*want, got, "{s:?} + {e:?}"),
                     (None, Err(err)) => {
                         let msg = err.to_string();
-                        assert!(msg.contains(&format!("{s:?}")) && msg.contains(&format!("{e:?}")), "{msg}");
+                        assert!(
+                            msg.contains(&format!("{s:?}")) && msg.contains(&format!("{e:?}")),
+                            "{msg}"
+                        );
                     }
                     (want, got) => panic!("{s:?} + {e:?}: expected {want:?}, got {got:?}"),
                 }
@@ -361,7 +367,10 @@ mod tests {
                     }
                 }
             }
-            assert!(seen.contains(&AcqState::Idle), "{start:?} cannot reach Idle");
+            assert!(
+                seen.contains(&AcqState::Idle),
+                "{start:?} cannot reach Idle"
+            );
         }
     }
 }

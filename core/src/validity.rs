@@ -45,7 +45,10 @@ impl FrameValidity {
     /// Marks frame `index`; out-of-range indices are ignored and return `false` (the
     /// receiver reports those frames as unexpected instead).
     pub fn mark(&mut self, index: u64, status: FrameStatus) -> bool {
-        let Some(code) = usize::try_from(index).ok().and_then(|i| self.codes.get_mut(i)) else {
+        let Some(code) = usize::try_from(index)
+            .ok()
+            .and_then(|i| self.codes.get_mut(i))
+        else {
             return false;
         };
         match *code {

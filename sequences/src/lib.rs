@@ -118,10 +118,18 @@ impl Stem4dScanPlan {
             problem: problem.into(),
         };
         if self.nav_shape.is_empty() {
-            return Err(err("nav_shape", self.nav_shape.to_string(), "must have ≥ 1 position"));
+            return Err(err(
+                "nav_shape",
+                self.nav_shape.to_string(),
+                "must have ≥ 1 position",
+            ));
         }
         if self.dwell_time_s < 0.0 {
-            return Err(err("dwell_time_s", self.dwell_time_s.to_string(), "must be ≥ 0"));
+            return Err(err(
+                "dwell_time_s",
+                self.dwell_time_s.to_string(),
+                "must be ≥ 0",
+            ));
         }
         if self.dwell_time_s > 0.0 && self.exposure_s > self.dwell_time_s {
             return Err(err(

@@ -1,0 +1,1009 @@
+//! Running UDFs on a live stream of raw frame stacks ([`run_live`]) or on decoded tiles
+//! from a file ([`run_tiles`]), in parallel on a rayon pool.
+//!
+//! # How a run works
+//! The calling thread coordinates: it takes work (a [`RawStack`] from the receiver, or a
+//! [`Tile`] from the reader), hands it to a worker, passes finished tiles to the
+//! [`TileSink`], and delivers [`Snapshot`]s. At most `2 × threads` tiles are in flight; when
+//! all are busy the coordinator stops taking stacks, the stacks channel fills, and the
+//! receiver blocks on it — that is the backpressure.
+//!
+//! Each worker thread owns one [`PartitionTask`] per UDF (made once, reused all run) and a
+//! staging area for nav values. A live worker decodes the stack into a tile from the
+//! coordinator's free list (allocated once, reused), runs every UDF over it — in chunks of
+//! ~512 KiB so that all UDFs read a chunk while it is still in cache — and sends the tile
+//! back. Partition results reach the global results when the coordinator merges (before
+//! each snapshot and at the end) or when a worker has staged 4096 frames.
+//!
+//! # Determinism
+//! Nav values are computed per frame and assigned to the frame's position; the built-ins
+//! accumulate sig and single buffers as exact integers. So results are bit-identical
+//! whatever the split into tiles, the number of threads, and the order tiles complete in:
+//! a live run and an offline run over the same frames agree exactly.
+//!
+//! # Lost, damaged and unexpected frames
+//! A frame that fails to decode is counted as damaged ([`RunSummary::damaged`]), its pixels
+//! are zeroed, the UDFs skip it (its nav positions stay NaN) and the run goes on. Frames
+//! whose index lies beyond the scan are dropped and counted
+//! ([`RunSummary::out_of_range`]). Frames that never arrive are the receiver's to count.
+
+use crate::result::UdfResults;
+use crate::sink::{SinkError, TileSink};
+use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta, new_results};
+use crossbeam_channel::{Receiver, Sender, select, unbounded};
+use std::any::Any;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use stemflow_core::frame::{PixelsMut, RawStack, Tile, TileData};
+use stemflow_core::result::BufferKind;
+use stemflow_core::{DType, NavShape, SigShape};
+
+/// Pixel bytes all UDFs process before moving on: small enough to stay in a core's L2
+/// cache (≥ 1 MiB on our machines) beside the UDFs' accumulators, so a frame is read from
+/// memory once however many UDFs run; large enough to hold four 256 × 256 u16 frames, which
+/// the sum reads in lockstep (measured: 512 KiB runs the standard set about twice as fast
+/// as 256 KiB).
+const CHUNK_BYTES: usize = 512 * 1024;
+/// A worker merges by itself once it has staged this many frames, bounding its memory.
+const SELF_MERGE_FRAMES: u64 = 4096;
+/// How often the coordinator looks at the cancel flag while waiting.
+const CANCEL_POLL: Duration = Duration::from_millis(10);
+/// How long the coordinator waits for in-flight work before logging that it still waits.
+const DRAIN_WARN: Duration = Duration::from_secs(5);
+
+/// Settings of one run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RunConfig {
+    /// Scan grid; frame `i` is at position `(i / cols, i % cols)`, frames `≥ len()` are
+    /// dropped (counted in [`RunSummary::out_of_range`]).
+    pub nav_shape: NavShape,
+    /// Frame shape in pixels; every stack's decoder and every tile must have it.
+    pub sig_shape: SigShape,
+    /// Decoded pixel type; every stack's decoder and every tile must have it.
+    pub dtype: DType,
+    /// Shortest time between two snapshots (default 100 ms); the final snapshot always
+    /// comes. `Duration::MAX`: the final one only.
+    pub snapshot_interval: Duration,
+    /// Worker threads; `None`: one per available core.
+    pub threads: Option<usize>,
+}
+
+impl RunConfig {
+    /// A run over `nav_shape` frames of `sig_shape` pixels of `dtype`, snapshots every
+    /// 100 ms, one worker per core.
+    pub fn new(nav_shape: NavShape, sig_shape: SigShape, dtype: DType) -> Self {
+        Self {
+            nav_shape,
+            sig_shape,
+            dtype,
+            snapshot_interval: Duration::from_millis(100),
+            threads: None,
+        }
+    }
+    /// What the UDFs are told about the data set.
+    pub fn meta(&self) -> UdfMeta {
+        UdfMeta {
+            nav_shape: self.nav_shape,
+            sig_shape: self.sig_shape,
+            dtype: self.dtype,
+        }
+    }
+    /// The worker count this configuration runs with (≥ 1).
+    pub fn worker_threads(&self) -> usize {
+        self.threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
+}
+
+/// The merged results at one moment of a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Snapshot {
+    /// Frames merged into `results` so far.
+    pub frames_processed: u64,
+    /// One entry per UDF, in the order the UDFs were given; nav positions not yet processed
+    /// are NaN.
+    pub results: Vec<UdfResults>,
+}
+
+/// How a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The stream ended (stacks channel disconnected, or the tile reader was exhausted).
+    Completed,
+    /// The cancel flag was set; frames still queued were not processed.
+    Cancelled,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunSummary {
+    /// Frames decoded and processed by every UDF.
+    pub frames_processed: u64,
+    /// Acquisition indices of frames that failed to decode, ascending.
+    pub damaged: Vec<u64>,
+    /// Frames dropped because their index lies beyond `nav_shape` (decoded, not processed,
+    /// not passed to the sink).
+    pub out_of_range: u64,
+    /// Completed or cancelled.
+    pub outcome: Outcome,
+    /// Final merged results, one entry per UDF in the order given.
+    pub results: Vec<UdfResults>,
+}
+
+/// Errors that stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessingError {
+    /// A UDF's parameters do not fit the data set.
+    #[error("UDF `{udf}`: {detail}")]
+    Udf {
+        /// The UDF's name.
+        udf: String,
+        /// What is wrong, from [`Udf::check`].
+        detail: String,
+    },
+    /// Two UDFs share a name.
+    #[error("two UDFs are named `{name}`; UDF names must be unique within a run")]
+    DuplicateUdf {
+        /// The repeated name.
+        name: String,
+    },
+    /// A stack's decoder or a tile does not produce what the run was configured for.
+    #[error(
+        "{source_kind} at frame {first_frame}: {observed_dtype} frames of {observed_sig} pixels, expected {expected_dtype} frames of {expected_sig} pixels"
+    )]
+    Mismatch {
+        /// `stack decoder` or `tile`.
+        source_kind: &'static str,
+        /// First frame of the offending stack or tile.
+        first_frame: u64,
+        /// Configured frame shape.
+        expected_sig: SigShape,
+        /// Configured pixel type.
+        expected_dtype: DType,
+        /// Frame shape found.
+        observed_sig: SigShape,
+        /// Pixel type found.
+        observed_dtype: DType,
+    },
+    /// A tile's pixel buffer does not hold `n_frames × sig_shape` pixels.
+    #[error(
+        "tile at frame {first_frame}: {n_frames} frames need {expected} pixels, the buffer holds {observed}"
+    )]
+    TileLength {
+        /// First frame of the tile.
+        first_frame: u64,
+        /// Frames the tile claims.
+        n_frames: usize,
+        /// Pixels expected.
+        expected: usize,
+        /// Pixels present.
+        observed: usize,
+    },
+    /// The tile sink failed; the run stopped.
+    #[error("sink `{sink}` failed after {frames_processed} frames: {source}")]
+    Sink {
+        /// The sink's name.
+        sink: String,
+        /// Frames processed before the failure.
+        frames_processed: u64,
+        /// The sink's error.
+        #[source]
+        source: SinkError,
+    },
+    /// The offline tile reader failed; the run stopped.
+    #[error("tile source failed after {frames_processed} frames: {source}")]
+    Source {
+        /// Frames processed before the failure.
+        frames_processed: u64,
+        /// The reader's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The worker threads could not be started.
+    #[error("cannot start {threads} processing threads: {detail}")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// The operating system's reason.
+        detail: String,
+    },
+}
+
+/// Runs `udfs` on a live stream of raw frame stacks until the stream ends (the receiver
+/// side disconnects the channel at the end of the acquisition) or `cancel` is set.
+///
+/// Each stack is decoded by a worker into a reused tile, processed by every UDF, passed to
+/// `sink` (on this thread) and recycled. `on_snapshot` gets the merged results at most every
+/// `cfg.snapshot_interval`, and always once at the end (also after a cancel). The calling
+/// thread coordinates; `cfg.threads` workers do the work.
+///
+/// # Errors
+/// [`ProcessingError::Udf`] / [`ProcessingError::DuplicateUdf`] before anything runs;
+/// [`ProcessingError::Mismatch`] when a stack's decoder does not produce `cfg.dtype`
+/// frames of `cfg.sig_shape`; [`ProcessingError::Sink`] when the sink fails;
+/// [`ProcessingError::Threads`]. Frames that fail to decode are no error: they are counted
+/// in [`RunSummary::damaged`]. A panic in a UDF resumes on this thread once the in-flight
+/// work has finished.
+pub fn run_live(
+    stacks: Receiver<RawStack>,
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+    sink: Option<&mut dyn TileSink>,
+    on_snapshot: &mut dyn FnMut(&Snapshot),
+    cancel: &AtomicBool,
+) -> Result<RunSummary, ProcessingError> {
+    let (pool, shared) = prepare(udfs, cfg)?;
+    let sink = sink.map(|s| s as &mut dyn TileSink);
+    let mut co = Coordinator::new(&shared, sink, on_snapshot);
+    let cap = co.capacity;
+    co.free = (0..cap)
+        .map(|_| Tile::zeros(0, 0, cfg.sig_shape, cfg.dtype))
+        .collect();
+    let done_rx = co.done_rx.clone();
+    let outcome = pool.in_place_scope(|s| {
+        let mut disconnected = false;
+        let outcome = loop {
+            if cancel.load(Ordering::Relaxed) {
+                break Outcome::Cancelled;
+            }
+            if co.stopped() {
+                break Outcome::Completed;
+            }
+            let wait = co.tick();
+            if !disconnected && !co.free.is_empty() {
+                select! {
+                    recv(stacks) -> msg => match msg {
+                        Ok(raw) => {
+                            let tile = co.free.pop().unwrap_or_else(|| {
+                                Tile::zeros(0, 0, cfg.sig_shape, cfg.dtype)
+                            });
+                            co.in_flight += 1;
+                            let tx = co.done_tx.clone();
+                            let sh = &shared;
+                            s.spawn(move |_| {
+                                let done = catch_unwind(AssertUnwindSafe(|| live_job(sh, raw, tile)))
+                                    .unwrap_or_else(Done::panicked);
+                                let _ = tx.send(done);
+                            });
+                        }
+                        Err(_) => disconnected = true,
+                    },
+                    recv(done_rx) -> done => {
+                        if let Ok(done) = done {
+                            co.handle(done);
+                        }
+                    },
+                    default(wait) => {}
+                }
+            } else if co.in_flight > 0 {
+                co.wait_one(wait);
+            } else {
+                break Outcome::Completed;
+            }
+        };
+        co.drain();
+        outcome
+    });
+    let tally = co.finish();
+    summarize(shared, tally, outcome)
+}
+
+/// Runs `udfs` on decoded tiles (e.g. read from a file), processing tiles in parallel, with
+/// the same sink, snapshots, cancellation and results as [`run_live`]. Tiles are taken from
+/// the iterator on the calling thread, at most `2 × threads` ahead of the workers, and
+/// dropped after the sink saw them. Tiles of ~1–8 MiB keep all workers busy; a tile is
+/// processed by one worker.
+///
+/// # Errors
+/// As [`run_live`], plus [`ProcessingError::Source`] when the iterator yields an error,
+/// [`ProcessingError::Mismatch`] / [`ProcessingError::TileLength`] for a tile that does not
+/// fit `cfg`.
+pub fn run_tiles<E>(
+    tiles: impl Iterator<Item = Result<Tile, E>>,
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+    sink: Option<&mut dyn TileSink>,
+    on_snapshot: &mut dyn FnMut(&Snapshot),
+    cancel: &AtomicBool,
+) -> Result<RunSummary, ProcessingError>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let slots = tiles.map(|t| t.map(Slot::Owned).map_err(Into::into));
+    run_offline(slots, udfs, cfg, sink, on_snapshot, cancel)
+}
+
+/// [`run_tiles`] over borrowed tiles, which stay with the caller (benchmarks, tests).
+/// Frames beyond the scan are skipped by the UDFs but a borrowed tile reaches the sink whole.
+pub(crate) fn run_tile_refs<'a>(
+    tiles: impl Iterator<Item = &'a Tile>,
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+    sink: Option<&mut dyn TileSink>,
+    on_snapshot: &mut dyn FnMut(&Snapshot),
+    cancel: &AtomicBool,
+) -> Result<RunSummary, ProcessingError> {
+    run_offline(
+        tiles.map(|t| Ok(Slot::Borrowed(t))),
+        udfs,
+        cfg,
+        sink,
+        on_snapshot,
+        cancel,
+    )
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn run_offline<'a>(
+    mut tiles: impl Iterator<Item = Result<Slot<'a>, BoxError>>,
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+    sink: Option<&mut dyn TileSink>,
+    on_snapshot: &mut dyn FnMut(&Snapshot),
+    cancel: &AtomicBool,
+) -> Result<RunSummary, ProcessingError> {
+    let (pool, shared) = prepare(udfs, cfg)?;
+    let sink = sink.map(|s| s as &mut dyn TileSink);
+    let mut co = Coordinator::new(&shared, sink, on_snapshot);
+    let outcome = pool.in_place_scope(|s| {
+        let mut exhausted = false;
+        let outcome = loop {
+            while let Ok(done) = co.done_rx.try_recv() {
+                co.handle(done);
+            }
+            if cancel.load(Ordering::Relaxed) {
+                break Outcome::Cancelled;
+            }
+            if co.stopped() {
+                break Outcome::Completed;
+            }
+            let wait = co.tick();
+            if exhausted || co.in_flight >= co.capacity {
+                if co.in_flight == 0 {
+                    break Outcome::Completed;
+                }
+                co.wait_one(wait);
+                continue;
+            }
+            match tiles.next() {
+                None => exhausted = true,
+                Some(Err(source)) => {
+                    co.failure = Some(ProcessingError::Source {
+                        frames_processed: co.frames_done,
+                        source,
+                    });
+                }
+                Some(Ok(slot)) => match admit(slot, cfg) {
+                    Err(e) => co.failure = Some(e),
+                    Ok((slot, keep, dropped)) => {
+                        co.out_of_range += dropped;
+                        co.in_flight += 1;
+                        let tx = co.done_tx.clone();
+                        let sh = &shared;
+                        s.spawn(move |_| {
+                            let done =
+                                catch_unwind(AssertUnwindSafe(|| offline_job(sh, slot, keep)))
+                                    .unwrap_or_else(Done::panicked);
+                            let _ = tx.send(done);
+                        });
+                    }
+                },
+            }
+        };
+        co.drain();
+        outcome
+    });
+    let tally = co.finish();
+    summarize(shared, tally, outcome)
+}
+
+/// Where a nav buffer's values sit in a frame's staged row.
+#[derive(Debug)]
+struct NavSlot {
+    /// Index of the buffer in the UDF's declaration order.
+    buffer: usize,
+    /// Offset of its first value in the frame's row.
+    offset: usize,
+    /// Values per frame (product of its extra shape).
+    width: usize,
+}
+
+/// The nav layout of one UDF.
+#[derive(Debug)]
+struct UdfLayout {
+    slots: Vec<NavSlot>,
+    /// Staged values per frame.
+    width: usize,
+}
+
+impl UdfLayout {
+    fn new(decls: &[BufferDecl]) -> Self {
+        let mut slots = Vec::new();
+        let mut offset = 0;
+        for (buffer, d) in decls.iter().enumerate() {
+            if d.kind == BufferKind::Nav {
+                let width = d.extra_len();
+                slots.push(NavSlot {
+                    buffer,
+                    offset,
+                    width,
+                });
+                offset += width;
+            }
+        }
+        Self {
+            slots,
+            width: offset,
+        }
+    }
+}
+
+/// One worker thread's partition: a task per UDF and the nav values staged since the last
+/// merge.
+struct Worker {
+    tasks: Vec<Box<dyn PartitionTask>>,
+    /// `(first_frame, n_frames)` of every run of frames processed since the last merge.
+    runs: Vec<(u64, usize)>,
+    /// Per UDF: staged nav values, `layout.width` per frame, frames in `runs` order.
+    values: Vec<Vec<f64>>,
+    /// Scratch: per UDF, where the current tile's values start in `values`.
+    starts: Vec<usize>,
+    /// Frames processed since the last merge.
+    frames: u64,
+}
+
+impl Worker {
+    fn process(&mut self, view: &TileView<'_>, layouts: &[UdfLayout], chunk_frames: usize) {
+        let n = view.n_frames;
+        if n == 0 {
+            return;
+        }
+        self.runs.push((view.first_frame, n));
+        self.starts.clear();
+        for (vals, layout) in self.values.iter_mut().zip(layouts) {
+            self.starts.push(vals.len());
+            vals.resize(vals.len() + n * layout.width, f64::NAN);
+        }
+        let mut f = 0;
+        while f < n {
+            let m = chunk_frames.min(n - f);
+            let chunk = view.frames(f..f + m);
+            for (u, task) in self.tasks.iter_mut().enumerate() {
+                let w = layouts[u].width;
+                let base = self.starts[u] + f * w;
+                task.process_tile(&chunk, &mut self.values[u][base..base + m * w]);
+            }
+            f += m;
+        }
+        self.frames += n as u64;
+    }
+
+    fn merge(&mut self, global: &mut Snapshot, layouts: &[UdfLayout]) {
+        for (((task, vals), layout), res) in self
+            .tasks
+            .iter_mut()
+            .zip(&mut self.values)
+            .zip(layouts)
+            .zip(&mut global.results)
+        {
+            let bufs = &mut res.buffers;
+            let mut pos = 0;
+            for &(first, n) in &self.runs {
+                for i in 0..n {
+                    let frame = (first + i as u64) as usize;
+                    for slot in &layout.slots {
+                        let src = &vals[pos + slot.offset..pos + slot.offset + slot.width];
+                        let at = frame * slot.width;
+                        bufs[slot.buffer].data[at..at + slot.width].copy_from_slice(src);
+                    }
+                    pos += layout.width;
+                }
+            }
+            task.merge_into(bufs);
+            vals.clear();
+        }
+        self.runs.clear();
+        global.frames_processed += self.frames;
+        self.frames = 0;
+    }
+}
+
+/// What the workers and the coordinator share for one run.
+struct Shared {
+    cfg: RunConfig,
+    layouts: Vec<UdfLayout>,
+    /// One per pool thread, plus one for work run outside the pool.
+    workers: Vec<Mutex<Worker>>,
+    global: Mutex<Snapshot>,
+    chunk_frames: usize,
+}
+
+/// A lock that survives a panic elsewhere: the run ends with that panic anyway.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Runs every UDF on `view` except the frames at `damaged` (indices within the view,
+    /// ascending), on the calling worker's partition.
+    fn process(&self, view: &TileView<'_>, damaged: &[usize]) {
+        let spare = self.workers.len() - 1;
+        let idx = rayon::current_thread_index()
+            .filter(|&i| i < spare)
+            .unwrap_or(spare);
+        let mut w = lock(&self.workers[idx]);
+        let mut start = 0;
+        for &d in damaged {
+            if d > start {
+                w.process(&view.frames(start..d), &self.layouts, self.chunk_frames);
+            }
+            start = d + 1;
+        }
+        if start < view.n_frames {
+            w.process(
+                &view.frames(start..view.n_frames),
+                &self.layouts,
+                self.chunk_frames,
+            );
+        }
+        if w.frames >= SELF_MERGE_FRAMES {
+            w.merge(&mut lock(&self.global), &self.layouts);
+        }
+    }
+
+    /// Merges every worker's partition into the global results (worker lock, then global
+    /// lock: the same order as a worker's own merge).
+    fn merge_all(&self) {
+        for w in &self.workers {
+            let mut w = lock(w);
+            if w.frames > 0 {
+                w.merge(&mut lock(&self.global), &self.layouts);
+            }
+        }
+    }
+}
+
+/// Checks the UDFs and builds the pool and the per-worker partitions.
+fn prepare(
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+) -> Result<(rayon::ThreadPool, Shared), ProcessingError> {
+    let meta = cfg.meta();
+    for (i, u) in udfs.iter().enumerate() {
+        if udfs[..i].iter().any(|o| o.name() == u.name()) {
+            return Err(ProcessingError::DuplicateUdf {
+                name: u.name().to_string(),
+            });
+        }
+        u.check(&meta).map_err(|detail| ProcessingError::Udf {
+            udf: u.name().to_string(),
+            detail,
+        })?;
+    }
+    let threads = cfg.worker_threads();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("stemflow-udf-{i}"))
+        .build()
+        .map_err(|e| ProcessingError::Threads {
+            threads,
+            detail: e.to_string(),
+        })?;
+    let layouts = udfs
+        .iter()
+        .map(|u| UdfLayout::new(&u.buffers(&meta)))
+        .collect();
+    let workers = (0..=threads)
+        .map(|_| {
+            Mutex::new(Worker {
+                tasks: udfs.iter().map(|u| u.new_partition(&meta)).collect(),
+                runs: Vec::new(),
+                values: vec![Vec::new(); udfs.len()],
+                starts: Vec::with_capacity(udfs.len()),
+                frames: 0,
+            })
+        })
+        .collect();
+    let global = Snapshot {
+        frames_processed: 0,
+        results: udfs
+            .iter()
+            .map(|u| new_results(u.as_ref(), &meta))
+            .collect(),
+    };
+    let frame_bytes = (cfg.sig_shape.len() * cfg.dtype.size()).max(1);
+    Ok((
+        pool,
+        Shared {
+            cfg: *cfg,
+            layouts,
+            workers,
+            global: Mutex::new(global),
+            chunk_frames: (CHUNK_BYTES / frame_bytes).max(1),
+        },
+    ))
+}
+
+/// A tile as it travels to a worker and back.
+enum Slot<'a> {
+    /// From the coordinator's free list; goes back to it.
+    Pooled(Tile),
+    /// Given by a reader; dropped after the sink.
+    Owned(Tile),
+    /// Lent by the caller.
+    Borrowed(&'a Tile),
+}
+
+impl Slot<'_> {
+    fn tile(&self) -> &Tile {
+        match self {
+            Slot::Pooled(t) | Slot::Owned(t) => t,
+            Slot::Borrowed(t) => t,
+        }
+    }
+}
+
+/// A worker's report on one stack or tile.
+#[derive(Default)]
+struct Done<'a> {
+    slot: Option<Slot<'a>>,
+    /// Whether the tile holds frames for the sink.
+    to_sink: bool,
+    /// Frames processed.
+    frames: u64,
+    /// Acquisition indices of damaged frames.
+    damaged: Vec<u64>,
+    /// Frames beyond the scan.
+    out_of_range: u64,
+    error: Option<ProcessingError>,
+    panic: Option<Box<dyn Any + Send>>,
+}
+
+impl Done<'_> {
+    fn panicked(payload: Box<dyn Any + Send>) -> Self {
+        Self {
+            panic: Some(payload),
+            ..Self::default()
+        }
+    }
+}
+
+/// Frames of a tile at `first` with `n` frames that lie inside a scan of `nav_len`.
+fn frames_in_scan(first: u64, n: usize, nav_len: usize) -> usize {
+    let room = (nav_len as u64).saturating_sub(first);
+    (n as u64).min(room) as usize
+}
+
+/// Shrinks `tile` to its first `keep` frames, keeping the allocation.
+fn truncate(tile: &mut Tile, keep: usize) {
+    if keep < tile.n_frames {
+        tile.n_frames = keep;
+        tile.data.resize(keep * tile.sig_shape.len());
+    }
+}
+
+fn zero(p: PixelsMut<'_>) {
+    match p {
+        PixelsMut::U8(s) => s.fill(0),
+        PixelsMut::U16(s) => s.fill(0),
+        PixelsMut::U32(s) => s.fill(0),
+        PixelsMut::U64(s) => s.fill(0),
+    }
+}
+
+/// Decodes `raw` into `tile`; returns the indices (within the stack) of frames that failed
+/// to decode, whose pixels are zeroed.
+fn decode_stack(
+    raw: &RawStack,
+    tile: &mut Tile,
+    cfg: &RunConfig,
+) -> Result<Vec<usize>, ProcessingError> {
+    let dec = &raw.decoder;
+    if dec.sig_shape() != cfg.sig_shape || dec.dtype() != cfg.dtype {
+        return Err(ProcessingError::Mismatch {
+            source_kind: "stack decoder",
+            first_frame: raw.first_frame,
+            expected_sig: cfg.sig_shape,
+            expected_dtype: cfg.dtype,
+            observed_sig: dec.sig_shape(),
+            observed_dtype: dec.dtype(),
+        });
+    }
+    let buf_len = raw.buf.len();
+    let in_buf = |offset: usize, len: usize| offset.checked_add(len).is_some_and(|e| e <= buf_len);
+    if raw.frames.iter().all(|r| in_buf(r.offset, r.len)) && tile.decode_from(raw).is_ok() {
+        return Ok(Vec::new());
+    }
+    // Rare path: decode frame by frame to find every damaged frame, not just the first.
+    let n = cfg.sig_shape.len();
+    tile.first_frame = raw.first_frame;
+    tile.n_frames = raw.len();
+    tile.sig_shape = cfg.sig_shape;
+    if tile.data.dtype() == cfg.dtype {
+        tile.data.resize(raw.len() * n);
+    } else {
+        tile.data = TileData::zeros(cfg.dtype, raw.len() * n);
+    }
+    let mut damaged = Vec::new();
+    let mut first_error = None;
+    for (i, r) in raw.frames.iter().enumerate() {
+        let out = tile.data.pixels_mut(i * n..(i + 1) * n);
+        let result = if in_buf(r.offset, r.len) {
+            dec.decode_into(&raw.buf[r.offset..r.offset + r.len], out)
+        } else {
+            Err(stemflow_core::frame::DecodeError::Malformed {
+                device: format!("{:?}", dec),
+                detail: format!(
+                    "frame payload at bytes {}..+{} lies beyond the {buf_len}-byte stack buffer",
+                    r.offset, r.len
+                ),
+            })
+        };
+        if let Err(e) = result {
+            zero(tile.data.pixels_mut(i * n..(i + 1) * n));
+            damaged.push(i);
+            first_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = first_error {
+        tracing::warn!(
+            first_frame = raw.first_frame,
+            damaged = damaged.len(),
+            "damaged frames in stack: {e}"
+        );
+    }
+    Ok(damaged)
+}
+
+fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
+    let mut done = Done::default();
+    let damaged = match decode_stack(&raw, &mut tile, &shared.cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            done.error = Some(e);
+            done.slot = Some(Slot::Pooled(tile));
+            return done;
+        }
+    };
+    // The stack's buffer goes back to the receiver's pool now, not after the UDFs.
+    drop(raw);
+    let keep = frames_in_scan(tile.first_frame, tile.n_frames, shared.cfg.nav_shape.len());
+    done.out_of_range = (tile.n_frames - keep) as u64;
+    truncate(&mut tile, keep);
+    let damaged: Vec<usize> = damaged.into_iter().filter(|&i| i < keep).collect();
+    shared.process(&TileView::of(&tile), &damaged);
+    done.frames = (keep - damaged.len()) as u64;
+    done.damaged = damaged
+        .iter()
+        .map(|&i| tile.first_frame + i as u64)
+        .collect();
+    done.to_sink = keep > 0;
+    done.slot = Some(Slot::Pooled(tile));
+    done
+}
+
+/// Checks an offline tile against `cfg`, truncates an owned one to the scan; returns it, the
+/// number of its frames inside the scan, and the number beyond it.
+fn admit<'a>(
+    mut slot: Slot<'a>,
+    cfg: &RunConfig,
+) -> Result<(Slot<'a>, usize, u64), ProcessingError> {
+    let t = slot.tile();
+    if t.sig_shape != cfg.sig_shape || t.data.dtype() != cfg.dtype {
+        return Err(ProcessingError::Mismatch {
+            source_kind: "tile",
+            first_frame: t.first_frame,
+            expected_sig: cfg.sig_shape,
+            expected_dtype: cfg.dtype,
+            observed_sig: t.sig_shape,
+            observed_dtype: t.data.dtype(),
+        });
+    }
+    let expected = t.n_frames * t.sig_shape.len();
+    if t.data.len() != expected {
+        return Err(ProcessingError::TileLength {
+            first_frame: t.first_frame,
+            n_frames: t.n_frames,
+            expected,
+            observed: t.data.len(),
+        });
+    }
+    let keep = frames_in_scan(t.first_frame, t.n_frames, cfg.nav_shape.len());
+    let dropped = (t.n_frames - keep) as u64;
+    if let Slot::Owned(t) = &mut slot {
+        truncate(t, keep);
+    }
+    Ok((slot, keep, dropped))
+}
+
+fn offline_job<'a>(shared: &Shared, slot: Slot<'a>, keep: usize) -> Done<'a> {
+    shared.process(&TileView::of(slot.tile()).frames(0..keep), &[]);
+    Done {
+        to_sink: keep > 0,
+        frames: keep as u64,
+        slot: Some(slot),
+        ..Done::default()
+    }
+}
+
+/// Counters a run hands to its summary.
+struct Tally {
+    damaged: Vec<u64>,
+    out_of_range: u64,
+}
+
+/// The coordinating thread's state.
+struct Coordinator<'c, 'a> {
+    shared: &'c Shared,
+    sink: Option<&'c mut dyn TileSink>,
+    on_snapshot: &'c mut dyn FnMut(&Snapshot),
+    /// Tiles (or stacks) that may be at the workers at once.
+    capacity: usize,
+    in_flight: usize,
+    /// Live runs: decoded tiles not in use.
+    free: Vec<Tile>,
+    done_tx: Sender<Done<'a>>,
+    done_rx: Receiver<Done<'a>>,
+    damaged: Vec<u64>,
+    out_of_range: u64,
+    /// Frames processed by finished jobs (for error messages).
+    frames_done: u64,
+    failure: Option<ProcessingError>,
+    panic: Option<Box<dyn Any + Send>>,
+    next_snapshot: Option<Instant>,
+    delivered: Option<u64>,
+}
+
+impl<'c, 'a> Coordinator<'c, 'a> {
+    fn new(
+        shared: &'c Shared,
+        sink: Option<&'c mut dyn TileSink>,
+        on_snapshot: &'c mut dyn FnMut(&Snapshot),
+    ) -> Self {
+        // Unbounded is safe: at most `capacity` reports exist at once.
+        let (done_tx, done_rx) = unbounded();
+        Self {
+            shared,
+            sink,
+            on_snapshot,
+            capacity: 2 * (shared.workers.len() - 1).max(1),
+            in_flight: 0,
+            free: Vec::new(),
+            done_tx,
+            done_rx,
+            damaged: Vec::new(),
+            out_of_range: 0,
+            frames_done: 0,
+            failure: None,
+            panic: None,
+            next_snapshot: Instant::now().checked_add(shared.cfg.snapshot_interval),
+            delivered: None,
+        }
+    }
+
+    /// True once the run must end (an error or a panic).
+    fn stopped(&self) -> bool {
+        self.failure.is_some() || self.panic.is_some()
+    }
+
+    fn handle(&mut self, done: Done<'a>) {
+        self.in_flight -= 1;
+        self.frames_done += done.frames;
+        self.damaged.extend(done.damaged);
+        self.out_of_range += done.out_of_range;
+        if let Some(p) = done.panic {
+            self.panic.get_or_insert(p);
+        }
+        if let Some(e) = done.error {
+            self.failure.get_or_insert(e);
+        }
+        let Some(slot) = done.slot else {
+            return;
+        };
+        if done.to_sink && !self.stopped() {
+            if let Some(sink) = self.sink.as_mut() {
+                if let Err(source) = sink.write_tile(slot.tile()) {
+                    self.failure = Some(ProcessingError::Sink {
+                        sink: sink.name().to_string(),
+                        frames_processed: self.frames_done,
+                        source,
+                    });
+                }
+            }
+        }
+        if let Slot::Pooled(tile) = slot {
+            self.free.push(tile);
+        }
+    }
+
+    /// Waits up to `wait` for one job to finish and handles it.
+    fn wait_one(&mut self, wait: Duration) {
+        if let Ok(done) = self.done_rx.recv_timeout(wait) {
+            self.handle(done);
+        }
+    }
+
+    /// Delivers a snapshot when one is due; returns how long to wait for work before the
+    /// next look at the clock and the cancel flag.
+    fn tick(&mut self) -> Duration {
+        let now = Instant::now();
+        if let Some(due) = self.next_snapshot {
+            if now >= due {
+                self.snapshot(false);
+                self.next_snapshot = now.checked_add(self.shared.cfg.snapshot_interval);
+            }
+        }
+        let until = self
+            .next_snapshot
+            .map_or(CANCEL_POLL, |t| t.saturating_duration_since(now));
+        until.clamp(Duration::from_millis(1), CANCEL_POLL)
+    }
+
+    /// Merges all partitions and hands the global results to `on_snapshot` (unless nothing
+    /// changed since the last one and this is not the final one).
+    fn snapshot(&mut self, final_one: bool) {
+        self.shared.merge_all();
+        let g = lock(&self.shared.global);
+        if final_one || self.delivered != Some(g.frames_processed) {
+            (self.on_snapshot)(&g);
+            self.delivered = Some(g.frames_processed);
+        }
+    }
+
+    /// Waits for every in-flight job (bounded: at most `capacity` tiles of work).
+    fn drain(&mut self) {
+        let mut waited = Duration::ZERO;
+        while self.in_flight > 0 {
+            match self.done_rx.recv_timeout(DRAIN_WARN) {
+                Ok(done) => self.handle(done),
+                Err(_) => {
+                    waited += DRAIN_WARN;
+                    tracing::warn!(
+                        in_flight = self.in_flight,
+                        waited_s = waited.as_secs_f64(),
+                        "processing: still waiting for UDF work to finish"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Ends the run: resumes a worker's panic, returns the first error, or the counters.
+    fn finish(mut self) -> Result<Tally, ProcessingError> {
+        if let Some(p) = self.panic.take() {
+            resume_unwind(p);
+        }
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
+        self.snapshot(true);
+        self.damaged.sort_unstable();
+        Ok(Tally {
+            damaged: std::mem::take(&mut self.damaged),
+            out_of_range: self.out_of_range,
+        })
+    }
+}
+
+fn summarize(
+    shared: Shared,
+    tally: Result<Tally, ProcessingError>,
+    outcome: Outcome,
+) -> Result<RunSummary, ProcessingError> {
+    let tally = tally?;
+    let global = shared
+        .global
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
+    Ok(RunSummary {
+        frames_processed: global.frames_processed,
+        damaged: tally.damaged,
+        out_of_range: tally.out_of_range,
+        outcome,
+        results: global.results,
+    })
+}

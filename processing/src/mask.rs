@@ -1,0 +1,388 @@
+//! Binary detector masks (virtual detectors) and their compact span form.
+//!
+//! # Pixel convention
+//! Pixel `(x, y)` (column `x`, row `y`, row 0 first as stored) covers the square
+//! `[x, x+1) × [y, y+1)` in detector coordinates, in pixels; its centre is at
+//! `(x + 0.5, y + 0.5)`. So the centre of a 256 × 256 frame is `(128.0, 128.0)`. A mask
+//! contains a pixel when the pixel's *centre* lies inside the shape:
+//! * `Disk { cx, cy, r }`: `d ≤ r`,
+//! * `Ring { cx, cy, r_inner, r_outer }`: `r_inner < d ≤ r_outer`,
+//!
+//! where `d` is the distance from `(cx, cy)` to the pixel centre. A disk of radius `a` and a
+//! ring `a..b` about the same centre are disjoint and together make the disk of radius `b`.
+//!
+//! Masks are stored as spans (per row, runs of consecutive contained pixels): a BF disk or
+//! an ADF ring covers a small part of a 256 × 256 frame and a few hundred spans, and summing
+//! contiguous runs is what the processor does fastest.
+
+use crate::pixel::Pixel;
+use stemflow_core::SigShape;
+
+/// A virtual detector's shape, in detector pixels (see the module doc for the convention).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Mask {
+    /// Bright field: pixels whose centre is within `r` of `(cx, cy)`.
+    Disk {
+        /// Centre x (column direction), pixels.
+        cx: f64,
+        /// Centre y (row direction), pixels.
+        cy: f64,
+        /// Radius, pixels, ≥ 0.
+        r: f64,
+    },
+    /// Annular dark field: pixels whose centre is farther than `r_inner` but within
+    /// `r_outer` of `(cx, cy)`.
+    Ring {
+        /// Centre x (column direction), pixels.
+        cx: f64,
+        /// Centre y (row direction), pixels.
+        cy: f64,
+        /// Inner radius (excluded), pixels, ≥ 0.
+        r_inner: f64,
+        /// Outer radius (included), pixels, ≥ `r_inner`.
+        r_outer: f64,
+    },
+}
+
+impl Mask {
+    /// True when pixel `(x, y)` (column, row) belongs to the mask.
+    pub fn contains(&self, x: usize, y: usize) -> bool {
+        let (cx, cy, lo2, hi2, inclusive_lo) = self.bounds2();
+        let dx = x as f64 + 0.5 - cx;
+        let dy = y as f64 + 0.5 - cy;
+        let d2 = dx * dx + dy * dy;
+        let above = if inclusive_lo { d2 >= lo2 } else { d2 > lo2 };
+        above && d2 <= hi2
+    }
+
+    /// `(cx, cy, lower d², upper d², lower bound inclusive)`.
+    fn bounds2(&self) -> (f64, f64, f64, f64, bool) {
+        match *self {
+            Mask::Disk { cx, cy, r } => (cx, cy, 0.0, r * r, true),
+            Mask::Ring {
+                cx,
+                cy,
+                r_inner,
+                r_outer,
+            } => (cx, cy, r_inner * r_inner, r_outer * r_outer, false),
+        }
+    }
+
+    /// Outer radius, pixels.
+    fn outer_radius(&self) -> f64 {
+        match *self {
+            Mask::Disk { r, .. } => r,
+            Mask::Ring { r_outer, .. } => r_outer,
+        }
+    }
+
+    /// Checks the parameters.
+    ///
+    /// # Errors
+    /// A sentence naming the bad parameter and its value: non-finite numbers, negative
+    /// radii, `r_inner > r_outer`.
+    pub fn check(&self) -> Result<(), String> {
+        let params: &[(&str, f64)] = match self {
+            Mask::Disk { cx, cy, r } => &[("cx", *cx), ("cy", *cy), ("r", *r)],
+            Mask::Ring {
+                cx,
+                cy,
+                r_inner,
+                r_outer,
+            } => &[
+                ("cx", *cx),
+                ("cy", *cy),
+                ("r_inner", *r_inner),
+                ("r_outer", *r_outer),
+            ],
+        };
+        for &(name, v) in params {
+            if !v.is_finite() {
+                return Err(format!("mask parameter {name} must be finite, got {v}"));
+            }
+        }
+        match *self {
+            Mask::Disk { r, .. } if r < 0.0 => {
+                Err(format!("disk radius r must be ≥ 0 pixels, got {r}"))
+            }
+            Mask::Ring {
+                r_inner, r_outer, ..
+            } if r_inner < 0.0 || r_outer < r_inner => Err(format!(
+                "ring radii must satisfy 0 ≤ r_inner ≤ r_outer, got r_inner = {r_inner}, r_outer = {r_outer} pixels"
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The mask on a frame of `sig`, as spans (empty for parameters that fail
+    /// [`Mask::check`]).
+    pub fn spans(&self, sig: SigShape) -> SpanMask {
+        let mut spans = Vec::new();
+        if self.check().is_ok() {
+            let (cx, cy, ..) = self.bounds2();
+            let r = self.outer_radius();
+            // Conservative bounding box; the predicate decides each pixel inside it.
+            let clip = |lo: f64, hi: f64, n: usize| {
+                let lo = (lo.floor().max(0.0) as usize).min(n);
+                let hi = (hi.ceil().max(0.0) as usize).min(n);
+                lo..hi
+            };
+            let rows = clip(cy - r - 1.0, cy + r + 1.0, sig.rows);
+            let cols = clip(cx - r - 1.0, cx + r + 1.0, sig.cols);
+            for y in rows {
+                let mut run_start = None;
+                for x in cols.clone() {
+                    match (self.contains(x, y), run_start) {
+                        (true, None) => run_start = Some(x),
+                        (false, Some(s)) => {
+                            spans.push(Span::new(y, s, x));
+                            run_start = None;
+                        }
+                        _ => {}
+                    }
+                }
+                if let Some(s) = run_start {
+                    spans.push(Span::new(y, s, cols.end));
+                }
+            }
+        }
+        SpanMask { sig, spans }
+    }
+}
+
+/// A run of consecutive mask pixels in one row: columns `start..end` of row `row`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Row (y), pixels.
+    pub row: u32,
+    /// First column (x) in the run.
+    pub start: u32,
+    /// One past the last column in the run.
+    pub end: u32,
+}
+
+impl Span {
+    fn new(row: usize, start: usize, end: usize) -> Self {
+        // Shapes beyond 2^32 pixels per side do not exist; saturate rather than wrap.
+        let c = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        Self {
+            row: c(row),
+            start: c(start),
+            end: c(end),
+        }
+    }
+    /// Pixels in the run.
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+    /// True for an empty run (never produced by [`Mask::spans`]).
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    /// Element range of the run in a row-major frame with `cols` columns.
+    #[inline]
+    pub fn range(&self, cols: usize) -> std::ops::Range<usize> {
+        let base = self.row as usize * cols;
+        base + self.start as usize..base + self.end as usize
+    }
+}
+
+/// A binary mask on a frame of a given shape, as row spans, ordered by row then column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpanMask {
+    sig: SigShape,
+    spans: Vec<Span>,
+}
+
+impl SpanMask {
+    /// The spans, by row then column.
+    pub fn spans(&self) -> &[Span] {
+        &self.spans
+    }
+    /// Frame shape the mask was made for.
+    pub fn sig_shape(&self) -> SigShape {
+        self.sig
+    }
+    /// Number of pixels in the mask.
+    pub fn pixel_count(&self) -> usize {
+        self.spans.iter().map(Span::len).sum()
+    }
+    /// Columns `min start..max end` over all spans (empty range for an empty mask).
+    pub fn col_range(&self) -> std::ops::Range<usize> {
+        let lo = self.spans.iter().map(|s| s.start).min().unwrap_or(0) as usize;
+        let hi = self.spans.iter().map(|s| s.end).max().unwrap_or(0) as usize;
+        lo..hi.max(lo)
+    }
+    /// Exact sum of `frame`'s pixels under the mask (`frame` has `sig_shape().len()`
+    /// elements).
+    #[inline]
+    pub fn sum<P: Pixel>(&self, frame: &[P]) -> u64 {
+        let cols = self.sig.cols;
+        self.spans
+            .iter()
+            .map(|s| P::sum(&frame[s.range(cols)]))
+            .fold(0u64, u64::wrapping_add)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pixels(m: &SpanMask) -> Vec<(usize, usize)> {
+        m.spans()
+            .iter()
+            .flat_map(|s| (s.start..s.end).map(move |x| (x as usize, s.row as usize)))
+            .collect()
+    }
+
+    #[test]
+    fn pixel_centres_decide_membership() {
+        let sig = SigShape::new(4, 4);
+        // Centre (2, 2) is the corner shared by pixels (1,1), (2,1), (1,2), (2,2); their
+        // centres are √0.5 ≈ 0.707 away, the next ring of centres √2.5 ≈ 1.58 away.
+        let small = Mask::Disk {
+            cx: 2.0,
+            cy: 2.0,
+            r: 1.0,
+        }
+        .spans(sig);
+        assert_eq!(pixels(&small), vec![(1, 1), (2, 1), (1, 2), (2, 2)]);
+        let bigger = Mask::Disk {
+            cx: 2.0,
+            cy: 2.0,
+            r: 1.6,
+        }
+        .spans(sig);
+        assert_eq!(bigger.pixel_count(), 12);
+        // Centred on pixel (1, 1)'s centre, radius 0.5 reaches exactly the 4 neighbours'
+        // edges but not their centres (1.0 away): only the pixel itself; radius 1.0
+        // includes the 4 neighbours (d = 1 ≤ r).
+        let one = Mask::Disk {
+            cx: 1.5,
+            cy: 1.5,
+            r: 0.5,
+        }
+        .spans(sig);
+        assert_eq!(pixels(&one), vec![(1, 1)]);
+        let plus = Mask::Disk {
+            cx: 1.5,
+            cy: 1.5,
+            r: 1.0,
+        }
+        .spans(sig);
+        assert_eq!(pixels(&plus), vec![(1, 0), (0, 1), (1, 1), (2, 1), (1, 2)]);
+        // The ring excludes its inner radius: the centre pixel (d = 0) is out, the four
+        // neighbours (d = 1) are in.
+        let ring = Mask::Ring {
+            cx: 1.5,
+            cy: 1.5,
+            r_inner: 0.5,
+            r_outer: 1.0,
+        }
+        .spans(sig);
+        assert_eq!(pixels(&ring), vec![(1, 0), (0, 1), (2, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn disk_and_ring_partition_the_outer_disk() {
+        let sig = SigShape::new(64, 80);
+        let (cx, cy) = (37.3, 30.9);
+        let inner = Mask::Disk { cx, cy, r: 9.0 }.spans(sig);
+        let ring = Mask::Ring {
+            cx,
+            cy,
+            r_inner: 9.0,
+            r_outer: 21.5,
+        }
+        .spans(sig);
+        let outer = Mask::Disk { cx, cy, r: 21.5 }.spans(sig);
+        let mut union = pixels(&inner);
+        union.extend(pixels(&ring));
+        union.sort_by_key(|&(x, y)| (y, x));
+        assert_eq!(union, pixels(&outer));
+        assert_eq!(
+            inner.pixel_count() + ring.pixel_count(),
+            outer.pixel_count()
+        );
+    }
+
+    #[test]
+    fn spans_match_the_predicate_and_clip_at_edges() {
+        let sig = SigShape::new(20, 30);
+        let m = Mask::Ring {
+            cx: 2.0,
+            cy: 18.5,
+            r_inner: 3.0,
+            r_outer: 12.2,
+        };
+        let s = m.spans(sig);
+        let mut naive = Vec::new();
+        for y in 0..20 {
+            for x in 0..30 {
+                let d = ((x as f64 + 0.5 - 2.0).powi(2) + (y as f64 + 0.5 - 18.5).powi(2)).sqrt();
+                if d > 3.0 && d <= 12.2 {
+                    naive.push((x, y));
+                }
+            }
+        }
+        assert_eq!(pixels(&s), naive);
+        let frame: Vec<u16> = (0..600).map(|i| (i * 7 % 101) as u16).collect();
+        let want: u64 = naive.iter().map(|&(x, y)| frame[y * 30 + x] as u64).sum();
+        assert_eq!(s.sum(&frame), want);
+        // Wholly outside the frame: no spans, no panic.
+        assert_eq!(
+            Mask::Disk {
+                cx: -50.0,
+                cy: 5.0,
+                r: 3.0
+            }
+            .spans(sig)
+            .pixel_count(),
+            0
+        );
+    }
+
+    #[test]
+    fn bad_parameters_are_reported() {
+        assert!(
+            Mask::Disk {
+                cx: 1.0,
+                cy: 1.0,
+                r: -1.0
+            }
+            .check()
+            .unwrap_err()
+            .contains("r must be")
+        );
+        let e = Mask::Ring {
+            cx: 1.0,
+            cy: 1.0,
+            r_inner: 5.0,
+            r_outer: 2.0,
+        }
+        .check()
+        .unwrap_err();
+        assert!(e.contains("r_inner = 5"), "{e}");
+        assert!(
+            Mask::Disk {
+                cx: f64::NAN,
+                cy: 1.0,
+                r: 1.0
+            }
+            .check()
+            .unwrap_err()
+            .contains("cx")
+        );
+        assert!(
+            Mask::Disk {
+                cx: f64::NAN,
+                cy: 1.0,
+                r: 1.0
+            }
+            .spans(SigShape::new(4, 4))
+            .spans()
+            .is_empty()
+        );
+    }
+}

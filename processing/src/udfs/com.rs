@@ -1,0 +1,174 @@
+//! [`ComUdf`]: centre of mass of each frame inside a disk (differential phase contrast).
+
+use crate::mask::{Mask, Span};
+use crate::pixel::{Accum, Pixel};
+use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::with_pixel_type;
+use stemflow_core::frame::PixelsRef;
+
+/// Centre of mass of the intensity inside a disk of `mask_radius` around a reference
+/// centre `(cx, cy)`, relative to that centre.
+///
+/// Parameters, in detector pixels, with the pixel convention of [`crate::mask`] (pixel
+/// `(x, y)` has its centre at `(x + 0.5, y + 0.5)`): `cx`, `cy` — the reference centre
+/// (usually the unscattered beam's centre); `mask_radius` — the disk that is weighed
+/// (pixels whose centre is within it); optionally a scan rotation in degrees
+/// ([`ComUdf::with_scan_rotation`]) applied to the shift vector.
+///
+/// Output nav buffers, shape `[nav_rows, nav_cols]`, unit `pixels`:
+/// * `x` — CoM x − `cx` (column direction), rotated by the scan rotation;
+/// * `y` — CoM y − `cy` (row direction, row 0 first), rotated likewise;
+/// * `magnitude` — `√(x² + y²)`.
+///
+/// All three are NaN for a frame whose masked sum is zero. The moments Σ I, Σ I·x, Σ I·y
+/// are exact integers; only the final division is floating point, so a frame's values
+/// never depend on how frames were split into tiles.
+#[derive(Clone, Debug)]
+pub struct ComUdf {
+    name: String,
+    cx: f64,
+    cy: f64,
+    mask_radius: f64,
+    rotation_deg: f64,
+}
+
+impl ComUdf {
+    /// CoM named `com` inside a disk of `mask_radius` pixels around `(cx, cy)` pixels.
+    pub fn new(cx: f64, cy: f64, mask_radius: f64) -> Self {
+        Self {
+            name: "com".into(),
+            cx,
+            cy,
+            mask_radius,
+            rotation_deg: 0.0,
+        }
+    }
+    /// The same UDF under another name (names are unique within a run).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+    /// Rotates the shift vector by `degrees` (counter-clockwise in a frame shown with x to
+    /// the right and y up; clockwise as displayed with row 0 at the top):
+    /// `x' = x cos θ − y sin θ`, `y' = x sin θ + y cos θ`. Compensates the rotation between
+    /// scan and detector axes.
+    pub fn with_scan_rotation(mut self, degrees: f64) -> Self {
+        self.rotation_deg = degrees;
+        self
+    }
+    fn mask(&self) -> Mask {
+        Mask::Disk {
+            cx: self.cx,
+            cy: self.cy,
+            r: self.mask_radius,
+        }
+    }
+}
+
+impl Udf for ComUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
+        vec![
+            BufferDecl::nav("x", "pixels"),
+            BufferDecl::nav("y", "pixels"),
+            BufferDecl::nav("magnitude", "pixels"),
+        ]
+    }
+    fn check(&self, meta: &UdfMeta) -> Result<(), String> {
+        self.mask().check().map_err(|e| format!("CoM mask: {e}"))?;
+        if !self.rotation_deg.is_finite() {
+            return Err(format!(
+                "scan rotation must be finite, got {} degrees",
+                self.rotation_deg
+            ));
+        }
+        // Column sums take at most one pixel per row per frame.
+        let headroom = with_pixel_type!(meta.dtype, P => P::ACC_HEADROOM);
+        if meta.sig_shape.rows as u64 > headroom {
+            return Err(format!(
+                "frames of {} rows exceed the {} rows CoM can sum exactly for {}",
+                meta.sig_shape.rows, headroom, meta.dtype
+            ));
+        }
+        Ok(())
+    }
+    fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
+        let mask = self.mask().spans(meta.sig_shape);
+        let cols = mask.col_range();
+        let (sin, cos) = self.rotation_deg.to_radians().sin_cos();
+        with_pixel_type!(meta.dtype, P => Box::new(ComTask::<P> {
+            meta: *meta,
+            spans: mask.spans().to_vec(),
+            x0: cols.start,
+            colsum: vec![Default::default(); cols.len()],
+            cx: self.cx,
+            cy: self.cy,
+            rotation: (self.rotation_deg != 0.0).then_some((cos, sin)),
+        }))
+    }
+}
+
+struct ComTask<P: Pixel> {
+    meta: UdfMeta,
+    spans: Vec<Span>,
+    /// First column of the mask's bounding box; `colsum[k]` is column `x0 + k`.
+    x0: usize,
+    /// Masked column sums of the current frame.
+    colsum: Vec<P::Acc>,
+    cx: f64,
+    cy: f64,
+    /// `(cos θ, sin θ)` of the scan rotation, `None` for none.
+    rotation: Option<(f64, f64)>,
+}
+
+impl<P: Pixel> ComTask<P> {
+    /// `(x, y, magnitude)` of one frame.
+    #[inline]
+    fn frame_com(&mut self, frame: &[P], cols: usize) -> [f64; 3] {
+        self.colsum.fill(P::Acc::default());
+        let y0 = self.spans.first().map_or(0, |s| s.row as u64);
+        let mut total = 0u64;
+        let mut moment_y = 0u128;
+        for s in &self.spans {
+            let k = s.start as usize - self.x0..s.end as usize - self.x0;
+            let row_sum = P::add_into_sum(&mut self.colsum[k], &frame[s.range(cols)]);
+            total = total.wrapping_add(row_sum);
+            moment_y += (s.row as u64 - y0) as u128 * row_sum as u128;
+        }
+        if total == 0 {
+            return [f64::NAN; 3];
+        }
+        let moment_x: u128 = self
+            .colsum
+            .iter()
+            .enumerate()
+            .map(|(k, c)| k as u128 * c.to_u64() as u128)
+            .sum();
+        let t = total as f64;
+        let mut dx = self.x0 as f64 + 0.5 + moment_x as f64 / t - self.cx;
+        let mut dy = y0 as f64 + 0.5 + moment_y as f64 / t - self.cy;
+        if let Some((cos, sin)) = self.rotation {
+            (dx, dy) = (dx * cos - dy * sin, dx * sin + dy * cos);
+        }
+        [dx, dy, dx.hypot(dy)]
+    }
+}
+
+impl<P: Pixel> PartitionTask for ComTask<P> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let cols = tile.sig_shape.cols;
+        for (out, frame) in nav.chunks_exact_mut(3).zip(px.chunks_exact(n)) {
+            out.copy_from_slice(&self.frame_com(frame, cols));
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! [`MasksUdf`]: virtual detectors — several binary masks applied to each frame in one pass.
+
+use crate::mask::{Mask, SpanMask};
+use crate::pixel::Pixel;
+use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::with_pixel_type;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use stemflow_core::frame::PixelsRef;
+
+/// Virtual detectors: for each frame, the sum of the pixels under each mask (e.g. a
+/// [`Mask::Disk`] for bright field, a [`Mask::Ring`] for annular dark field), all masks in
+/// one pass over the frame.
+///
+/// Output: one nav buffer per mask, named by the mask (e.g. `bf`, `adf`), shape
+/// `[nav_rows, nav_cols]`, unit `counts` — the exact integer sum under the mask as `f64`.
+/// Geometry and pixel convention: [`crate::mask`].
+#[derive(Clone, Debug)]
+pub struct MasksUdf {
+    name: String,
+    masks: Vec<(String, Mask)>,
+}
+
+impl MasksUdf {
+    /// Virtual detectors named `masks`, one per `(buffer name, mask)`.
+    pub fn new<S: Into<String>>(masks: impl IntoIterator<Item = (S, Mask)>) -> Self {
+        Self {
+            name: "masks".into(),
+            masks: masks.into_iter().map(|(n, m)| (n.into(), m)).collect(),
+        }
+    }
+    /// The same UDF under another name (names are unique within a run).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+    /// The masks, with their buffer names, in buffer order.
+    pub fn masks(&self) -> &[(String, Mask)] {
+        &self.masks
+    }
+}
+
+impl Udf for MasksUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
+        self.masks
+            .iter()
+            .map(|(n, _)| BufferDecl::nav(n, "counts"))
+            .collect()
+    }
+    fn check(&self, _meta: &UdfMeta) -> Result<(), String> {
+        if self.masks.is_empty() {
+            return Err("no masks given; at least one (name, mask) is needed".into());
+        }
+        for (i, (name, mask)) in self.masks.iter().enumerate() {
+            if self.masks[..i].iter().any(|(n, _)| n == name) {
+                return Err(format!(
+                    "mask name `{name}` is used twice; names must be unique"
+                ));
+            }
+            mask.check().map_err(|e| format!("mask `{name}`: {e}"))?;
+        }
+        Ok(())
+    }
+    fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
+        let spans: Arc<[SpanMask]> = self
+            .masks
+            .iter()
+            .map(|(_, m)| m.spans(meta.sig_shape))
+            .collect();
+        with_pixel_type!(meta.dtype, P => Box::new(MasksTask::<P> {
+            meta: *meta,
+            spans: Arc::clone(&spans),
+            _pixel: PhantomData,
+        }))
+    }
+}
+
+struct MasksTask<P: Pixel> {
+    meta: UdfMeta,
+    spans: Arc<[SpanMask]>,
+    _pixel: PhantomData<P>,
+}
+
+impl<P: Pixel> PartitionTask for MasksTask<P> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let width = self.spans.len().max(1);
+        for (out, frame) in nav.chunks_exact_mut(width).zip(px.chunks_exact(n)) {
+            for (o, mask) in out.iter_mut().zip(self.spans.iter()) {
+                *o = mask.sum(frame) as f64;
+            }
+        }
+    }
+}

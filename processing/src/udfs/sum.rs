@@ -1,0 +1,198 @@
+//! [`SumUdf`]: the sum of all frames (the mean diffraction pattern times the frame count).
+
+use crate::pixel::{Accum, Pixel};
+use crate::result::ResultBuffer;
+use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::with_pixel_type;
+use stemflow_core::frame::PixelsRef;
+
+/// Sums all processed frames pixel by pixel.
+///
+/// Output: sig buffer `intensity`, shape `[sig_rows, sig_cols]`, unit `counts`.
+///
+/// Accumulation is exact: u8/u16 frames are added into `u32` lanes, flushed to `u64`
+/// before a lane could overflow (every 65 537 u16 frames); u32/u64 frames into `u64`. The
+/// merged `f64` sums are exact while a pixel's total stays below 2^53 counts, so the result
+/// does not depend on how frames were split or in which order partitions merged.
+#[derive(Clone, Debug)]
+pub struct SumUdf {
+    name: String,
+}
+
+impl SumUdf {
+    /// A sum UDF named `sum`.
+    pub fn new() -> Self {
+        Self { name: "sum".into() }
+    }
+    /// The same UDF under another name (names are unique within a run).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+}
+
+impl Default for SumUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Udf for SumUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
+        vec![BufferDecl::sig("intensity", "counts")]
+    }
+    fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
+        with_pixel_type!(meta.dtype, P => Box::new(SumTask::<P>::new(meta)))
+    }
+}
+
+/// Per-worker sum: `acc` takes every frame; `total` takes `acc` before it could overflow.
+struct SumTask<P: Pixel> {
+    meta: UdfMeta,
+    acc: Vec<P::Acc>,
+    /// Allocated at the first flush only (rare: 65 537 u16 frames in one partition).
+    total: Vec<u64>,
+    frames_in_acc: u64,
+}
+
+impl<P: Pixel> SumTask<P> {
+    fn new(meta: &UdfMeta) -> Self {
+        Self {
+            meta: *meta,
+            acc: vec![P::Acc::default(); meta.sig_shape.len()],
+            total: Vec::new(),
+            frames_in_acc: 0,
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.total.is_empty() {
+            self.total = vec![0; self.acc.len()];
+        }
+        for (t, a) in self.total.iter_mut().zip(self.acc.iter_mut()) {
+            *t = t.wrapping_add(a.to_u64());
+            *a = P::Acc::default();
+        }
+        self.frames_in_acc = 0;
+    }
+}
+
+impl<P: Pixel> PartitionTask for SumTask<P> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn process_tile(&mut self, tile: &TileView<'_>, _nav: &mut [f64]) {
+        // The engine hands only tiles of the run's dtype.
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        let n = self.acc.len();
+        if n == 0 {
+            return;
+        }
+        let px = &px[..(tile.n_frames * n).min(px.len())];
+        let mut quads = px.chunks_exact(4 * n);
+        for q in &mut quads {
+            if self.frames_in_acc + 4 > P::ACC_HEADROOM {
+                self.flush();
+            }
+            let (a, rest) = q.split_at(n);
+            let (b, rest) = rest.split_at(n);
+            let (c, d) = rest.split_at(n);
+            P::add4_into(&mut self.acc, a, b, c, d);
+            self.frames_in_acc += 4;
+        }
+        for frame in quads.remainder().chunks_exact(n) {
+            if self.frames_in_acc + 1 > P::ACC_HEADROOM {
+                self.flush();
+            }
+            P::add_into(&mut self.acc, frame);
+            self.frames_in_acc += 1;
+        }
+    }
+
+    fn merge_into(&mut self, global: &mut [ResultBuffer]) {
+        let Some(out) = global.first_mut() else {
+            return;
+        };
+        if self.total.is_empty() {
+            for (g, a) in out.data.iter_mut().zip(self.acc.iter_mut()) {
+                *g += a.to_u64() as f64;
+                *a = P::Acc::default();
+            }
+        } else {
+            for ((g, a), t) in out
+                .data
+                .iter_mut()
+                .zip(self.acc.iter_mut())
+                .zip(self.total.iter_mut())
+            {
+                *g += t.wrapping_add(a.to_u64()) as f64;
+                *a = P::Acc::default();
+                *t = 0;
+            }
+        }
+        self.frames_in_acc = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::udf::new_results;
+    use stemflow_core::{DType, NavShape, SigShape};
+
+    fn meta(dtype: DType) -> UdfMeta {
+        UdfMeta {
+            nav_shape: NavShape::new(1, 1),
+            sig_shape: SigShape::new(2, 3),
+            dtype,
+        }
+    }
+
+    #[test]
+    fn flushes_before_a_u32_lane_overflows() {
+        // 70 000 maximal u16 frames overflow a u32 lane after 65 537; the flush keeps the
+        // sum exact.
+        let m = meta(DType::U16);
+        let mut task = SumTask::<u16>::new(&m);
+        let frame = [u16::MAX; 6];
+        for i in 0..70_000u64 {
+            task.process_frame(i, PixelsRef::U16(&frame), &mut []);
+        }
+        let mut res = new_results(&SumUdf::new(), &m);
+        task.merge_into(&mut res.buffers);
+        assert_eq!(res.buffers[0].data, vec![70_000.0 * 65_535.0; 6]);
+        // Merging reset the task: a second merge adds nothing.
+        task.merge_into(&mut res.buffers);
+        assert_eq!(res.buffers[0].data[0], 70_000.0 * 65_535.0);
+    }
+
+    #[test]
+    fn lockstep_and_single_frame_paths_flush_alike() {
+        // Tiles of 7 frames: four in lockstep, three one by one; 70 007 frames in all.
+        let m = meta(DType::U16);
+        let mut task = SumTask::<u16>::new(&m);
+        let tile: Vec<u16> = (0..7 * 6).map(|i| u16::MAX - (i % 5) as u16).collect();
+        let per_pixel: Vec<u64> = (0..6)
+            .map(|p| (0..7).map(|f| tile[f * 6 + p] as u64).sum())
+            .collect();
+        for k in 0..10_001u64 {
+            let view = TileView {
+                first_frame: 7 * k,
+                n_frames: 7,
+                sig_shape: m.sig_shape,
+                pixels: PixelsRef::U16(&tile),
+            };
+            task.process_tile(&view, &mut []);
+        }
+        let mut res = new_results(&SumUdf::new(), &m);
+        task.merge_into(&mut res.buffers);
+        let want: Vec<f64> = per_pixel.iter().map(|&s| (s * 10_001) as f64).collect();
+        assert_eq!(res.buffers[0].data, want);
+    }
+}

@@ -1,0 +1,154 @@
+//! Helpers shared by the processing tests: synthetic frames, a big-endian u16 decoder, raw
+//! stacks, tiles, and a bitwise comparison of results.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use stemflow_core::frame::{
+    DecodeError, FrameDecoder, PixelsMut, RawFrameRef, RawStack, Tile, TileData,
+};
+use stemflow_core::pool::Pooled;
+use stemflow_core::result::UdfResults;
+use stemflow_core::{DType, SigShape};
+
+/// Deterministic pseudo-random numbers (xorshift64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `n` frames of `sig` with values in `0..max`.
+pub fn random_frames(n: usize, sig: SigShape, max: u64, seed: u64) -> Vec<Vec<u64>> {
+    let mut rng = Rng(seed | 1);
+    (0..n)
+        .map(|_| (0..sig.len()).map(|_| rng.below(max)).collect())
+        .collect()
+}
+
+/// Frames packed into tiles of `per_tile` frames of `dtype`.
+pub fn tiles(frames: &[Vec<u64>], per_tile: usize, sig: SigShape, dtype: DType) -> Vec<Tile> {
+    frames
+        .chunks(per_tile)
+        .enumerate()
+        .map(|(k, chunk)| {
+            let flat = chunk.iter().flatten().copied();
+            let data = match dtype {
+                DType::U8 => TileData::U8(flat.map(|v| v as u8).collect()),
+                DType::U16 => TileData::U16(flat.map(|v| v as u16).collect()),
+                DType::U32 => TileData::U32(flat.map(|v| v as u32).collect()),
+                DType::U64 => TileData::U64(flat.collect()),
+            };
+            Tile {
+                first_frame: (k * per_tile) as u64,
+                n_frames: chunk.len(),
+                sig_shape: sig,
+                data,
+            }
+        })
+        .collect()
+}
+
+/// Big-endian u16 frames (as Merlin sends 12-bit data), rejecting payloads of the wrong
+/// length.
+#[derive(Debug)]
+pub struct BeU16Decoder {
+    pub sig: SigShape,
+}
+
+impl FrameDecoder for BeU16Decoder {
+    fn sig_shape(&self) -> SigShape {
+        self.sig
+    }
+    fn dtype(&self) -> DType {
+        DType::U16
+    }
+    fn decode_into(&self, payload: &[u8], out: PixelsMut<'_>) -> Result<(), DecodeError> {
+        let n = self.sig.len();
+        if payload.len() != 2 * n {
+            return Err(DecodeError::PayloadSize {
+                device: "test".into(),
+                expected: 2 * n,
+                observed: payload.len(),
+            });
+        }
+        let PixelsMut::U16(out) = out else {
+            return Err(DecodeError::Target {
+                expected_dtype: DType::U16,
+                expected_len: n,
+                observed_dtype: out.dtype(),
+                observed_len: out.len(),
+            });
+        };
+        for (o, b) in out.iter_mut().zip(payload.chunks_exact(2)) {
+            *o = u16::from_be_bytes([b[0], b[1]]);
+        }
+        Ok(())
+    }
+}
+
+/// Frames encoded big-endian into raw stacks of `per_stack` frames, starting at frame
+/// `first`. Frames listed in `truncate` get a payload one byte short (damaged).
+pub fn raw_stacks(
+    frames: &[Vec<u64>],
+    first: u64,
+    per_stack: usize,
+    sig: SigShape,
+    truncate: &[u64],
+) -> Vec<RawStack> {
+    let decoder: Arc<dyn FrameDecoder> = Arc::new(BeU16Decoder { sig });
+    frames
+        .chunks(per_stack)
+        .enumerate()
+        .map(|(k, chunk)| {
+            let first_frame = first + (k * per_stack) as u64;
+            let mut buf = Vec::new();
+            let mut refs = Vec::new();
+            for (i, f) in chunk.iter().enumerate() {
+                let offset = buf.len();
+                for v in f {
+                    buf.extend_from_slice(&(*v as u16).to_be_bytes());
+                }
+                let mut len = buf.len() - offset;
+                if truncate.contains(&(first_frame + i as u64)) {
+                    len -= 1;
+                }
+                refs.push(RawFrameRef { offset, len });
+                // A few header bytes between payloads, as on the wire.
+                buf.extend_from_slice(b"HDR");
+            }
+            RawStack {
+                first_frame,
+                frames: refs,
+                buf: Pooled::unpooled(buf),
+                decoder: Arc::clone(&decoder),
+            }
+        })
+        .collect()
+}
+
+/// Panics unless `a` and `b` are bitwise identical (NaN == NaN, -0 != +0).
+pub fn assert_identical(a: &[UdfResults], b: &[UdfResults]) {
+    assert_eq!(a.len(), b.len());
+    for (ra, rb) in a.iter().zip(b) {
+        assert_eq!(ra.udf, rb.udf);
+        assert_eq!(ra.buffers.len(), rb.buffers.len());
+        for (ba, bb) in ra.buffers.iter().zip(&rb.buffers) {
+            assert_eq!(
+                (&ba.name, ba.kind, &ba.shape),
+                (&bb.name, bb.kind, &bb.shape)
+            );
+            let bits_a: Vec<u64> = ba.data.iter().map(|v| v.to_bits()).collect();
+            let bits_b: Vec<u64> = bb.data.iter().map(|v| v.to_bits()).collect();
+            assert!(bits_a == bits_b, "{}/{} differs", ra.udf, ba.name);
+        }
+    }
+}
