@@ -3,5 +3,5 @@
 # the embedded simulated instrument and writes out/ (HDF5 + PNG images).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/ensure-deps.sh
+source scripts/ensure-deps.sh
 exec cargo run --release -q -p stemflow -- "$@"

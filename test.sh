@@ -2,5 +2,5 @@
 # Runs every test of the workspace (unit, integration, interoperability with LiberTEM-live).
 set -euo pipefail
 cd "$(dirname "$0")"
-bash scripts/ensure-deps.sh
+source scripts/ensure-deps.sh
 exec cargo test --workspace --all-targets "$@"

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Installs what stemflow needs to build and test on Debian, when missing:
 # libhdf5-dev + pkg-config (HDF5 recording), python3-venv (interoperability tests that run
-# LiberTEM-live's simulator and client, and h5py readback, from PyPI), and a C compiler.
-set -euo pipefail
+# LiberTEM-live's simulator and client, and h5py readback, from PyPI), a C compiler, and a
+# Rust toolchain (rustup, stable, minimal profile) when there is no `cargo`.
+#
+# Sourced by run.sh and test.sh (so that a freshly installed cargo is on their PATH).
 need=()
-for pkg in libhdf5-dev pkg-config python3-venv gcc; do
+want=(libhdf5-dev pkg-config python3-venv gcc)
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+command -v cargo >/dev/null 2>&1 || want+=(curl ca-certificates)
+for pkg in "${want[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-  dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
-fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "stemflow: installing ${need[*]}" >&2
   SUDO=""
@@ -18,6 +20,18 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "stemflow: cargo not found; install Rust (rustup) first" >&2
-  exit 1
+  echo "stemflow: installing Rust (rustup, stable)" >&2
+  curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+# The workspace uses the 2024 edition: Rust 1.85 or newer.
+rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
+if [ "${rust_minor:-0}" -lt 85 ]; then
+  if command -v rustup >/dev/null 2>&1; then
+    echo "stemflow: Rust $(rustc --version) is older than 1.85; updating (rustup)" >&2
+    rustup update stable >/dev/null && rustup default stable >/dev/null
+  else
+    echo "stemflow: $(rustc --version) is older than 1.85, which the 2024 edition needs" >&2
+    exit 1
+  fi
 fi

@@ -106,6 +106,12 @@ pub struct AcquireArgs {
     /// Seconds without a frame after which the acquisition is ended (rest counted lost).
     #[arg(long, default_value_t = 5.0)]
     pub frame_timeout_s: f64,
+    /// Seconds from arming to the first frame (a detector that is never triggered).
+    #[arg(long, default_value_t = 10.0)]
+    pub first_frame_timeout_s: f64,
+    /// Active mode: ask for raw frames (FILEFORMAT 2, as at the highest frame rates).
+    #[arg(long)]
+    pub raw: bool,
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,

@@ -38,6 +38,9 @@ pub struct MerlinDetectorConfig {
     pub first_frame_timeout: Duration,
     /// Scan shape to report, overriding the HDR's.
     pub nav_shape: Option<NavShape>,
+    /// Active mode: ask for raw frames (`FILEFORMAT` 2, R64 on the wire; protocols.md §1.7),
+    /// as the detector sends at the highest frame rates.
+    pub raw_format: bool,
 }
 
 impl MerlinDetectorConfig {
@@ -51,6 +54,7 @@ impl MerlinDetectorConfig {
             frame_timeout: Duration::from_secs(2),
             first_frame_timeout: Duration::from_secs(10),
             nav_shape: None,
+            raw_format: false,
         }
     }
 }
@@ -66,22 +70,42 @@ pub struct MerlinDetector {
     mode: ArmMode,
 }
 
+/// A control-port failure as the device error of the step `what`; the details (request,
+/// status code and meaning, values) come from the driver's error, stated once.
 fn control_err(device: &str, what: &str, e: ControlError) -> DeviceError {
     match e {
-        ControlError::Timeout { .. } => DeviceError::Timeout {
+        ControlError::Timeout {
+            request, waited_s, ..
+        } => DeviceError::Timeout {
             device: device.to_string(),
-            what: format!("{what}: {e}"),
-            waited_s: 0.0,
+            what: format!("the reply to `{request}` ({what})"),
+            waited_s,
         },
-        ControlError::Status { .. } | ControlError::Mismatch { .. } => DeviceError::Rejected {
+        ControlError::Status {
+            request,
+            code,
+            meaning,
+            ..
+        } => DeviceError::Rejected {
             device: device.to_string(),
-            setting: what.to_string(),
-            requested: "status 0 (and the value read back equal)".into(),
-            actual: e.to_string(),
+            setting: request,
+            requested: "status 0 (accepted)".into(),
+            actual: format!("status {code} ({meaning})"),
+        },
+        ControlError::Mismatch {
+            setting,
+            requested,
+            actual,
+            ..
+        } => DeviceError::Rejected {
+            device: device.to_string(),
+            setting,
+            requested,
+            actual: format!("`{actual}` read back"),
         },
         other => DeviceError::Protocol {
             device: device.to_string(),
-            expected: format!("a valid reply to {what}"),
+            expected: format!("a valid reply during {what}"),
             observed: other.to_string(),
         },
     }
@@ -230,7 +254,7 @@ impl Detector for MerlinDetector {
             trigger_start: trigger,
             trigger_stop: MerlinTrigger::Internal,
             continuous_rw: true,
-            raw_format: false,
+            raw_format: self.cfg.raw_format,
             run_headless: true,
         };
         let mut readback = self.with_control("configure acquisition", |c| {

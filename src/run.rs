@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use stemflow_actors::orchestrator::{AcquisitionRequest, Instrument, RunFailure, RunRecord};
+use stemflow_actors::orchestrator::{
+    AcquisitionRequest, ExitStatus, Instrument, RunFailure, RunRecord,
+};
 use stemflow_actors::recorder::RecordingFactory;
 use stemflow_actors::supervisor::InstrumentSpec;
 use stemflow_config::Profile;
@@ -158,23 +160,18 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
         nav_from_detector: false,
     };
     let rt = runtime()?;
-    let result = rt.block_on(run_one(InstrumentSpecOrErr::Spec(spec), req));
+    let result = rt.block_on(run_one(spec, req));
     drop(sim);
     finish(result, &args.out, &geometry)
 }
 
-enum InstrumentSpecOrErr {
-    Spec(InstrumentSpec),
-}
-
 async fn run_one(
-    spec: InstrumentSpecOrErr,
+    spec: InstrumentSpec,
     req: AcquisitionRequest,
 ) -> Result<(
     Result<RunRecord, RunFailure>,
     Arc<stemflow_actors::processing::LiveSnapshot>,
 )> {
-    let InstrumentSpecOrErr::Spec(spec) = spec;
     let mut inst = Instrument::start(spec)
         .await
         .map_err(|e| anyhow::anyhow!(e))
@@ -210,6 +207,15 @@ fn finish(
     for p in images {
         println!("wrote {}", p.display());
     }
+    if record.exit_status == ExitStatus::CompletedWithLoss {
+        // Outputs are written and the missing frames marked; the exit status still says so.
+        bail!(
+            "{} of {} frames lost and {} damaged (marked in the recording's validity map)",
+            record.frames_lost,
+            record.frames_expected,
+            record.frames_damaged
+        );
+    }
     Ok(())
 }
 
@@ -219,6 +225,8 @@ pub fn acquire(args: &AcquireArgs) -> Result<()> {
     let data = SocketAddr::new(args.host, args.data_port);
     let mut cfg = MerlinDetectorConfig::new(control, data);
     cfg.frame_timeout = Duration::from_secs_f64(args.frame_timeout_s);
+    cfg.first_frame_timeout = Duration::from_secs_f64(args.first_frame_timeout_s);
+    cfg.raw_format = args.raw;
     let mode = match args.mode {
         ModeArg::Active => ArmMode::Active,
         ModeArg::Passive => ArmMode::Passive,
@@ -276,6 +284,6 @@ pub fn acquire(args: &AcquireArgs) -> Result<()> {
         nav_from_detector: args.nav_shape.is_none(),
     };
     let rt = runtime()?;
-    let result = rt.block_on(run_one(InstrumentSpecOrErr::Spec(spec), req));
+    let result = rt.block_on(run_one(spec, req));
     finish(result, &args.out, &Geometry::default())
 }

@@ -832,9 +832,32 @@ impl Instrument {
             ctx.output_file = Some(path);
         }
         ctx.results = output.results;
+        // The final merged results, not whichever live snapshot arrived last.
+        let final_snapshot = Arc::new(LiveSnapshot {
+            frames_processed: output.frames_processed,
+            results: ctx.results.clone(),
+        });
+        self.status.send_modify(|s| s.snapshot = final_snapshot);
+        // Frames were recorded and counted; an acquisition without a single frame is still a
+        // fault (e.g. a trigger cable that is not connected), whatever ended it.
+        if !output.cancelled && ctx.expected > 0 && end.received == 0 {
+            let error = end.error.clone().unwrap_or_else(|| {
+                format!(
+                    "no frame arrived before the receiver's deadline (ended by {}); is the \
+                     trigger reaching the detector?",
+                    end.reason
+                )
+            });
+            return Err(RunError::Detector {
+                detector: self.detector_name.clone(),
+                trigger_source: ctx.trigger_source.clone(),
+                error,
+                expected: ctx.expected,
+                received: end.received,
+            });
+        }
         if let Some(err) = &end.error {
-            // Frames were recorded and counted; the run is still a fault (e.g. no triggers).
-            if end.received == 0 || ctx.expected == 0 {
+            if ctx.expected == 0 {
                 return Err(RunError::Detector {
                     detector: self.detector_name.clone(),
                     trigger_source: ctx.trigger_source.clone(),

@@ -1,0 +1,10 @@
+//! Helpers shared by the integration tests: a Python virtual environment with pinned PyPI
+//! packages ([`pyenv`]), child processes that are killed on every path ([`process`]), and
+//! scratch directories and test data paths ([`scratch`]).
+//!
+//! Each test file includes this with `mod common;`; not every file uses every helper.
+#![allow(dead_code)]
+
+pub mod process;
+pub mod pyenv;
+pub mod scratch;
