@@ -5,7 +5,7 @@
 //! frames per configuration, then one JSON line with every figure.
 
 use crate::cli::BenchMerlinArgs;
-use crate::merlin_detector::{MerlinDetector, MerlinDetectorConfig};
+use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
 use crate::output::dtype_for_depth;
 use crate::pipeline::{Geometry, udfs};
 use anyhow::{Context, Result, bail};

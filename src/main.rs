@@ -6,7 +6,6 @@
 
 mod bench;
 mod cli;
-mod merlin_detector;
 mod offline;
 mod output;
 mod pipeline;

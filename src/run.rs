@@ -2,7 +2,7 @@
 //! acquisition through the orchestrator, show progress, write results.
 
 use crate::cli::{AcquireArgs, ModeArg, SimulateArgs, TriggerArg};
-use crate::merlin_detector::{MerlinDetector, MerlinDetectorConfig};
+use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
 use crate::output;
 use crate::pipeline::{self, Geometry};
 use anyhow::{Context, Result, bail};

@@ -16,6 +16,7 @@
 
 pub mod control;
 pub mod decode;
+pub mod detector;
 pub mod error;
 pub mod file;
 pub mod hdr;
@@ -27,6 +28,7 @@ mod stream;
 
 pub use control::{ControlError, MerlinControl};
 pub use decode::{DecoderError, MerlinDecoder};
+pub use detector::{MerlinDetector, MerlinDetectorConfig};
 pub use error::MerlinError;
 pub use file::{MibFile, MibFileError};
 pub use hdr::{HdrError, MerlinHeader};

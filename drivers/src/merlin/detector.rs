@@ -16,7 +16,7 @@ use stemflow_core::detector::{
 };
 use stemflow_core::devices::DeviceError;
 use stemflow_core::{DType, NavShape, SigShape};
-use stemflow_drivers::merlin::{
+use crate::merlin::{
     AcquisitionSummary, ControlError, Layout, MerlinControl, MerlinHeader, MerlinReceiver,
     MerlinReceiverConfig, MerlinSettings, MerlinTrigger, ReceiverEvent,
 };
