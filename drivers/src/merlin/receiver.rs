@@ -450,7 +450,13 @@ struct Worker {
 impl Worker {
     fn run(mut self) {
         if let Err(f) = self.serve() {
-            tracing::warn!(device = %self.cfg.device, error = %f.error, "merlin receiver failed");
+            // A detector that closes the connection between acquisitions (e.g. shutting
+            // down) loses no frame; everything else is worth a warning.
+            if matches!(f.error, MerlinError::Closed { .. }) && f.summary.is_none() {
+                tracing::info!(device = %self.cfg.device, "data connection closed between acquisitions");
+            } else {
+                tracing::warn!(device = %self.cfg.device, error = %f.error, "merlin receiver failed");
+            }
             self.emit(ReceiverEvent::Error {
                 error: f.error,
                 summary: f.summary,
