@@ -7,6 +7,10 @@
 //! sends `STARTACQUISITION` and returns only when the HDR has arrived: armed, confirmed.
 //! Passive mode only waits for the HDR of an acquisition armed by someone else.
 
+use crate::merlin::{
+    AcquisitionSummary, ControlError, Layout, MerlinControl, MerlinHeader, MerlinReceiver,
+    MerlinReceiverConfig, MerlinSettings, MerlinTrigger, ReceiverEvent,
+};
 use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,10 +20,6 @@ use stemflow_core::detector::{
 };
 use stemflow_core::devices::DeviceError;
 use stemflow_core::{DType, NavShape, SigShape};
-use crate::merlin::{
-    AcquisitionSummary, ControlError, Layout, MerlinControl, MerlinHeader, MerlinReceiver,
-    MerlinReceiverConfig, MerlinSettings, MerlinTrigger, ReceiverEvent,
-};
 
 /// Where and how to reach a Merlin.
 #[derive(Clone, Debug)]
