@@ -18,3 +18,4 @@
 //!     filling pooled raw frame stacks.
 
 pub mod merlin;
+pub mod scpi;

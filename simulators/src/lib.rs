@@ -19,6 +19,8 @@
 //! - [`microscope`]: [`microscope::MicroscopeSim`], implementing
 //!   `stemflow_core::devices::Microscope` with range checks, read-back and a setting that does
 //!   not take.
+//! - [`pixel_clock`]: [`pixel_clock::PixelClockSim`], a burst waveform generator speaking SCPI
+//!   over TCP or a pseudo-terminal, firing the trigger line as a scan's pixel clock.
 //! - [`specimen`]: [`specimen::Specimen`], particles on an amorphous support rendered as
 //!   Poisson-noisy diffraction patterns (BF disk dimming and shifting with the phase gradient,
 //!   ADF ring rising on particles), with ground-truth ADF and phase-gradient maps.
@@ -28,6 +30,7 @@
 
 pub mod merlin;
 pub mod microscope;
+pub mod pixel_clock;
 mod rng;
 pub mod scan;
 pub mod specimen;
