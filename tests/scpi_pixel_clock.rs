@@ -4,17 +4,16 @@
 //! period = dwell, read-back), and the whole instrument — orchestrator, Merlin driver,
 //! pixel clock as the scan engine — acquiring one frame per pulse.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
-use stemflow_actors::orchestrator::{AcquisitionRequest, ExitStatus, Instrument};
-use stemflow_actors::processing::PipelineOutput;
+use stemflow_actors::orchestrator::ExitStatus;
 use stemflow_actors::supervisor::InstrumentSpec;
-use stemflow_core::detector::{ArmMode, Detector, DetectorSettings, DetectorTrigger};
+use stemflow_core::detector::Detector;
 use stemflow_core::devices::{
     DeviceError, ScanEngine, ScanSettings, TriggerOutput, TriggerReceiver, trigger_line,
 };
-use stemflow_core::frame::Tile;
 use stemflow_core::{NavShape, SigShape};
 use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
 use stemflow_drivers::scpi::{PixelClock, PixelClockConfig, ScpiAddress, ScpiClient, ScpiError};
@@ -328,60 +327,13 @@ fn merlin_clocked_by_the_pixel_clock_through_the_orchestrator() {
         microscope: None,
         recording: Arc::new(|_| Err("no recording in this test".into())),
     };
-    // A pipeline that decodes every frame and counts it.
-    let pipeline: stemflow_actors::orchestrator::PipelineBuilder = Arc::new(|inputs| {
-        Box::new(move |_cancel: Arc<AtomicBool>, _snaps| {
-            let mut frames = 0u64;
-            let mut total = 0f64;
-            let mut tile = Tile::zeros(0, 0, inputs.sig_shape, inputs.dtype);
-            while let Ok(stack) = inputs.stacks.recv() {
-                tile.decode_from(&stack).map_err(|e| e.to_string())?;
-                frames += tile.n_frames as u64;
-                total += (0..tile.data.len())
-                    .map(|i| tile.data.view().get_f64(i))
-                    .sum::<f64>();
-            }
-            assert!(total > 0.0, "frames are empty");
-            Ok(PipelineOutput {
-                results: Vec::new(),
-                frames_processed: frames,
-                damaged: Vec::new(),
-                cancelled: false,
-                recording: inputs.recording,
-            })
-        })
-    });
-    let req = AcquisitionRequest {
-        mode: ArmMode::Active,
-        detector: DetectorSettings {
-            nav_shape: nav,
-            exposure_s: 100e-6,
-            frame_time_s: 200e-6,
-            trigger: DetectorTrigger::ExternalRising,
-            frames_per_trigger: 1,
-            counter_depth: Some(12),
-            extra: Default::default(),
-        },
-        scan: Some(scan(nav.rows, nav.cols, 200e-6, 0.0, TriggerOutput::Pixel)),
-        microscope: None,
-        arm_deadline: Duration::from_secs(5),
-        deadline_margin: Duration::from_secs(10),
-        output: None,
-        pipeline,
-        label: "pixel clock".into(),
-        nav_from_detector: false,
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let record = rt.block_on(async {
-        let mut inst = Instrument::start(spec).await.expect("instrument");
-        let r = inst.run_acquisition(req).await;
-        inst.shutdown().await;
-        r
-    });
+    let req = common::instrument::external_trigger_request(
+        scan(nav.rows, nav.cols, 200e-6, 0.0, TriggerOutput::Pixel),
+        "pixel clock",
+    );
+    let record = common::instrument::run(spec, vec![req])
+        .pop()
+        .expect("one result");
     let record = record.unwrap_or_else(|f| panic!("acquisition failed: {}", f.error));
     assert_eq!(record.exit_status, ExitStatus::Completed, "{record:?}");
     assert_eq!(

@@ -21,6 +21,9 @@
 //!   not take.
 //! - [`pixel_clock`]: [`pixel_clock::PixelClockSim`], a burst waveform generator speaking SCPI
 //!   over TCP or a pseudo-terminal, firing the trigger line as a scan's pixel clock.
+//! - [`scpi_devices`]: [`scpi_devices::ScanGeneratorSim`] and [`scpi_devices::ColumnSim`], a
+//!   scan generator (firing the trigger line) and a microscope column speaking the default
+//!   command maps of the command-map drivers, over TCP and a pseudo-terminal, with faults.
 //! - [`specimen`]: [`specimen::Specimen`], particles on an amorphous support rendered as
 //!   Poisson-noisy diffraction patterns (BF disk dimming and shifting with the phase gradient,
 //!   ADF ring rising on particles), with ground-truth ADF and phase-gradient maps.
@@ -33,6 +36,8 @@ pub mod microscope;
 pub mod pixel_clock;
 mod rng;
 pub mod scan;
+pub mod scpi_devices;
+mod scpi_server;
 pub mod specimen;
 
 use std::path::PathBuf;

@@ -14,20 +14,16 @@
 //! instrument that stops answering after a number of queries.
 
 use crate::SimError;
+use crate::scpi_server::{POLL, ScpiServer};
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use stemflow_core::devices::TriggerSender;
 
 /// The simulator's name in errors.
 const DEVICE: &str = "pixel-clock-sim";
-
-/// How often blocked reads and accepts look at the stop flag.
-const POLL: Duration = Duration::from_millis(20);
 
 /// Injected faults.
 #[derive(Clone, Debug, Default)]
@@ -155,17 +151,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// A running simulator; dropping it stops it.
 pub struct PixelClockSim {
-    addr: SocketAddr,
-    pty_path: Option<String>,
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    server: ScpiServer,
 }
 
 impl std::fmt::Debug for PixelClockSim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PixelClockSim")
-            .field("addr", &self.addr)
-            .field("pty_path", &self.pty_path)
+            .field("addr", &self.server.addr)
+            .field("pty_path", &self.server.pty_path)
             .finish_non_exhaustive()
     }
 }
@@ -177,61 +171,26 @@ impl PixelClockSim {
     /// [`SimError::Bind`] when the port cannot be bound; [`SimError::Io`] when the
     /// pseudo-terminal cannot be opened.
     pub fn start(cfg: PixelClockSimConfig) -> Result<Self, SimError> {
-        let io_err = |during: String| {
-            move |source| SimError::Io {
-                device: DEVICE.into(),
-                during,
-                source,
-            }
-        };
-        let bind = SocketAddr::new(cfg.host, cfg.port);
-        let listener = TcpListener::bind(bind).map_err(io_err(format!("binding {bind}")))?;
-        let addr = listener
-            .local_addr()
-            .map_err(io_err(format!("binding {bind}")))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io_err(format!("setting up {addr}")))?;
         let shared = Arc::new(Shared::new(cfg.identity, cfg.faults, cfg.output));
-        let mut threads = Vec::new();
         let s = shared.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("pixel-clock-tcp".into())
-                .spawn(move || accept_loop(&listener, &s))
-                .map_err(io_err("starting a thread".into()))?,
-        );
-        let mut pty_path = None;
-        if cfg.pty {
-            let (master, path) = pty::open().map_err(io_err("opening a pseudo-terminal".into()))?;
-            pty_path = Some(path);
-            let s = shared.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name("pixel-clock-pty".into())
-                    .spawn(move || {
-                        let mut master = master;
-                        serve(&mut master, &s);
-                    })
-                    .map_err(io_err("starting a thread".into()))?,
-            );
-        }
-        Ok(Self {
-            addr,
-            pty_path,
-            shared,
-            threads,
-        })
+        let server = ScpiServer::start(
+            DEVICE,
+            cfg.host,
+            cfg.port,
+            cfg.pty,
+            Arc::new(move |line: &str| handle_line(line, &s)),
+        )?;
+        Ok(Self { shared, server })
     }
 
     /// The bound TCP address.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.server.addr
     }
 
     /// The pseudo-terminal's device path (when started with `pty: true`).
     pub fn pty_path(&self) -> Option<&str> {
-        self.pty_path.as_deref()
+        self.server.pty_path.as_deref()
     }
 
     /// An edge on the generator's trigger input (starts the burst when the trigger source
@@ -262,73 +221,13 @@ impl PixelClockSim {
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.burst_epoch.fetch_add(1, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.server.shutdown();
     }
 }
 
 impl Drop for PixelClockSim {
     fn drop(&mut self) {
         self.shutdown();
-    }
-}
-
-fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
-    while !shared.stop.load(Ordering::SeqCst) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                let _ = stream.set_nonblocking(false);
-                let _ = stream.set_read_timeout(Some(POLL));
-                let _ = stream.set_nodelay(true);
-                // Each connection on its own thread, as instruments that accept several
-                // sockets do (a control program and a monitor at once).
-                let s = shared.clone();
-                let _ = std::thread::Builder::new()
-                    .name("pixel-clock-conn".into())
-                    .spawn(move || {
-                        let mut stream: TcpStream = stream;
-                        serve(&mut stream, &s);
-                    });
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-/// Serves one connection until it closes or the simulator stops.
-fn serve(stream: &mut (impl Read + Write), shared: &Arc<Shared>) {
-    let mut pending = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !shared.stop.load(Ordering::SeqCst) {
-        match stream.read(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => pending.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => return,
-        }
-        while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=i).collect();
-            let text = String::from_utf8_lossy(&line).trim().to_string();
-            for reply in handle_line(&text, shared) {
-                if stream.write_all(reply.as_bytes()).is_err()
-                    || stream.write_all(b"\n").is_err()
-                    || stream.flush().is_err()
-                {
-                    return;
-                }
-            }
-        }
     }
 }
 
@@ -611,138 +510,6 @@ fn start_burst(shared: &Arc<Shared>) {
         });
     if spawned.is_err() {
         push_error(shared, -300, "Device-specific error");
-    }
-}
-
-#[cfg(unix)]
-mod pty {
-    //! A pseudo-terminal pair: the simulator serves the master side; clients open the slave
-    //! path as a serial port.
-
-    use std::fs::File;
-    use std::io::{self, Read, Write};
-    use std::os::fd::{FromRawFd, OwnedFd};
-
-    /// The master side, read with a poll so the serving loop sees the stop flag; the slave
-    /// descriptor stays open so the pair survives clients that close and reopen it.
-    pub struct Master {
-        file: File,
-        _slave: OwnedFd,
-    }
-
-    impl Read for Master {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            use std::os::fd::AsRawFd;
-            let mut pfd = libc::pollfd {
-                fd: self.file.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, for the duration of the call.
-            let r = unsafe { libc::poll(&mut pfd, 1, super::POLL.as_millis() as i32) };
-            if r < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if r == 0 || pfd.revents & libc::POLLIN == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            match self.file.read(buf) {
-                // EIO: no client has the slave open at the moment; not the end.
-                Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                    Err(io::ErrorKind::WouldBlock.into())
-                }
-                r => r,
-            }
-        }
-    }
-
-    impl Write for Master {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.file.write(buf)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            self.file.flush()
-        }
-    }
-
-    /// Opens a pair in raw mode (no echo, no line editing, no CR/LF translation).
-    pub fn open() -> io::Result<(Master, String)> {
-        let mut master: libc::c_int = -1;
-        let mut slave: libc::c_int = -1;
-        // SAFETY: openpty writes two descriptors; the name, termios and winsize are optional.
-        let r = unsafe {
-            libc::openpty(
-                &mut master,
-                &mut slave,
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                std::ptr::null(),
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just opened by openpty and are owned here.
-        let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
-        use std::os::fd::AsRawFd;
-        // SAFETY: termios is plain data; tcgetattr fills it from the valid slave descriptor.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            if libc::tcgetattr(slave.as_raw_fd(), &mut t) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            libc::cfmakeraw(&mut t);
-            if libc::tcsetattr(slave.as_raw_fd(), libc::TCSANOW, &t) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        let mut name = vec![0 as libc::c_char; 256];
-        // SAFETY: the buffer is 256 bytes, as passed.
-        let r = unsafe { libc::ttyname_r(slave.as_raw_fd(), name.as_mut_ptr(), name.len()) };
-        if r != 0 {
-            return Err(io::Error::from_raw_os_error(r));
-        }
-        // SAFETY: ttyname_r wrote a NUL-terminated string into the buffer.
-        let path = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
-        Ok((
-            Master {
-                file: master,
-                _slave: slave,
-            },
-            path,
-        ))
-    }
-}
-
-#[cfg(not(unix))]
-mod pty {
-    //! Pseudo-terminals exist on Unix only.
-    use std::io;
-
-    pub struct Master;
-
-    impl io::Read for Master {
-        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
-            Ok(0)
-        }
-    }
-
-    impl io::Write for Master {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    pub fn open() -> io::Result<(Master, String)> {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "pseudo-terminals need Unix",
-        ))
     }
 }
 

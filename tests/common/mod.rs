@@ -5,6 +5,7 @@
 //! Each test file includes this with `mod common;`; not every file uses every helper.
 #![allow(dead_code)]
 
+pub mod instrument;
 pub mod process;
 pub mod pyenv;
 pub mod scratch;

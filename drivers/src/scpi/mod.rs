@@ -10,8 +10,14 @@
 //!   `serial:PATH[@BAUD]` (8 data bits, no parity, one stop bit).
 //! - [`pixel_clock`]: a waveform generator as the pixel clock of a scan, implementing the
 //!   core [`ScanEngine`](stemflow_core::devices::ScanEngine) trait.
+//! - [`command_map`]: operation → command templates from a device's config file.
+//! - [`scan_engine`], [`microscope`]: STEM scan generators and microscope columns driven
+//!   through a command map, implementing the core `ScanEngine` and `Microscope` traits.
 
+pub mod command_map;
+pub mod microscope;
 pub mod pixel_clock;
+pub mod scan_engine;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -19,7 +25,10 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 use stemflow_core::devices::DeviceError;
 
+pub use command_map::{CommandMap, MapError};
+pub use microscope::{MappedMicroscope, MappedMicroscopeConfig};
 pub use pixel_clock::{PixelClock, PixelClockConfig, PixelClockTrigger};
+pub use scan_engine::{MappedScanEngine, MappedScanEngineConfig, ScanPattern};
 
 /// Where an SCPI instrument is reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -267,6 +276,8 @@ pub struct ScpiClient {
     device: String,
     link: Box<dyn Link>,
     timeout: Duration,
+    /// The error-queue query (`SYST:ERR?`), or none for devices without an error queue.
+    error_query: Option<String>,
     /// Bytes received after the last response terminator.
     pending: Vec<u8>,
 }
@@ -326,6 +337,7 @@ impl ScpiClient {
             device,
             link,
             timeout,
+            error_query: Some("SYST:ERR?".into()),
             pending: Vec::new(),
         })
     }
@@ -338,6 +350,12 @@ impl ScpiClient {
     /// Changes the response deadline.
     pub fn set_timeout(&mut self, timeout: Duration) {
         self.timeout = timeout;
+    }
+
+    /// Changes the error-queue query (default `SYST:ERR?`); `None` for a device without an
+    /// error queue, whose settings are then checked by read-back only.
+    pub fn set_error_query(&mut self, query: Option<String>) {
+        self.error_query = query.filter(|q| !q.is_empty());
     }
 
     /// Sends one program message (a newline is appended).
@@ -449,8 +467,11 @@ impl ScpiClient {
     /// `<code>,"<message>"`.
     pub fn errors(&mut self) -> Result<Vec<(i32, String)>, ScpiError> {
         let mut out = Vec::new();
+        let Some(error_query) = self.error_query.clone() else {
+            return Ok(out);
+        };
         for _ in 0..MAX_QUEUED_ERRORS {
-            let r = self.query("SYST:ERR?")?;
+            let r = self.query(&error_query)?;
             let parsed = r.split_once(',').and_then(|(c, m)| {
                 Some((
                     c.trim().trim_start_matches('+').parse::<i32>().ok()?,
@@ -460,7 +481,7 @@ impl ScpiClient {
             let Some((code, message)) = parsed else {
                 return Err(ScpiError::Reply {
                     device: self.device.clone(),
-                    query: "SYST:ERR?".into(),
+                    query: error_query,
                     expected: "`<code>,\"<message>\"`".into(),
                     observed: r.escape_debug().to_string(),
                 });

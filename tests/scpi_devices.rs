@@ -1,0 +1,252 @@
+//! Scan generators and microscope columns driven through command maps (the device's config
+//! file), over TCP and a serial port, against their simulators — and the failures users
+//! meet: a scan generator that stops answering mid-scan, a microscope setting that does not
+//! take.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use stemflow_actors::supervisor::InstrumentSpec;
+use stemflow_core::detector::Detector;
+use stemflow_core::devices::{
+    DeviceError, Microscope, MicroscopeSettings, ScanEngine, ScanSettings, TriggerOutput,
+    trigger_line,
+};
+use stemflow_core::{NavShape, SigShape};
+use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
+use stemflow_drivers::scpi::{
+    MappedMicroscope, MappedMicroscopeConfig, MappedScanEngine, MappedScanEngineConfig,
+    ScanPattern, ScpiAddress,
+};
+use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
+use stemflow_simulators::scpi_devices::{
+    ColumnFaults, ColumnSim, ColumnSimConfig, ScanGeneratorFaults, ScanGeneratorSim,
+    ScanGeneratorSimConfig,
+};
+use stemflow_simulators::specimen::Specimen;
+
+fn scan(rows: usize, cols: usize, dwell_s: f64, flyback_s: f64, t: TriggerOutput) -> ScanSettings {
+    ScanSettings {
+        nav_shape: NavShape::new(rows, cols),
+        dwell_time_s: dwell_s,
+        flyback_s,
+        trigger: t,
+    }
+}
+
+fn wait_idle(engine: &mut MappedScanEngine, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = engine.status().expect("status");
+        if !st.running {
+            return st.positions_done;
+        }
+        assert!(Instant::now() < deadline, "scan still running: {st:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn scan_generator_over_tcp_scans_the_grid_and_fires_per_pixel() {
+    let (out, rx) = trigger_line();
+    let sim = ScanGeneratorSim::start(ScanGeneratorSimConfig {
+        output: Some(out),
+        ..ScanGeneratorSimConfig::default()
+    })
+    .expect("sim");
+    let mut cfg = MappedScanEngineConfig::new(ScpiAddress::Tcp(sim.addr().to_string()));
+    cfg.pattern = ScanPattern::Serpentine;
+    let mut engine = MappedScanEngine::connect(cfg).expect("connect");
+    assert!(engine.identity().contains("Simulated Scan Generator"));
+    let rb = engine
+        .configure(&scan(4, 8, 100e-6, 300e-6, TriggerOutput::Pixel))
+        .expect("configure");
+    assert_eq!((rb.nav_shape.rows, rb.nav_shape.cols), (4, 8));
+    assert!((rb.dwell_time_s - 100e-6).abs() < 1e-12 && (rb.flyback_s - 300e-6).abs() < 1e-12);
+    let t0 = Instant::now();
+    engine.start().expect("start");
+    assert_eq!(wait_idle(&mut engine, Duration::from_secs(5)), 32);
+    // 3 full lines of 8 × 100 µs + 300 µs, then 7 dwells, at least.
+    assert!(t0.elapsed() >= Duration::from_micros(3 * 1100 + 700));
+    assert_eq!(rx.clear(), 32, "one pulse per pixel");
+    assert_eq!(sim.pulses(), 32);
+}
+
+#[cfg(unix)]
+#[test]
+fn scan_generator_over_a_serial_port_with_line_trigger_and_sub_region() {
+    let (out, rx) = trigger_line();
+    let sim = ScanGeneratorSim::start(ScanGeneratorSimConfig {
+        output: Some(out),
+        pty: true,
+        ..ScanGeneratorSimConfig::default()
+    })
+    .expect("sim");
+    let mut cfg = MappedScanEngineConfig::new(ScpiAddress::Serial {
+        path: sim.pty_path().expect("pty").into(),
+        baud: 115_200,
+    });
+    cfg.region_origin = Some((16, 32));
+    let mut engine = MappedScanEngine::connect(cfg).expect("connect over the pty");
+    engine
+        .configure(&scan(5, 6, 50e-6, 100e-6, TriggerOutput::Line))
+        .expect("configure");
+    engine.start().expect("start");
+    assert_eq!(wait_idle(&mut engine, Duration::from_secs(5)), 30);
+    assert_eq!(rx.clear(), 5, "one pulse per line");
+}
+
+#[test]
+fn a_site_command_map_that_names_an_unknown_operation_is_refused() {
+    let sim = ScanGeneratorSim::start(ScanGeneratorSimConfig::default()).expect("sim");
+    let mut cfg = MappedScanEngineConfig::new(ScpiAddress::Tcp(sim.addr().to_string()));
+    cfg.commands = BTreeMap::from([("set_dwel".to_string(), "DW {dwell_s}".to_string())]);
+    let err = MappedScanEngine::connect(cfg).expect_err("typo in the map");
+    assert!(err.to_string().contains("`set_dwel`"), "{err}");
+    // A map whose status reply does not fit what the device answers.
+    let mut cfg = MappedScanEngineConfig::new(ScpiAddress::Tcp(sim.addr().to_string()));
+    cfg.commands = BTreeMap::from([(
+        "status.reply".to_string(),
+        "{state};{positions}".to_string(),
+    )]);
+    let mut engine = MappedScanEngine::connect(cfg).expect("connect");
+    let err = engine.status().expect_err("reply does not fit");
+    assert!(err.to_string().contains("IDLE,0"), "{err}");
+}
+
+/// The scan generator stops answering mid-scan: the acquisition ends in a fault whose error
+/// names the scan engine, the frames that did arrive are counted, and nothing hangs.
+#[test]
+fn scan_generator_that_stops_responding_mid_scan_faults_the_acquisition() {
+    let (out, trigger_in) = trigger_line();
+    let scan_sim = ScanGeneratorSim::start(ScanGeneratorSimConfig {
+        output: Some(out),
+        faults: ScanGeneratorFaults {
+            hang_after_positions: Some(10),
+        },
+        ..ScanGeneratorSimConfig::default()
+    })
+    .expect("scan sim");
+    let nav = NavShape::new(4, 8);
+    let mut mcfg = MerlinSimConfig::new(MerlinSource::Synthetic {
+        specimen: Specimen::builder().disk_radius_px(6.0).build(),
+        nav_shape: nav,
+        sig_shape: SigShape::new(32, 32),
+        seed: 9,
+    });
+    mcfg.host = "127.0.0.1".parse().expect("ip");
+    mcfg.pacing = Pacing::AsFastAsPossible;
+    mcfg.trigger_input = Some(trigger_in);
+    let merlin = MerlinSim::start(mcfg).expect("merlin sim");
+    let mut det = MerlinDetectorConfig::new(merlin.control_addr(), merlin.data_addr());
+    det.frame_timeout = Duration::from_secs(1);
+    let mut scfg = MappedScanEngineConfig::new(ScpiAddress::Tcp(scan_sim.addr().to_string()));
+    scfg.timeout = Duration::from_millis(500);
+    let spec = InstrumentSpec {
+        detector: Arc::new(move || {
+            MerlinDetector::connect(det.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
+        }),
+        scan: Some(Arc::new(move || {
+            MappedScanEngine::connect(scfg.clone()).map(|e| Box::new(e) as Box<dyn ScanEngine>)
+        })),
+        microscope: None,
+        recording: Arc::new(|_| Err("no recording in this test".into())),
+    };
+    let req = common::instrument::external_trigger_request(
+        scan(nav.rows, nav.cols, 500e-6, 0.0, TriggerOutput::Pixel),
+        "hanging scan engine",
+    );
+    let t0 = Instant::now();
+    let result = common::instrument::run(spec, vec![req])
+        .pop()
+        .expect("result");
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let failure = match result {
+        Ok(r) => panic!("the acquisition succeeded with a hung scan engine: {r:?}"),
+        Err(f) => f,
+    };
+    let text = failure.error.to_string();
+    assert!(text.contains("scan engine @ 127.0.0.1:"), "{text}");
+    assert_eq!(failure.record.frames_expected, 32, "{:?}", failure.record);
+    assert!(
+        failure.record.frames_received <= 10,
+        "{} frames after the scan engine hung at 10",
+        failure.record.frames_received
+    );
+}
+
+#[test]
+fn microscope_settings_are_applied_read_back_and_stored() {
+    let sim = ColumnSim::start(ColumnSimConfig::default()).expect("sim");
+    let mut cfg = MappedMicroscopeConfig::new(ScpiAddress::Tcp(sim.addr().to_string()));
+    cfg.settle = Duration::from_millis(10);
+    let mut m = MappedMicroscope::connect(cfg).expect("connect");
+    let state = m
+        .apply(&MicroscopeSettings {
+            high_tension_v: Some(300e3),
+            camera_length_m: Some(0.25),
+            convergence_angle_rad: Some(21.4e-3),
+            magnification: Some(2.5e6),
+            defocus_m: Some(-50e-9),
+            beam_blanked: Some(true),
+        })
+        .expect("apply");
+    assert_eq!(state.high_tension_v, 300e3);
+    assert_eq!(state.camera_length_m, 0.25);
+    assert_eq!(state.convergence_angle_rad, 21.4e-3);
+    assert_eq!(state.magnification, 2.5e6);
+    assert_eq!(state.defocus_m, -50e-9);
+    assert!(state.beam_blanked);
+    assert_eq!(m.read_state().expect("read"), state);
+    sim.set_beam_current(12e-12);
+    assert_eq!(m.beam_current_a().expect("current"), Some(12e-12));
+    // Out of range: the column's error queue says so, naming the command.
+    let err = m
+        .apply(&MicroscopeSettings {
+            high_tension_v: Some(1e6),
+            ..MicroscopeSettings::default()
+        })
+        .expect_err("1 MV");
+    let text = err.to_string();
+    assert!(text.contains("COL:HT") && text.contains("-222"), "{text}");
+}
+
+#[test]
+fn a_microscope_setting_that_does_not_take_names_setting_requested_and_actual() {
+    let sim = ColumnSim::start(ColumnSimConfig {
+        faults: ColumnFaults {
+            setting_does_not_take: Some("DEF".into()),
+        },
+        ..ColumnSimConfig::default()
+    })
+    .expect("sim");
+    let mut cfg = MappedMicroscopeConfig::new(ScpiAddress::Tcp(sim.addr().to_string()));
+    cfg.settle = Duration::from_millis(10);
+    let mut m = MappedMicroscope::connect(cfg).expect("connect");
+    let err = m
+        .apply(&MicroscopeSettings {
+            defocus_m: Some(-100e-9),
+            ..MicroscopeSettings::default()
+        })
+        .expect_err("defocus did not take");
+    match &err {
+        DeviceError::Rejected {
+            setting,
+            requested,
+            actual,
+            ..
+        } => {
+            assert_eq!(setting, "defocus");
+            assert!(requested.contains("-1e-7"), "{requested}");
+            assert!(actual.starts_with("0e0"), "{actual}");
+        }
+        other => panic!("expected Rejected, got {other}"),
+    }
+    assert!(err.to_string().contains("microscope @ 127.0.0.1:"), "{err}");
+}
