@@ -3,9 +3,14 @@
 //! into pooled stacks; the processing engine decodes and runs sum + sum over signal +
 //! virtual BF + ADF + CoM on all cores. Prints frames/s, GB/s of decoded data and lost
 //! frames per configuration, then one JSON line with every figure.
+//!
+//! `stemflow bench all`: every figure of the processing issue in one run (under two
+//! minutes): the machine's ceilings (memory read bandwidth, loopback TCP), in-memory
+//! processing (sum alone; sum + sum over signal + 4 masks + CoM) and end to end from the
+//! Merlin simulator for 256 × 256 and 512 × 512 frames of u8, u16 and u32, each as a
+//! fraction of its ceiling, and the latency from a frame's arrival to its snapshot.
 
-use crate::cli::BenchMerlinArgs;
-use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
+use crate::cli::{BenchAllArgs, BenchMerlinArgs};
 use crate::output::dtype_for_depth;
 use crate::pipeline::{Geometry, udfs};
 use anyhow::{Context, Result, bail};
@@ -13,7 +18,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 use stemflow_core::detector::{ArmMode, Detector, DetectorSettings, DetectorTrigger};
-use stemflow_processing::{BenchConfig, RunConfig, bench_in_memory};
+use stemflow_core::{DType, NavShape, SigShape};
+use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
+use stemflow_processing::udf::Udf;
+use stemflow_processing::{
+    BenchConfig, LatencyProbe, RunConfig, SumUdf, bench_in_memory, bench_udfs, full_set,
+    memory_read_bandwidth, partition_frames,
+};
 use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
 use stemflow_simulators::specimen::Specimen;
 
@@ -33,6 +44,11 @@ struct Figure {
 }
 
 fn one_run(a: &BenchMerlinArgs, depth: u32) -> Result<Figure> {
+    one_run_with(a, depth, udfs(&Geometry::centred(a.sig_shape)))
+}
+
+/// One end-to-end run of `u` on `a.nav_shape` frames of `a.sig_shape` at `depth` bits.
+fn one_run_with(a: &BenchMerlinArgs, depth: u32, u: Vec<Box<dyn Udf>>) -> Result<Figure> {
     let nav = a.nav_shape;
     let sig = a.sig_shape;
     let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
@@ -59,8 +75,6 @@ fn one_run(a: &BenchMerlinArgs, depth: u32) -> Result<Figure> {
     let armed = det.arm(ArmMode::Active, Duration::from_secs(10))?;
     let dtype = dtype_for_depth(depth);
     let run_cfg = RunConfig::new(nav, sig, dtype);
-    let g = Geometry::centred(sig);
-    let u = udfs(&g);
     let cancel = AtomicBool::new(false);
     let stacks = armed.stacks.clone();
     let end_rx = armed.end.clone();
@@ -133,6 +147,256 @@ pub fn bench_merlin(a: &BenchMerlinArgs) -> Result<()> {
             "gb_per_s": mem.gb_per_s,
             "threads": mem.threads,
         },
+    });
+    println!("{json}");
+    Ok(())
+}
+
+/// Loopback TCP throughput, GB/s: one thread writes `bytes` in 4 MiB writes to a socket on
+/// 127.0.0.1, another reads them into a reused 4 MiB buffer (the receiver's pattern).
+fn loopback_tcp(bytes: u64) -> Result<f64> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut s = std::net::TcpStream::connect(addr)?;
+        let buf = vec![0x5au8; 4 << 20];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len() as u64) as usize;
+            s.write_all(&buf[..n])?;
+            left -= n as u64;
+        }
+        Ok(())
+    });
+    let (mut conn, _) = listener.accept()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = vec![0u8; 4 << 20];
+    let t0 = Instant::now();
+    let mut got = 0u64;
+    while got < bytes {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        got += n as u64;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("loopback writer thread panicked"))??;
+    if got < bytes {
+        bail!("loopback: {got} of {bytes} bytes arrived");
+    }
+    Ok(got as f64 / secs / 1e9)
+}
+
+/// One in-memory figure.
+#[derive(serde::Serialize)]
+struct MemFigure {
+    sig_shape: String,
+    dtype: String,
+    set: &'static str,
+    frames: u64,
+    gb_per_s: f64,
+    fraction_of_memory_bandwidth: f64,
+}
+
+/// One end-to-end figure.
+#[derive(serde::Serialize)]
+struct E2eFigure {
+    #[serde(flatten)]
+    run: Figure,
+    fraction_of_loopback: f64,
+}
+
+fn depth_of(dtype: DType) -> u32 {
+    match dtype {
+        DType::U8 => 6,
+        DType::U16 => 12,
+        _ => 24,
+    }
+}
+
+/// Scan shape with about `bytes` of frames of `sig` and `dtype` (64 columns).
+fn nav_for(bytes: u64, sig: SigShape, dtype: DType) -> NavShape {
+    let frame = (sig.len() * dtype.size()) as u64;
+    let frames = (bytes / frame).max(64) as usize;
+    NavShape::new(frames.div_ceil(64), 64)
+}
+
+/// Latency: the Merlin simulator paced at `rate_hz` (frame time), 256 × 256 u16, the full
+/// set, snapshots at `interval`; arrival = the receiver handing a stack over.
+fn latency_run(frames: usize, rate_hz: f64, interval: Duration) -> Result<(f64, f64, f64, usize)> {
+    let sig = SigShape::new(256, 256);
+    let nav = NavShape::new(frames.div_ceil(64), 64);
+    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
+        specimen: Specimen::builder().build(),
+        nav_shape: nav,
+        sig_shape: sig,
+        seed: 5,
+    });
+    cfg.pacing = Pacing::FrameTime;
+    let sim = MerlinSim::start(cfg).context("starting the Merlin simulator")?;
+    let mut dcfg = MerlinDetectorConfig::new(sim.control_addr(), sim.data_addr());
+    dcfg.first_frame_timeout = Duration::from_secs(30);
+    let mut det = MerlinDetector::connect(dcfg)?;
+    det.configure(&DetectorSettings {
+        nav_shape: nav,
+        exposure_s: 0.5 / rate_hz,
+        frame_time_s: 1.0 / rate_hz,
+        trigger: DetectorTrigger::Internal,
+        frames_per_trigger: nav.len() as u64,
+        counter_depth: Some(12),
+        extra: BTreeMap::new(),
+    })?;
+    let armed = det.arm(ArmMode::Active, Duration::from_secs(10))?;
+    let mut run_cfg = RunConfig::new(nav, sig, DType::U16);
+    run_cfg.snapshot_interval = interval;
+    let u = full_set(sig);
+    let probe = LatencyProbe::new(nav.len(), "sum_sig", "intensity");
+    let (tx, rx) = crossbeam_channel::bounded(64);
+    let stacks = armed.stacks.clone();
+    let summary = std::thread::scope(|s| {
+        let probe = &probe;
+        s.spawn(move || {
+            while let Ok(st) = stacks.recv_timeout(Duration::from_secs(30)) {
+                probe.arrived(st.first_frame, st.len());
+                if tx.send(st).is_err() {
+                    break;
+                }
+            }
+        });
+        stemflow_processing::run_live(
+            rx,
+            &u,
+            &run_cfg,
+            None,
+            &mut |snap| probe.observe(snap),
+            &AtomicBool::new(false),
+        )
+    })?;
+    let _ = det.disarm();
+    drop(det);
+    sim.stop();
+    let f = probe.figures();
+    if summary.frames_processed == 0 {
+        bail!("latency run: no frames processed");
+    }
+    Ok((f.median_ms, f.p99_ms, f.max_ms, f.samples))
+}
+
+/// `stemflow bench all`.
+pub fn bench_all(a: &BenchAllArgs) -> Result<()> {
+    let t_start = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Ceilings.
+    let mem_bw = memory_read_bandwidth(512 << 20, None, 3);
+    let mem_bw_1 = memory_read_bandwidth(512 << 20, Some(1), 2);
+    // Best of three 1 GiB transfers: the loopback figure suffers most from other load.
+    let mut tcp = 0f64;
+    for _ in 0..3 {
+        tcp = tcp.max(loopback_tcp(1 << 30)?);
+    }
+    println!(
+        "ceilings on {cores} cores: memory read {mem_bw:.2} GB/s ({mem_bw_1:.2} GB/s on one thread), loopback TCP {tcp:.2} GB/s"
+    );
+    let sigs = [SigShape::new(256, 256), SigShape::new(512, 512)];
+    let dtypes = [DType::U8, DType::U16, DType::U32];
+    // In memory.
+    let mut mem = Vec::new();
+    for &sig in &sigs {
+        for &dtype in &dtypes {
+            let nav = nav_for(a.mem_mib << 20, sig, dtype);
+            let cfg = BenchConfig {
+                nav_shape: nav,
+                sig_shape: sig,
+                dtype,
+                frames_per_tile: partition_frames(sig, dtype, cores, nav.len()),
+                threads: None,
+                passes: 2,
+            };
+            let sets: [(&'static str, Vec<Box<dyn Udf>>); 2] = [
+                ("sum", vec![Box::new(SumUdf::new())]),
+                ("sum+sum_sig+4 masks+com", full_set(sig)),
+            ];
+            for (name, udfs) in sets {
+                let f = bench_udfs(&udfs, &cfg)?;
+                println!(
+                    "in memory {sig} {dtype} {name}: {:.2} GB/s = {:.0} % of memory bandwidth ({:.0} frames/s)",
+                    f.gb_per_s,
+                    100.0 * f.gb_per_s / mem_bw,
+                    f.frames_per_s
+                );
+                mem.push(MemFigure {
+                    sig_shape: sig.to_string(),
+                    dtype: dtype.to_string(),
+                    set: name,
+                    frames: f.frames,
+                    gb_per_s: f.gb_per_s,
+                    fraction_of_memory_bandwidth: f.gb_per_s / mem_bw,
+                });
+            }
+        }
+    }
+    // End to end.
+    let mut e2e = Vec::new();
+    if !a.skip_e2e {
+        for &sig in &sigs {
+            for &dtype in &dtypes {
+                let args = BenchMerlinArgs {
+                    nav_shape: nav_for(a.e2e_mib << 20, sig, dtype),
+                    sig_shape: sig,
+                    counter_depth: vec![depth_of(dtype)],
+                    repeat: 1,
+                };
+                let f = one_run_with(&args, depth_of(dtype), full_set(sig))?;
+                let gb = f.gb_per_s_decoded;
+                println!(
+                    "end to end {sig} {dtype}: {:.2} GB/s ({:.2} GiB/s) = {:.0} % of loopback TCP, {:.0} frames/s, {} lost",
+                    gb,
+                    f.gib_per_s_decoded,
+                    100.0 * gb / tcp,
+                    f.frames_per_s,
+                    f.frames_lost
+                );
+                e2e.push(E2eFigure {
+                    run: f,
+                    fraction_of_loopback: gb / tcp,
+                });
+            }
+        }
+    }
+    // Latency at the default snapshot interval and at 50 ms.
+    let mut latency = Vec::new();
+    for interval_ms in [100u64, 50] {
+        let (median, p99, max, samples) = latency_run(
+            a.latency_frames,
+            a.latency_rate_hz,
+            Duration::from_millis(interval_ms),
+        )?;
+        println!(
+            "latency, frame arrival to snapshot (256 × 256 u16 at {:.0} Hz, full set, snapshots every {interval_ms} ms, {samples} frames): median {median:.1} ms, p99 {p99:.1} ms, max {max:.1} ms",
+            a.latency_rate_hz
+        );
+        latency.push(serde_json::json!({"median": median, "p99": p99, "max": max,
+            "samples": samples, "rate_hz": a.latency_rate_hz,
+            "snapshot_interval_ms": interval_ms}));
+    }
+    let total_s = t_start.elapsed().as_secs_f64();
+    println!("bench all took {total_s:.1} s");
+    let json = serde_json::json!({
+        "bench": "all",
+        "cores": cores,
+        "ceilings": {
+            "memory_read_gb_per_s": mem_bw,
+            "memory_read_one_thread_gb_per_s": mem_bw_1,
+            "loopback_tcp_gb_per_s": tcp,
+        },
+        "in_memory": mem,
+        "end_to_end": e2e,
+        "latency_ms": latency,
+        "seconds": total_s,
     });
     println!("{json}");
     Ok(())

@@ -25,7 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a 4D-STEM scan on the simulated instrument (the default).
     Simulate(SimulateArgs),
-    /// Acquire from a real or external Merlin detector over its control and data ports.
+    /// Acquire from a real or external detector: a Merlin over its control and data ports, or
+    /// a DECTRIS detector over its REST API and stream.
     Acquire(AcquireArgs),
     /// Run the reductions offline on a recorded Merlin `.hdr`/`.mib` set.
     Process(ProcessArgs),
@@ -35,6 +36,69 @@ pub enum Command {
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a plan (`.toml`) or a sequence script (`.rhai`) on the simulated instrument;
+    /// `--dry-run` prints the steps, settings, duration and data volume only.
+    Run(RunArgs),
+    /// Run an unattended queue (`.toml`) of plans and scripts with a crash-safe journal.
+    Queue(QueueArgs),
+}
+
+/// `stemflow run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// A plan file (`plan = "stem_4d_scan"` and parameters) or a Rhai script (`.rhai`).
+    pub file: PathBuf,
+    /// Print the steps, device settings, estimated duration and data volume; touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Output folder for the recordings.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Instrument profile (TOML) giving the plan defaults; default: the simulated one.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Do not record raw frames.
+    #[arg(long)]
+    pub no_raw: bool,
+    /// Blank the beam when the sequence ends (every exit path).
+    #[arg(long)]
+    pub blank_beam_on_cleanup: bool,
+    /// Simulated-instrument fault: this microscope setting (e.g. `defocus_m`) does not take.
+    #[arg(long)]
+    pub sim_stuck_setting: Option<String>,
+    /// Simulated-instrument fault: the beam current (monitor `beam_current_na`, 1 nA) drops
+    /// to 0.1 nA from START_S for DURATION_S after the start, written `START_S:DURATION_S`.
+    #[arg(long)]
+    pub sim_beam_dip: Option<String>,
+}
+
+/// `stemflow queue`.
+#[derive(Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// The queue file.
+    pub file: PathBuf,
+    /// Validate and print every unit's steps and the total estimate; touch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue from the first unit the journal in `--out` does not show finished.
+    #[arg(long)]
+    pub resume: bool,
+    /// Output folder: `journal.jsonl`, the log and one folder of recordings per unit.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Instrument profile (TOML) giving the plan defaults; default: the simulated one.
+    #[arg(long)]
+    pub profile: Option<PathBuf>,
+    /// Do not record raw frames.
+    #[arg(long)]
+    pub no_raw: bool,
+    /// Simulated-instrument fault: this microscope setting (e.g. `defocus_m`) does not take.
+    #[arg(long)]
+    pub sim_stuck_setting: Option<String>,
+    /// Simulated-instrument fault: the beam current (monitor `beam_current_na`, 1 nA) drops
+    /// to 0.1 nA from START_S for DURATION_S after the start, written `START_S:DURATION_S`.
+    #[arg(long)]
+    pub sim_beam_dip: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -71,17 +135,34 @@ pub enum TriggerArg {
     External,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DetectorArg {
+    /// Quantum Detectors Merlin (control and data TCP ports).
+    Merlin,
+    /// DECTRIS SIMPLON detector, e.g. ARINA or QUADRO (REST API and ZeroMQ stream).
+    Dectris,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct AcquireArgs {
-    /// Merlin host.
+    /// Which detector.
+    #[arg(long, value_enum, default_value = "merlin")]
+    pub detector: DetectorArg,
+    /// Detector host (Merlin PC, or the DECTRIS detector control unit).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
-    /// Control port.
+    /// Merlin control port.
     #[arg(long, default_value_t = 6341)]
     pub control_port: u16,
-    /// Data port.
+    /// Merlin data port.
     #[arg(long, default_value_t = 6342)]
     pub data_port: u16,
+    /// DECTRIS REST API port.
+    #[arg(long, default_value_t = 80)]
+    pub api_port: u16,
+    /// DECTRIS stream port (stream v1: 9999).
+    #[arg(long, default_value_t = 9999)]
+    pub stream_port: u16,
     /// active: configure and arm the detector; passive: wait for someone else to arm it.
     #[arg(long, value_enum, default_value = "active")]
     pub mode: ModeArg,
@@ -91,7 +172,7 @@ pub struct AcquireArgs {
     /// Output folder.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
-    /// Counter depth (active mode): 1, 6, 12 or 24 bits.
+    /// Merlin counter depth (active mode): 1, 6, 12 or 24 bits.
     #[arg(long, default_value_t = 12)]
     pub counter_depth: u32,
     /// Exposure per frame, ms (active mode).
@@ -109,7 +190,7 @@ pub struct AcquireArgs {
     /// Seconds from arming to the first frame (a detector that is never triggered).
     #[arg(long, default_value_t = 10.0)]
     pub first_frame_timeout_s: f64,
-    /// Active mode: ask for raw frames (FILEFORMAT 2, as at the highest frame rates).
+    /// Merlin, active mode: ask for raw frames (FILEFORMAT 2, as at the highest frame rates).
     #[arg(long)]
     pub raw: bool,
     /// Do not record raw frames.
@@ -119,20 +200,90 @@ pub struct AcquireArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ProcessArgs {
-    /// A Merlin `.hdr` or `.mib` file.
+    /// A Merlin `.hdr`/`.mib`, `.npy`, HDF5 (`.h5`, `.hdf5`, `.nxs`) or raw binary file.
     pub path: PathBuf,
-    /// Scan shape ROWSxCOLS; default: from the header (ScanY x ScanX) or 1 x frames.
+    /// File format; default: from the name (`*_master.h5`: dectris) or the extension
+    /// (raw: `.raw`, `.bin`, `.dat`).
+    #[arg(long, value_enum)]
+    pub format: Option<ProcessFormat>,
+    /// Scan shape ROWSxCOLS; default: from the file (Merlin: ScanY x ScanX; 3-D arrays:
+    /// 1 x frames). Required for raw files.
     #[arg(long)]
     pub nav_shape: Option<NavShape>,
+    /// HDF5: dataset path (3-D or 4-D); default /entry/data/frames, then /entry/data/data.
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Raw: frame shape ROWSxCOLS.
+    #[arg(long)]
+    pub sig_shape: Option<stemflow_core::SigShape>,
+    /// Raw: pixel type (u8, u16, u32, u64).
+    #[arg(long, default_value = "u16")]
+    pub dtype: String,
+    /// Raw: byte order (little, big).
+    #[arg(long, default_value = "little")]
+    pub byte_order: String,
+    /// Raw: bytes before the first frame.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Raw: bytes before each frame (a per-frame header).
+    #[arg(long, default_value_t = 0)]
+    pub frame_header_bytes: u64,
     /// Output folder.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+}
+
+/// File formats `stemflow process` reads.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProcessFormat {
+    /// Merlin `.hdr` + `.mib`.
+    Merlin,
+    /// DECTRIS HDF5 recording (`*_master.h5` with its data files; bitshuffle-LZ4 decoded
+    /// by stemflow, no filter plugin needed).
+    Dectris,
+    /// NumPy `.npy`, 3-D or 4-D unsigned integers.
+    Npy,
+    /// Raw binary; layout from --nav-shape, --sig-shape, --dtype, --byte-order, --offset.
+    Raw,
+    /// HDF5 dataset (--dataset), e.g. a stemflow recording.
+    Hdf5,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum SimCommand {
     /// Merlin detector simulator (control and data ports).
     Merlin(SimMerlinArgs),
+    /// DECTRIS SIMPLON detector simulator (REST API and stream-v1 ZeroMQ PUSH).
+    Dectris(SimDectrisArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimDectrisArgs {
+    /// Address to bind (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// REST API port (0 = ephemeral; printed on start).
+    #[arg(long, default_value_t = stemflow_simulators::dectris::LIBERTEM_API_PORT)]
+    pub api_port: u16,
+    /// Stream port, ZeroMQ PUSH (0 = ephemeral; printed on start).
+    #[arg(long, default_value_t = stemflow_simulators::dectris::STREAM_V1_PORT)]
+    pub stream_port: u16,
+    /// Serve this stream capture (`.dump`) or HDF5 master file (`*_master.h5`) instead of
+    /// synthetic frames.
+    #[arg(long)]
+    pub recording: Option<PathBuf>,
+    /// Synthetic frames: scan shape.
+    #[arg(long, default_value = "64x64")]
+    pub nav_shape: NavShape,
+    /// Synthetic frames: frame shape.
+    #[arg(long, default_value = "256x256")]
+    pub sig_shape: stemflow_core::SigShape,
+    /// Send as fast as the client takes it instead of at the frame time.
+    #[arg(long)]
+    pub fast: bool,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    pub duration_s: Option<f64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -167,6 +318,41 @@ pub struct SimMerlinArgs {
 pub enum BenchCommand {
     /// Merlin simulator → loopback → receiver → reductions (sum, BF, ADF, CoM).
     Merlin(BenchMerlinArgs),
+    /// Every processing figure: ceilings, in memory and end to end for 256² and 512²
+    /// frames of u8, u16, u32, and the arrival-to-snapshot latency (under two minutes).
+    All(BenchAllArgs),
+    /// DECTRIS simulator → ZeroMQ stream → receiver → bslz4 decode in the workers →
+    /// reductions; and the codec's single-core decode rate.
+    Dectris(BenchDectrisArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchDectrisArgs {
+    /// Scan shape.
+    #[arg(long, default_value = "128x128")]
+    pub nav_shape: NavShape,
+    /// Repetitions per configuration (the best is reported).
+    #[arg(long, default_value_t = 2)]
+    pub repeat: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchAllArgs {
+    /// MiB of frames per in-memory configuration.
+    #[arg(long, default_value_t = 256)]
+    pub mem_mib: u64,
+    /// MiB of frames per end-to-end configuration.
+    #[arg(long, default_value_t = 1024)]
+    pub e2e_mib: u64,
+    /// Skip the end-to-end runs.
+    #[arg(long)]
+    pub skip_e2e: bool,
+    /// Frames of the latency run.
+    #[arg(long, default_value_t = 8192)]
+    pub latency_frames: usize,
+    /// Frame rate of the latency run, Hz.
+    #[arg(long, default_value_t = 4000.0)]
+    pub latency_rate_hz: f64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -192,6 +378,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Acquire(a)) => crate::run::acquire(&a),
         Some(Command::Process(a)) => crate::offline::process(&a),
         Some(Command::Sim(SimCommand::Merlin(a))) => crate::simcmd::sim_merlin(&a),
+        Some(Command::Sim(SimCommand::Dectris(a))) => crate::simcmd::sim_dectris(&a),
         Some(Command::Bench(BenchCommand::Merlin(a))) => crate::bench::bench_merlin(&a),
+        Some(Command::Bench(BenchCommand::All(a))) => crate::bench::bench_all(&a),
+        Some(Command::Bench(BenchCommand::Dectris(a))) => crate::bench_dectris::bench_dectris(&a),
+        Some(Command::Run(a)) => crate::sequence_cmd::run(&a),
+        Some(Command::Queue(a)) => crate::sequence_cmd::queue(&a),
     }
 }

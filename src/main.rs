@@ -5,12 +5,14 @@
 //! `sim merlin` serves the Merlin simulator, `bench merlin` measures the live path.
 
 mod bench;
+mod bench_dectris;
 mod cli;
 mod offline;
 mod output;
 mod pipeline;
 mod progress;
 mod run;
+mod sequence_cmd;
 mod simcmd;
 
 use clap::Parser;

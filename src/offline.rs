@@ -1,59 +1,209 @@
-//! `stemflow process`: the live reductions, offline, on a recorded Merlin `.hdr`/`.mib` set,
+//! `stemflow process`: the live reductions, offline, on a file — a Merlin `.hdr`/`.mib`
+//! set, a DECTRIS `*_master.h5` set, a `.npy` array, raw binary, or an HDF5 dataset (our
+//! own recordings included) —
 //! writing the same outputs (HDF5, PNG images, run.json).
 
-use crate::cli::ProcessArgs;
+use crate::cli::{ProcessArgs, ProcessFormat};
 use crate::output;
 use crate::pipeline::{Geometry, udfs};
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use stemflow_core::NavShape;
 use stemflow_core::frame::Tile;
 use stemflow_core::metadata::RunMetadata;
 use stemflow_core::result::UdfResults;
 use stemflow_core::validity::FrameValidity;
+use stemflow_core::{DType, NavShape, SigShape};
+use stemflow_drivers::dectris::master::MasterFile;
 use stemflow_drivers::merlin::MibFile;
-use stemflow_processing::{RunConfig, RunSummary};
+use stemflow_processing::io::{ByteOrder, IoError, parse_dtype};
+use stemflow_processing::{
+    DataSet, Hdf5DataSet, NpyDataSet, RawDataSet, RawSpec, RunConfig, RunSummary, run_dataset,
+};
 use stemflow_recording::hdf5::{Hdf5Recorder, RecordingSpec};
 
-/// Frames per tile read from the file.
-const FRAMES_PER_TILE: usize = 32;
+/// A Merlin `.hdr`/`.mib` set as a [`DataSet`] (decoding by the Merlin driver).
+pub struct MibDataSet {
+    file: MibFile,
+    nav: NavShape,
+}
 
-/// Runs the live-view reductions over every frame of a MIB recording; `sink` receives the
-/// decoded tiles (e.g. an HDF5 recorder).
+impl MibDataSet {
+    /// Opens a `.hdr` or `.mib` file; the scan shape is `nav_shape`, else the header's
+    /// (ScanY × ScanX), else 1 × frames.
+    ///
+    /// # Errors
+    /// The Merlin reader's errors, naming the file.
+    pub fn open(path: &Path, nav_shape: Option<NavShape>) -> Result<Self> {
+        let file = MibFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let nav = nav_shape
+            .or_else(|| file.nav_shape())
+            .unwrap_or(NavShape::new(1, file.frames() as usize));
+        Ok(Self { file, nav })
+    }
+}
+
+impl DataSet for MibDataSet {
+    fn path(&self) -> &Path {
+        self.file.mib_path()
+    }
+    fn nav_shape(&self) -> NavShape {
+        self.nav
+    }
+    fn sig_shape(&self) -> SigShape {
+        self.file.sig_shape()
+    }
+    fn dtype(&self) -> DType {
+        self.file.dtype()
+    }
+    fn frames(&self) -> u64 {
+        self.file.frames()
+    }
+    fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError> {
+        self.file
+            .read_tile(first, n, out)
+            .map_err(|e| IoError::Reader {
+                path: self.file.mib_path().to_path_buf(),
+                source: Box::new(e),
+            })
+    }
+}
+
+/// A DECTRIS HDF5 recording (`*_master.h5` with its data files) as a [`DataSet`]
+/// (bitshuffle-LZ4 / LZ4 decoded by the DECTRIS driver, masked pixels zeroed).
+pub struct DectrisDataSet {
+    file: MasterFile,
+    nav: NavShape,
+}
+
+impl DectrisDataSet {
+    /// Opens a master file; the scan shape is `nav_shape`, else the one stored beside the
+    /// master, else 1 × frames.
+    ///
+    /// # Errors
+    /// The DECTRIS reader's errors, naming the file.
+    pub fn open(path: &Path, nav_shape: Option<NavShape>) -> Result<Self> {
+        let file = MasterFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let nav = nav_shape
+            .or_else(|| file.nav_shape())
+            .unwrap_or(NavShape::new(1, file.frames() as usize));
+        Ok(Self { file, nav })
+    }
+}
+
+impl DataSet for DectrisDataSet {
+    fn path(&self) -> &Path {
+        self.file.master_path()
+    }
+    fn nav_shape(&self) -> NavShape {
+        self.nav
+    }
+    fn sig_shape(&self) -> SigShape {
+        self.file.sig_shape()
+    }
+    fn dtype(&self) -> DType {
+        self.file.dtype()
+    }
+    fn frames(&self) -> u64 {
+        self.file.frames()
+    }
+    fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError> {
+        let path = self.file.master_path().to_path_buf();
+        self.file
+            .read_tile(first, n, out)
+            .map_err(|e| IoError::Reader {
+                path,
+                source: Box::new(e),
+            })
+    }
+}
+
+/// The format of `args.path`: as given, else from its extension.
+fn format_of(args: &ProcessArgs) -> Result<ProcessFormat> {
+    if let Some(f) = args.format {
+        return Ok(f);
+    }
+    let ext = args
+        .path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let name = args
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    if name.ends_with("_master.h5") {
+        return Ok(ProcessFormat::Dectris);
+    }
+    Ok(match ext.as_str() {
+        "hdr" | "mib" => ProcessFormat::Merlin,
+        "npy" => ProcessFormat::Npy,
+        "h5" | "hdf5" | "nxs" => ProcessFormat::Hdf5,
+        "raw" | "bin" | "dat" => ProcessFormat::Raw,
+        _ => bail!(
+            "cannot tell the format of {} from its extension; give --format merlin|npy|raw|hdf5",
+            args.path.display()
+        ),
+    })
+}
+
+/// Opens the file `args` names as a data set.
 ///
 /// # Errors
-/// File and decoding errors naming the file and frame; processing errors.
-pub fn reduce_file(
-    path: &std::path::Path,
-    nav_shape: Option<NavShape>,
-    sink: Option<&mut dyn stemflow_core::sink::TileSink>,
-) -> Result<(MibFile, NavShape, RunSummary)> {
-    let mut file = MibFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let frames = file.frames() as usize;
-    let nav = nav_shape
-        .or_else(|| file.nav_shape())
-        .unwrap_or(NavShape::new(1, frames));
-    let sig = file.sig_shape();
-    let dtype = file.dtype();
-    let cfg = RunConfig::new(nav, sig, dtype);
-    let g = Geometry::centred(sig);
-    let ranges: Vec<(u64, usize)> = file.tile_ranges(FRAMES_PER_TILE).collect();
-    let summary = {
-        let f = &mut file;
-        let tiles = ranges.into_iter().map(move |(first, n)| {
-            let mut t = Tile::zeros(first, n, sig, dtype);
-            f.read_tile(first, n, &mut t).map(|_| t)
-        });
-        stemflow_processing::run_tiles(
-            tiles,
-            &udfs(&g),
-            &cfg,
-            sink,
-            &mut |_| {},
-            &AtomicBool::new(false),
-        )?
+/// Unknown format; missing raw-layout options; the reader's errors naming the file.
+pub fn open_dataset(args: &ProcessArgs) -> Result<Box<dyn DataSet>> {
+    let path = &args.path;
+    let ds: Box<dyn DataSet> = match format_of(args)? {
+        ProcessFormat::Merlin => Box::new(MibDataSet::open(path, args.nav_shape)?),
+        ProcessFormat::Npy => Box::new(NpyDataSet::open(path)?),
+        ProcessFormat::Dectris => Box::new(DectrisDataSet::open(path, args.nav_shape)?),
+        ProcessFormat::Hdf5 => Box::new(Hdf5DataSet::open(path, args.dataset.as_deref())?),
+        ProcessFormat::Raw => {
+            let (Some(nav_shape), Some(sig_shape)) = (args.nav_shape, args.sig_shape) else {
+                bail!(
+                    "raw files need --nav-shape and --sig-shape (and --dtype, --byte-order, --offset as they apply)"
+                );
+            };
+            let dtype = parse_dtype(&args.dtype).map_err(anyhow::Error::msg)?;
+            let byte_order: ByteOrder = args.byte_order.parse().map_err(anyhow::Error::msg)?;
+            Box::new(RawDataSet::open(
+                path,
+                RawSpec {
+                    nav_shape,
+                    sig_shape,
+                    dtype,
+                    byte_order,
+                    offset: args.offset,
+                    frame_header_bytes: args.frame_header_bytes,
+                },
+            )?)
+        }
     };
-    Ok((file, nav, summary))
+    Ok(ds)
+}
+
+/// Runs the live-view reductions ([`udfs`] on a centred [`Geometry`]) over every frame of
+/// `data` with scan `nav`; `sink` receives the decoded tiles (e.g. an HDF5 recorder).
+///
+/// # Errors
+/// Reading and processing errors, naming the file and frame.
+pub fn reduce(
+    data: &mut dyn DataSet,
+    nav: NavShape,
+    sink: Option<&mut dyn stemflow_core::sink::TileSink>,
+) -> Result<RunSummary> {
+    let cfg = RunConfig::new(nav, data.sig_shape(), data.dtype());
+    let g = Geometry::centred(data.sig_shape());
+    let summary = run_dataset(
+        data,
+        &udfs(&g),
+        &cfg,
+        sink,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )?;
+    Ok(summary)
 }
 
 /// `stemflow process PATH`.
@@ -62,30 +212,40 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     let t0 = std::time::Instant::now();
     let start_time = stemflow_actors::orchestrator::now_rfc3339();
-    // Open once to learn the shapes for the recorder.
-    let probe =
-        MibFile::open(&args.path).with_context(|| format!("opening {}", args.path.display()))?;
-    let nav = args
-        .nav_shape
-        .or_else(|| probe.nav_shape())
-        .unwrap_or(NavShape::new(1, probe.frames() as usize));
+    let mut data = open_dataset(args)?;
+    let nav = args.nav_shape.unwrap_or(data.nav_shape());
+    let (sig, dtype) = (data.sig_shape(), data.dtype());
+    let source: PathBuf = data.path().to_path_buf();
+    let frames_in_file = data.frames();
     let h5 = args.out.join("processed.h5");
-    let mut rec = Hdf5Recorder::create(
-        &h5,
-        RecordingSpec::new(nav, probe.sig_shape(), probe.dtype()),
-    )?;
-    let (file, nav, summary) = reduce_file(&args.path, Some(nav), Some(&mut rec))?;
+    let mut rec = Hdf5Recorder::create(&h5, RecordingSpec::new(nav, sig, dtype))?;
+    let summary = reduce(data.as_mut(), nav, Some(&mut rec))?;
     let mut validity = FrameValidity::new(nav.len());
-    validity.mark_range_received(0, (file.frames() as usize).min(nav.len()));
+    validity.mark_range_received(0, (frames_in_file as usize).min(nav.len()));
     for &d in &summary.damaged {
         validity.mark(d, stemflow_core::validity::FrameStatus::Damaged);
     }
+    // Merlin sets keep their acquisition header; other files have none.
+    let header = if format_of(args)? == ProcessFormat::Merlin {
+        MibFile::open(&args.path)
+            .ok()
+            .and_then(|f| f.header().map(|h| h.raw().to_string()))
+    } else {
+        None
+    };
+    let detector = match format_of(args)? {
+        ProcessFormat::Merlin => "merlin recording",
+        ProcessFormat::Npy => "npy file",
+        ProcessFormat::Dectris => "dectris recording",
+        ProcessFormat::Raw => "raw file",
+        ProcessFormat::Hdf5 => "hdf5 file",
+    };
     let metadata = RunMetadata {
-        detector: format!("merlin recording {}", file.mib_path().display()),
-        detector_header: file.header().map(|h| h.raw().to_string()),
+        detector: format!("{detector} {}", source.display()),
+        detector_header: header,
         nav_shape: Some(nav),
-        sig_shape: Some(file.sig_shape()),
-        dtype: Some(file.dtype()),
+        sig_shape: Some(sig),
+        dtype: Some(dtype),
         mode: "offline".into(),
         software_version: stemflow_core::SOFTWARE_VERSION.into(),
         start_time,
@@ -103,8 +263,8 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
     println!(
         "processed {} frames of {} {} from {} in {:.2} s",
         summary.frames_processed,
-        file.sig_shape(),
-        file.dtype(),
+        sig,
+        dtype,
         args.path.display(),
         t0.elapsed().as_secs_f64()
     );

@@ -1,8 +1,7 @@
 //! `stemflow` (simulate) and `stemflow acquire`: assemble an instrument, run one
 //! acquisition through the orchestrator, show progress, write results.
 
-use crate::cli::{AcquireArgs, ModeArg, SimulateArgs, TriggerArg};
-use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
+use crate::cli::{AcquireArgs, DetectorArg, ModeArg, SimulateArgs, TriggerArg};
 use crate::output;
 use crate::pipeline::{self, Geometry};
 use anyhow::{Context, Result, bail};
@@ -10,24 +9,29 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use stemflow_actors::detector::DetectorFactory;
 use stemflow_actors::orchestrator::{
     AcquisitionRequest, ExitStatus, Instrument, RunFailure, RunRecord,
 };
 use stemflow_actors::recorder::RecordingFactory;
 use stemflow_actors::supervisor::InstrumentSpec;
 use stemflow_config::Profile;
+use stemflow_core::DType;
 use stemflow_core::detector::{ArmMode, Detector, DetectorSettings, DetectorTrigger};
 use stemflow_core::devices::{Microscope, MicroscopeSettings, ScanEngine, trigger_line};
+use stemflow_drivers::dectris::detector::{DectrisDetector, DectrisDetectorConfig};
+use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
 use stemflow_sequences::Stem4dScanPlan;
+use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig, DectrisSource};
 use stemflow_simulators::merlin::{MerlinFaults, MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
-use stemflow_simulators::microscope::MicroscopeSim;
+use stemflow_simulators::microscope::{MicroscopeFaults, MicroscopeSim};
 use stemflow_simulators::scan::{ScanEngineSim, ScanFaults};
 use stemflow_simulators::specimen::Specimen;
 
 /// Medipix3 pixel pitch, m.
 const PIXEL_PITCH_M: f64 = 55e-6;
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -35,23 +39,73 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn recording_factory() -> RecordingFactory {
+pub fn recording_factory() -> RecordingFactory {
     Arc::new(crate::output::open_recording)
 }
 
-/// Runs one 4D-STEM scan on the simulated instrument.
-pub fn simulate(args: &SimulateArgs) -> Result<()> {
-    let mut profile = match &args.profile {
-        Some(p) => Profile::load(p)?,
-        None => Profile::simulated(),
-    };
-    if let Some(n) = args.nav_shape {
-        profile.scan.nav_shape = [n.rows, n.cols];
+/// The detector simulator of the simulated instrument (stopped when dropped).
+pub enum SimDetector {
+    /// A Merlin on its control and data ports.
+    Merlin(MerlinSim),
+    /// A DECTRIS SIMPLON detector on its REST API and stream ports.
+    Dectris(DectrisSim),
+}
+
+impl SimDetector {
+    /// Where it listens, for the terminal.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Merlin(s) => format!(
+                "Merlin simulator control {} data {}",
+                s.control_addr(),
+                s.data_addr()
+            ),
+            Self::Dectris(s) => format!(
+                "DECTRIS simulator REST http://{} stream {}",
+                s.api_addr(),
+                s.stream_endpoint()
+            ),
+        }
     }
+}
+
+/// The embedded simulated instrument, assembled: a detector simulator (Merlin or DECTRIS,
+/// by the profile's `detector.kind`) triggered by a simulated scan engine over a modelled
+/// trigger line, a simulated microscope, the actor spec over them, the virtual detector
+/// geometry and the profile's default scan.
+pub struct SimulatedInstrument {
+    /// The detector simulator (stopped when dropped).
+    pub sim: SimDetector,
+    /// Factories for the orchestrator.
+    pub spec: InstrumentSpec,
+    /// Virtual detector geometry for the live reductions, pixels.
+    pub geometry: Geometry,
+    /// The profile's scan, with its microscope settings.
+    pub plan: Stem4dScanPlan,
+}
+
+/// Assembles the simulated instrument of `profile`; `microscope_faults` are injected into
+/// the simulated microscope (e.g. a setting that does not take).
+///
+/// # Errors
+/// The Merlin simulator failed to start.
+pub fn assemble_simulated(
+    profile: &Profile,
+    microscope_faults: MicroscopeFaults,
+) -> Result<SimulatedInstrument> {
     let nav = profile.nav_shape();
     let sig = profile.sig_shape();
     let depth = profile.detector.counter_depth;
-    let dtype = output::dtype_for_depth(depth);
+    let dectris = profile.detector.kind == "dectris";
+    let dtype = if dectris {
+        match depth {
+            8 => DType::U8,
+            16 => DType::U16,
+            _ => DType::U32,
+        }
+    } else {
+        output::dtype_for_depth(depth)
+    };
     let m = &profile.microscope;
     let disk_radius_px = m.camera_length_m * m.convergence_angle_rad / PIXEL_PITCH_M;
     let specimen = Specimen::builder()
@@ -63,29 +117,44 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
 
     // The trigger cable from the scan engine to the detector.
     let (trig_out, trig_in) = trigger_line();
-    let sim = MerlinSim::start(MerlinSimConfig {
-        host: "127.0.0.1".parse()?,
-        control_port: 0,
-        data_port: 0,
-        source: MerlinSource::Synthetic {
+    let (sim, detector): (SimDetector, DetectorFactory) = if dectris {
+        let mut cfg = DectrisSimConfig::new(DectrisSource::Synthetic {
             specimen,
             nav_shape: nav,
             sig_shape: sig,
+            bit_depth: depth,
             seed: profile.specimen.seed,
-        },
-        pacing: Pacing::FrameTime,
-        trigger_input: Some(trig_in),
-        faults: MerlinFaults::default(),
-    })
-    .context("starting the Merlin simulator")?;
-    println!(
-        "simulated instrument: Merlin simulator control {} data {}; scan {} positions of {} frames, dwell {:.0} µs",
-        sim.control_addr(),
-        sim.data_addr(),
-        nav,
-        sig,
-        profile.scan.dwell_time_s * 1e6
-    );
+        });
+        cfg.trigger_input = Some(trig_in);
+        let sim = DectrisSim::start(cfg).context("starting the DECTRIS simulator")?;
+        let det_cfg =
+            DectrisDetectorConfig::new("127.0.0.1", sim.api_addr().port(), sim.stream_addr());
+        let factory: DetectorFactory = Arc::new(move || {
+            DectrisDetector::connect(det_cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
+        });
+        (SimDetector::Dectris(sim), factory)
+    } else {
+        let sim = MerlinSim::start(MerlinSimConfig {
+            host: "127.0.0.1".parse()?,
+            control_port: 0,
+            data_port: 0,
+            source: MerlinSource::Synthetic {
+                specimen,
+                nav_shape: nav,
+                sig_shape: sig,
+                seed: profile.specimen.seed,
+            },
+            pacing: Pacing::FrameTime,
+            trigger_input: Some(trig_in),
+            faults: MerlinFaults::default(),
+        })
+        .context("starting the Merlin simulator")?;
+        let det_cfg = MerlinDetectorConfig::new(sim.control_addr(), sim.data_addr());
+        let factory: DetectorFactory = Arc::new(move || {
+            MerlinDetector::connect(det_cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
+        });
+        (SimDetector::Merlin(sim), factory)
+    };
 
     let plan = Stem4dScanPlan {
         nav_shape: nav,
@@ -97,7 +166,8 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
             .detector
             .exposure_s
             .min(profile.scan.dwell_time_s.max(1e-6)),
-        counter_depth: Some(depth),
+        // DECTRIS detectors report their bit depth; only the Merlin's is set.
+        counter_depth: (!dectris).then_some(depth),
         microscope: Some(MicroscopeSettings {
             high_tension_v: Some(m.high_tension_v),
             camera_length_m: Some(m.camera_length_m),
@@ -107,31 +177,22 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
             beam_blanked: Some(false),
         }),
     };
-    for step in plan.steps()? {
-        println!("plan: {step}");
-    }
-    let summary = plan.summary();
-    println!(
-        "plan: estimated {:.2} s, {} frames, {:.1} MB",
-        summary.duration_s,
-        summary.frames,
-        summary.data_bytes as f64 / 1e6
-    );
 
-    let det_cfg = MerlinDetectorConfig::new(sim.control_addr(), sim.data_addr());
     let scan_out = trig_out.clone();
     let spec = InstrumentSpec {
-        detector: Arc::new(move || {
-            MerlinDetector::connect(det_cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
-        }),
+        detector,
         scan: Some(Arc::new(move || {
             Ok(
                 Box::new(ScanEngineSim::new(scan_out.clone(), ScanFaults::default()))
                     as Box<dyn ScanEngine>,
             )
         })),
-        microscope: Some(Arc::new(|| {
-            Ok(Box::new(MicroscopeSim::default()) as Box<dyn Microscope>)
+        microscope: Some(Arc::new(move || {
+            let start = MicroscopeSim::default().read_state()?;
+            Ok(
+                Box::new(MicroscopeSim::new(start, microscope_faults.clone()))
+                    as Box<dyn Microscope>,
+            )
         })),
         recording: recording_factory(),
     };
@@ -144,6 +205,46 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
         adf_outer: r.adf_outer * disk_radius_px,
         com_radius: r.com_radius * disk_radius_px,
     };
+    Ok(SimulatedInstrument {
+        sim,
+        spec,
+        geometry,
+        plan,
+    })
+}
+
+/// Runs one 4D-STEM scan on the simulated instrument.
+pub fn simulate(args: &SimulateArgs) -> Result<()> {
+    let mut profile = match &args.profile {
+        Some(p) => Profile::load(p)?,
+        None => Profile::simulated(),
+    };
+    if let Some(n) = args.nav_shape {
+        profile.scan.nav_shape = [n.rows, n.cols];
+    }
+    let SimulatedInstrument {
+        sim,
+        spec,
+        geometry,
+        plan,
+    } = assemble_simulated(&profile, MicroscopeFaults::default())?;
+    println!(
+        "simulated instrument: {}; scan {} positions of {} frames, dwell {:.0} µs",
+        sim.describe(),
+        plan.nav_shape,
+        plan.sig_shape,
+        profile.scan.dwell_time_s * 1e6
+    );
+    for step in plan.steps()? {
+        println!("plan: {step}");
+    }
+    let summary = plan.summary();
+    println!(
+        "plan: estimated {:.2} s, {} frames, {:.1} MB",
+        summary.duration_s,
+        summary.frames,
+        summary.data_bytes as f64 / 1e6
+    );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     let h5 = args.out.join("scan.h5");
@@ -219,14 +320,38 @@ fn finish(
     Ok(())
 }
 
-/// Acquires from an external Merlin.
+/// The detector of `stemflow acquire`.
+fn acquire_detector(args: &AcquireArgs) -> DetectorFactory {
+    let frame_timeout = Duration::from_secs_f64(args.frame_timeout_s);
+    let first_frame_timeout = Duration::from_secs_f64(args.first_frame_timeout_s);
+    match args.detector {
+        DetectorArg::Merlin => {
+            let control = SocketAddr::new(args.host, args.control_port);
+            let data = SocketAddr::new(args.host, args.data_port);
+            let mut cfg = MerlinDetectorConfig::new(control, data);
+            cfg.frame_timeout = frame_timeout;
+            cfg.first_frame_timeout = first_frame_timeout;
+            cfg.raw_format = args.raw;
+            cfg.nav_shape = args.nav_shape;
+            Arc::new(move || {
+                MerlinDetector::connect(cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
+            })
+        }
+        DetectorArg::Dectris => {
+            let stream = SocketAddr::new(args.host, args.stream_port);
+            let mut cfg = DectrisDetectorConfig::new(&args.host.to_string(), args.api_port, stream);
+            cfg.frame_timeout = frame_timeout;
+            cfg.first_frame_timeout = first_frame_timeout;
+            cfg.nav_shape = args.nav_shape;
+            Arc::new(move || {
+                DectrisDetector::connect(cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
+            })
+        }
+    }
+}
+
+/// Acquires from an external Merlin or DECTRIS detector.
 pub fn acquire(args: &AcquireArgs) -> Result<()> {
-    let control = SocketAddr::new(args.host, args.control_port);
-    let data = SocketAddr::new(args.host, args.data_port);
-    let mut cfg = MerlinDetectorConfig::new(control, data);
-    cfg.frame_timeout = Duration::from_secs_f64(args.frame_timeout_s);
-    cfg.first_frame_timeout = Duration::from_secs_f64(args.first_frame_timeout_s);
-    cfg.raw_format = args.raw;
     let mode = match args.mode {
         ModeArg::Active => ArmMode::Active,
         ModeArg::Passive => ArmMode::Passive,
@@ -234,7 +359,6 @@ pub fn acquire(args: &AcquireArgs) -> Result<()> {
     if mode == ArmMode::Active && args.nav_shape.is_none() {
         bail!("--nav-shape is required in active mode (frames to acquire = rows × cols)");
     }
-    cfg.nav_shape = args.nav_shape;
     let nav = args.nav_shape.unwrap_or(stemflow_core::NavShape::new(1, 1));
     let trigger = match args.trigger {
         TriggerArg::Internal => DetectorTrigger::Internal,
@@ -252,14 +376,12 @@ pub fn acquire(args: &AcquireArgs) -> Result<()> {
         frame_time_s: args.exposure_ms * 1e-3,
         trigger,
         frames_per_trigger,
-        counter_depth: Some(args.counter_depth),
+        // DECTRIS detectors report their bit depth; only the Merlin's is set.
+        counter_depth: (args.detector == DetectorArg::Merlin).then_some(args.counter_depth),
         extra: BTreeMap::new(),
     };
-    let det_cfg = cfg.clone();
     let spec = InstrumentSpec {
-        detector: Arc::new(move || {
-            MerlinDetector::connect(det_cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
-        }),
+        detector: acquire_detector(args),
         scan: None,
         microscope: None,
         recording: recording_factory(),

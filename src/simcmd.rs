@@ -1,6 +1,7 @@
-//! `stemflow sim merlin`: the Merlin simulator standalone on 127.0.0.1.
+//! `stemflow sim merlin` and `stemflow sim dectris`: detector simulators standalone on
+//! 127.0.0.1.
 
-use crate::cli::SimMerlinArgs;
+use crate::cli::{SimDectrisArgs, SimMerlinArgs};
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
@@ -50,6 +51,50 @@ pub fn sim_merlin(a: &SimMerlinArgs) -> Result<()> {
     println!(
         "served {} acquisitions, {} frames, {:.1} MB",
         stats.acquisitions,
+        stats.frames_sent,
+        stats.bytes_sent as f64 / 1e6
+    );
+    sim.stop();
+    Ok(())
+}
+
+/// Starts the DECTRIS simulator, prints its REST address and stream endpoint, and serves
+/// until `--duration-s` (or forever).
+pub fn sim_dectris(a: &SimDectrisArgs) -> Result<()> {
+    use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig};
+    let cfg = DectrisSimConfig::from_cli(
+        a.host,
+        a.api_port,
+        a.stream_port,
+        a.recording.clone(),
+        a.nav_shape,
+        a.sig_shape,
+        a.fast,
+    );
+    let sim = DectrisSim::start(cfg).context("starting the DECTRIS simulator")?;
+    println!(
+        "dectris simulator: REST http://{} stream {}",
+        sim.api_addr(),
+        sim.stream_endpoint()
+    );
+    println!(
+        "api_port={} stream_port={}",
+        sim.api_addr().port(),
+        sim.stream_addr().port()
+    );
+    let t0 = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if a.duration_s
+            .is_some_and(|d| t0.elapsed().as_secs_f64() >= d)
+        {
+            break;
+        }
+    }
+    let stats = sim.stats();
+    println!(
+        "served {} series, {} frames, {:.1} MB",
+        stats.series,
         stats.frames_sent,
         stats.bytes_sent as f64 / 1e6
     );

@@ -22,6 +22,8 @@ pub enum DetectorMsg {
         Duration,
         RpcReplyPort<Result<ArmedAcquisition, DeviceError>>,
     ),
+    /// The driver's device name (e.g. `merlin @ 10.0.0.2:6341`), for errors and metadata.
+    Name(RpcReplyPort<String>),
     /// Send a software trigger.
     SoftTrigger(RpcReplyPort<Result<(), DeviceError>>),
     /// Disarm (idempotent).
@@ -101,6 +103,9 @@ impl Actor for DetectorActor {
                 })
                 .await;
                 let _ = reply.send(r);
+            }
+            DetectorMsg::Name(reply) => {
+                let _ = reply.send(st.name.clone());
             }
             DetectorMsg::InjectPanic(text) => panic!("{text}"),
         }

@@ -495,6 +495,18 @@ impl Instrument {
             ..RunMetadata::default()
         };
         self.transition(AcqEvent::Configure)?;
+        // The detector's own name, in every error and in the metadata (passive mode never
+        // configures it).
+        self.detector_name = self
+            .call(
+                Role::Detector,
+                &refs.detector,
+                "detector name",
+                CALL_MARGIN,
+                DetectorMsg::Name,
+            )
+            .await?;
+        ctx.metadata.detector = self.detector_name.clone();
 
         // Configuring: microscope → scan engine → detector, each read back.
         if let Some(m) = &refs.microscope {
@@ -587,12 +599,6 @@ impl Instrument {
                 source,
             })?;
         ctx.armed = true;
-        self.detector_name = ctx
-            .metadata
-            .detector_settings
-            .get("device")
-            .cloned()
-            .unwrap_or_else(|| "detector".into());
         ctx.metadata.detector_header = armed.header.clone();
         ctx.metadata.sig_shape = Some(armed.sig_shape);
         ctx.metadata.dtype = Some(armed.dtype);

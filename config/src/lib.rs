@@ -14,6 +14,9 @@ use stemflow_core::{NavShape, SigShape};
 /// The embedded simulated-instrument profile.
 pub const SIMULATED_PROFILE: &str = include_str!("../profiles/simulated.toml");
 
+/// The simulated instrument with a DECTRIS (ARINA-like) detector instead of the Merlin.
+pub const SIMULATED_DECTRIS_PROFILE: &str = include_str!("../profiles/simulated-dectris.toml");
+
 /// Errors loading a profile; each names the file, the key and the problem.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -63,11 +66,13 @@ pub struct ScanSection {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct DetectorSection {
-    /// Detector family; supported: `merlin`.
+    /// Detector family: `merlin` (Quantum Detectors Merlin) or `dectris` (a SIMPLON detector
+    /// such as ARINA).
     pub kind: String,
     /// Frame rows, cols in pixels (simulated detectors only; real ones report theirs).
     pub sig_shape: [usize; 2],
-    /// Counter depth in bits: 1, 6, 12 or 24.
+    /// Counter depth in bits: Merlin 1, 6, 12 or 24 (→ u8, u8, u16, u32 frames); DECTRIS
+    /// 8, 16 or 32 (the image bit depth).
     pub counter_depth: u32,
     /// Exposure per frame, s.
     pub exposure_s: f64,
@@ -183,18 +188,22 @@ impl Profile {
                 format!("{} s: must be within 0–10 s", self.scan.dwell_time_s),
             ));
         }
-        if self.detector.kind != "merlin" {
-            return Err(bad(
-                "detector.kind",
-                format!("`{}` not supported; supported: merlin", self.detector.kind),
-            ));
-        }
-        if ![1, 6, 12, 24].contains(&self.detector.counter_depth) {
+        let depths: &[u32] = match self.detector.kind.as_str() {
+            "merlin" => &[1, 6, 12, 24],
+            "dectris" => &[8, 16, 32],
+            other => {
+                return Err(bad(
+                    "detector.kind",
+                    format!("`{other}` not supported; supported: merlin, dectris"),
+                ));
+            }
+        };
+        if !depths.contains(&self.detector.counter_depth) {
             return Err(bad(
                 "detector.counter_depth",
                 format!(
-                    "{} bits: supported 1, 6, 12, 24",
-                    self.detector.counter_depth
+                    "{} bits: supported for {}: {depths:?}",
+                    self.detector.counter_depth, self.detector.kind
                 ),
             ));
         }
@@ -267,6 +276,18 @@ mod tests {
         assert!(e.contains("y.toml") && e.contains("dwell_time"), "{e}");
         let t = SIMULATED_PROFILE.replace("kind = \"merlin\"", "kind = \"arina\"");
         let e = Profile::from_toml(&t, "z.toml").unwrap_err().to_string();
-        assert!(e.contains("supported: merlin"), "{e}");
+        assert!(e.contains("supported: merlin, dectris"), "{e}");
+        let t = SIMULATED_PROFILE.replace("kind = \"merlin\"", "kind = \"dectris\"");
+        let e = Profile::from_toml(&t, "d.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("detector.counter_depth") && e.contains("dectris"),
+            "{e}"
+        );
+        let p = Profile::from_toml(SIMULATED_DECTRIS_PROFILE, "simulated-dectris.toml")
+            .expect("the DECTRIS profile is valid");
+        assert_eq!(
+            (p.detector.kind.as_str(), p.detector.counter_depth),
+            ("dectris", 16)
+        );
     }
 }

@@ -15,7 +15,17 @@
 //!   - [`merlin::control`]: [`merlin::MerlinControl`], the control-port client (6341);
 //!   - [`merlin::error`]: [`merlin::MerlinError`], data-channel errors;
 //!   - [`merlin::receiver`]: [`merlin::MerlinReceiver`], the data-port receiver (6342)
-//!     filling pooled raw frame stacks.
+//!     filling pooled raw frame stacks;
+//!   - [`merlin::detector`]: [`merlin::MerlinDetector`], the Merlin as the orchestrator's
+//!     `Detector` (active and passive mode).
+//! - [`dectris`]: DECTRIS SIMPLON detectors, ARINA and QUADRO (protocols.md §2): the
+//!   bitshuffle-LZ4 / LZ4 codecs (our own, SIMD), the REST client, stream v1 (JSON) and v2
+//!   (CBOR) over our blocking ZeroMQ client, the receiver, the `Detector`, and offline HDF5
+//!   master/data sets read as raw chunks.
+//! - [`scpi`]: SCPI instruments over TCP and serial ports (IEEE 488.2 framing, error queue
+//!   after every setting): a waveform generator as a scan's pixel clock, and scan generators
+//!   and microscope columns driven through command maps from their config files.
 
+pub mod dectris;
 pub mod merlin;
 pub mod scpi;

@@ -1,11 +1,14 @@
 //! In-memory throughput of the UDF engine on all cores, with frames preallocated in memory:
 //! [`bench_in_memory`] runs the offline engine on decoded tiles, [`bench_live_in_memory`]
-//! the live engine on raw big-endian stacks (decoding included). The CLI's `bench` command
-//! and `cargo run --release -p stemflow-processing --example bench_in_memory` print them.
+//! the live engine on raw big-endian stacks (decoding included). [`memory_read_bandwidth`]
+//! measures the machine's ceiling in the same run, [`LatencyProbe`] the time from a frame's
+//! arrival to its appearance in a snapshot. The CLI's `bench` command and
+//! `cargo run --release -p stemflow-processing --example bench_in_memory` print them.
 
-use crate::engine::{ProcessingError, RunConfig, run_live, run_tile_refs};
+use crate::engine::{ProcessingError, RunConfig, Snapshot, run_live, run_tile_refs};
+use crate::mask::Mask;
 use crate::udf::Udf;
-use crate::udfs::standard_udfs;
+use crate::udfs::{ComUdf, MasksUdf, SumSigUdf, SumUdf, standard_udfs};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -23,8 +26,10 @@ pub struct BenchConfig {
     /// frames, 512 MiB of 256 × 256 u16 — far larger than the caches, so the figure is a
     /// memory-speed figure, and long enough that starting the pool does not count).
     pub nav_shape: NavShape,
-    /// Frame shape (default 256 × 256); pixels are u16.
+    /// Frame shape (default 256 × 256).
     pub sig_shape: SigShape,
+    /// Pixel type (default u16).
+    pub dtype: DType,
     /// Frames per tile (default 16).
     pub frames_per_tile: usize,
     /// Worker threads; `None`: all cores.
@@ -38,6 +43,7 @@ impl Default for BenchConfig {
         Self {
             nav_shape: NavShape::new(64, 64),
             sig_shape: SigShape::new(256, 256),
+            dtype: DType::U16,
             frames_per_tile: 16,
             threads: None,
             passes: 3,
@@ -54,7 +60,7 @@ pub struct BenchFigures {
     pub threads: usize,
     /// Frames per pass.
     pub frames: u64,
-    /// Bytes per frame (u16 pixels).
+    /// Bytes per frame.
     pub frame_bytes: usize,
     /// Wall time of the fastest pass, s.
     pub seconds: f64,
@@ -88,9 +94,195 @@ fn bench_set(sig: SigShape) -> Vec<Box<dyn Udf>> {
     standard_udfs(sig.cols as f64 / 2.0, sig.rows as f64 / 2.0, r)
 }
 
+/// The full benchmark set for frames of `sig`: `sum`, `sum_sig`, `virtual` with
+/// four masks (BF disk of radius r = 1/8 of the smaller side, ADF ring 1.5–3 r, a
+/// rectangle of 2r × r beside the disk, an outer ring 3–3.8 r), and `com` inside 1.25 r;
+/// all centred.
+pub fn full_set(sig: SigShape) -> Vec<Box<dyn Udf>> {
+    let r = sig.rows.min(sig.cols) as f64 / 8.0;
+    let (cx, cy) = (sig.cols as f64 / 2.0, sig.rows as f64 / 2.0);
+    vec![
+        Box::new(SumUdf::new()),
+        Box::new(SumSigUdf::new()),
+        Box::new(
+            MasksUdf::new([
+                ("bf", Mask::Disk { cx, cy, r }),
+                (
+                    "adf",
+                    Mask::Ring {
+                        cx,
+                        cy,
+                        r_inner: 1.5 * r,
+                        r_outer: 3.0 * r,
+                    },
+                ),
+                (
+                    "rect",
+                    Mask::Rectangle {
+                        x: cx + 1.2 * r,
+                        y: cy - 0.5 * r,
+                        width: 2.0 * r,
+                        height: r,
+                    },
+                ),
+                (
+                    "outer",
+                    Mask::Ring {
+                        cx,
+                        cy,
+                        r_inner: 3.0 * r,
+                        r_outer: 3.8 * r,
+                    },
+                ),
+            ])
+            .named("virtual"),
+        ),
+        Box::new(ComUdf::new(cx, cy, 1.25 * r)),
+    ]
+}
+
+/// The machine's memory read bandwidth, GB/s (10^9 bytes): `threads` threads (`None`: all
+/// cores) each sum their share of a `bytes`-byte buffer of u64 words (written once first,
+/// so the pages exist); the fastest of `passes` passes. Take `bytes` far above the caches
+/// (≥ 256 MiB) for a memory figure.
+pub fn memory_read_bandwidth(bytes: usize, threads: Option<usize>, passes: usize) -> f64 {
+    let threads = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let words: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    let share = words.len().div_ceil(threads).max(1);
+    let mut best = f64::INFINITY;
+    let mut check = 0u64;
+    for _ in 0..passes.max(1) {
+        let t0 = Instant::now();
+        let total = std::thread::scope(|s| {
+            let parts: Vec<_> = words
+                .chunks(share)
+                .map(|part| {
+                    s.spawn(move || {
+                        // Eight independent lanes: the adds keep pace with the loads.
+                        let mut lanes = [0u64; 8];
+                        for c in part.chunks_exact(8) {
+                            for (l, &w) in lanes.iter_mut().zip(c) {
+                                *l = l.wrapping_add(w);
+                            }
+                        }
+                        lanes.iter().fold(0u64, |a, &l| a.wrapping_add(l))
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0))
+                .fold(0u64, u64::wrapping_add)
+        });
+        best = best.min(t0.elapsed().as_secs_f64());
+        check = check.wrapping_add(total);
+    }
+    // Keeps the sums observable so the reads cannot be optimised away.
+    std::hint::black_box(check);
+    (words.len() * 8) as f64 / best / 1e9
+}
+
+/// Latency from a frame's arrival to its first appearance in a snapshot.
+///
+/// The data path calls [`LatencyProbe::arrived`] when frames arrive (e.g. when the
+/// receiver hands over a stack); the snapshot callback calls [`LatencyProbe::observe`],
+/// which finds the nav positions of one nav buffer that turned from NaN to a value since
+/// the last snapshot and records `now − arrival` for each. Shareable between threads.
+pub struct LatencyProbe {
+    t0: Instant,
+    /// Per frame: arrival, ns after `t0`, plus 1 (0: not yet arrived).
+    arrival: Vec<std::sync::atomic::AtomicU64>,
+    seen: std::sync::Mutex<(Vec<bool>, Vec<f64>)>,
+    udf: String,
+    buffer: String,
+}
+
+/// Latency percentiles, ms.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LatencyFigures {
+    /// Frames measured.
+    pub samples: usize,
+    /// Median, ms.
+    pub median_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Largest, ms.
+    pub max_ms: f64,
+}
+
+impl LatencyProbe {
+    /// A probe for `frames` frames, watching nav buffer `buffer` of UDF `udf` (e.g.
+    /// `sum_sig` / `intensity`, which is a number for every processed frame).
+    pub fn new(frames: usize, udf: &str, buffer: &str) -> Self {
+        Self {
+            t0: Instant::now(),
+            arrival: (0..frames)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+            seen: std::sync::Mutex::new((vec![false; frames], Vec::new())),
+            udf: udf.to_string(),
+            buffer: buffer.to_string(),
+        }
+    }
+
+    /// Frames `first..first + n` arrived now.
+    pub fn arrived(&self, first: u64, n: usize) {
+        let t = self.t0.elapsed().as_nanos() as u64 + 1;
+        for a in self.arrival.iter().skip(first as usize).take(n) {
+            a.store(t, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Records the frames that `snap` shows for the first time.
+    pub fn observe(&self, snap: &Snapshot) {
+        let now = self.t0.elapsed().as_nanos() as u64 + 1;
+        let Some(buf) = snap
+            .results
+            .iter()
+            .find(|r| r.udf == self.udf)
+            .and_then(|r| r.buffer(&self.buffer))
+        else {
+            return;
+        };
+        let mut g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (seen, lat) = &mut *g;
+        for ((s, v), a) in seen.iter_mut().zip(&buf.data).zip(&self.arrival) {
+            if !*s && !v.is_nan() {
+                *s = true;
+                let at = a.load(std::sync::atomic::Ordering::Relaxed);
+                if at > 0 {
+                    lat.push(now.saturating_sub(at) as f64 / 1e6);
+                }
+            }
+        }
+    }
+
+    /// The percentiles so far (NaN with no samples).
+    pub fn figures(&self) -> LatencyFigures {
+        let g = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut l = g.1.clone();
+        l.sort_by(f64::total_cmp);
+        let pick = |q: f64| {
+            if l.is_empty() {
+                f64::NAN
+            } else {
+                l[((l.len() - 1) as f64 * q).round() as usize]
+            }
+        };
+        LatencyFigures {
+            samples: l.len(),
+            median_ms: pick(0.5),
+            p99_ms: pick(0.99),
+            max_ms: pick(1.0),
+        }
+    }
+}
+
 /// Throughput of the standard live-view set ([`standard_udfs`]: sum, sum over signal,
-/// virtual BF + ADF, CoM; BF radius = 1/8 of the smaller frame side, centred) on u16
-/// frames held in memory.
+/// virtual BF + ADF, CoM; BF radius = 1/8 of the smaller frame side, centred) on frames
+/// of `cfg.dtype` held in memory.
 ///
 /// # Errors
 /// Those of [`crate::engine::run_tiles`] (in practice only [`ProcessingError::Threads`]).
@@ -98,7 +290,7 @@ pub fn bench_in_memory(cfg: &BenchConfig) -> Result<BenchFigures, ProcessingErro
     bench_udfs(&bench_set(cfg.sig_shape), cfg)
 }
 
-/// Throughput of `udfs` on u16 frames held in memory (see [`bench_in_memory`]).
+/// Throughput of `udfs` on frames of `cfg.dtype` held in memory (see [`bench_in_memory`]).
 ///
 /// # Errors
 /// Those of [`crate::engine::run_tiles`].
@@ -107,7 +299,7 @@ pub fn bench_udfs(
     cfg: &BenchConfig,
 ) -> Result<BenchFigures, ProcessingError> {
     let tiles = synthetic_tiles(cfg);
-    let mut run = RunConfig::new(cfg.nav_shape, cfg.sig_shape, DType::U16);
+    let mut run = RunConfig::new(cfg.nav_shape, cfg.sig_shape, cfg.dtype);
     run.threads = cfg.threads;
     let cancel = AtomicBool::new(false);
     let mut best = f64::INFINITY;
@@ -149,7 +341,11 @@ pub fn bench_live_in_memory(cfg: &BenchConfig) -> Result<BenchFigures, Processin
     let per = cfg.frames_per_tile.max(1);
     let n_stacks = cfg.nav_shape.len() / per;
     let frame_bytes = sig.len() * 2;
-    let mut encoded = synthetic_tiles(cfg)
+    let u16_cfg = BenchConfig {
+        dtype: DType::U16,
+        ..*cfg
+    };
+    let mut encoded = synthetic_tiles(&u16_cfg)
         .into_iter()
         .filter(|t| t.n_frames == per)
         .map(|t| {
@@ -170,7 +366,9 @@ pub fn bench_live_in_memory(cfg: &BenchConfig) -> Result<BenchFigures, Processin
         let (tx, rx) = crossbeam_channel::bounded(4);
         let t0 = Instant::now();
         std::thread::scope(|s| {
-            let feeder = s.spawn(|| {
+            let (pool, decoder) = (&pool, &decoder);
+            // `move`: the feeder owns `tx`, so the stream ends when it returns.
+            let feeder = s.spawn(move || {
                 for k in 0..n_stacks {
                     // Every buffer comes back once the workers decoded it.
                     let Ok(buf) = pool.take(Duration::from_secs(10)) else {
@@ -186,7 +384,7 @@ pub fn bench_live_in_memory(cfg: &BenchConfig) -> Result<BenchFigures, Processin
                         first_frame: (k * per) as u64,
                         frames,
                         buf,
-                        decoder: Arc::clone(&decoder),
+                        decoder: Arc::clone(decoder),
                     };
                     if tx.send(stack).is_err() {
                         return;
@@ -239,8 +437,8 @@ impl FrameDecoder for BigEndianU16 {
     }
 }
 
-/// Diffraction-like u16 frames: a bright disk on a noisy background (xorshift noise, so
-/// nothing is constant and no work can be skipped).
+/// Diffraction-like frames of `cfg.dtype`: a bright disk (200) on a noisy background
+/// (1 + xorshift noise in 0..8, so nothing is constant and no work can be skipped).
 fn synthetic_tiles(cfg: &BenchConfig) -> Vec<Tile> {
     let sig = cfg.sig_shape;
     let (cx, cy, r) = (
@@ -270,11 +468,17 @@ fn synthetic_tiles(cfg: &BenchConfig) -> Vec<Tile> {
                     data.push(p + (state & 7) as u16);
                 }
             }
+            let data = match cfg.dtype {
+                DType::U8 => TileData::U8(data.iter().map(|&v| v as u8).collect()),
+                DType::U16 => TileData::U16(data),
+                DType::U32 => TileData::U32(data.iter().map(|&v| v as u32).collect()),
+                DType::U64 => TileData::U64(data.iter().map(|&v| v as u64).collect()),
+            };
             Tile {
                 first_frame: first as u64,
                 n_frames: n,
                 sig_shape: sig,
-                data: TileData::U16(data),
+                data,
             }
         })
         .collect()

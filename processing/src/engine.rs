@@ -21,6 +21,14 @@
 //! whatever the split into tiles, the number of threads, and the order tiles complete in:
 //! a live run and an offline run over the same frames agree exactly.
 //!
+//! # Regions of interest and partitions
+//! With [`RunConfig::roi`] set, frames outside the ROI are decoded and passed to the sink
+//! but not to the UDFs (counted in [`RunSummary::outside_roi`]); their nav values stay NaN.
+//! A partition is the unit of work one worker takes — a live stack, or a file tile of
+//! [`partition_frames`] frames ([`crate::io::run_dataset`]); UDFs with
+//! [`crate::udf::Granularity::Partition`] see each one whole (split where frames are
+//! skipped), the others see it in cache-sized chunks.
+//!
 //! # Lost, damaged and unexpected frames
 //! A frame that fails to decode is counted as damaged ([`RunSummary::damaged`]), its pixels
 //! are zeroed, the UDFs skip it (its nav positions stay NaN) and the run goes on. Frames
@@ -28,13 +36,14 @@
 //! ([`RunSummary::out_of_range`]). Frames that never arrive are the receiver's to count.
 
 use crate::result::UdfResults;
+use crate::roi::Roi;
 use crate::sink::{SinkError, TileSink};
-use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta, new_results};
+use crate::udf::{BufferDecl, Granularity, PartitionTask, TileView, Udf, UdfMeta, new_results};
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use stemflow_core::frame::{PixelsMut, RawStack, Tile, TileData};
 use stemflow_core::result::BufferKind;
@@ -53,8 +62,30 @@ const CANCEL_POLL: Duration = Duration::from_millis(10);
 /// How long the coordinator waits for in-flight work before logging that it still waits.
 const DRAIN_WARN: Duration = Duration::from_secs(5);
 
+/// Bytes of pixels an offline partition aims at ([`partition_frames`]): large enough that
+/// handing it to a worker costs nothing by comparison, small enough that two per worker
+/// stay far below the memory of any machine and give a snapshot every few milliseconds.
+const PARTITION_BYTES: usize = 4 << 20;
+
+/// Frames per partition (the unit of work one worker takes) for `total_frames` frames of
+/// `sig_shape` pixels of `dtype` on `threads` workers: about 4 MiB of pixels, but small
+/// enough that every worker gets at least four partitions. ≥ 1.
+///
+/// E.g. 256 × 256 u16 frames (128 KiB): 32 frames; 512 × 512 u32 (1 MiB): 4 frames.
+pub fn partition_frames(
+    sig_shape: SigShape,
+    dtype: DType,
+    threads: usize,
+    total_frames: usize,
+) -> usize {
+    let frame_bytes = (sig_shape.len() * dtype.size()).max(1);
+    let by_size = (PARTITION_BYTES / frame_bytes).max(1);
+    let by_cores = total_frames.div_ceil(4 * threads.max(1)).max(1);
+    by_size.min(by_cores)
+}
+
 /// Settings of one run.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RunConfig {
     /// Scan grid; frame `i` is at position `(i / cols, i % cols)`, frames `≥ len()` are
     /// dropped (counted in [`RunSummary::out_of_range`]).
@@ -68,6 +99,9 @@ pub struct RunConfig {
     pub snapshot_interval: Duration,
     /// Worker threads; `None`: one per available core.
     pub threads: Option<usize>,
+    /// Region of interest: only frames inside it are given to the UDFs (the sink still
+    /// gets every frame); `None`: the whole scan. Must be defined on `nav_shape`.
+    pub roi: Option<Arc<Roi>>,
 }
 
 impl RunConfig {
@@ -80,7 +114,22 @@ impl RunConfig {
             dtype,
             snapshot_interval: Duration::from_millis(100),
             threads: None,
+            roi: None,
         }
+    }
+    /// The same configuration with a region of interest.
+    pub fn with_roi(mut self, roi: Roi) -> Self {
+        self.roi = Some(Arc::new(roi));
+        self
+    }
+    /// Frames per partition for this run's frames and workers ([`partition_frames`]).
+    pub fn partition_frames(&self) -> usize {
+        partition_frames(
+            self.sig_shape,
+            self.dtype,
+            self.worker_threads(),
+            self.nav_shape.len(),
+        )
     }
     /// What the UDFs are told about the data set.
     pub fn meta(&self) -> UdfMeta {
@@ -127,9 +176,13 @@ pub struct RunSummary {
     /// Frames dropped because their index lies beyond `nav_shape` (decoded, not processed,
     /// not passed to the sink).
     pub out_of_range: u64,
+    /// Frames inside the scan but outside the region of interest (decoded and passed to
+    /// the sink, not processed).
+    pub outside_roi: u64,
     /// Completed or cancelled.
     pub outcome: Outcome,
-    /// Final merged results, one entry per UDF in the order given.
+    /// Final results (after [`Udf::postprocess`] and [`Udf::get_results`]), one entry per
+    /// UDF in the order given.
     pub results: Vec<UdfResults>,
 }
 
@@ -202,6 +255,14 @@ pub enum ProcessingError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The region of interest is defined on another scan grid.
+    #[error("the region of interest covers a {roi_nav} scan, the run scans {run_nav}")]
+    RoiShape {
+        /// The ROI's scan grid.
+        roi_nav: NavShape,
+        /// The run's scan grid.
+        run_nav: NavShape,
+    },
     /// The worker threads could not be started.
     #[error("cannot start {threads} processing threads: {detail}")]
     Threads {
@@ -237,7 +298,7 @@ pub fn run_live(
 ) -> Result<RunSummary, ProcessingError> {
     let (pool, shared) = prepare(udfs, cfg)?;
     let sink = sink.map(|s| s as &mut dyn TileSink);
-    let mut co = Coordinator::new(&shared, sink, on_snapshot);
+    let mut co = Coordinator::new(&shared, udfs, sink, on_snapshot);
     let cap = co.capacity;
     co.free = (0..cap)
         .map(|_| Tile::zeros(0, 0, cfg.sig_shape, cfg.dtype))
@@ -336,7 +397,90 @@ pub(crate) fn run_tile_refs<'a>(
     )
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of tile sources.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// [`run_tiles`] over tiles that `fill` reads into buffers the engine owns and reuses: the
+/// coordinator keeps `2 × threads` tiles, hands a free one to `fill` (which resizes it and
+/// returns `Ok(false)` when there is nothing more to read), and takes it back once the UDFs
+/// and the sink are done with it. Reading a file into reused memory is several times
+/// faster than into fresh allocations.
+pub(crate) fn run_reader(
+    mut fill: impl FnMut(&mut Tile) -> Result<bool, BoxError>,
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+    sink: Option<&mut dyn TileSink>,
+    on_snapshot: &mut dyn FnMut(&Snapshot),
+    cancel: &AtomicBool,
+) -> Result<RunSummary, ProcessingError> {
+    let (pool, shared) = prepare(udfs, cfg)?;
+    let sink = sink.map(|s| s as &mut dyn TileSink);
+    let mut co = Coordinator::new(&shared, udfs, sink, on_snapshot);
+    co.free = (0..co.capacity)
+        .map(|_| Tile::zeros(0, 0, cfg.sig_shape, cfg.dtype))
+        .collect();
+    let outcome = pool.in_place_scope(|s| {
+        let mut exhausted = false;
+        let outcome = loop {
+            while let Ok(done) = co.done_rx.try_recv() {
+                co.handle(done);
+            }
+            if cancel.load(Ordering::Relaxed) {
+                break Outcome::Cancelled;
+            }
+            if co.stopped() {
+                break Outcome::Completed;
+            }
+            let wait = co.tick();
+            if exhausted || co.free.is_empty() {
+                if co.in_flight == 0 {
+                    break Outcome::Completed;
+                }
+                co.wait_one(wait);
+                continue;
+            }
+            let mut tile = co
+                .free
+                .pop()
+                .unwrap_or_else(|| Tile::zeros(0, 0, cfg.sig_shape, cfg.dtype));
+            match fill(&mut tile) {
+                Ok(false) => {
+                    co.free.push(tile);
+                    exhausted = true;
+                }
+                Err(source) => {
+                    co.free.push(tile);
+                    co.failure = Some(ProcessingError::Source {
+                        frames_processed: co.frames_done,
+                        source,
+                    });
+                }
+                Ok(true) => match admit(Slot::Pooled(tile), cfg) {
+                    Err(e) => co.failure = Some(e),
+                    Ok((mut slot, keep, dropped)) => {
+                        if let Slot::Pooled(t) = &mut slot {
+                            truncate(t, keep);
+                        }
+                        co.out_of_range += dropped;
+                        co.in_flight += 1;
+                        let tx = co.done_tx.clone();
+                        let sh = &shared;
+                        s.spawn(move |_| {
+                            let done =
+                                catch_unwind(AssertUnwindSafe(|| offline_job(sh, slot, keep)))
+                                    .unwrap_or_else(Done::panicked);
+                            let _ = tx.send(done);
+                        });
+                    }
+                },
+            }
+        };
+        co.drain();
+        outcome
+    });
+    let tally = co.finish();
+    summarize(shared, tally, outcome)
+}
 
 fn run_offline<'a>(
     mut tiles: impl Iterator<Item = Result<Slot<'a>, BoxError>>,
@@ -348,7 +492,7 @@ fn run_offline<'a>(
 ) -> Result<RunSummary, ProcessingError> {
     let (pool, shared) = prepare(udfs, cfg)?;
     let sink = sink.map(|s| s as &mut dyn TileSink);
-    let mut co = Coordinator::new(&shared, sink, on_snapshot);
+    let mut co = Coordinator::new(&shared, udfs, sink, on_snapshot);
     let outcome = pool.in_place_scope(|s| {
         let mut exhausted = false;
         let outcome = loop {
@@ -418,10 +562,12 @@ struct UdfLayout {
     slots: Vec<NavSlot>,
     /// Staged values per frame.
     width: usize,
+    /// What its task is fed.
+    granularity: Granularity,
 }
 
 impl UdfLayout {
-    fn new(decls: &[BufferDecl]) -> Self {
+    fn new(decls: &[BufferDecl], granularity: Granularity) -> Self {
         let mut slots = Vec::new();
         let mut offset = 0;
         for (buffer, d) in decls.iter().enumerate() {
@@ -438,6 +584,7 @@ impl UdfLayout {
         Self {
             slots,
             width: offset,
+            granularity,
         }
     }
 }
@@ -468,11 +615,21 @@ impl Worker {
             self.starts.push(vals.len());
             vals.resize(vals.len() + n * layout.width, f64::NAN);
         }
+        for (u, task) in self.tasks.iter_mut().enumerate() {
+            if layouts[u].granularity == Granularity::Partition {
+                let w = layouts[u].width;
+                let base = self.starts[u];
+                task.process_partition(view, &mut self.values[u][base..base + n * w]);
+            }
+        }
         let mut f = 0;
         while f < n {
             let m = chunk_frames.min(n - f);
             let chunk = view.frames(f..f + m);
             for (u, task) in self.tasks.iter_mut().enumerate() {
+                if layouts[u].granularity != Granularity::Tile {
+                    continue;
+                }
                 let w = layouts[u].width;
                 let base = self.starts[u] + f * w;
                 task.process_tile(&chunk, &mut self.values[u][base..base + m * w]);
@@ -529,30 +686,44 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Shared {
     /// Runs every UDF on `view` except the frames at `damaged` (indices within the view,
-    /// ascending), on the calling worker's partition.
-    fn process(&self, view: &TileView<'_>, damaged: &[usize]) {
+    /// ascending) and those outside the ROI, on the calling worker's partition; returns the
+    /// number of frames outside the ROI (damaged ones not counted).
+    fn process(&self, view: &TileView<'_>, damaged: &[usize]) -> u64 {
         let spare = self.workers.len() - 1;
         let idx = rayon::current_thread_index()
             .filter(|&i| i < spare)
             .unwrap_or(spare);
         let mut w = lock(&self.workers[idx]);
-        let mut start = 0;
-        for &d in damaged {
-            if d > start {
-                w.process(&view.frames(start..d), &self.layouts, self.chunk_frames);
+        let mut outside = 0;
+        let roi = self.cfg.roi.as_deref();
+        if roi.is_none() && damaged.is_empty() {
+            w.process(view, &self.layouts, self.chunk_frames);
+        } else {
+            let mut d = damaged.iter().peekable();
+            let mut run_start = None;
+            for i in 0..=view.n_frames {
+                let take = i < view.n_frames && {
+                    let is_damaged = d.next_if_eq(&&i).is_some();
+                    let inside = roi.is_none_or(|r| r.contains(view.first_frame + i as u64));
+                    if !inside && !is_damaged {
+                        outside += 1;
+                    }
+                    inside && !is_damaged
+                };
+                match (take, run_start) {
+                    (true, None) => run_start = Some(i),
+                    (false, Some(s)) => {
+                        w.process(&view.frames(s..i), &self.layouts, self.chunk_frames);
+                        run_start = None;
+                    }
+                    _ => {}
+                }
             }
-            start = d + 1;
-        }
-        if start < view.n_frames {
-            w.process(
-                &view.frames(start..view.n_frames),
-                &self.layouts,
-                self.chunk_frames,
-            );
         }
         if w.frames >= SELF_MERGE_FRAMES {
             w.merge(&mut lock(&self.global), &self.layouts);
         }
+        outside
     }
 
     /// Merges every worker's partition into the global results (worker lock, then global
@@ -573,6 +744,14 @@ fn prepare(
     cfg: &RunConfig,
 ) -> Result<(rayon::ThreadPool, Shared), ProcessingError> {
     let meta = cfg.meta();
+    if let Some(roi) = &cfg.roi {
+        if roi.nav_shape() != cfg.nav_shape {
+            return Err(ProcessingError::RoiShape {
+                roi_nav: roi.nav_shape(),
+                run_nav: cfg.nav_shape,
+            });
+        }
+    }
     for (i, u) in udfs.iter().enumerate() {
         if udfs[..i].iter().any(|o| o.name() == u.name()) {
             return Err(ProcessingError::DuplicateUdf {
@@ -595,8 +774,23 @@ fn prepare(
         })?;
     let layouts = udfs
         .iter()
-        .map(|u| UdfLayout::new(&u.buffers(&meta)))
+        .map(|u| UdfLayout::new(&u.buffers(&meta), u.granularity()))
         .collect();
+    let mut global = Snapshot {
+        frames_processed: 0,
+        results: udfs
+            .iter()
+            .map(|u| new_results(u.as_ref(), &meta))
+            .collect(),
+    };
+    for (u, r) in udfs.iter().zip(&mut global.results) {
+        u.preprocess(&meta, &mut r.buffers)
+            .map_err(|detail| ProcessingError::Udf {
+                udf: u.name().to_string(),
+                detail: format!("preprocess: {detail}"),
+            })?;
+    }
+    // After preprocess: a task may use what it prepared (e.g. a file it created).
     let workers = (0..=threads)
         .map(|_| {
             Mutex::new(Worker {
@@ -608,18 +802,11 @@ fn prepare(
             })
         })
         .collect();
-    let global = Snapshot {
-        frames_processed: 0,
-        results: udfs
-            .iter()
-            .map(|u| new_results(u.as_ref(), &meta))
-            .collect(),
-    };
     let frame_bytes = (cfg.sig_shape.len() * cfg.dtype.size()).max(1);
     Ok((
         pool,
         Shared {
-            cfg: *cfg,
+            cfg: cfg.clone(),
             layouts,
             workers,
             global: Mutex::new(global),
@@ -659,6 +846,8 @@ struct Done<'a> {
     damaged: Vec<u64>,
     /// Frames beyond the scan.
     out_of_range: u64,
+    /// Frames outside the ROI.
+    outside_roi: u64,
     error: Option<ProcessingError>,
     panic: Option<Box<dyn Any + Send>>,
 }
@@ -775,8 +964,8 @@ fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
     done.out_of_range = (tile.n_frames - keep) as u64;
     truncate(&mut tile, keep);
     let damaged: Vec<usize> = damaged.into_iter().filter(|&i| i < keep).collect();
-    shared.process(&TileView::of(&tile), &damaged);
-    done.frames = (keep - damaged.len()) as u64;
+    done.outside_roi = shared.process(&TileView::of(&tile), &damaged);
+    done.frames = (keep - damaged.len()) as u64 - done.outside_roi;
     done.damaged = damaged
         .iter()
         .map(|&i| tile.first_frame + i as u64)
@@ -821,10 +1010,11 @@ fn admit<'a>(
 }
 
 fn offline_job<'a>(shared: &Shared, slot: Slot<'a>, keep: usize) -> Done<'a> {
-    shared.process(&TileView::of(slot.tile()).frames(0..keep), &[]);
+    let outside_roi = shared.process(&TileView::of(slot.tile()).frames(0..keep), &[]);
     Done {
         to_sink: keep > 0,
-        frames: keep as u64,
+        frames: keep as u64 - outside_roi,
+        outside_roi,
         slot: Some(slot),
         ..Done::default()
     }
@@ -834,11 +1024,15 @@ fn offline_job<'a>(shared: &Shared, slot: Slot<'a>, keep: usize) -> Done<'a> {
 struct Tally {
     damaged: Vec<u64>,
     out_of_range: u64,
+    outside_roi: u64,
+    /// The final results as delivered.
+    results: Vec<UdfResults>,
 }
 
 /// The coordinating thread's state.
 struct Coordinator<'c, 'a> {
     shared: &'c Shared,
+    udfs: &'c [Box<dyn Udf>],
     sink: Option<&'c mut dyn TileSink>,
     on_snapshot: &'c mut dyn FnMut(&Snapshot),
     /// Tiles (or stacks) that may be at the workers at once.
@@ -850,6 +1044,9 @@ struct Coordinator<'c, 'a> {
     done_rx: Receiver<Done<'a>>,
     damaged: Vec<u64>,
     out_of_range: u64,
+    outside_roi: u64,
+    /// Final results, set by the final snapshot.
+    final_results: Option<Vec<UdfResults>>,
     /// Frames processed by finished jobs (for error messages).
     frames_done: u64,
     failure: Option<ProcessingError>,
@@ -861,6 +1058,7 @@ struct Coordinator<'c, 'a> {
 impl<'c, 'a> Coordinator<'c, 'a> {
     fn new(
         shared: &'c Shared,
+        udfs: &'c [Box<dyn Udf>],
         sink: Option<&'c mut dyn TileSink>,
         on_snapshot: &'c mut dyn FnMut(&Snapshot),
     ) -> Self {
@@ -868,6 +1066,7 @@ impl<'c, 'a> Coordinator<'c, 'a> {
         let (done_tx, done_rx) = unbounded();
         Self {
             shared,
+            udfs,
             sink,
             on_snapshot,
             capacity: 2 * (shared.workers.len() - 1).max(1),
@@ -877,6 +1076,8 @@ impl<'c, 'a> Coordinator<'c, 'a> {
             done_rx,
             damaged: Vec::new(),
             out_of_range: 0,
+            outside_roi: 0,
+            final_results: None,
             frames_done: 0,
             failure: None,
             panic: None,
@@ -895,6 +1096,7 @@ impl<'c, 'a> Coordinator<'c, 'a> {
         self.frames_done += done.frames;
         self.damaged.extend(done.damaged);
         self.out_of_range += done.out_of_range;
+        self.outside_roi += done.outside_roi;
         if let Some(p) = done.panic {
             self.panic.get_or_insert(p);
         }
@@ -947,10 +1149,37 @@ impl<'c, 'a> Coordinator<'c, 'a> {
     /// changed since the last one and this is not the final one).
     fn snapshot(&mut self, final_one: bool) {
         self.shared.merge_all();
-        let g = lock(&self.shared.global);
+        let meta = self.shared.cfg.meta();
+        let mut g = lock(&self.shared.global);
+        if final_one {
+            for (u, r) in self.udfs.iter().zip(&mut g.results) {
+                if let Err(detail) = u.postprocess(&meta, &mut r.buffers) {
+                    self.failure.get_or_insert(ProcessingError::Udf {
+                        udf: u.name().to_string(),
+                        detail: format!("postprocess: {detail}"),
+                    });
+                }
+            }
+        }
         if final_one || self.delivered != Some(g.frames_processed) {
-            (self.on_snapshot)(&g);
-            self.delivered = Some(g.frames_processed);
+            let shown = Snapshot {
+                frames_processed: g.frames_processed,
+                results: self
+                    .udfs
+                    .iter()
+                    .zip(&g.results)
+                    .map(|(u, r)| UdfResults {
+                        udf: r.udf.clone(),
+                        buffers: u.get_results(&meta, &r.buffers),
+                    })
+                    .collect(),
+            };
+            drop(g);
+            (self.on_snapshot)(&shown);
+            self.delivered = Some(shown.frames_processed);
+            if final_one {
+                self.final_results = Some(shown.results);
+            }
         }
     }
 
@@ -981,10 +1210,15 @@ impl<'c, 'a> Coordinator<'c, 'a> {
             return Err(e);
         }
         self.snapshot(true);
+        if let Some(e) = self.failure.take() {
+            return Err(e);
+        }
         self.damaged.sort_unstable();
         Ok(Tally {
             damaged: std::mem::take(&mut self.damaged),
             out_of_range: self.out_of_range,
+            outside_roi: self.outside_roi,
+            results: self.final_results.take().unwrap_or_default(),
         })
     }
 }
@@ -1003,7 +1237,8 @@ fn summarize(
         frames_processed: global.frames_processed,
         damaged: tally.damaged,
         out_of_range: tally.out_of_range,
+        outside_roi: tally.outside_roi,
         outcome,
-        results: global.results,
+        results: tally.results,
     })
 }

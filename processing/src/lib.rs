@@ -4,8 +4,8 @@
 //! sig (per detector pixel) or single; it processes frames or tiles of consecutive frames in
 //! per-worker partitions; partitions merge into the global results, which go out as
 //! snapshots while the run goes on. The same UDFs run live ([`run_live`], on raw stacks
-//! from a detector receiver) and offline ([`run_tiles`], on decoded tiles from a file), with
-//! bit-identical results.
+//! from a detector receiver) and offline ([`run_dataset`] on a `.npy`, raw or HDF5 file,
+//! [`run_tiles`] on decoded tiles from any reader), with bit-identical results.
 //!
 //! ```text
 //! RawStack ─decode─▶ Tile ─▶ PartitionTask per UDF (per worker) ─merge─▶ Snapshot
@@ -14,8 +14,13 @@
 //!
 //! # Layout
 //! - [`udf`]: the [`Udf`] / [`PartitionTask`] traits, buffer declarations, [`TileView`].
-//! - [`udfs`]: built-ins — [`SumUdf`], [`SumSigUdf`], [`MasksUdf`] (virtual detectors),
-//!   [`ComUdf`] (centre of mass) — and the standard live-view set.
+//! - [`udfs`]: built-ins — [`SumUdf`], [`SumSigUdf`], [`StatsUdf`], [`MasksUdf`]
+//!   (virtual detectors: disk, ring, rectangle, polygon, custom), [`ComUdf`] (centre of
+//!   mass / DPC with divergence and curl), [`RadialProfileUdf`], [`PickUdf`],
+//!   [`SignalMonitorUdf`], [`PartitionMonitorUdf`], [`RecordUdf`] — and the standard
+//!   live-view set.
+//! - [`io`]: offline data sets (`.npy`, raw binary, HDF5) and [`io::run_dataset`].
+//! - [`roi`]: regions of interest over the scan.
 //! - [`mask`]: disk and ring masks, the pixel-centre convention, the span form.
 //! - [`pixel`]: the [`Pixel`] element types and the exact integer kernels.
 //! - [`engine`]: [`run_live`], [`run_tiles`], run configuration, snapshots, summaries,
@@ -27,17 +32,34 @@
 
 pub mod bench;
 pub mod engine;
+pub mod io;
 pub mod mask;
 pub mod pixel;
 pub mod result;
+pub mod roi;
 pub mod sink;
 pub mod udf;
 pub mod udfs;
 
-pub use bench::{BenchConfig, BenchFigures, bench_in_memory, bench_live_in_memory, bench_udfs};
-pub use engine::{Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, run_live, run_tiles};
+pub use bench::{
+    BenchConfig, BenchFigures, LatencyFigures, LatencyProbe, bench_in_memory, bench_live_in_memory,
+    bench_udfs, full_set, memory_read_bandwidth,
+};
+pub use engine::{
+    Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, partition_frames, run_live,
+    run_tiles,
+};
+pub use io::{DataSet, Hdf5DataSet, IoError, NpyDataSet, RawDataSet, RawSpec, run_dataset};
+pub use mask::CustomMask;
 pub use mask::{Mask, Span, SpanMask};
 pub use pixel::Pixel;
+pub use roi::{Roi, RoiError};
 pub use stemflow_core::DType;
-pub use udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta, new_results};
-pub use udfs::{ComUdf, MasksUdf, SumSigUdf, SumUdf, standard_udfs};
+pub use udf::{
+    BufferDecl, Granularity, PartitionTask, ResultDType, TileView, TypedValues, Udf, UdfMeta,
+    new_results, typed_values,
+};
+pub use udfs::{
+    ComParams, ComUdf, MasksUdf, PartitionMonitorUdf, PickUdf, RadialProfileParams,
+    RadialProfileUdf, RecordUdf, SignalMonitorUdf, StatsUdf, SumSigUdf, SumUdf, standard_udfs,
+};

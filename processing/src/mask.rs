@@ -7,19 +7,57 @@
 //! contains a pixel when the pixel's *centre* lies inside the shape:
 //! * `Disk { cx, cy, r }`: `d ≤ r`,
 //! * `Ring { cx, cy, r_inner, r_outer }`: `r_inner < d ≤ r_outer`,
+//! * `Rectangle { x, y, width, height }`: `x ≤ centre x < x + width` and
+//!   `y ≤ centre y < y + height`,
+//! * `Polygon { vertices }`: the centre lies inside the closed polygon (even-odd rule),
+//! * `Custom(mask)`: the pixel is set in a boolean mask of the frame's shape (e.g. loaded
+//!   from a `.npy` file with [`CustomMask::from_npy`]),
 //!
 //! where `d` is the distance from `(cx, cy)` to the pixel centre. A disk of radius `a` and a
 //! ring `a..b` about the same centre are disjoint and together make the disk of radius `b`.
 //!
-//! Masks are stored as spans (per row, runs of consecutive contained pixels): a BF disk or
-//! an ADF ring covers a small part of a 256 × 256 frame and a few hundred spans, and summing
-//! contiguous runs is what the processor does fastest.
+//! Masks are stored as spans (per row, runs of consecutive contained pixels) — the sparse
+//! form that pays off for every contiguous shape: a BF disk or an ADF ring covers a small
+//! part of a 256 × 256 frame in a few hundred spans, pixels outside the mask are never read,
+//! and summing contiguous runs is what the processor does fastest.
 
 use crate::pixel::Pixel;
+use std::sync::Arc;
 use stemflow_core::SigShape;
 
+/// A boolean mask of one frame's shape, for [`Mask::Custom`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomMask {
+    /// Frame shape the mask is defined on, pixels.
+    pub sig_shape: SigShape,
+    /// One entry per pixel, row-major; `true` = in the mask.
+    pub pixels: Vec<bool>,
+}
+
+impl CustomMask {
+    /// Loads a 2-D `.npy` array (any integer, float or bool dtype, either byte order);
+    /// nonzero entries are in the mask.
+    ///
+    /// # Errors
+    /// [`crate::io::IoError`] when the file cannot be read, is not a 2-D `.npy` array, or
+    /// has a dtype other than bool, integers or floats.
+    pub fn from_npy(path: &std::path::Path) -> Result<Self, crate::io::IoError> {
+        let (shape, values) = crate::io::npy::read_nonzero(path)?;
+        let [rows, cols] = shape[..] else {
+            return Err(crate::io::IoError::Format {
+                path: path.to_path_buf(),
+                detail: format!("a custom mask must be a 2-D array, found shape {shape:?}"),
+            });
+        };
+        Ok(Self {
+            sig_shape: SigShape::new(rows, cols),
+            pixels: values,
+        })
+    }
+}
+
 /// A virtual detector's shape, in detector pixels (see the module doc for the convention).
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Mask {
     /// Bright field: pixels whose centre is within `r` of `(cx, cy)`.
     Disk {
@@ -42,20 +80,65 @@ pub enum Mask {
         /// Outer radius (included), pixels, ≥ `r_inner`.
         r_outer: f64,
     },
+    /// Pixels whose centre lies in `[x, x + width) × [y, y + height)`.
+    Rectangle {
+        /// Left edge (column direction), pixels.
+        x: f64,
+        /// Top edge (row direction, row 0 first), pixels.
+        y: f64,
+        /// Width, pixels, ≥ 0.
+        width: f64,
+        /// Height, pixels, ≥ 0.
+        height: f64,
+    },
+    /// Pixels whose centre lies inside the closed polygon through `vertices` `(x, y)`
+    /// (pixels; even-odd rule, so self-intersecting outlines make holes). ≥ 3 vertices.
+    Polygon {
+        /// Corner points `(x, y)` in pixels, in order; the last connects to the first.
+        vertices: Vec<(f64, f64)>,
+    },
+    /// A boolean mask given pixel by pixel; its shape must equal the frame shape.
+    Custom(Arc<CustomMask>),
 }
 
 impl Mask {
     /// True when pixel `(x, y)` (column, row) belongs to the mask.
     pub fn contains(&self, x: usize, y: usize) -> bool {
-        let (cx, cy, lo2, hi2, inclusive_lo) = self.bounds2();
-        let dx = x as f64 + 0.5 - cx;
-        let dy = y as f64 + 0.5 - cy;
-        let d2 = dx * dx + dy * dy;
-        let above = if inclusive_lo { d2 >= lo2 } else { d2 > lo2 };
-        above && d2 <= hi2
+        let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
+        match self {
+            Mask::Disk { .. } | Mask::Ring { .. } => {
+                let (cx, cy, lo2, hi2, inclusive_lo) = self.bounds2();
+                let dx = px - cx;
+                let dy = py - cy;
+                let d2 = dx * dx + dy * dy;
+                let above = if inclusive_lo { d2 >= lo2 } else { d2 > lo2 };
+                above && d2 <= hi2
+            }
+            Mask::Rectangle {
+                x: x0,
+                y: y0,
+                width,
+                height,
+            } => px >= *x0 && px < x0 + width && py >= *y0 && py < y0 + height,
+            Mask::Polygon { vertices } => {
+                let mut inside = false;
+                let n = vertices.len();
+                for i in 0..n {
+                    let (xi, yi) = vertices[i];
+                    let (xj, yj) = vertices[(i + n - 1) % n];
+                    if (yi > py) != (yj > py) && px < (xj - xi) * (py - yi) / (yj - yi) + xi {
+                        inside = !inside;
+                    }
+                }
+                inside
+            }
+            Mask::Custom(m) => {
+                x < m.sig_shape.cols && y < m.sig_shape.rows && m.pixels[y * m.sig_shape.cols + x]
+            }
+        }
     }
 
-    /// `(cx, cy, lower d², upper d², lower bound inclusive)`.
+    /// `(cx, cy, lower d², upper d², lower bound inclusive)` of a disk or ring.
     fn bounds2(&self) -> (f64, f64, f64, f64, bool) {
         match *self {
             Mask::Disk { cx, cy, r } => (cx, cy, 0.0, r * r, true),
@@ -65,14 +148,43 @@ impl Mask {
                 r_inner,
                 r_outer,
             } => (cx, cy, r_inner * r_inner, r_outer * r_outer, false),
+            _ => (0.0, 0.0, 0.0, 0.0, true),
         }
     }
 
-    /// Outer radius, pixels.
-    fn outer_radius(&self) -> f64 {
-        match *self {
-            Mask::Disk { r, .. } => r,
-            Mask::Ring { r_outer, .. } => r_outer,
+    /// Bounding box `(x_min, y_min, x_max, y_max)` in pixels (conservative).
+    fn bbox(&self) -> (f64, f64, f64, f64) {
+        match self {
+            Mask::Disk { cx, cy, r } => (cx - r, cy - r, cx + r, cy + r),
+            Mask::Ring {
+                cx, cy, r_outer, ..
+            } => (cx - r_outer, cy - r_outer, cx + r_outer, cy + r_outer),
+            Mask::Rectangle {
+                x,
+                y,
+                width,
+                height,
+            } => (*x, *y, x + width, y + height),
+            Mask::Polygon { vertices } => vertices.iter().fold(
+                (f64::MAX, f64::MAX, f64::MIN, f64::MIN),
+                |(a, b, c, d), &(x, y)| (a.min(x), b.min(y), c.max(x), d.max(y)),
+            ),
+            Mask::Custom(m) => (0.0, 0.0, m.sig_shape.cols as f64, m.sig_shape.rows as f64),
+        }
+    }
+
+    /// Checks the parameters against a frame of `sig` (a custom mask must have its shape).
+    ///
+    /// # Errors
+    /// As [`Mask::check`], plus a custom mask of another shape.
+    pub fn check_for(&self, sig: SigShape) -> Result<(), String> {
+        self.check()?;
+        match self {
+            Mask::Custom(m) if m.sig_shape != sig => Err(format!(
+                "custom mask of {} pixels does not fit frames of {} pixels",
+                m.sig_shape, sig
+            )),
+            _ => Ok(()),
         }
     }
 
@@ -80,9 +192,54 @@ impl Mask {
     ///
     /// # Errors
     /// A sentence naming the bad parameter and its value: non-finite numbers, negative
-    /// radii, `r_inner > r_outer`.
+    /// radii or sizes, `r_inner > r_outer`, a polygon of fewer than 3 vertices, a custom
+    /// mask whose pixel count does not match its shape.
     pub fn check(&self) -> Result<(), String> {
+        let rect;
+        let poly: Vec<(String, f64)>;
         let params: &[(&str, f64)] = match self {
+            Mask::Rectangle {
+                x,
+                y,
+                width,
+                height,
+            } => {
+                if !(*width >= 0.0 && *height >= 0.0) {
+                    return Err(format!(
+                        "rectangle width and height must be ≥ 0 pixels, got {width} × {height}"
+                    ));
+                }
+                rect = [("x", *x), ("y", *y), ("width", *width), ("height", *height)];
+                &rect
+            }
+            Mask::Polygon { vertices } => {
+                if vertices.len() < 3 {
+                    return Err(format!(
+                        "a polygon needs at least 3 vertices, got {}",
+                        vertices.len()
+                    ));
+                }
+                poly = vertices
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, &(x, y))| [(format!("x{i}"), x), (format!("y{i}"), y)])
+                    .collect();
+                if let Some((name, v)) = poly.iter().find(|(_, v)| !v.is_finite()) {
+                    return Err(format!("polygon vertex {name} must be finite, got {v}"));
+                }
+                &[]
+            }
+            Mask::Custom(m) => {
+                if m.pixels.len() != m.sig_shape.len() {
+                    return Err(format!(
+                        "custom mask of shape {} holds {} pixels, expected {}",
+                        m.sig_shape,
+                        m.pixels.len(),
+                        m.sig_shape.len()
+                    ));
+                }
+                &[]
+            }
             Mask::Disk { cx, cy, r } => &[("cx", *cx), ("cy", *cy), ("r", *r)],
             Mask::Ring {
                 cx,
@@ -119,16 +276,15 @@ impl Mask {
     pub fn spans(&self, sig: SigShape) -> SpanMask {
         let mut spans = Vec::new();
         if self.check().is_ok() {
-            let (cx, cy, ..) = self.bounds2();
-            let r = self.outer_radius();
+            let (x0, y0, x1, y1) = self.bbox();
             // Conservative bounding box; the predicate decides each pixel inside it.
             let clip = |lo: f64, hi: f64, n: usize| {
                 let lo = (lo.floor().max(0.0) as usize).min(n);
                 let hi = (hi.ceil().max(0.0) as usize).min(n);
                 lo..hi
             };
-            let rows = clip(cy - r - 1.0, cy + r + 1.0, sig.rows);
-            let cols = clip(cx - r - 1.0, cx + r + 1.0, sig.cols);
+            let rows = clip(y0 - 1.0, y1 + 1.0, sig.rows);
+            let cols = clip(x0 - 1.0, x1 + 1.0, sig.cols);
             for y in rows {
                 let mut run_start = None;
                 for x in cols.clone() {
@@ -217,11 +373,7 @@ impl SpanMask {
     /// elements).
     #[inline]
     pub fn sum<P: Pixel>(&self, frame: &[P]) -> u64 {
-        let cols = self.sig.cols;
-        self.spans
-            .iter()
-            .map(|s| P::sum(&frame[s.range(cols)]))
-            .fold(0u64, u64::wrapping_add)
+        P::spans_sum(frame, &self.spans, self.sig.cols)
     }
 }
 
@@ -384,5 +536,42 @@ mod tests {
             .spans()
             .is_empty()
         );
+    }
+}
+
+#[cfg(test)]
+mod polygon_tests {
+    use super::*;
+
+    #[test]
+    fn triangle_pixels_match_a_sign_test() {
+        // Vertices off the half-pixel grid: no pixel centre lies on an edge, where
+        // conventions differ.
+        let tri = vec![(2.1, 2.3), (15.2, 4.1), (6.3, 13.9)];
+        let sig = SigShape::new(17, 19);
+        let m = Mask::Polygon {
+            vertices: tri.clone(),
+        };
+        let spans = m.spans(sig);
+        let mut got = Vec::new();
+        for s in spans.spans() {
+            for x in s.start..s.end {
+                got.push((x as usize, s.row as usize));
+            }
+        }
+        let mut want = Vec::new();
+        for y in 0..17 {
+            for x in 0..19 {
+                let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
+                let s = |(ax, ay): (f64, f64), (bx, by): (f64, f64)| {
+                    (bx - ax) * (py - ay) - (by - ay) * (px - ax)
+                };
+                let (a, b, c) = (s(tri[0], tri[1]), s(tri[1], tri[2]), s(tri[2], tri[0]));
+                if (a > 0.0 && b > 0.0 && c > 0.0) || (a < 0.0 && b < 0.0 && c < 0.0) {
+                    want.push((x, y));
+                }
+            }
+        }
+        assert_eq!(got, want);
     }
 }

@@ -49,8 +49,25 @@ pub trait Pixel: Copy + Send + Sync + std::fmt::Debug + 'static + sealed::Sealed
     const ACC_HEADROOM: u64;
     /// The elements of `p` when it holds this type, `None` otherwise.
     fn slice(p: PixelsRef<'_>) -> Option<&[Self]>;
+    /// The value as `u64`.
+    fn widen(self) -> u64;
     /// Exact sum of `s` (wraps at 2^64 for `u64` pixels only).
     fn sum(s: &[Self]) -> u64;
+    /// Exact sum of a short run `s` of at most 2^20 pixels (a mask span within one row),
+    /// in one vector loop of fixed lanes: the compiler's unrolled loop for [`Pixel::sum`]
+    /// needs 64 or more elements before it starts, so spans of tens of pixels would be
+    /// summed one pixel at a time.
+    fn span_sum(s: &[Self]) -> u64;
+    /// Exact sum of `frame`'s pixels in all `spans` (a frame of `cols` columns; spans inside
+    /// it). Lanes stay in registers across spans and a span's tail is added through a lane
+    /// mask instead of one pixel at a time, so short spans (rings, disks: tens of pixels)
+    /// cost a few instructions each rather than a horizontal reduction and a scalar loop.
+    fn spans_sum(frame: &[Self], spans: &[crate::mask::Span], cols: usize) -> u64 {
+        spans
+            .iter()
+            .map(|s| Self::span_sum(&frame[s.range(cols)]))
+            .fold(0u64, u64::wrapping_add)
+    }
     /// `acc[i] += s[i]` for every `i` (`acc.len() == s.len()`); the caller keeps the number
     /// of additions per lane within [`Pixel::ACC_HEADROOM`].
     fn add_into(acc: &mut [Self::Acc], s: &[Self]);
@@ -60,6 +77,68 @@ pub trait Pixel: Copy + Send + Sync + std::fmt::Debug + 'static + sealed::Sealed
     /// lockstep, so the accumulator crosses the cache once per four frames instead of once
     /// per frame — about twice as fast from memory.
     fn add4_into(acc: &mut [Self::Acc], a: &[Self], b: &[Self], c: &[Self], d: &[Self]);
+}
+
+/// `TAIL[k][i]` is all ones for `i < k`: keeps the first `k` lanes of a chunk.
+const TAIL: [[u32; 16]; 16] = {
+    let mut t = [[0u32; 16]; 16];
+    let mut k = 0;
+    while k < 16 {
+        let mut i = 0;
+        while i < k {
+            t[k][i] = u32::MAX;
+            i += 1;
+        }
+        k += 1;
+    }
+    t
+};
+
+/// [`Pixel::spans_sum`] for pixels that fit `u32` lanes: 16 lanes, flushed to `u64` before
+/// any lane could take more than `headroom` values.
+#[inline]
+fn spans_sum_narrow<T: Copy>(
+    frame: &[T],
+    spans: &[crate::mask::Span],
+    cols: usize,
+    wide: impl Fn(T) -> u32 + Copy,
+    headroom: u64,
+) -> u64 {
+    let mut lanes = [0u32; 16];
+    let mut in_lanes = 0u64;
+    let mut total = 0u64;
+    for s in spans {
+        let r = s.range(cols);
+        // Values a lane takes from this span: one per 16 pixels plus the tail.
+        let per_lane = (r.len() / 16 + 1) as u64;
+        if in_lanes + per_lane > headroom {
+            total += lanes.iter().map(|&l| l as u64).sum::<u64>();
+            lanes = [0; 16];
+            in_lanes = 0;
+        }
+        in_lanes += per_lane;
+        let mut it = frame[r.clone()].chunks_exact(16);
+        for c in &mut it {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += wide(v);
+            }
+        }
+        let k = it.remainder().len();
+        if k > 0 {
+            let at = r.end - k;
+            match frame.get(at..at + 16) {
+                // The whole chunk exists (it runs past the span into the frame): add it
+                // through the mask of its first k lanes.
+                Some(c) => {
+                    for ((l, &v), &m) in lanes.iter_mut().zip(c).zip(&TAIL[k]) {
+                        *l += wide(v) & m;
+                    }
+                }
+                None => total += it.remainder().iter().map(|&v| wide(v) as u64).sum::<u64>(),
+            }
+        }
+    }
+    total + lanes.iter().map(|&l| l as u64).sum::<u64>()
 }
 
 // u8 and u16: `u32` lanes; a chunk of `$chunk` values sums into `u32` without overflow.
@@ -79,6 +158,10 @@ macro_rules! narrow_pixel_impl {
             const DTYPE: DType = DType::$variant;
             const ACC_HEADROOM: u64 = u32::MAX as u64 / <$t>::MAX as u64;
             #[inline]
+            fn widen(self) -> u64 {
+                self as u64
+            }
+            #[inline]
             fn slice(p: PixelsRef<'_>) -> Option<&[Self]> {
                 match p {
                     PixelsRef::$variant(s) => Some(s),
@@ -91,6 +174,23 @@ macro_rules! narrow_pixel_impl {
                 s.chunks($chunk)
                     .map(|c| c.iter().map(|&v| v as u32).sum::<u32>() as u64)
                     .sum()
+            }
+            #[inline]
+            fn span_sum(s: &[Self]) -> u64 {
+                // 16 lanes of u32: ≤ 2^16 values of < 2^16 per lane for spans ≤ 2^20.
+                let mut lanes = [0u32; 16];
+                let mut it = s.chunks_exact(16);
+                for c in &mut it {
+                    for (l, &v) in lanes.iter_mut().zip(c) {
+                        *l += v as u32;
+                    }
+                }
+                let rest: u64 = it.remainder().iter().map(|&v| v as u64).sum();
+                lanes.iter().map(|&l| l as u64).sum::<u64>() + rest
+            }
+            #[inline]
+            fn spans_sum(frame: &[Self], spans: &[crate::mask::Span], cols: usize) -> u64 {
+                spans_sum_narrow(frame, spans, cols, |v: $t| v as u32, Self::ACC_HEADROOM)
             }
             #[inline]
             fn add_into(acc: &mut [u32], s: &[Self]) {
@@ -129,6 +229,10 @@ impl Pixel for u32 {
     const DTYPE: DType = DType::U32;
     const ACC_HEADROOM: u64 = u64::MAX / u32::MAX as u64;
     #[inline]
+    fn widen(self) -> u64 {
+        self as u64
+    }
+    #[inline]
     fn slice(p: PixelsRef<'_>) -> Option<&[Self]> {
         match p {
             PixelsRef::U32(s) => Some(s),
@@ -138,6 +242,17 @@ impl Pixel for u32 {
     #[inline]
     fn sum(s: &[Self]) -> u64 {
         s.iter().map(|&v| v as u64).sum()
+    }
+    #[inline]
+    fn span_sum(s: &[Self]) -> u64 {
+        let mut lanes = [0u64; 8];
+        let mut it = s.chunks_exact(8);
+        for c in &mut it {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += v as u64;
+            }
+        }
+        lanes.iter().sum::<u64>() + it.remainder().iter().map(|&v| v as u64).sum::<u64>()
     }
     #[inline]
     fn add_into(acc: &mut [u64], s: &[Self]) {
@@ -167,6 +282,10 @@ impl Pixel for u64 {
     const DTYPE: DType = DType::U64;
     const ACC_HEADROOM: u64 = u64::MAX;
     #[inline]
+    fn widen(self) -> u64 {
+        self
+    }
+    #[inline]
     fn slice(p: PixelsRef<'_>) -> Option<&[Self]> {
         match p {
             PixelsRef::U64(s) => Some(s),
@@ -176,6 +295,10 @@ impl Pixel for u64 {
     #[inline]
     fn sum(s: &[Self]) -> u64 {
         s.iter().fold(0u64, |t, &v| t.wrapping_add(v))
+    }
+    #[inline]
+    fn span_sum(s: &[Self]) -> u64 {
+        Self::sum(s)
     }
     #[inline]
     fn add_into(acc: &mut [u64], s: &[Self]) {
@@ -244,6 +367,26 @@ mod tests {
         assert!(acc.iter().all(|&a| a == u16::MAX as u32));
         let s8 = vec![u8::MAX; 1000];
         assert_eq!(u8::sum(&s8), 255_000);
+        // Spans that end anywhere, also at the frame's last pixel.
+        let frame: Vec<u16> = (0..40 * 50).map(|i| (i * 37 % 65536) as u16).collect();
+        let spans: Vec<crate::mask::Span> = (0..40)
+            .map(|row| crate::mask::Span {
+                row,
+                start: row % 7,
+                end: 50 - (row % 3) * (row % 2),
+            })
+            .collect();
+        let want: u64 = spans.iter().map(|s| u16::sum(&frame[s.range(50)])).sum();
+        assert_eq!(u16::spans_sum(&frame, &spans, 50), want);
+        let f8: Vec<u8> = frame.iter().map(|&v| v as u8).collect();
+        let want8: u64 = spans.iter().map(|s| u8::sum(&f8[s.range(50)])).sum();
+        assert_eq!(u8::spans_sum(&f8, &spans, 50), want8);
+        for n in [0, 1, 15, 16, 17, 44, 1000] {
+            let v: Vec<u16> = (0..n).map(|i| u16::MAX - i as u16).collect();
+            assert_eq!(u16::span_sum(&v), u16::sum(&v), "{n}");
+            let w: Vec<u32> = (0..n).map(|i| u32::MAX - i as u32).collect();
+            assert_eq!(u32::span_sum(&w), u32::sum(&w), "{n}");
+        }
         let s32 = vec![u32::MAX; 3];
         assert_eq!(u32::sum(&s32), 3 * u32::MAX as u64);
     }

@@ -16,7 +16,23 @@
 //!   global buffers in [`PartitionTask::merge_into`]. Accumulate exactly (integers) when the
 //!   result must not depend on the order in which partitions are merged.
 //!
-//! Merged results are `f64` ([`ResultBuffer`]); nav positions not yet processed are NaN.
+//! Merged results are held as `f64` ([`ResultBuffer`]); a buffer declares the numeric type
+//! its values mean ([`BufferDecl::dtype`], default `f64`) and [`typed_values`] converts them
+//! (every integer below 2^53 and every `f32` is exact in `f64`). Nav positions not yet
+//! processed, or outside the region of interest, are NaN — for integer buffers the
+//! documented fill value [`ResultDType::int_fill`] after conversion.
+//!
+//! # The life of a UDF in a run
+//! 1. [`Udf::check`] and [`Udf::preprocess`] (once, before any frame; preprocess may set the
+//!    initial merged buffers, e.g. `+∞` for a minimum, or prepare an output file);
+//! 2. [`Udf::new_partition`] per worker; the task is fed frames with
+//!    [`PartitionTask::process_frame`], [`PartitionTask::process_tile`] or
+//!    [`PartitionTask::process_partition`], as [`Udf::granularity`] says;
+//! 3. [`PartitionTask::merge_into`] (sig and single buffers; nav values are assigned by the
+//!    engine) before every snapshot and at the end;
+//! 4. [`Udf::get_results`] on the merged buffers for every snapshot and the final results
+//!    (derived buffers, e.g. divergence from a shift field);
+//! 5. [`Udf::postprocess`] once on the final merged buffers, before the last `get_results`.
 
 use crate::result::{BufferKind, ResultBuffer, UdfResults};
 use std::ops::Range;
@@ -46,6 +62,100 @@ pub struct BufferDecl {
     pub extra_shape: Vec<usize>,
     /// Physical unit of the values (`counts`, `pixels`, …).
     pub unit: String,
+    /// The numeric type the values stand for (default [`ResultDType::F64`]); the merged
+    /// values are `f64` either way, see [`typed_values`].
+    pub dtype: ResultDType,
+}
+
+/// The numeric type of a result buffer's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ResultDType {
+    /// 64-bit float (the default).
+    F64,
+    /// 32-bit float.
+    F32,
+    /// Signed integers, 64 bits.
+    I64,
+    /// Signed integers, 32 bits.
+    I32,
+    /// Unsigned integers, 64 bits (exact in the merged `f64` buffers below 2^53).
+    U64,
+    /// Unsigned integers, 32 bits.
+    U32,
+    /// Unsigned integers, 16 bits.
+    U16,
+    /// Unsigned integers, 8 bits.
+    U8,
+}
+
+impl ResultDType {
+    /// True for the integer types.
+    pub fn is_integer(self) -> bool {
+        !matches!(self, ResultDType::F64 | ResultDType::F32)
+    }
+    /// The value that stands for "not processed / outside the ROI" in an integer buffer
+    /// (where NaN does not exist): the type's minimum for signed types, its maximum for
+    /// unsigned ones (counts are never negative, so `MAX` is the unlikely value). `None`
+    /// for floats, which use NaN.
+    pub fn int_fill(self) -> Option<i128> {
+        match self {
+            ResultDType::F64 | ResultDType::F32 => None,
+            ResultDType::I64 => Some(i64::MIN as i128),
+            ResultDType::I32 => Some(i32::MIN as i128),
+            ResultDType::U64 => Some(u64::MAX as i128),
+            ResultDType::U32 => Some(u32::MAX as i128),
+            ResultDType::U16 => Some(u16::MAX as i128),
+            ResultDType::U8 => Some(u8::MAX as i128),
+        }
+    }
+}
+
+/// A result buffer's values in its declared type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TypedValues {
+    /// `f64` values.
+    F64(Vec<f64>),
+    /// `f32` values.
+    F32(Vec<f32>),
+    /// `i64` values.
+    I64(Vec<i64>),
+    /// `i32` values.
+    I32(Vec<i32>),
+    /// `u64` values.
+    U64(Vec<u64>),
+    /// `u32` values.
+    U32(Vec<u32>),
+    /// `u16` values.
+    U16(Vec<u16>),
+    /// `u8` values.
+    U8(Vec<u8>),
+}
+
+/// `values` converted to `dtype`: floats as they are (rounded to `f32` for
+/// [`ResultDType::F32`]); integers rounded to nearest and saturated to the type's range,
+/// NaN replaced by [`ResultDType::int_fill`].
+pub fn typed_values(values: &[f64], dtype: ResultDType) -> TypedValues {
+    macro_rules! ints {
+        ($t:ty, $v:ident) => {{
+            let fill = dtype.int_fill().unwrap_or(0) as $t;
+            TypedValues::$v(
+                values
+                    .iter()
+                    .map(|&x| if x.is_nan() { fill } else { x.round() as $t })
+                    .collect(),
+            )
+        }};
+    }
+    match dtype {
+        ResultDType::F64 => TypedValues::F64(values.to_vec()),
+        ResultDType::F32 => TypedValues::F32(values.iter().map(|&x| x as f32).collect()),
+        ResultDType::I64 => ints!(i64, I64),
+        ResultDType::I32 => ints!(i32, I32),
+        ResultDType::U64 => ints!(u64, U64),
+        ResultDType::U32 => ints!(u32, U32),
+        ResultDType::U16 => ints!(u16, U16),
+        ResultDType::U8 => ints!(u8, U8),
+    }
 }
 
 impl BufferDecl {
@@ -61,6 +171,11 @@ impl BufferDecl {
     pub fn single(name: &str, shape: Vec<usize>, unit: &str) -> Self {
         Self::new(name, BufferKind::Single, shape, unit)
     }
+    /// The same buffer with values of type `dtype`.
+    pub fn with_dtype(mut self, dtype: ResultDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
     /// The same buffer with `extra_shape` per nav position or detector pixel.
     pub fn with_extra_shape(mut self, extra_shape: Vec<usize>) -> Self {
         self.extra_shape = extra_shape;
@@ -72,6 +187,7 @@ impl BufferDecl {
             kind,
             extra_shape,
             unit: unit.to_string(),
+            dtype: ResultDType::F64,
         }
     }
     /// Values per nav position / detector pixel (product of `extra_shape`, 1 when empty);
@@ -200,6 +316,57 @@ pub trait Udf: Send + Sync {
     /// A fresh task for one worker thread (called once per worker per run; allocate the
     /// task's buffers here, not while processing).
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask>;
+
+    /// Which method of the task the engine feeds (default [`Granularity::Tile`]).
+    fn granularity(&self) -> Granularity {
+        Granularity::Tile
+    }
+
+    /// Runs once before any frame is processed, on the coordinating thread, with the
+    /// initial merged buffers (nav NaN, sig and single 0) in declaration order; may change
+    /// them (e.g. `+∞` where a minimum is merged) or prepare resources (an output file).
+    ///
+    /// # Errors
+    /// A sentence saying what could not be prepared; the run does not start.
+    fn preprocess(&self, meta: &UdfMeta, global: &mut [ResultBuffer]) -> Result<(), String> {
+        let _ = (meta, global);
+        Ok(())
+    }
+
+    /// Runs once on the final merged buffers (after the last merge, before the final
+    /// [`Udf::get_results`]), e.g. to normalise or to close a file.
+    ///
+    /// # Errors
+    /// A sentence saying what failed; the run ends with [`crate::ProcessingError::Udf`].
+    fn postprocess(&self, meta: &UdfMeta, global: &mut [ResultBuffer]) -> Result<(), String> {
+        let _ = (meta, global);
+        Ok(())
+    }
+
+    /// The buffers a snapshot and the final results show, from the merged buffers
+    /// `merged` (declaration order). The default shows the merged buffers as they are;
+    /// override to add derived buffers (e.g. divergence and curl of a shift field) or to
+    /// hide internal ones. Called for every snapshot (≤ 10 per second by default), so it
+    /// should cost about as much as copying the buffers.
+    fn get_results(&self, meta: &UdfMeta, merged: &[ResultBuffer]) -> Vec<ResultBuffer> {
+        let _ = meta;
+        merged.to_vec()
+    }
+}
+
+/// What a UDF's task is fed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Granularity {
+    /// [`PartitionTask::process_tile`] on cache-sized runs of consecutive frames (~512 KiB;
+    /// every UDF of the run reads a run while it is in cache). The default
+    /// `process_tile` calls `process_frame` per frame, so a UDF that implements only
+    /// `process_frame` is fed frame by frame.
+    #[default]
+    Tile,
+    /// [`PartitionTask::process_partition`] once per unit of work a worker takes: a whole
+    /// live stack or file tile (a partition of consecutive frames, sized by
+    /// [`crate::engine::partition_frames`] offline), minus frames outside the ROI or damaged.
+    Partition,
 }
 
 /// The per-worker state of a UDF: processes the frames a worker is given and hands what it
@@ -210,7 +377,11 @@ pub trait PartitionTask: Send {
     /// Processes frame `frame` (acquisition index) with `pixels` (`sig_shape.len()`
     /// elements of the run's dtype). `nav` holds this frame's nav values, one slot per value
     /// of each nav buffer in declaration order ([`nav_width`] slots), preset to NaN.
-    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]);
+    /// The default does nothing: a task implements the method that fits its work
+    /// (frame, tile or partition).
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        let _ = (frame, pixels, nav);
+    }
 
     /// Processes the frames of `tile`. `nav` holds `tile.n_frames * nav_width` slots, frame
     /// after frame, preset to NaN. The default calls [`PartitionTask::process_frame`] per
@@ -221,6 +392,13 @@ pub trait PartitionTask: Send {
             let slots = &mut nav[i * width..(i + 1) * width];
             self.process_frame(tile.first_frame + i as u64, tile.frame(i), slots);
         }
+    }
+
+    /// Processes a whole partition (consecutive frames a worker took as one unit of work)
+    /// when the UDF's [`Udf::granularity`] is [`Granularity::Partition`]; `nav` as in
+    /// [`PartitionTask::process_tile`]. The default calls `process_tile` on all of it.
+    fn process_partition(&mut self, partition: &TileView<'_>, nav: &mut [f64]) {
+        self.process_tile(partition, nav);
     }
 
     /// Adds what the task accumulated for its sig and single buffers since the last merge

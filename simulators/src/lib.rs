@@ -13,6 +13,13 @@
 //!   injection. Inside: `wire` (our own MPX/HDR/MQ1/R64 encoder), `mib` (a minimal recording
 //!   reader), `control` (request parsing and variables), `frames` (frame sources and the
 //!   encoded-frame cache), `engine` (acquisition state and the batched sender).
+//! - [`dectris`]: [`dectris::DectrisSim`], a DECTRIS SIMPLON detector (ARINA/QUADRO-like,
+//!   protocols.md §2): the REST API (axum on its own tokio runtime) and a stream-v1 ZeroMQ
+//!   PUSH socket, replaying a stream capture blob for blob or sending synthetic frames
+//!   compressed with our bitshuffle-LZ4 encoder, all four trigger modes (external ones from a
+//!   scan engine's trigger line), pacing and fault injection. Inside: `wire` (our own
+//!   stream-v1 message writer), `settings` (the parameter store), `rest` (the API),
+//!   `source` (capture reader, synthetic frames), `engine` (series state and the sender).
 //! - [`scan`]: [`scan::ScanEngineSim`], a raster scan generator implementing
 //!   `stemflow_core::devices::ScanEngine`, firing the trigger line per pixel or per line with
 //!   drift-free deadlines, with faults (silent engine, unplugged cable).
@@ -31,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod dectris;
 pub mod merlin;
 pub mod microscope;
 pub mod pixel_clock;

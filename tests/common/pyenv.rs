@@ -21,8 +21,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// LiberTEM-live as pinned for the interoperability tests (protocols.md §4.5 describes this
-/// release's simulator and client).
-pub const LIBERTEM_LIVE: &str = "libertem-live==0.3.0";
+/// release's simulators and clients), with the `sim` extra its DECTRIS simulator needs.
+pub const LIBERTEM_LIVE: &str = "libertem-live[sim]==0.3.0";
 
 /// Environment variable naming an existing virtual environment to use instead of building one
 /// (it must already contain [`LIBERTEM_LIVE`]; nothing is installed into it).
@@ -86,7 +86,8 @@ impl PyEnv {
 /// # Panics
 /// When the environment cannot be made, with the reason and the installer's output.
 pub fn libertem_live() -> PyEnv {
-    const CHECK: &str = "import libertem_live, libertem_qd_mpx, libertem_live.detectors.merlin.sim";
+    const CHECK: &str = "import libertem_live, libertem_qd_mpx, libertem_dectris, flask, \
+                         libertem_live.detectors.merlin.sim, libertem_live.detectors.dectris.sim";
     if let Some(dir) = std::env::var_os(LIBERTEM_VENV_VAR) {
         let env = PyEnv { dir: dir.into() };
         if let Err(problem) = run_logged(

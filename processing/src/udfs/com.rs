@@ -2,6 +2,7 @@
 
 use crate::mask::{Mask, Span};
 use crate::pixel::{Accum, Pixel};
+use crate::result::ResultBuffer;
 use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use stemflow_core::frame::PixelsRef;
@@ -13,14 +14,22 @@ use stemflow_core::frame::PixelsRef;
 /// `(x, y)` has its centre at `(x + 0.5, y + 0.5)`): `cx`, `cy` — the reference centre
 /// (usually the unscattered beam's centre); `mask_radius` — the disk that is weighed
 /// (pixels whose centre is within it); optionally a scan rotation in degrees
-/// ([`ComUdf::with_scan_rotation`]) applied to the shift vector.
+/// ([`ComUdf::with_scan_rotation`]) applied to the shift vector, and a flip of the
+/// detector's y axis ([`ComUdf::with_flip_y`]) applied before the rotation. All at once:
+/// [`ComParams`].
 ///
-/// Output nav buffers, shape `[nav_rows, nav_cols]`, unit `pixels`:
-/// * `x` — CoM x − `cx` (column direction), rotated by the scan rotation;
-/// * `y` — CoM y − `cy` (row direction, row 0 first), rotated likewise;
-/// * `magnitude` — `√(x² + y²)`.
+/// Output nav buffers, shape `[nav_rows, nav_cols]`:
+/// * `x` — CoM x − `cx` (column direction), flipped and rotated; pixels;
+/// * `y` — CoM y − `cy` (row direction, row 0 first), flipped and rotated; pixels;
+/// * `magnitude` — `√(x² + y²)`; pixels;
+/// * `divergence` — `∂x/∂col + ∂y/∂row` of the shift field over the scan; pixels per scan
+///   step;
+/// * `curl` — `∂y/∂col − ∂x/∂row`; pixels per scan step (near zero for a pure phase
+///   object: a check of the scan rotation).
 ///
-/// All three are NaN for a frame whose masked sum is zero. The moments Σ I, Σ I·x, Σ I·y
+/// Derivatives are central differences inside the scan and one-sided at its edges (as
+/// NumPy's `gradient`), 0 along a scan axis of length 1, NaN next to a NaN. The shift is
+/// NaN for a frame whose masked sum is zero. The moments Σ I, Σ I·x, Σ I·y
 /// are exact integers; only the final division is floating point, so a frame's values
 /// never depend on how frames were split into tiles.
 #[derive(Clone, Debug)]
@@ -30,6 +39,23 @@ pub struct ComUdf {
     cy: f64,
     mask_radius: f64,
     rotation_deg: f64,
+    flip_y: bool,
+}
+
+/// The parameters of [`ComUdf`], in detector pixels and degrees.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ComParams {
+    /// Reference position x (column direction; usually the unscattered beam's centre),
+    /// pixels.
+    pub cx: f64,
+    /// Reference position y (row direction), pixels.
+    pub cy: f64,
+    /// Radius of the disk around the reference position that is weighed, pixels.
+    pub mask_radius: f64,
+    /// Rotation between scan and detector axes, degrees ([`ComUdf::with_scan_rotation`]).
+    pub scan_rotation_deg: f64,
+    /// Flip the detector's y axis before rotating.
+    pub flip_y: bool,
 }
 
 impl ComUdf {
@@ -41,7 +67,20 @@ impl ComUdf {
             cy,
             mask_radius,
             rotation_deg: 0.0,
+            flip_y: false,
         }
+    }
+    /// CoM named `com` with all parameters.
+    pub fn from_params(p: ComParams) -> Self {
+        Self::new(p.cx, p.cy, p.mask_radius)
+            .with_scan_rotation(p.scan_rotation_deg)
+            .with_flip_y(p.flip_y)
+    }
+    /// Negates the y component of the shift (detector mounted flipped relative to the
+    /// scan) before the scan rotation is applied.
+    pub fn with_flip_y(mut self, flip: bool) -> Self {
+        self.flip_y = flip;
+        self
     }
     /// The same UDF under another name (names are unique within a run).
     pub fn named(mut self, name: &str) -> Self {
@@ -76,6 +115,31 @@ impl Udf for ComUdf {
             BufferDecl::nav("magnitude", "pixels"),
         ]
     }
+    fn get_results(&self, meta: &UdfMeta, merged: &[ResultBuffer]) -> Vec<ResultBuffer> {
+        let (rows, cols) = (meta.nav_shape.rows, meta.nav_shape.cols);
+        let (x, y) = (&merged[0].data, &merged[1].data);
+        let dxc = gradient(x, rows, cols, false);
+        let dxr = gradient(x, rows, cols, true);
+        let dyc = gradient(y, rows, cols, false);
+        let dyr = gradient(y, rows, cols, true);
+        let mut out = merged.to_vec();
+        let derived = |name: &str, data: Vec<f64>| ResultBuffer {
+            name: name.into(),
+            kind: merged[0].kind,
+            shape: merged[0].shape.clone(),
+            data,
+            unit: "pixels/scan step".into(),
+        };
+        out.push(derived(
+            "divergence",
+            dxc.iter().zip(&dyr).map(|(a, b)| a + b).collect(),
+        ));
+        out.push(derived(
+            "curl",
+            dyc.iter().zip(&dxr).map(|(a, b)| a - b).collect(),
+        ));
+        out
+    }
     fn check(&self, meta: &UdfMeta) -> Result<(), String> {
         self.mask().check().map_err(|e| format!("CoM mask: {e}"))?;
         if !self.rotation_deg.is_finite() {
@@ -106,6 +170,7 @@ impl Udf for ComUdf {
             cx: self.cx,
             cy: self.cy,
             rotation: (self.rotation_deg != 0.0).then_some((cos, sin)),
+            flip_y: self.flip_y,
         }))
     }
 }
@@ -121,6 +186,27 @@ struct ComTask<P: Pixel> {
     cy: f64,
     /// `(cos θ, sin θ)` of the scan rotation, `None` for none.
     rotation: Option<(f64, f64)>,
+    flip_y: bool,
+}
+
+/// The derivative of a `rows × cols` field along rows (`along_rows`) or columns: central
+/// differences inside, one-sided at the edges, 0 for an axis of length 1.
+fn gradient(f: &[f64], rows: usize, cols: usize, along_rows: bool) -> Vec<f64> {
+    let (n, step) = if along_rows { (rows, cols) } else { (cols, 1) };
+    (0..rows * cols)
+        .map(|i| {
+            let k = if along_rows { i / cols } else { i % cols };
+            if n < 2 {
+                0.0
+            } else if k == 0 {
+                f[i + step] - f[i]
+            } else if k == n - 1 {
+                f[i] - f[i - step]
+            } else {
+                (f[i + step] - f[i - step]) / 2.0
+            }
+        })
+        .collect()
 }
 
 impl<P: Pixel> ComTask<P> {
@@ -149,6 +235,9 @@ impl<P: Pixel> ComTask<P> {
         let t = total as f64;
         let mut dx = self.x0 as f64 + 0.5 + moment_x as f64 / t - self.cx;
         let mut dy = y0 as f64 + 0.5 + moment_y as f64 / t - self.cy;
+        if self.flip_y {
+            dy = -dy;
+        }
         if let Some((cos, sin)) = self.rotation {
             (dx, dy) = (dx * cos - dy * sin, dx * sin + dy * cos);
         }

@@ -2,7 +2,7 @@
 
 use crate::mask::{Mask, SpanMask};
 use crate::pixel::Pixel;
-use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::udf::{BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -12,9 +12,15 @@ use stemflow_core::frame::PixelsRef;
 /// [`Mask::Disk`] for bright field, a [`Mask::Ring`] for annular dark field), all masks in
 /// one pass over the frame.
 ///
+/// Parameters: `(buffer name, mask)` pairs — any number of [`Mask::Disk`],
+/// [`Mask::Ring`], [`Mask::Rectangle`], [`Mask::Polygon`] and [`Mask::Custom`] (e.g. from a
+/// `.npy` file, [`crate::mask::CustomMask::from_npy`]); names unique.
+///
 /// Output: one nav buffer per mask, named by the mask (e.g. `bf`, `adf`), shape
-/// `[nav_rows, nav_cols]`, unit `counts` — the exact integer sum under the mask as `f64`.
-/// Geometry and pixel convention: [`crate::mask`].
+/// `[nav_rows, nav_cols]`, unit `counts`, dtype u64 — the exact integer sum under the mask
+/// as `f64`. Geometry and pixel convention: [`crate::mask`]. Masks are held as row spans
+/// (run-length, sparse): only pixels under some mask are read, every mask while the frame
+/// is in cache.
 #[derive(Clone, Debug)]
 pub struct MasksUdf {
     name: String,
@@ -47,10 +53,10 @@ impl Udf for MasksUdf {
     fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
         self.masks
             .iter()
-            .map(|(n, _)| BufferDecl::nav(n, "counts"))
+            .map(|(n, _)| BufferDecl::nav(n, "counts").with_dtype(ResultDType::U64))
             .collect()
     }
-    fn check(&self, _meta: &UdfMeta) -> Result<(), String> {
+    fn check(&self, meta: &UdfMeta) -> Result<(), String> {
         if self.masks.is_empty() {
             return Err("no masks given; at least one (name, mask) is needed".into());
         }
@@ -60,7 +66,8 @@ impl Udf for MasksUdf {
                     "mask name `{name}` is used twice; names must be unique"
                 ));
             }
-            mask.check().map_err(|e| format!("mask `{name}`: {e}"))?;
+            mask.check_for(meta.sig_shape)
+                .map_err(|e| format!("mask `{name}`: {e}"))?;
         }
         Ok(())
     }

@@ -5,15 +5,29 @@
 //! | [`SumUdf`] | sig `intensity` | sum of all frames |
 //! | [`SumSigUdf`] | nav `intensity` | sum of each frame |
 //! | [`MasksUdf`] | nav, one per mask | virtual detectors (BF disk, ADF ring, …) |
-//! | [`ComUdf`] | nav `x`, `y`, `magnitude` | centre of mass in a disk, minus the reference centre |
+//! | [`ComUdf`] | nav `x`, `y`, `magnitude`, `divergence`, `curl` | centre of mass in a disk, minus the reference centre (DPC) |
+//! | [`StatsUdf`] | sig `mean`, `var`, `std`, `min`, `max`, `sum`; single `frames` | per-pixel statistics |
+//! | [`RadialProfileUdf`] | nav `profile` `[n_bins]`; single `radius`, `pixels` | azimuthal average |
+//! | [`PickUdf`] | sig `intensity`; single `picked` | one frame by scan position |
+//! | [`SignalMonitorUdf`] | sig `latest`; single `frame` | the latest frame |
+//! | [`PartitionMonitorUdf`] | sig `intensity`; single `frames` | sum of the latest partition |
+//! | [`RecordUdf`] | single `frames_written` | frames to a `.npy` file |
 
 mod com;
 mod masks;
+mod pick;
+mod radial;
+mod record;
+mod stats;
 mod sum;
 mod sum_sig;
 
-pub use com::ComUdf;
+pub use com::{ComParams, ComUdf};
 pub use masks::MasksUdf;
+pub use pick::{PartitionMonitorUdf, PickUdf, SignalMonitorUdf};
+pub use radial::{RadialProfileParams, RadialProfileUdf};
+pub use record::RecordUdf;
+pub use stats::StatsUdf;
 pub use sum::SumUdf;
 pub use sum_sig::SumSigUdf;
 

@@ -2,7 +2,7 @@
 
 use crate::pixel::{Accum, Pixel};
 use crate::result::ResultBuffer;
-use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::udf::{BufferDecl, Granularity, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use stemflow_core::frame::PixelsRef;
 
@@ -47,7 +47,18 @@ impl Udf for SumUdf {
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
         with_pixel_type!(meta.dtype, P => Box::new(SumTask::<P>::new(meta)))
     }
+    fn granularity(&self) -> Granularity {
+        // Whole partitions, summed block by block of the frame: the accumulator block
+        // stays in L1 while every frame of the partition is added to it, instead of the
+        // whole accumulator (1 MiB for 512 × 512 frames) crossing the caches for every
+        // four frames. The other UDFs then find the partition in the last-level cache.
+        Granularity::Partition
+    }
 }
+
+/// Pixels per accumulator block: 16 KiB of `u32` lanes, which stay in L1 beside the four
+/// frame blocks being read.
+const BLOCK: usize = 4096;
 
 /// Per-worker sum: `acc` takes every frame; `total` takes `acc` before it could overflow.
 struct SumTask<P: Pixel> {
@@ -94,24 +105,32 @@ impl<P: Pixel> PartitionTask for SumTask<P> {
         if n == 0 {
             return;
         }
-        let px = &px[..(tile.n_frames * n).min(px.len())];
-        let mut quads = px.chunks_exact(4 * n);
-        for q in &mut quads {
-            if self.frames_in_acc + 4 > P::ACC_HEADROOM {
+        let frames = (tile.n_frames).min(px.len() / n);
+        let mut done = 0;
+        while done < frames {
+            if self.frames_in_acc >= P::ACC_HEADROOM {
                 self.flush();
             }
-            let (a, rest) = q.split_at(n);
-            let (b, rest) = rest.split_at(n);
-            let (c, d) = rest.split_at(n);
-            P::add4_into(&mut self.acc, a, b, c, d);
-            self.frames_in_acc += 4;
-        }
-        for frame in quads.remainder().chunks_exact(n) {
-            if self.frames_in_acc + 1 > P::ACC_HEADROOM {
-                self.flush();
+            // Frames that fit the lanes' headroom, summed block by block.
+            let room = (P::ACC_HEADROOM - self.frames_in_acc).min(u64::MAX >> 1);
+            let group = (frames - done).min(usize::try_from(room).unwrap_or(usize::MAX));
+            let g = &px[done * n..(done + group) * n];
+            for b0 in (0..n).step_by(BLOCK) {
+                let b1 = (b0 + BLOCK).min(n);
+                let acc = &mut self.acc[b0..b1];
+                let block = |f: usize| &g[f * n + b0..f * n + b1];
+                let mut f = 0;
+                while f + 4 <= group {
+                    P::add4_into(acc, block(f), block(f + 1), block(f + 2), block(f + 3));
+                    f += 4;
+                }
+                while f < group {
+                    P::add_into(acc, block(f));
+                    f += 1;
+                }
             }
-            P::add_into(&mut self.acc, frame);
-            self.frames_in_acc += 1;
+            self.frames_in_acc += group as u64;
+            done += group;
         }
     }
 

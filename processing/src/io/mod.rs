@@ -1,0 +1,458 @@
+//! Offline data sets: frames read from files, fed to the same UDFs as a live stream.
+//!
+//! | format | opener | notes |
+//! |---|---|---|
+//! | NumPy `.npy` | [`NpyDataSet::open`] | 3-D `(frames, sig_rows, sig_cols)` or 4-D `(nav_rows, nav_cols, sig_rows, sig_cols)`, unsigned integers, either byte order, C order |
+//! | raw binary | [`RawDataSet::open`] | shape, dtype, byte order, offset of the first frame and bytes before each frame given ([`RawSpec`]); reads Merlin `.mib` files too (`frame_header_bytes` = the MQ1 header size) |
+//! | HDF5 | [`Hdf5DataSet::open`] | any 3-D or 4-D unsigned-integer dataset path (default: our recordings' `/entry/data/frames`, then NeXus `/entry/data/data`) |
+//!
+//! Merlin `.hdr`/`.mib` sets are read by the Merlin driver (`stemflow_drivers::merlin::MibFile`),
+//! which the `stemflow` binary adapts to [`DataSet`].
+//!
+//! Files are read in large sequential blocks — one `pread` per partition of
+//! [`crate::engine::partition_frames`] frames (~4 MiB) — straight into tiles that are
+//! allocated once per run and reused ([`run_dataset`]); byte order is fixed in place.
+
+pub mod npy;
+
+use crate::engine::{BoxError, ProcessingError, RunConfig, RunSummary, Snapshot, run_reader};
+use crate::sink::TileSink;
+use crate::udf::Udf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use stemflow_core::frame::{Tile, TileData};
+use stemflow_core::{DType, NavShape, SigShape};
+
+/// Errors reading a data set.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    /// The operating system refused a read.
+    #[error("{path}: {during}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        during: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file's content is not what its format or the given parameters say.
+    #[error("{path}: {detail}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What was expected and what was found.
+        detail: String,
+    },
+    /// The file is shorter than the frames asked for.
+    #[error("{path}: frames {first}..{end} need bytes up to {needed}, the file has {size}")]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+        /// First frame asked for.
+        first: u64,
+        /// One past the last frame asked for.
+        end: u64,
+        /// File size needed, bytes.
+        needed: u64,
+        /// File size, bytes.
+        size: u64,
+    },
+    /// Frames beyond the data set were asked for.
+    #[error("{path}: frames {first}..{end} asked for, the data set holds {frames}")]
+    Range {
+        /// The file.
+        path: PathBuf,
+        /// First frame asked for.
+        first: u64,
+        /// One past the last frame asked for.
+        end: u64,
+        /// Frames in the data set.
+        frames: u64,
+    },
+    /// A reader outside this crate (e.g. the Merlin driver's `.mib` reader) failed.
+    #[error("{path}: {source}")]
+    Reader {
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// libhdf5 failed.
+    #[error("{path}: HDF5 {object}: {detail}")]
+    Hdf5 {
+        /// The file.
+        path: PathBuf,
+        /// The dataset or group.
+        object: String,
+        /// libhdf5's message.
+        detail: String,
+    },
+}
+
+impl IoError {
+    fn io(path: &Path, during: &str, source: std::io::Error) -> Self {
+        IoError::Io {
+            path: path.to_path_buf(),
+            during: during.to_string(),
+            source,
+        }
+    }
+}
+
+/// Parses a pixel type: `u8`, `u16`, `u32`, `u64` (also `uint16`, `<u2` style).
+///
+/// # Errors
+/// A sentence naming the text and the accepted spellings.
+pub fn parse_dtype(s: &str) -> Result<DType, String> {
+    let t = s
+        .trim()
+        .trim_start_matches(['<', '>', '|', '='])
+        .to_ascii_lowercase();
+    match t.as_str() {
+        "u8" | "uint8" | "u1" => Ok(DType::U8),
+        "u16" | "uint16" | "u2" => Ok(DType::U16),
+        "u32" | "uint32" | "u4" => Ok(DType::U32),
+        "u64" | "uint64" => Ok(DType::U64),
+        _ => Err(format!("pixel type `{s}`: expected u8, u16, u32 or u64")),
+    }
+}
+
+/// Byte order of multi-byte pixels in a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByteOrder {
+    /// Least significant byte first (x86, ARM, NumPy's `<`).
+    Little,
+    /// Most significant byte first (Merlin, NumPy's `>`).
+    Big,
+}
+
+impl ByteOrder {
+    /// This machine's byte order.
+    pub fn native() -> Self {
+        if cfg!(target_endian = "big") {
+            ByteOrder::Big
+        } else {
+            ByteOrder::Little
+        }
+    }
+}
+
+impl std::str::FromStr for ByteOrder {
+    type Err = String;
+    /// `little`/`le`/`<` or `big`/`be`/`>`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "little" | "le" | "<" => Ok(ByteOrder::Little),
+            "big" | "be" | ">" => Ok(ByteOrder::Big),
+            other => Err(format!("byte order `{other}`: expected little or big")),
+        }
+    }
+}
+
+/// A file of frames that the engine can read tile by tile.
+pub trait DataSet: Send {
+    /// The file, for messages and metadata.
+    fn path(&self) -> &Path;
+    /// Scan grid as stored (or as given for raw files); `1 × frames` when unknown.
+    fn nav_shape(&self) -> NavShape;
+    /// Frame shape, pixels.
+    fn sig_shape(&self) -> SigShape;
+    /// Pixel type of the decoded frames.
+    fn dtype(&self) -> DType;
+    /// Frames in the file.
+    fn frames(&self) -> u64;
+    /// Reads frames `first..first + n` into `out` (resized; its allocation reused when it
+    /// has the data set's dtype).
+    ///
+    /// # Errors
+    /// [`IoError`] naming the file and the frames.
+    fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError>;
+}
+
+/// Prepares `out` for `n` frames of `sig` and `dtype` starting at `first`.
+pub fn shape_tile(out: &mut Tile, first: u64, n: usize, sig: SigShape, dtype: DType) {
+    if out.data.dtype() != dtype {
+        out.data = TileData::zeros(dtype, 0);
+    }
+    out.data.resize(n * sig.len());
+    out.first_frame = first;
+    out.n_frames = n;
+    out.sig_shape = sig;
+}
+
+/// The pixel bytes of `data`, to read a file straight into.
+fn bytes_mut(data: &mut TileData) -> &mut [u8] {
+    match data {
+        TileData::U8(v) => v,
+        // SAFETY: u16/u32/u64 have no invalid bit patterns and an alignment ≥ u8's; the
+        // byte slice covers exactly the vector's initialised elements and borrows it
+        // mutably for its lifetime.
+        TileData::U16(v) => unsafe {
+            std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 2)
+        },
+        TileData::U32(v) => unsafe {
+            std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 4)
+        },
+        TileData::U64(v) => unsafe {
+            std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 8)
+        },
+    }
+}
+
+/// Turns pixels read in `order` into native order, in place.
+fn fix_order(data: &mut TileData, order: ByteOrder) {
+    if order == ByteOrder::native() {
+        return;
+    }
+    match data {
+        TileData::U8(_) => {}
+        TileData::U16(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
+        TileData::U32(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
+        TileData::U64(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
+    }
+}
+
+/// How frames lie in a raw binary file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawSpec {
+    /// Scan grid; the file holds `nav_shape.len()` frames (or fewer: see
+    /// [`RawDataSet::open`]).
+    pub nav_shape: NavShape,
+    /// Frame shape, pixels.
+    pub sig_shape: SigShape,
+    /// Pixel type.
+    pub dtype: DType,
+    /// Byte order of the pixels.
+    pub byte_order: ByteOrder,
+    /// Bytes before the first frame (a file header), bytes.
+    pub offset: u64,
+    /// Bytes before each frame's pixels (e.g. a Merlin MQ1 frame header), bytes.
+    pub frame_header_bytes: u64,
+}
+
+impl RawSpec {
+    /// Bytes from one frame's start to the next.
+    pub fn stride(&self) -> u64 {
+        self.frame_header_bytes + (self.sig_shape.len() * self.dtype.size()) as u64
+    }
+}
+
+/// Frames at fixed positions in a file: raw binary, `.npy`, and headered frame files such
+/// as Merlin `.mib` (a per-frame header of fixed size).
+pub struct RawDataSet {
+    path: PathBuf,
+    file: std::fs::File,
+    spec: RawSpec,
+    frames: u64,
+    size: u64,
+    /// Reused read buffer for files with per-frame headers.
+    scratch: Vec<u8>,
+}
+
+impl RawDataSet {
+    /// Opens `path` laid out as `spec`. The frame count is `nav_shape.len()`; a file too
+    /// short for it is reported when the missing frames are read.
+    ///
+    /// # Errors
+    /// [`IoError::Io`] when the file cannot be opened.
+    pub fn open(path: &Path, spec: RawSpec) -> Result<Self, IoError> {
+        let file = std::fs::File::open(path).map_err(|e| IoError::io(path, "opening", e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| IoError::io(path, "reading the file size", e))?
+            .len();
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            spec,
+            frames: spec.nav_shape.len() as u64,
+            size,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The layout.
+    pub fn spec(&self) -> &RawSpec {
+        &self.spec
+    }
+}
+
+impl DataSet for RawDataSet {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+    fn nav_shape(&self) -> NavShape {
+        self.spec.nav_shape
+    }
+    fn sig_shape(&self) -> SigShape {
+        self.spec.sig_shape
+    }
+    fn dtype(&self) -> DType {
+        self.spec.dtype
+    }
+    fn frames(&self) -> u64 {
+        self.frames
+    }
+    fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError> {
+        use std::os::unix::fs::FileExt;
+        let end = first + n as u64;
+        if end > self.frames {
+            return Err(IoError::Range {
+                path: self.path.clone(),
+                first,
+                end,
+                frames: self.frames,
+            });
+        }
+        let s = self.spec;
+        let start = s.offset + first * s.stride();
+        let needed = s.offset + end * s.stride();
+        if needed > self.size {
+            return Err(IoError::Truncated {
+                path: self.path.clone(),
+                first,
+                end,
+                needed,
+                size: self.size,
+            });
+        }
+        shape_tile(out, first, n, s.sig_shape, s.dtype);
+        let during = || format!("reading frames {first}..{end}");
+        if s.frame_header_bytes == 0 {
+            self.file
+                .read_exact_at(bytes_mut(&mut out.data), start)
+                .map_err(|e| IoError::io(&self.path, &during(), e))?;
+        } else {
+            self.scratch.resize((needed - start) as usize, 0);
+            self.file
+                .read_exact_at(&mut self.scratch, start)
+                .map_err(|e| IoError::io(&self.path, &during(), e))?;
+            let frame_bytes = s.sig_shape.len() * s.dtype.size();
+            let hdr = s.frame_header_bytes as usize;
+            let dst = bytes_mut(&mut out.data);
+            for (d, src) in dst
+                .chunks_exact_mut(frame_bytes)
+                .zip(self.scratch.chunks_exact(s.stride() as usize))
+            {
+                d.copy_from_slice(&src[hdr..]);
+            }
+        }
+        fix_order(&mut out.data, s.byte_order);
+        Ok(())
+    }
+}
+
+/// A `.npy` file of frames: shape `(frames, sig_rows, sig_cols)` or
+/// `(nav_rows, nav_cols, sig_rows, sig_cols)`, unsigned integers (`u1`, `u2`, `u4`, `u8`,
+/// either byte order; `b1` reads as u8), C order.
+pub struct NpyDataSet {
+    raw: RawDataSet,
+}
+
+impl NpyDataSet {
+    /// Opens `path`.
+    ///
+    /// # Errors
+    /// [`IoError::Format`] for a header that is not a 3-D or 4-D C-order array of unsigned
+    /// integers; [`IoError::Io`].
+    pub fn open(path: &Path) -> Result<Self, IoError> {
+        let h = npy::read_header(path)?;
+        let bad = |detail: String| IoError::Format {
+            path: path.to_path_buf(),
+            detail,
+        };
+        if h.fortran_order {
+            return Err(bad("Fortran-order arrays cannot be read as frames".into()));
+        }
+        let dtype = match h.kind {
+            npy::NpyKind::Unsigned(1) | npy::NpyKind::Bool => DType::U8,
+            npy::NpyKind::Unsigned(2) => DType::U16,
+            npy::NpyKind::Unsigned(4) => DType::U32,
+            npy::NpyKind::Unsigned(8) => DType::U64,
+            k => {
+                return Err(bad(format!(
+                    "frames must be unsigned integers (u1, u2, u4, u8), found {k:?}"
+                )));
+            }
+        };
+        let (nav, sig) = match h.shape[..] {
+            [f, r, c] => (NavShape::new(1, f), SigShape::new(r, c)),
+            [nr, nc, r, c] => (NavShape::new(nr, nc), SigShape::new(r, c)),
+            _ => {
+                return Err(bad(format!(
+                    "expected a 3-D (frames, rows, cols) or 4-D (nav_rows, nav_cols, rows, cols) array, found shape {:?}",
+                    h.shape
+                )));
+            }
+        };
+        let spec = RawSpec {
+            nav_shape: nav,
+            sig_shape: sig,
+            dtype,
+            byte_order: h.byte_order,
+            offset: h.data_offset,
+            frame_header_bytes: 0,
+        };
+        Ok(Self {
+            raw: RawDataSet::open(path, spec)?,
+        })
+    }
+}
+
+impl DataSet for NpyDataSet {
+    fn path(&self) -> &Path {
+        self.raw.path()
+    }
+    fn nav_shape(&self) -> NavShape {
+        self.raw.nav_shape()
+    }
+    fn sig_shape(&self) -> SigShape {
+        self.raw.sig_shape()
+    }
+    fn dtype(&self) -> DType {
+        self.raw.dtype()
+    }
+    fn frames(&self) -> u64 {
+        self.raw.frames()
+    }
+    fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError> {
+        self.raw.read_tile(first, n, out)
+    }
+}
+
+mod h5;
+pub use h5::Hdf5DataSet;
+
+/// Runs `udfs` over every frame of `data` (frames beyond `cfg.nav_shape` are counted in
+/// [`RunSummary::out_of_range`]), reading partitions of [`RunConfig::partition_frames`]
+/// frames into tiles allocated once and reused, with the sink, snapshots and cancellation
+/// of [`crate::run_tiles`].
+///
+/// # Errors
+/// [`ProcessingError::Source`] wrapping the [`IoError`] of a failed read; otherwise as
+/// [`crate::run_tiles`].
+pub fn run_dataset(
+    data: &mut dyn DataSet,
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+    sink: Option<&mut dyn TileSink>,
+    on_snapshot: &mut dyn FnMut(&Snapshot),
+    cancel: &AtomicBool,
+) -> Result<RunSummary, ProcessingError> {
+    let per = cfg.partition_frames().max(1) as u64;
+    let total = data.frames();
+    let mut next = 0u64;
+    let fill = |tile: &mut Tile| -> Result<bool, BoxError> {
+        if next >= total {
+            return Ok(false);
+        }
+        let n = per.min(total - next) as usize;
+        data.read_tile(next, n, tile)?;
+        next += n as u64;
+        Ok(true)
+    };
+    run_reader(fill, udfs, cfg, sink, on_snapshot, cancel)
+}

@@ -1,0 +1,281 @@
+//! Frame picking and monitors: [`PickUdf`] (one frame by scan position),
+//! [`SignalMonitorUdf`] (the latest frame), [`PartitionMonitorUdf`] (the sum of the latest
+//! partition).
+
+use crate::pixel::Pixel;
+use crate::result::ResultBuffer;
+use crate::udf::{BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta};
+use crate::with_pixel_type;
+use stemflow_core::SigShape;
+use stemflow_core::frame::PixelsRef;
+
+/// Copies the frame at one scan position.
+///
+/// Parameters: `row`, `col` — the scan position (frame index `row · nav_cols + col`).
+///
+/// Output: sig `intensity`, shape `[sig_rows, sig_cols]`, unit `counts`, dtype u64 — the
+/// frame's pixels (0 until it was processed); single `picked`, shape `[]`: 1 once the
+/// frame was processed, 0 otherwise (e.g. outside the ROI, lost, damaged).
+#[derive(Clone, Debug)]
+pub struct PickUdf {
+    name: String,
+    row: usize,
+    col: usize,
+}
+
+impl PickUdf {
+    /// Picks the frame at scan position (`row`, `col`); named `pick`.
+    pub fn new(row: usize, col: usize) -> Self {
+        Self {
+            name: "pick".into(),
+            row,
+            col,
+        }
+    }
+    /// The same UDF under another name (names are unique within a run).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+}
+
+impl Udf for PickUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
+        vec![
+            BufferDecl::sig("intensity", "counts").with_dtype(ResultDType::U64),
+            BufferDecl::single("picked", vec![], "frames").with_dtype(ResultDType::U8),
+        ]
+    }
+    fn check(&self, meta: &UdfMeta) -> Result<(), String> {
+        let nav = meta.nav_shape;
+        if self.row >= nav.rows || self.col >= nav.cols {
+            return Err(format!(
+                "scan position (row {}, col {}) lies outside the {} scan",
+                self.row, self.col, nav
+            ));
+        }
+        Ok(())
+    }
+    fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
+        let target = (self.row * meta.nav_shape.cols + self.col) as u64;
+        with_pixel_type!(meta.dtype, P => Box::new(FrameKeeper::<P> {
+            frame: vec![0; meta.sig_shape.len()],
+            index: None,
+            rule: Rule::Exactly(target),
+            _p: std::marker::PhantomData,
+        }))
+    }
+}
+
+/// Which frame a [`FrameKeeper`] keeps.
+#[derive(Clone, Copy, Debug)]
+enum Rule {
+    /// The frame with this index.
+    Exactly(u64),
+    /// The frame with the highest index.
+    Latest,
+}
+
+/// Keeps one frame's pixels; merges by assigning.
+struct FrameKeeper<P: Pixel> {
+    frame: Vec<u64>,
+    index: Option<u64>,
+    rule: Rule,
+    _p: std::marker::PhantomData<P>,
+}
+
+impl<P: Pixel> PartitionTask for FrameKeeper<P> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        let sig = SigShape::new(1, self.frame.len());
+        self.process_tile(&TileView::single(frame, sig, pixels), nav);
+    }
+    fn process_tile(&mut self, tile: &TileView<'_>, _nav: &mut [f64]) {
+        if tile.n_frames == 0 {
+            return;
+        }
+        let i = match self.rule {
+            Rule::Exactly(t) if t >= tile.first_frame => t - tile.first_frame,
+            Rule::Exactly(_) => return,
+            Rule::Latest => {
+                let last = tile.first_frame + tile.n_frames as u64 - 1;
+                if self.index.is_some_and(|k| k >= last) {
+                    return;
+                }
+                last - tile.first_frame
+            }
+        };
+        let Ok(i) = usize::try_from(i) else { return };
+        if i >= tile.n_frames {
+            return;
+        }
+        let n = self.frame.len();
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        for (d, &v) in self.frame.iter_mut().zip(&px[i * n..(i + 1) * n]) {
+            *d = v.widen();
+        }
+        self.index = Some(tile.first_frame + i as u64);
+    }
+    fn merge_into(&mut self, global: &mut [ResultBuffer]) {
+        let Some(index) = self.index.take() else {
+            return;
+        };
+        let (img, flag) = global.split_at_mut(1);
+        if let Rule::Latest = self.rule {
+            // `flag` holds the index shown, NaN (never greater) when none.
+            if flag[0].data[0] >= index as f64 {
+                return;
+            }
+            flag[0].data[0] = index as f64;
+        } else {
+            flag[0].data[0] = 1.0;
+        }
+        for (g, &v) in img[0].data.iter_mut().zip(&self.frame) {
+            *g = v as f64;
+        }
+    }
+}
+
+/// The most recent frame: the one with the highest acquisition index processed so far.
+///
+/// No parameters besides the name. Output: sig `latest`, shape `[sig_rows, sig_cols]`,
+/// unit `counts`, dtype u64; single `frame`, shape `[]`: its acquisition index (NaN before
+/// the first). Costs one frame copy per tile; for the live view.
+#[derive(Clone, Debug)]
+pub struct SignalMonitorUdf {
+    name: String,
+}
+
+impl SignalMonitorUdf {
+    /// A signal monitor named `monitor`.
+    pub fn new() -> Self {
+        Self {
+            name: "monitor".into(),
+        }
+    }
+    /// The same UDF under another name (names are unique within a run).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+}
+
+impl Default for SignalMonitorUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Udf for SignalMonitorUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
+        vec![
+            BufferDecl::sig("latest", "counts").with_dtype(ResultDType::U64),
+            BufferDecl::single("frame", vec![], "frame index").with_dtype(ResultDType::U64),
+        ]
+    }
+    fn preprocess(&self, _meta: &UdfMeta, global: &mut [ResultBuffer]) -> Result<(), String> {
+        global[1].data[0] = f64::NAN;
+        Ok(())
+    }
+    fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
+        with_pixel_type!(meta.dtype, P => Box::new(FrameKeeper::<P> {
+            frame: vec![0; meta.sig_shape.len()],
+            index: None,
+            rule: Rule::Latest,
+            _p: std::marker::PhantomData,
+        }))
+    }
+}
+
+/// The sum of the frames of the partition merged most recently (a worker's frames since
+/// its previous merge: at most a snapshot interval's worth) — shows what arrives now.
+///
+/// No parameters besides the name. Output: sig `intensity`, shape `[sig_rows, sig_cols]`,
+/// unit `counts`, dtype u64; single `frames`, shape `[]`: frames in that partition. Which
+/// partition is the latest depends on timing; for the live view, not for analysis.
+#[derive(Clone, Debug)]
+pub struct PartitionMonitorUdf {
+    name: String,
+}
+
+impl PartitionMonitorUdf {
+    /// A partition monitor named `partition_monitor`.
+    pub fn new() -> Self {
+        Self {
+            name: "partition_monitor".into(),
+        }
+    }
+    /// The same UDF under another name (names are unique within a run).
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = name.to_string();
+        self
+    }
+}
+
+impl Default for PartitionMonitorUdf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Udf for PartitionMonitorUdf {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
+        vec![
+            BufferDecl::sig("intensity", "counts").with_dtype(ResultDType::U64),
+            BufferDecl::single("frames", vec![], "frames").with_dtype(ResultDType::U64),
+        ]
+    }
+    fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
+        with_pixel_type!(meta.dtype, P => Box::new(PartitionSum::<P> {
+            acc: vec![0; meta.sig_shape.len()],
+            frames: 0,
+            _p: std::marker::PhantomData,
+        }))
+    }
+}
+
+struct PartitionSum<P: Pixel> {
+    acc: Vec<u64>,
+    frames: u64,
+    _p: std::marker::PhantomData<P>,
+}
+
+impl<P: Pixel> PartitionTask for PartitionSum<P> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        let sig = SigShape::new(1, self.acc.len());
+        self.process_tile(&TileView::single(frame, sig, pixels), nav);
+    }
+    fn process_tile(&mut self, tile: &TileView<'_>, _nav: &mut [f64]) {
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        let n = self.acc.len().max(1);
+        for frame in px.chunks_exact(n) {
+            for (a, &v) in self.acc.iter_mut().zip(frame) {
+                *a = a.wrapping_add(v.widen());
+            }
+            self.frames += 1;
+        }
+    }
+    fn merge_into(&mut self, global: &mut [ResultBuffer]) {
+        if self.frames == 0 {
+            return;
+        }
+        for (g, a) in global[0].data.iter_mut().zip(self.acc.iter_mut()) {
+            *g = *a as f64;
+            *a = 0;
+        }
+        global[1].data[0] = self.frames as f64;
+        self.frames = 0;
+    }
+}

@@ -1,0 +1,554 @@
+//! `stemflow run` and `stemflow queue`: plans, sequence scripts and unattended queues
+//! (stemflow-sequences) on the embedded simulated instrument, through the orchestrator.
+//!
+//! [`SimExecutor`] implements the sequences' `Executor` over the actors' `Instrument`:
+//! acquisitions go through `Instrument::run_acquisition` (arm order, deadlines, cleanup,
+//! run record), microscope settings through the supervised microscope actor (read back),
+//! cleanup through the scan engine and detector actors.
+
+use crate::cli::{QueueArgs, RunArgs};
+use crate::pipeline::{self, Geometry};
+use crate::run::{SimulatedInstrument, assemble_simulated, runtime};
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+use stemflow_actors::detector::DetectorMsg;
+use stemflow_actors::microscope::MicroscopeMsg;
+use stemflow_actors::orchestrator::{AcquisitionRequest, Instrument, RunRecord};
+use stemflow_actors::scan::ScanMsg;
+use stemflow_config::Profile;
+use stemflow_core::detector::ArmMode;
+use stemflow_core::devices::MicroscopeSettings;
+use stemflow_core::metadata::MicroscopeState;
+use stemflow_core::result::BufferKind;
+use stemflow_sequences::engine::{Control, ExecError, Executor, RunOutcome, Session};
+use stemflow_sequences::plan::{PlanAcquisition, PlanSpec, ScanDefaults};
+use stemflow_sequences::queue::{Queue, QueueOptions, run_queue};
+use stemflow_sequences::script::{ScriptSource, run_script};
+use stemflow_simulators::microscope::{MicroscopeFaults, MicroscopeSetting};
+
+/// Deadline for one control call to an actor (the actors' own device deadlines are 10 s).
+const CALL_DEADLINE: Duration = Duration::from_secs(15);
+
+/// The simulated beam (emission) current, nA, outside an injected dip.
+const SIM_BEAM_CURRENT_NA: f64 = 1.0;
+
+/// The simulated beam current during an injected dip (a gun flash), nA.
+const SIM_DIP_CURRENT_NA: f64 = 0.1;
+
+/// The embedded simulated instrument driven by the orchestrator, as a sequences executor.
+pub struct SimExecutor {
+    rt: tokio::runtime::Runtime,
+    inst: Option<Instrument>,
+    _sim: crate::run::SimDetector,
+    geometry: Geometry,
+    record_raw: bool,
+    started: std::time::Instant,
+    /// Injected beam-current dip: (start, duration) in s after the instrument started.
+    beam_dip: Option<(f64, f64)>,
+}
+
+fn device(operation: &str, message: impl ToString) -> ExecError {
+    ExecError::Device {
+        operation: operation.into(),
+        message: message.to_string(),
+    }
+}
+
+impl SimExecutor {
+    /// Starts the simulated instrument of `profile` (Merlin simulator, scan engine and
+    /// microscope simulators, all actors) with `faults` in the microscope; returns it and
+    /// the plan defaults of the profile.
+    ///
+    /// # Errors
+    /// A simulator or an actor failed to start.
+    pub fn start(
+        profile: &Profile,
+        faults: MicroscopeFaults,
+        record_raw: bool,
+    ) -> Result<(Self, ScanDefaults)> {
+        let SimulatedInstrument {
+            sim,
+            spec,
+            geometry,
+            plan,
+        } = assemble_simulated(profile, faults)?;
+        let rt = runtime()?;
+        let inst = rt
+            .block_on(Instrument::start(spec))
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("starting the instrument")?;
+        Ok((
+            Self {
+                rt,
+                inst: Some(inst),
+                _sim: sim,
+                geometry,
+                record_raw,
+                started: std::time::Instant::now(),
+                beam_dip: None,
+            },
+            ScanDefaults { scan: plan },
+        ))
+    }
+
+    fn inst(&mut self) -> Result<&mut Instrument, ExecError> {
+        self.inst
+            .as_mut()
+            .ok_or_else(|| device("instrument", "already shut down"))
+    }
+}
+
+impl Drop for SimExecutor {
+    fn drop(&mut self) {
+        if let Some(inst) = self.inst.take() {
+            self.rt.block_on(inst.shutdown());
+        }
+    }
+}
+
+fn outcome(label: &str, r: &RunRecord) -> RunOutcome {
+    RunOutcome {
+        label: label.into(),
+        start_time: r.start_time.clone(),
+        stop_time: r.stop_time.clone(),
+        exit_status: serde_json::to_value(r.exit_status)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default(),
+        error: r.error.clone(),
+        frames_expected: r.frames_expected,
+        frames_received: r.frames_received,
+        frames_lost: r.frames_lost,
+        frames_damaged: r.frames_damaged,
+        output_file: r.output_file.clone(),
+        metadata: serde_json::to_value(&r.metadata).unwrap_or_default(),
+    }
+}
+
+impl Executor for SimExecutor {
+    fn acquire(&mut self, acq: &PlanAcquisition) -> Result<RunOutcome, ExecError> {
+        if let Some(dir) = acq.output.as_ref().and_then(|p| p.parent()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| device(&format!("creating {}", dir.display()), e))?;
+        }
+        let req = AcquisitionRequest {
+            mode: ArmMode::Active,
+            detector: acq.detector.clone(),
+            scan: acq.scan.clone(),
+            microscope: None,
+            arm_deadline: Duration::from_secs(5),
+            deadline_margin: Duration::from_secs(10),
+            output: acq.output.clone(),
+            pipeline: pipeline::builder(self.geometry, self.record_raw),
+            label: "simulated".into(),
+            nav_from_detector: false,
+        };
+        let rt = &self.rt;
+        let inst = self
+            .inst
+            .as_mut()
+            .ok_or_else(|| device("acquire", "instrument shut down"))?;
+        match rt.block_on(inst.run_acquisition(req)) {
+            Ok(r) => Ok(outcome(&acq.label, &r)),
+            Err(f) => Err(ExecError::Acquisition {
+                message: f.error.to_string(),
+                outcome: Box::new(outcome(&acq.label, &f.record)),
+            }),
+        }
+    }
+
+    fn set_microscope(
+        &mut self,
+        settings: &MicroscopeSettings,
+    ) -> Result<MicroscopeState, ExecError> {
+        let op = "set microscope";
+        let m = self
+            .inst()?
+            .refs()
+            .microscope
+            .ok_or_else(|| device(op, "the instrument has no microscope"))?;
+        let s = settings.clone();
+        self.rt
+            .block_on(m.call(|r| MicroscopeMsg::Apply(s, r), Some(CALL_DEADLINE)))
+            .map_err(|e| device(op, format!("microscope actor: {e}")))?
+            .success_or_else(|| {
+                device(
+                    op,
+                    format!("microscope actor: no reply within {CALL_DEADLINE:?}"),
+                )
+            })?
+            .map_err(|e| device(op, e))
+    }
+
+    fn read_microscope(&mut self) -> Result<MicroscopeState, ExecError> {
+        let op = "read microscope";
+        let m = self
+            .inst()?
+            .refs()
+            .microscope
+            .ok_or_else(|| device(op, "the instrument has no microscope"))?;
+        self.rt
+            .block_on(m.call(MicroscopeMsg::Read, Some(CALL_DEADLINE)))
+            .map_err(|e| device(op, format!("microscope actor: {e}")))?
+            .success_or_else(|| {
+                device(
+                    op,
+                    format!("microscope actor: no reply within {CALL_DEADLINE:?}"),
+                )
+            })?
+            .map_err(|e| device(op, e))
+    }
+
+    fn last_results(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        let Some(inst) = &self.inst else { return out };
+        for u in &inst.last_results().results {
+            for b in u.buffers.iter().filter(|b| b.kind == BufferKind::Nav) {
+                let v: Vec<f64> = b.data.iter().copied().filter(|x| x.is_finite()).collect();
+                if v.is_empty() {
+                    continue;
+                }
+                let n = v.len() as f64;
+                let mean = v.iter().sum::<f64>() / n;
+                let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
+                let key = format!("{}.{}", u.udf, b.name);
+                out.insert(format!("{key}.mean"), mean);
+                out.insert(format!("{key}.std"), std);
+                out.insert(
+                    format!("{key}.min"),
+                    v.iter().copied().fold(f64::INFINITY, f64::min),
+                );
+                out.insert(
+                    format!("{key}.max"),
+                    v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                );
+                out.insert(
+                    format!("{key}.contrast"),
+                    if mean != 0.0 { std / mean.abs() } else { 0.0 },
+                );
+            }
+        }
+        out
+    }
+
+    fn read_monitor(&mut self, name: &str) -> Result<f64, ExecError> {
+        match name {
+            // Emission current, measured before the blanker: a dark reference does not
+            // trip a beam-current suspender.
+            "beam_current_na" => {
+                let t = self.started.elapsed().as_secs_f64();
+                Ok(match self.beam_dip {
+                    Some((start, len)) if t >= start && t < start + len => SIM_DIP_CURRENT_NA,
+                    _ => SIM_BEAM_CURRENT_NA,
+                })
+            }
+            _ => Err(device(
+                &format!("read monitor `{name}`"),
+                "unknown monitor; the simulated instrument has `beam_current_na`",
+            )),
+        }
+    }
+
+    fn cleanup(&mut self, blank_beam: bool) -> Result<(), ExecError> {
+        let refs = self.inst()?.refs();
+        let mut errors = Vec::new();
+        // Stop the trigger source first, then disarm (reverse of the arm order).
+        if let Some(scan) = &refs.scan {
+            let r = self
+                .rt
+                .block_on(scan.call(ScanMsg::Stop, Some(CALL_DEADLINE)));
+            if let Some(e) = call_error(r.map(|c| c.success_or_else(|| ()))) {
+                errors.push(format!("stop scan: {e}"));
+            }
+        }
+        let r = self
+            .rt
+            .block_on(refs.detector.call(DetectorMsg::Disarm, Some(CALL_DEADLINE)));
+        if let Some(e) = call_error(r.map(|c| c.success_or_else(|| ()))) {
+            errors.push(format!("disarm detector: {e}"));
+        }
+        if blank_beam {
+            if let Err(e) = self.set_microscope(&MicroscopeSettings {
+                beam_blanked: Some(true),
+                ..Default::default()
+            }) {
+                errors.push(format!("blank beam: {e}"));
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(device("cleanup", errors.join("; ")))
+        }
+    }
+}
+
+/// The error of an actor call that replies `Result<(), DeviceError>`, if any: messaging
+/// failure, no reply within the deadline, or the device's error.
+fn call_error<E: std::fmt::Display>(
+    r: Result<Result<Result<(), stemflow_core::devices::DeviceError>, ()>, E>,
+) -> Option<String> {
+    match r {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(e))) => Some(e.to_string()),
+        Ok(Err(())) => Some(format!("no reply within {CALL_DEADLINE:?}")),
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+/// Parses `START:DURATION` (s after the start), e.g. `0.5:1.0`.
+fn parse_dip(text: &str) -> Result<(f64, f64)> {
+    let bad =
+        || anyhow::anyhow!("--sim-beam-dip {text}: expected START_S:DURATION_S, e.g. 0.5:1.0");
+    let (a, b) = text.split_once(':').ok_or_else(bad)?;
+    let (a, b): (f64, f64) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if !(a.is_finite() && b.is_finite() && a >= 0.0 && b >= 0.0) {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+fn load_profile(p: Option<&Path>) -> Result<Profile> {
+    Ok(match p {
+        Some(p) => Profile::load(p)?,
+        None => Profile::simulated(),
+    })
+}
+
+fn faults(stuck: Option<&str>) -> Result<MicroscopeFaults> {
+    use MicroscopeSetting as S;
+    let stuck = match stuck {
+        None => None,
+        Some(name) => Some(
+            [
+                S::HighTension,
+                S::CameraLength,
+                S::ConvergenceAngle,
+                S::Magnification,
+                S::Defocus,
+                S::BeamBlanked,
+            ]
+            .into_iter()
+            .find(|s| s.field() == name)
+            .with_context(|| {
+                format!("--sim-stuck-setting {name}: not a microscope setting (e.g. defocus_m)")
+            })?,
+        ),
+    };
+    Ok(MicroscopeFaults { stuck })
+}
+
+/// The optics of a profile, applied once when a run or queue starts (plans then change
+/// only what they name, so a refocus carries over to the next queue item).
+fn profile_optics(profile: &Profile) -> MicroscopeSettings {
+    let m = &profile.microscope;
+    MicroscopeSettings {
+        high_tension_v: Some(m.high_tension_v),
+        camera_length_m: Some(m.camera_length_m),
+        convergence_angle_rad: Some(m.convergence_angle_rad),
+        magnification: Some(m.magnification),
+        defocus_m: Some(m.defocus_m),
+        beam_blanked: Some(false),
+    }
+}
+
+/// The plan defaults of a profile (its scan and detector settings, no optics), without
+/// starting anything.
+fn defaults_of(profile: &Profile) -> ScanDefaults {
+    ScanDefaults {
+        scan: stemflow_sequences::Stem4dScanPlan {
+            nav_shape: profile.nav_shape(),
+            sig_shape: profile.sig_shape(),
+            dtype: crate::output::dtype_for_depth(profile.detector.counter_depth),
+            dwell_time_s: profile.scan.dwell_time_s,
+            flyback_s: profile.scan.flyback_s,
+            exposure_s: profile
+                .detector
+                .exposure_s
+                .min(profile.scan.dwell_time_s.max(1e-6)),
+            counter_depth: Some(profile.detector.counter_depth),
+            microscope: None,
+        },
+    }
+}
+
+/// Starts the simulated instrument and applies the profile's optics.
+fn start_instrument(
+    profile: &Profile,
+    stuck: Option<&str>,
+    beam_dip: Option<&str>,
+    record_raw: bool,
+) -> Result<SimExecutor> {
+    let (mut exec, _) = SimExecutor::start(profile, faults(stuck)?, record_raw)?;
+    exec.beam_dip = beam_dip.map(parse_dip).transpose()?;
+    let optics = profile_optics(profile);
+    println!(
+        "instrument: simulated; optics from the profile: {}",
+        stemflow_sequences::plan::describe_microscope(&optics)
+    );
+    exec.set_microscope(&optics)
+        .context("applying the profile's optics")?;
+    Ok(exec)
+}
+
+fn print_outcomes(outs: &[RunOutcome]) {
+    for o in outs {
+        println!(
+            "run `{}`: {}, {} of {} frames, {} lost, {} damaged{}",
+            o.label,
+            o.exit_status,
+            o.frames_received,
+            o.frames_expected,
+            o.frames_lost,
+            o.frames_damaged,
+            o.output_file
+                .as_ref()
+                .map(|p| format!(", {}", p.display()))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// Watches `OUT/control` for pause, resume, stop or abort (a word left from an earlier
+/// run is removed first, so it cannot stop this one).
+fn control_file(
+    out: &Path,
+    control: &Control,
+) -> Result<stemflow_sequences::engine::ControlFileWatch> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating output folder {}", out.display()))?;
+    let path = out.join("control");
+    let _ = std::fs::remove_file(&path);
+    println!(
+        "control: write pause, resume, stop or abort into {}",
+        path.display()
+    );
+    Ok(stemflow_sequences::watch_control_file(
+        path,
+        control.clone(),
+        Duration::from_millis(200),
+    ))
+}
+
+/// `stemflow run FILE`: one plan (`.toml`) or sequence script (`.rhai`) on the simulated
+/// instrument; `--dry-run` prints the steps, device settings, duration and data volume.
+pub fn run(args: &RunArgs) -> Result<()> {
+    let profile = load_profile(args.profile.as_deref())?;
+    let control = Control::default();
+    let _watch = (!args.dry_run)
+        .then(|| control_file(&args.out, &control))
+        .transpose()?;
+    let is_script = args.file.extension().is_some_and(|e| e == "rhai");
+    let defaults = defaults_of(&profile);
+    if is_script {
+        let src = ScriptSource::load(&args.file)?;
+        src.check()?;
+        if args.dry_run {
+            println!(
+                "script {}: syntax ok; not costed (its steps depend on its results)",
+                args.file.display()
+            );
+            return Ok(());
+        }
+        let exec = start_instrument(
+            &profile,
+            args.sim_stuck_setting.as_deref(),
+            args.sim_beam_dip.as_deref(),
+            !args.no_raw,
+        )?;
+        let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
+        session.set_log(Box::new(|m| println!("{m}")));
+        session.blank_beam_on_cleanup = args.blank_beam_on_cleanup;
+        let (mut session, r) = run_script(session, &src, &defaults);
+        // On failure the acquisitions run so far stay in the session.
+        print_outcomes(
+            &r.as_ref()
+                .map_or_else(|_| session.take_outcomes(), Clone::clone),
+        );
+        drop(session);
+        return r.map(|_| ()).map_err(Into::into);
+    }
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let spec = PlanSpec::from_toml_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let plan = spec
+        .build(&defaults)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    print!("{}", plan.dry_run()?);
+    if args.dry_run {
+        println!("dry run: no device touched");
+        return Ok(());
+    }
+    let steps = plan.steps()?;
+    let exec = start_instrument(
+        &profile,
+        args.sim_stuck_setting.as_deref(),
+        args.sim_beam_dip.as_deref(),
+        !args.no_raw,
+    )?;
+    let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
+    session.set_log(Box::new(|m| println!("{m}")));
+    session.blank_beam_on_cleanup = args.blank_beam_on_cleanup;
+    let r = session.run_steps(&steps, &mut stemflow_sequences::NoHooks);
+    session.cleanup();
+    let outs = session.take_outcomes();
+    print_outcomes(&outs);
+    r?;
+    if let Some(o) = outs
+        .iter()
+        .find(|o| o.frames_lost > 0 || o.frames_damaged > 0)
+    {
+        bail!(
+            "run `{}`: {} of {} frames lost and {} damaged",
+            o.label,
+            o.frames_lost,
+            o.frames_expected,
+            o.frames_damaged
+        );
+    }
+    Ok(())
+}
+
+/// `stemflow queue FILE.toml`: validates the whole queue, then runs it unattended with a
+/// journal in `--out`; `--resume` continues after the last finished unit.
+pub fn queue(args: &QueueArgs) -> Result<()> {
+    let profile = load_profile(args.profile.as_deref())?;
+    let defaults = defaults_of(&profile);
+    let q = Queue::load(&args.file, &defaults)?;
+    if args.dry_run {
+        print!("{}", q.dry_run());
+        println!("dry run: no device touched");
+        return Ok(());
+    }
+    println!("queue {}: {} units validated", q.name, q.units.len());
+    let exec = start_instrument(
+        &profile,
+        args.sim_stuck_setting.as_deref(),
+        args.sim_beam_dip.as_deref(),
+        !args.no_raw,
+    )?;
+    let opts = QueueOptions {
+        out: args.out.clone(),
+        resume: args.resume,
+    };
+    let control = Control::default();
+    let _watch = control_file(&args.out, &control)?;
+    let (exec, r) = run_queue(&q, Box::new(exec), &defaults, &opts, control);
+    drop(exec);
+    let rep = r?;
+    println!(
+        "journal: {} ({} completed, {} skipped, {} already done, {} frames lost)",
+        rep.journal.display(),
+        rep.completed,
+        rep.skipped,
+        rep.already_done,
+        rep.frames_lost
+    );
+    Ok(())
+}

@@ -1,0 +1,157 @@
+//! The DECTRIS path through the command line, as a user runs it: `stemflow sim dectris`
+//! replaying the real stream capture (`../shared/data/dectris/stream-v1/`, bitshuffle-LZ4
+//! blobs made by the reference C library), `stemflow acquire --detector dectris` configuring
+//! and arming it over REST and receiving the ZeroMQ stream, then `stemflow process` on the
+//! recording: every frame arrives and the total equals the capture's decoded frames
+//! (34 446 517 counts, data README).
+
+mod common;
+
+use common::process::ChildGuard;
+use common::scratch::{ScratchDir, shared_data, tail};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use stemflow_recording::reader::open_recording;
+
+fn stemflow(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stemflow"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run stemflow: {e}"));
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn acquire_from_the_dectris_simulator_replaying_the_capture() {
+    let capture = shared_data().join("dectris/stream-v1/synthetic_16x16_256_u16.dump");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
+    cmd.args(["sim", "dectris", "--api-port", "0", "--stream-port", "0"])
+        .args(["--fast", "--duration-s", "120", "--recording"])
+        .arg(&capture)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut sim = ChildGuard::spawn("stemflow sim dectris", &mut cmd);
+    let log = sim.tap_stdout();
+    let ports = log.wait_for(
+        Duration::from_secs(30),
+        || sim.try_status().is_none(),
+        |text| {
+            let line = text.lines().find(|l| l.starts_with("api_port="))?;
+            let mut it = line
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('=')?.1.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        },
+    );
+    let Some((api, stream)) = ports else {
+        panic!("`stemflow sim dectris` printed no ports: {}", log.text());
+    };
+
+    let dir = ScratchDir::new("cli-dectris");
+    let out = dir.path().join("live");
+    let out_s = out.to_str().expect("utf-8 path");
+    let (api_s, stream_s) = (api.to_string(), stream.to_string());
+    let (ok, text) = stemflow(&[
+        "acquire",
+        "--detector",
+        "dectris",
+        "--api-port",
+        &api_s,
+        "--stream-port",
+        &stream_s,
+        "--trigger",
+        "internal",
+        "--nav-shape",
+        "16x16",
+        "--exposure-ms",
+        "0.1",
+        "--out",
+        out_s,
+    ]);
+    assert!(ok, "acquire failed:\n{}", tail(&text, 6000));
+    assert!(
+        text.contains("256 expected, 256 received, 0 lost, 0 damaged, 256 processed"),
+        "{}",
+        tail(&text, 6000)
+    );
+    drop(log);
+    drop(sim);
+
+    let rec = open_recording(out.join("acquisition.h5")).expect("recording");
+    assert_eq!(rec.frames(), 256);
+    assert_eq!((rec.sig_shape().rows, rec.sig_shape().cols), (256, 256));
+    let meta = rec.metadata().expect("metadata");
+    assert!(meta.detector.contains("127.0.0.1"), "{}", meta.detector);
+
+    let processed = dir.path().join("offline");
+    let (ok, text) = stemflow(&[
+        "process",
+        out.join("acquisition.h5").to_str().expect("utf-8"),
+        "--out",
+        processed.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "process failed:\n{}", tail(&text, 4000));
+    assert!(
+        text.contains("sum over all frames and pixels: 34446517"),
+        "{}",
+        tail(&text, 4000)
+    );
+}
+
+/// The simulated instrument with a DECTRIS detector instead of the Merlin (a profile
+/// switch): the scan engine's pulses trigger the DECTRIS simulator (`exte`), frames arrive
+/// bitshuffle-LZ4 compressed over the stream, and the recording holds 192 × 192 u16 frames
+/// with the detector named in its metadata.
+#[test]
+fn simulated_instrument_with_a_dectris_detector() {
+    let dir = ScratchDir::new("cli-dectris-profile");
+    let out = dir.path().join("out");
+    let profile = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/profiles/simulated-dectris.toml"
+    );
+    let (ok, text) = stemflow(&[
+        "--profile",
+        profile,
+        "--nav-shape",
+        "12x12",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "simulate failed:\n{}", tail(&text, 6000));
+    assert!(
+        text.contains("DECTRIS simulator REST http://127.0.0.1:"),
+        "{}",
+        tail(&text, 4000)
+    );
+    assert!(
+        text.contains("144 expected, 144 received, 0 lost, 0 damaged, 144 processed"),
+        "{}",
+        tail(&text, 4000)
+    );
+    let rec = open_recording(out.join("scan.h5")).expect("recording");
+    assert_eq!(rec.frames(), 144);
+    assert_eq!((rec.sig_shape().rows, rec.sig_shape().cols), (192, 192));
+    assert_eq!(rec.dtype(), stemflow_core::DType::U16);
+    let meta = rec.metadata().expect("metadata");
+    assert!(
+        meta.detector.contains("127.0.0.1"),
+        "detector name {:?}",
+        meta.detector
+    );
+    assert_eq!(meta.scan.expect("scan read back").nav_shape.len(), 144);
+    for png in [
+        "virtual_bf.png",
+        "virtual_adf.png",
+        "com_x.png",
+        "com_y.png",
+    ] {
+        assert!(out.join(png).exists(), "{png}");
+    }
+}
