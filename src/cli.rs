@@ -169,6 +169,10 @@ pub struct AcquireArgs {
     /// Scan shape ROWSxCOLS (frames = ROWS*COLS). Passive mode: default from the HDR.
     #[arg(long)]
     pub nav_shape: Option<NavShape>,
+    /// Passive mode: a scan-shape hint with one side derived from the announced frame
+    /// count, e.g. `?x256` (256 positions per line, as many lines as there are frames).
+    #[arg(long, conflicts_with = "nav_shape")]
+    pub nav_hint: Option<stemflow_drivers::nav_hint::NavHint>,
     /// Output folder.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,

@@ -333,6 +333,7 @@ fn acquire_detector(args: &AcquireArgs) -> DetectorFactory {
             cfg.first_frame_timeout = first_frame_timeout;
             cfg.raw_format = args.raw;
             cfg.nav_shape = args.nav_shape;
+            cfg.nav_hint = args.nav_hint;
             Arc::new(move || {
                 MerlinDetector::connect(cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
             })
@@ -343,6 +344,7 @@ fn acquire_detector(args: &AcquireArgs) -> DetectorFactory {
             cfg.frame_timeout = frame_timeout;
             cfg.first_frame_timeout = first_frame_timeout;
             cfg.nav_shape = args.nav_shape;
+            cfg.nav_hint = args.nav_hint;
             Arc::new(move || {
                 DectrisDetector::connect(cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
             })

@@ -392,7 +392,7 @@ fn live_equals_offline(stem: &str) {
 
 /// Passive mode: `stemflow acquire --mode passive` connects, waits, and records the
 /// acquisition that another client arms and triggers over the control port; the scan shape
-/// comes from the HDR.
+/// comes from the frame count the HDR announces, folded by a hint (`?x3`).
 #[test]
 fn passive_acquire_records_acquisition_armed_elsewhere() {
     let stem = "Single_9_Frame_CounterDepth_12_Rows_256";
@@ -422,6 +422,8 @@ fn passive_acquire_records_acquisition_armed_elsewhere() {
                 &d,
                 "--arm-timeout-s",
                 "60",
+                "--nav-hint",
+                "?x3",
                 "--out",
                 &out_s,
             ],
@@ -464,6 +466,8 @@ fn passive_acquire_records_acquisition_armed_elsewhere() {
     );
     let rec = open(&out.join("acquisition.h5"));
     assert_eq!(rec.frames(), 9);
+    // The hint `?x3` folds the 9 announced frames into 3 lines of 3.
+    assert_eq!((rec.nav_shape().rows, rec.nav_shape().cols), (3, 3));
     assert_eq!(rec.metadata().expect("metadata").mode, "passive");
     assert_eq!(sim.stats().frames_sent, 9);
 }

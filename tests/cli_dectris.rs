@@ -155,3 +155,61 @@ fn simulated_instrument_with_a_dectris_detector() {
         assert!(out.join(png).exists(), "{png}");
     }
 }
+
+/// Passive mode: `stemflow acquire --detector dectris --mode passive` waits for a series
+/// that another client configures, arms and triggers over REST; the scan shape comes from
+/// the announced image count folded by the hint `?x16`.
+#[test]
+fn passive_acquire_of_a_series_armed_elsewhere_with_a_scan_shape_hint() {
+    use stemflow_drivers::dectris::SimplonClient;
+    use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig, DectrisSource, Pacing};
+    let capture = shared_data().join("dectris/stream-v1/synthetic_16x16_256_u16.dump");
+    let mut cfg = DectrisSimConfig::new(DectrisSource::Capture { path: capture });
+    cfg.pacing = Pacing::AsFastAsPossible;
+    let sim = DectrisSim::start(cfg).expect("DECTRIS simulator");
+    let dir = ScratchDir::new("cli-dectris-passive");
+    let out = dir.path().join("out");
+    let args: Vec<String> = [
+        "acquire",
+        "--detector",
+        "dectris",
+        "--mode",
+        "passive",
+        "--api-port",
+        &sim.api_addr().port().to_string(),
+        "--stream-port",
+        &sim.stream_addr().port().to_string(),
+        "--nav-hint",
+        "?x16",
+        "--arm-timeout-s",
+        "60",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let acquire = std::thread::spawn(move || {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        stemflow(&refs)
+    });
+    // Someone else: a soft-triggered series of 256 images.
+    std::thread::sleep(Duration::from_millis(1500));
+    let rest = SimplonClient::new("127.0.0.1", sim.api_addr().port(), Duration::from_secs(10));
+    rest.set_detector_config("trigger_mode", "ints")
+        .expect("trigger_mode");
+    rest.set_detector_config("ntrigger", 1).expect("ntrigger");
+    rest.set_detector_config("nimages", 256).expect("nimages");
+    rest.arm().expect("arm");
+    rest.trigger(None).expect("trigger");
+    let (ok, text) = acquire.join().expect("acquire thread");
+    assert!(ok, "passive acquire failed:\n{}", tail(&text, 6000));
+    assert!(
+        text.contains("256 expected, 256 received, 0 lost, 0 damaged"),
+        "{}",
+        tail(&text, 4000)
+    );
+    let rec = open_recording(out.join("acquisition.h5")).expect("recording");
+    assert_eq!((rec.nav_shape().rows, rec.nav_shape().cols), (16, 16));
+    assert_eq!(rec.metadata().expect("metadata").mode, "passive");
+}

@@ -22,10 +22,13 @@
 //!   bitshuffle-LZ4 / LZ4 codecs (our own, SIMD), the REST client, stream v1 (JSON) and v2
 //!   (CBOR) over our blocking ZeroMQ client, the receiver, the `Detector`, and offline HDF5
 //!   master/data sets read as raw chunks.
+//! - [`nav_hint`]: scan-shape hints with a side left to the announced frame count (passive
+//!   mode).
 //! - [`scpi`]: SCPI instruments over TCP and serial ports (IEEE 488.2 framing, error queue
 //!   after every setting): a waveform generator as a scan's pixel clock, and scan generators
 //!   and microscope columns driven through command maps from their config files.
 
 pub mod dectris;
 pub mod merlin;
+pub mod nav_hint;
 pub mod scpi;

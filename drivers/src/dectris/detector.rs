@@ -75,6 +75,9 @@ pub struct DectrisDetectorConfig {
     /// Scan shape to report, overriding the one from [`configure`](Detector::configure)
     /// (passive mode: the DCU does not know the scan).
     pub nav_shape: Option<NavShape>,
+    /// Passive mode: the scan shape from the announced image count and this hint, when
+    /// [`nav_shape`](Self::nav_shape) is not given.
+    pub nav_hint: Option<crate::nav_hint::NavHint>,
     /// Lost frames: continue and report (default) or abort the series.
     pub on_lost: LossPolicy,
     /// Frames per raw stack.
@@ -102,6 +105,7 @@ impl DectrisDetectorConfig {
             frame_timeout: Duration::from_secs(2),
             first_frame_timeout: Duration::from_secs(10),
             nav_shape: None,
+            nav_hint: None,
             on_lost: LossPolicy::Continue,
             frames_per_stack: 32,
             pool_stacks: 16,
@@ -579,10 +583,22 @@ impl Detector for DectrisDetector {
                 during: "starting the end-of-series watcher".into(),
                 source: e,
             })?;
+        let nav_shape = match (self.cfg.nav_shape, self.cfg.nav_hint) {
+            (Some(n), _) => Some(n),
+            (None, Some(hint)) if self.mode == ArmMode::Passive => Some(
+                hint.resolve(header.expected_frames)
+                    .map_err(|e| DeviceError::Protocol {
+                        device: self.name.clone(),
+                        expected: format!("a series that fits the scan-shape hint {hint}"),
+                        observed: e.to_string(),
+                    })?,
+            ),
+            _ => self.nav_shape,
+        };
         Ok(ArmedAcquisition {
             header: Some(header.raw.clone()),
             expected_frames: header.expected_frames,
-            nav_shape: self.cfg.nav_shape.or(self.nav_shape),
+            nav_shape,
             sig_shape,
             dtype,
             stacks,

@@ -38,6 +38,9 @@ pub struct MerlinDetectorConfig {
     pub first_frame_timeout: Duration,
     /// Scan shape to report, overriding the HDR's.
     pub nav_shape: Option<NavShape>,
+    /// Passive mode: the scan shape from the announced frame count and this hint, when
+    /// [`nav_shape`](Self::nav_shape) is not given.
+    pub nav_hint: Option<crate::nav_hint::NavHint>,
     /// Active mode: ask for raw frames (`FILEFORMAT` 2, R64 on the wire; protocols.md §1.7),
     /// as the detector sends at the highest frame rates.
     pub raw_format: bool,
@@ -54,6 +57,7 @@ impl MerlinDetectorConfig {
             frame_timeout: Duration::from_secs(2),
             first_frame_timeout: Duration::from_secs(10),
             nav_shape: None,
+            nav_hint: None,
             raw_format: false,
         }
     }
@@ -388,10 +392,23 @@ impl Detector for MerlinDetector {
                 during: "starting the end-of-acquisition watcher".into(),
                 source: e,
             })?;
+        let nav_shape = match (self.cfg.nav_shape, self.cfg.nav_hint) {
+            (Some(n), _) => Some(n),
+            (None, Some(hint)) => {
+                Some(hint.resolve(header.frames_in_acquisition()).map_err(|e| {
+                    DeviceError::Protocol {
+                        device: self.name.clone(),
+                        expected: format!("an acquisition that fits the scan-shape hint {hint}"),
+                        observed: e.to_string(),
+                    }
+                })?)
+            }
+            (None, None) => header.nav_shape(),
+        };
         Ok(ArmedAcquisition {
             header: Some(header.raw().to_string()),
             expected_frames: header.frames_in_acquisition(),
-            nav_shape: self.cfg.nav_shape.or_else(|| header.nav_shape()),
+            nav_shape,
             sig_shape,
             dtype,
             stacks,
