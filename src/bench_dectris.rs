@@ -57,8 +57,9 @@ fn one_run(nav: NavShape, sig: SigShape, bits: u32) -> Result<Figure> {
     let mut det = DectrisDetector::connect(dcfg)?;
     det.configure(&DetectorSettings {
         nav_shape: nav,
-        exposure_s: 1e-6,
-        frame_time_s: 1e-6,
+        // 100 kHz: the simulator paces as fast as the client takes frames anyway.
+        exposure_s: 1e-5,
+        frame_time_s: 1e-5,
         trigger: DetectorTrigger::Soft,
         frames_per_trigger: nav.len() as u64,
         counter_depth: None,

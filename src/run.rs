@@ -10,22 +10,36 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use stemflow_actors::detector::DetectorFactory;
+use stemflow_actors::microscope::MicroscopeFactory;
 use stemflow_actors::orchestrator::{
     AcquisitionRequest, ExitStatus, Instrument, RunFailure, RunRecord,
 };
 use stemflow_actors::recorder::RecordingFactory;
+use stemflow_actors::scan::ScanFactory;
 use stemflow_actors::supervisor::InstrumentSpec;
-use stemflow_config::Profile;
+use stemflow_config::{DetectorDevice, Profile, ScanEngineDevice};
 use stemflow_core::DType;
 use stemflow_core::detector::{ArmMode, Detector, DetectorSettings, DetectorTrigger};
-use stemflow_core::devices::{Microscope, MicroscopeSettings, ScanEngine, trigger_line};
+use stemflow_core::devices::{
+    Microscope, MicroscopeSettings, ScanEngine, TriggerSender, trigger_line,
+};
 use stemflow_drivers::dectris::detector::{DectrisDetector, DectrisDetectorConfig};
 use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
+use stemflow_drivers::scpi::microscope::MICROSCOPE_DEFAULT_MAP;
+use stemflow_drivers::scpi::scan_engine::SCAN_ENGINE_DEFAULT_MAP;
+use stemflow_drivers::scpi::{
+    CommandMap, MappedMicroscope, MappedMicroscopeConfig, MappedScanEngine, MappedScanEngineConfig,
+    PixelClock, PixelClockConfig, PixelClockTrigger, ScanPattern, ScpiAddress,
+};
 use stemflow_sequences::Stem4dScanPlan;
 use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig, DectrisSource};
 use stemflow_simulators::merlin::{MerlinFaults, MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
 use stemflow_simulators::microscope::{MicroscopeFaults, MicroscopeSim};
+use stemflow_simulators::pixel_clock::{PixelClockSim, PixelClockSimConfig};
 use stemflow_simulators::scan::{ScanEngineSim, ScanFaults};
+use stemflow_simulators::scpi_devices::{
+    ColumnSim, ColumnSimConfig, ScanGeneratorSim, ScanGeneratorSimConfig,
+};
 use stemflow_simulators::specimen::Specimen;
 
 /// Medipix3 pixel pitch, m.
@@ -43,18 +57,42 @@ pub fn recording_factory() -> RecordingFactory {
     Arc::new(crate::output::open_recording)
 }
 
-/// The detector simulator of the simulated instrument (stopped when dropped).
+/// The detector of the instrument: simulated in-process (stopped when dropped), or a real
+/// one named by the profile's `[devices.detector]`.
 pub enum SimDetector {
-    /// A Merlin on its control and data ports.
+    /// A Merlin simulator on its control and data ports.
     Merlin(MerlinSim),
-    /// A DECTRIS SIMPLON detector on its REST API and stream ports.
+    /// A DECTRIS SIMPLON simulator on its REST API and stream ports.
     Dectris(DectrisSim),
+    /// A real detector at this address.
+    External(String),
+}
+
+/// The simulators a profile asked for, kept running for the instrument's lifetime.
+pub struct SimDevices {
+    /// The detector (simulated or external).
+    pub detector: SimDetector,
+    /// Device simulators driven by real drivers (pixel clock, scan generator, column).
+    _others: Vec<Box<dyn Send>>,
+    /// One line per device, for the terminal.
+    lines: Vec<String>,
+}
+
+impl SimDevices {
+    /// Where everything listens, for the terminal.
+    pub fn describe(&self) -> String {
+        std::iter::once(self.detector.describe())
+            .chain(self.lines.iter().cloned())
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 impl SimDetector {
     /// Where it listens, for the terminal.
     pub fn describe(&self) -> String {
         match self {
+            Self::External(a) => format!("detector at {a}"),
             Self::Merlin(s) => format!(
                 "Merlin simulator control {} data {}",
                 s.control_addr(),
@@ -74,8 +112,8 @@ impl SimDetector {
 /// trigger line, a simulated microscope, the actor spec over them, the virtual detector
 /// geometry and the profile's default scan.
 pub struct SimulatedInstrument {
-    /// The detector simulator (stopped when dropped).
-    pub sim: SimDetector,
+    /// The simulators (stopped when dropped) and the detector's description.
+    pub sim: SimDevices,
     /// Factories for the orchestrator.
     pub spec: InstrumentSpec,
     /// Virtual detector geometry for the live reductions, pixels.
@@ -117,7 +155,10 @@ pub fn assemble_simulated(
 
     // The trigger cable from the scan engine to the detector.
     let (trig_out, trig_in) = trigger_line();
-    let (sim, detector): (SimDetector, DetectorFactory) = if dectris {
+    let (sim, detector): (SimDetector, DetectorFactory) = if let Some(d) = &profile.devices.detector
+    {
+        external_detector(d, dectris)?
+    } else if dectris {
         let mut cfg = DectrisSimConfig::new(DectrisSource::Synthetic {
             specimen,
             nav_shape: nav,
@@ -178,22 +219,19 @@ pub fn assemble_simulated(
         }),
     };
 
-    let scan_out = trig_out.clone();
+    let mut others: Vec<Box<dyn Send>> = Vec::new();
+    let mut lines = Vec::new();
+    let scan = scan_engine(profile, trig_out, &mut others, &mut lines)?;
+    let microscope = microscope(profile, microscope_faults, &mut others, &mut lines)?;
+    let sim = SimDevices {
+        detector: sim,
+        _others: others,
+        lines,
+    };
     let spec = InstrumentSpec {
         detector,
-        scan: Some(Arc::new(move || {
-            Ok(
-                Box::new(ScanEngineSim::new(scan_out.clone(), ScanFaults::default()))
-                    as Box<dyn ScanEngine>,
-            )
-        })),
-        microscope: Some(Arc::new(move || {
-            let start = MicroscopeSim::default().read_state()?;
-            Ok(
-                Box::new(MicroscopeSim::new(start, microscope_faults.clone()))
-                    as Box<dyn Microscope>,
-            )
-        })),
+        scan: Some(scan),
+        microscope: Some(microscope),
         recording: recording_factory(),
     };
     let r = &profile.reductions;
@@ -211,6 +249,173 @@ pub fn assemble_simulated(
         geometry,
         plan,
     })
+}
+
+/// A real detector from `[devices.detector]`.
+fn external_detector(d: &DetectorDevice, dectris: bool) -> Result<(SimDetector, DetectorFactory)> {
+    let host: std::net::IpAddr = d.address.parse().with_context(|| {
+        format!(
+            "devices.detector.address `{}` is not an IP address",
+            d.address
+        )
+    })?;
+    if dectris {
+        let cfg = DectrisDetectorConfig::new(
+            &d.address,
+            d.api_port,
+            SocketAddr::new(host, d.stream_port),
+        );
+        let factory: DetectorFactory = Arc::new(move || {
+            DectrisDetector::connect(cfg.clone()).map(|x| Box::new(x) as Box<dyn Detector>)
+        });
+        let at = format!(
+            "DECTRIS REST {}:{} stream {}:{}",
+            d.address, d.api_port, d.address, d.stream_port
+        );
+        Ok((SimDetector::External(at), factory))
+    } else {
+        let cfg = MerlinDetectorConfig::new(
+            SocketAddr::new(host, d.control_port),
+            SocketAddr::new(host, d.data_port),
+        );
+        let factory: DetectorFactory = Arc::new(move || {
+            MerlinDetector::connect(cfg.clone()).map(|x| Box::new(x) as Box<dyn Detector>)
+        });
+        let at = format!(
+            "Merlin control {}:{} data {}:{}",
+            d.address, d.control_port, d.address, d.data_port
+        );
+        Ok((SimDetector::External(at), factory))
+    }
+}
+
+fn scpi_address(section: &str, address: Option<&str>) -> Result<ScpiAddress> {
+    let a = address.with_context(|| format!("{section}.address is missing"))?;
+    a.parse::<ScpiAddress>()
+        .map_err(|e| anyhow::anyhow!("{section}.address: {e}"))
+}
+
+/// The scan engine of `[devices.scan_engine]` (default: the in-process simulator), its
+/// simulator started when `simulated = true` and wired to the detector's trigger input.
+fn scan_engine(
+    profile: &Profile,
+    trig_out: TriggerSender,
+    others: &mut Vec<Box<dyn Send>>,
+    lines: &mut Vec<String>,
+) -> Result<ScanFactory> {
+    let timeout = |e: &ScanEngineDevice| Duration::from_secs_f64(e.timeout_s);
+    match profile.devices.scan_engine.as_ref() {
+        None => Ok(simulated_scan(trig_out)),
+        Some(e) if e.kind == "simulated" => Ok(simulated_scan(trig_out)),
+        Some(e) if e.kind == "pixel-clock" => {
+            let address = if e.simulated {
+                let sim = PixelClockSim::start(PixelClockSimConfig {
+                    output: Some(trig_out),
+                    ..PixelClockSimConfig::default()
+                })
+                .context("starting the pixel clock simulator")?;
+                lines.push(format!("pixel clock simulator {} (SCPI)", sim.addr()));
+                let a = ScpiAddress::Tcp(sim.addr().to_string());
+                others.push(Box::new(sim));
+                a
+            } else {
+                scpi_address("devices.scan_engine", e.address.as_deref())?
+            };
+            let mut cfg = PixelClockConfig::new(address);
+            cfg.channel = e.channel;
+            cfg.timeout = timeout(e);
+            cfg.trigger = match e.start.as_deref() {
+                Some("external") => PixelClockTrigger::External,
+                _ => PixelClockTrigger::Bus,
+            };
+            Ok(Arc::new(move || {
+                PixelClock::connect(cfg.clone()).map(|c| Box::new(c) as Box<dyn ScanEngine>)
+            }))
+        }
+        Some(e) => {
+            let address = if e.simulated {
+                let sim = ScanGeneratorSim::start(ScanGeneratorSimConfig {
+                    output: Some(trig_out),
+                    ..ScanGeneratorSimConfig::default()
+                })
+                .context("starting the scan generator simulator")?;
+                lines.push(format!(
+                    "scan generator simulator {} (command map)",
+                    sim.addr()
+                ));
+                let a = ScpiAddress::Tcp(sim.addr().to_string());
+                others.push(Box::new(sim));
+                a
+            } else {
+                scpi_address("devices.scan_engine", e.address.as_deref())?
+            };
+            let mut cfg = MappedScanEngineConfig::new(address);
+            cfg.timeout = timeout(e);
+            cfg.commands = e.commands.clone();
+            cfg.pattern = match e.pattern.as_deref() {
+                Some("serpentine") => ScanPattern::Serpentine,
+                _ => ScanPattern::Raster,
+            };
+            // The map is checked now, so a typo is reported before anything moves.
+            CommandMap::new(
+                "devices.scan_engine.commands",
+                SCAN_ENGINE_DEFAULT_MAP,
+                &cfg.commands,
+            )?;
+            Ok(Arc::new(move || {
+                MappedScanEngine::connect(cfg.clone()).map(|c| Box::new(c) as Box<dyn ScanEngine>)
+            }))
+        }
+    }
+}
+
+fn simulated_scan(trig_out: TriggerSender) -> ScanFactory {
+    Arc::new(move || {
+        Ok(
+            Box::new(ScanEngineSim::new(trig_out.clone(), ScanFaults::default()))
+                as Box<dyn ScanEngine>,
+        )
+    })
+}
+
+/// The microscope of `[devices.microscope]` (default: the in-process simulator with
+/// `faults`), its simulator started when `simulated = true`.
+fn microscope(
+    profile: &Profile,
+    faults: MicroscopeFaults,
+    others: &mut Vec<Box<dyn Send>>,
+    lines: &mut Vec<String>,
+) -> Result<MicroscopeFactory> {
+    match profile.devices.microscope.as_ref() {
+        Some(m) if m.kind == "command-map" => {
+            let address = if m.simulated {
+                let sim = ColumnSim::start(ColumnSimConfig::default())
+                    .context("starting the column simulator")?;
+                lines.push(format!("column simulator {} (command map)", sim.addr()));
+                let a = ScpiAddress::Tcp(sim.addr().to_string());
+                others.push(Box::new(sim));
+                a
+            } else {
+                scpi_address("devices.microscope", m.address.as_deref())?
+            };
+            let mut cfg = MappedMicroscopeConfig::new(address);
+            cfg.timeout = Duration::from_secs_f64(m.timeout_s);
+            cfg.settle = Duration::from_secs_f64(m.settle_s);
+            cfg.commands = m.commands.clone();
+            CommandMap::new(
+                "devices.microscope.commands",
+                MICROSCOPE_DEFAULT_MAP,
+                &cfg.commands,
+            )?;
+            Ok(Arc::new(move || {
+                MappedMicroscope::connect(cfg.clone()).map(|c| Box::new(c) as Box<dyn Microscope>)
+            }))
+        }
+        _ => Ok(Arc::new(move || {
+            let start = MicroscopeSim::default().read_state()?;
+            Ok(Box::new(MicroscopeSim::new(start, faults.clone())) as Box<dyn Microscope>)
+        })),
+    }
 }
 
 /// Runs one 4D-STEM scan on the simulated instrument.

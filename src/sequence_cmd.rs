@@ -41,7 +41,7 @@ const SIM_DIP_CURRENT_NA: f64 = 0.1;
 pub struct SimExecutor {
     rt: tokio::runtime::Runtime,
     inst: Option<Instrument>,
-    _sim: crate::run::SimDetector,
+    _sim: crate::run::SimDevices,
     geometry: Geometry,
     record_raw: bool,
     started: std::time::Instant,

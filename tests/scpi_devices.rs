@@ -250,3 +250,109 @@ fn a_microscope_setting_that_does_not_take_names_setting_requested_and_actual() 
     }
     assert!(err.to_string().contains("microscope @ 127.0.0.1:"), "{err}");
 }
+
+/// Runs `stemflow ARGS` with a deadline; returns success and stdout + stderr.
+fn stemflow(args: &[&str], scratch: &std::path::Path) -> (bool, String) {
+    let log = scratch.join("output.log");
+    let file = std::fs::File::create(&log).expect("log file");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_stemflow"));
+    cmd.args(args)
+        .stdout(file.try_clone().expect("clone"))
+        .stderr(file);
+    let mut child = common::process::ChildGuard::spawn("stemflow", &mut cmd);
+    let status = child.wait_timeout(Duration::from_secs(120));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    match status {
+        Some(s) => (s.success(), text),
+        None => panic!("stemflow {args:?} still running after 120 s:\n{text}"),
+    }
+}
+
+/// The profiles that put SCPI devices into the simulated instrument: each device's
+/// simulator runs in-process and the real drivers talk to it over TCP — a pixel clock
+/// triggering the Merlin, or a command-map scan generator triggering the DECTRIS detector,
+/// with a command-map microscope column whose read-back state lands in the recording.
+#[test]
+fn profiles_with_scpi_devices_run_the_whole_scan() {
+    for (profile, detector_line, scan_line) in [
+        (
+            "simulated-pixel-clock.toml",
+            "Merlin simulator",
+            "pixel clock simulator 127.0.0.1:",
+        ),
+        (
+            "simulated-dectris-scan-generator.toml",
+            "DECTRIS simulator",
+            "scan generator simulator 127.0.0.1:",
+        ),
+    ] {
+        let dir = common::scratch::ScratchDir::new("scpi-profile");
+        let out = dir.path().join("out");
+        let path = format!("{}/config/profiles/{profile}", env!("CARGO_MANIFEST_DIR"));
+        let (ok, text) = stemflow(
+            &[
+                "--profile",
+                &path,
+                "--nav-shape",
+                "10x12",
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+            dir.path(),
+        );
+        assert!(ok, "{profile}:\n{text}");
+        for needle in [
+            detector_line,
+            scan_line,
+            "column simulator 127.0.0.1:",
+            "120 expected, 120 received, 0 lost, 0 damaged, 120 processed",
+        ] {
+            assert!(
+                text.contains(needle),
+                "{profile}: no `{needle}` in:\n{text}"
+            );
+        }
+        let rec = stemflow_recording::reader::open_recording(out.join("scan.h5")).expect("h5");
+        let meta = rec.metadata().expect("metadata");
+        let m = meta.microscope.expect("column state read back");
+        assert_eq!(m.high_tension_v, 200e3, "{profile}");
+        assert_eq!(m.camera_length_m, 0.1, "{profile}");
+        let scan = meta.scan.expect("scan read back");
+        assert_eq!(
+            (scan.nav_shape.rows, scan.nav_shape.cols),
+            (10, 12),
+            "{profile}"
+        );
+    }
+}
+
+/// A site profile names a device that is not there: the error names the device and the
+/// address, within the deadline, and nothing is left running.
+#[test]
+fn a_profile_whose_scan_engine_does_not_answer_fails_clearly() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let dir = common::scratch::ScratchDir::new("scpi-profile-missing");
+    let profile = dir.path().join("site.toml");
+    let text = stemflow_config::SIMULATED_PROFILE.to_string()
+        + &format!(
+            "\n[devices.scan_engine]\nkind = \"pixel-clock\"\naddress = \"{addr}\"\ntimeout_s = 0.5\n"
+        );
+    std::fs::write(&profile, text).expect("profile");
+    let t0 = Instant::now();
+    let (ok, out) = stemflow(
+        &[
+            "--profile",
+            profile.to_str().expect("utf-8"),
+            "--nav-shape",
+            "4x4",
+            "--out",
+            dir.path().join("out").to_str().expect("utf-8"),
+        ],
+        dir.path(),
+    );
+    assert!(!ok, "ran without its scan engine:\n{out}");
+    assert!(out.contains(&format!("pixel clock @ {addr}")), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+}

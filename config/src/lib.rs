@@ -123,6 +123,170 @@ pub struct ReductionsSection {
     pub com_radius: f64,
 }
 
+/// `[devices.detector]`: where a real detector is. Absent: the detector is simulated
+/// in-process (kind from `[detector]`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DetectorDevice {
+    /// Host: the Merlin PC, or the DECTRIS detector control unit.
+    pub address: String,
+    /// Merlin control port (default 6341).
+    #[serde(default = "default_control_port")]
+    pub control_port: u16,
+    /// Merlin data port (default 6342).
+    #[serde(default = "default_data_port")]
+    pub data_port: u16,
+    /// DECTRIS REST API port (default 80).
+    #[serde(default = "default_api_port")]
+    pub api_port: u16,
+    /// DECTRIS stream port (default 9999, stream v1).
+    #[serde(default = "default_stream_port")]
+    pub stream_port: u16,
+}
+
+fn default_control_port() -> u16 {
+    6341
+}
+fn default_data_port() -> u16 {
+    6342
+}
+fn default_api_port() -> u16 {
+    80
+}
+fn default_stream_port() -> u16 {
+    9999
+}
+fn default_channel() -> u8 {
+    1
+}
+fn default_settle_s() -> f64 {
+    0.1
+}
+fn default_timeout_s() -> f64 {
+    2.0
+}
+
+/// `[devices.scan_engine]`: what moves the probe and triggers the detector.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ScanEngineDevice {
+    /// `simulated` (in-process scan engine), `pixel-clock` (a burst waveform generator over
+    /// SCPI) or `command-map` (a scan generator driven through `commands`).
+    pub kind: String,
+    /// `HOST:PORT` or `serial:PATH[@BAUD]`; absent with `simulated = true`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Start this device's simulator in-process and drive it over TCP with the real driver.
+    #[serde(default)]
+    pub simulated: bool,
+    /// Response deadline, s.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+    /// Pixel clock: output channel.
+    #[serde(default = "default_channel")]
+    pub channel: u8,
+    /// Pixel clock: what starts the burst, `bus` (stemflow) or `external`.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Command map: `raster` or `serpentine`.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// Command map: overrides of the default commands, operation → template.
+    #[serde(default)]
+    pub commands: std::collections::BTreeMap<String, String>,
+}
+
+/// `[devices.microscope]`: the column.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MicroscopeDevice {
+    /// `simulated` (in-process) or `command-map` (driven through `commands`).
+    pub kind: String,
+    /// `HOST:PORT` or `serial:PATH[@BAUD]`; absent with `simulated = true`.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// Start this device's simulator in-process and drive it over TCP with the real driver.
+    #[serde(default)]
+    pub simulated: bool,
+    /// Response deadline, s.
+    #[serde(default = "default_timeout_s")]
+    pub timeout_s: f64,
+    /// Wait after applying settings before reading them back, s.
+    #[serde(default = "default_settle_s")]
+    pub settle_s: f64,
+    /// Overrides of the default commands, operation → template.
+    #[serde(default)]
+    pub commands: std::collections::BTreeMap<String, String>,
+}
+
+/// `[devices]`: the physical devices; every part absent is simulated in-process.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesSection {
+    /// A real detector.
+    #[serde(default)]
+    pub detector: Option<DetectorDevice>,
+    /// The scan engine or pixel clock.
+    #[serde(default)]
+    pub scan_engine: Option<ScanEngineDevice>,
+    /// The microscope column.
+    #[serde(default)]
+    pub microscope: Option<MicroscopeDevice>,
+}
+
+/// `HOST:PORT` or `serial:PATH[@BAUD]`, checked for shape (the driver resolves it).
+fn address_problem(a: &str) -> Option<String> {
+    if let Some(rest) = a.strip_prefix("serial:") {
+        let (path, baud) = rest.rsplit_once('@').unwrap_or((rest, "9600"));
+        if path.is_empty() || baud.parse::<u32>().is_err() {
+            return Some(format!("`{a}`: expected serial:PATH[@BAUD]"));
+        }
+        return None;
+    }
+    match a.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => None,
+        _ => Some(format!("`{a}`: expected HOST:PORT or serial:PATH[@BAUD]")),
+    }
+}
+
+/// Address, `simulated` and deadline of a device section.
+fn check_device(
+    bad: &dyn Fn(&str, String) -> ConfigError,
+    section: &str,
+    kind: &str,
+    address: Option<&str>,
+    simulated: bool,
+    timeout_s: f64,
+) -> Result<(), ConfigError> {
+    match (kind, address, simulated) {
+        ("simulated", Some(_), _) => Err(bad(
+            &format!("{section}.address"),
+            "a simulated device has no address".into(),
+        )),
+        ("simulated", None, _) => Ok(()),
+        (_, Some(_), true) => Err(bad(
+            &format!("{section}.address"),
+            "give either an address or `simulated = true`, not both".into(),
+        )),
+        (_, None, false) => Err(bad(
+            &format!("{section}.address"),
+            "missing (or set `simulated = true`)".into(),
+        )),
+        (_, Some(a), false) => match address_problem(a) {
+            Some(p) => Err(bad(&format!("{section}.address"), p)),
+            None => Ok(()),
+        },
+        (_, None, true) => Ok(()),
+    }?;
+    if !(timeout_s > 0.0 && timeout_s <= 600.0) {
+        return Err(bad(
+            &format!("{section}.timeout_s"),
+            format!("{timeout_s} s: must be within 0–600 s"),
+        ));
+    }
+    Ok(())
+}
+
 /// A whole instrument profile.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +301,9 @@ pub struct Profile {
     pub specimen: SpecimenSection,
     /// Reductions.
     pub reductions: ReductionsSection,
+    /// Physical devices (absent: everything simulated in-process).
+    #[serde(default)]
+    pub devices: DevicesSection,
 }
 
 impl Profile {
@@ -237,6 +404,74 @@ impl Profile {
                 ),
             ));
         }
+        if let Some(d) = &self.devices.detector {
+            if d.address.trim().is_empty() {
+                return Err(bad("devices.detector.address", "empty".into()));
+            }
+        }
+        if let Some(e) = &self.devices.scan_engine {
+            if !["simulated", "pixel-clock", "command-map"].contains(&e.kind.as_str()) {
+                return Err(bad(
+                    "devices.scan_engine.kind",
+                    format!(
+                        "`{}`: supported: simulated, pixel-clock, command-map",
+                        e.kind
+                    ),
+                ));
+            }
+            check_device(
+                &bad,
+                "devices.scan_engine",
+                &e.kind,
+                e.address.as_deref(),
+                e.simulated,
+                e.timeout_s,
+            )?;
+            if let Some(start) = &e.start {
+                if e.kind != "pixel-clock" || !["bus", "external"].contains(&start.as_str()) {
+                    return Err(bad(
+                        "devices.scan_engine.start",
+                        format!("`{start}`: only for kind = \"pixel-clock\", `bus` or `external`"),
+                    ));
+                }
+            }
+            if let Some(p) = &e.pattern {
+                if e.kind != "command-map" || !["raster", "serpentine"].contains(&p.as_str()) {
+                    return Err(bad(
+                        "devices.scan_engine.pattern",
+                        format!("`{p}`: only for kind = \"command-map\", `raster` or `serpentine`"),
+                    ));
+                }
+            }
+            if !e.commands.is_empty() && e.kind != "command-map" {
+                return Err(bad(
+                    "devices.scan_engine.commands",
+                    "only for kind = \"command-map\"".into(),
+                ));
+            }
+        }
+        if let Some(m) = &self.devices.microscope {
+            if !["simulated", "command-map"].contains(&m.kind.as_str()) {
+                return Err(bad(
+                    "devices.microscope.kind",
+                    format!("`{}`: supported: simulated, command-map", m.kind),
+                ));
+            }
+            check_device(
+                &bad,
+                "devices.microscope",
+                &m.kind,
+                m.address.as_deref(),
+                m.simulated,
+                m.timeout_s,
+            )?;
+            if !(0.0..=60.0).contains(&m.settle_s) {
+                return Err(bad(
+                    "devices.microscope.settle_s",
+                    format!("{} s: must be within 0–60 s", m.settle_s),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -289,5 +524,63 @@ mod tests {
             (p.detector.kind.as_str(), p.detector.counter_depth),
             ("dectris", 16)
         );
+    }
+
+    #[test]
+    fn every_shipped_profile_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("profiles folder") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                n += 1;
+            }
+        }
+        assert!(n >= 6, "{n} profiles");
+    }
+
+    #[test]
+    fn device_sections_are_validated_with_file_and_key() {
+        let with = |extra: &str| SIMULATED_PROFILE.to_string() + "\n" + extra;
+        let cases = [
+            (
+                "[devices.scan_engine]\nkind = \"laser\"\n",
+                "devices.scan_engine.kind",
+            ),
+            (
+                "[devices.scan_engine]\nkind = \"pixel-clock\"\n",
+                "devices.scan_engine.address",
+            ),
+            (
+                "[devices.scan_engine]\nkind = \"pixel-clock\"\naddress = \"awg\"\n",
+                "devices.scan_engine.address",
+            ),
+            (
+                "[devices.scan_engine]\nkind = \"pixel-clock\"\nsimulated = true\npattern = \"raster\"\n",
+                "devices.scan_engine.pattern",
+            ),
+            (
+                "[devices.microscope]\nkind = \"command-map\"\naddress = \"serial:@fast\"\n",
+                "devices.microscope.address",
+            ),
+            (
+                "[devices.microscope]\nkind = \"simulated\"\nsettle_s = 100.0\n",
+                "devices.microscope.settle_s",
+            ),
+        ];
+        for (extra, key) in cases {
+            let e = Profile::from_toml(&with(extra), "dev.toml")
+                .expect_err(extra)
+                .to_string();
+            assert!(e.contains("dev.toml") && e.contains(key), "{extra}: {e}");
+        }
+        let e = Profile::from_toml(
+            &with("[devices.scan_engine]\nkind = \"simulated\"\nspeed = 3\n"),
+            "u.toml",
+        )
+        .expect_err("unknown key")
+        .to_string();
+        assert!(e.contains("u.toml") && e.contains("speed"), "{e}");
     }
 }

@@ -774,7 +774,7 @@ fn prepare(
         })?;
     let layouts = udfs
         .iter()
-        .map(|u| UdfLayout::new(&u.buffers(&meta), u.granularity()))
+        .map(|u| UdfLayout::new(&u.buffers(&meta), u.granularity(&meta)))
         .collect();
     let mut global = Snapshot {
         frames_processed: 0,

@@ -317,8 +317,10 @@ pub trait Udf: Send + Sync {
     /// task's buffers here, not while processing).
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask>;
 
-    /// Which method of the task the engine feeds (default [`Granularity::Tile`]).
-    fn granularity(&self) -> Granularity {
+    /// Which method of the task the engine feeds for a data set of `meta` (default
+    /// [`Granularity::Tile`]).
+    fn granularity(&self, meta: &UdfMeta) -> Granularity {
+        let _ = meta;
         Granularity::Tile
     }
 

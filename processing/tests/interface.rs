@@ -117,7 +117,7 @@ impl Udf for PartitionUdf {
             BufferDecl::nav("first_pixel", "counts"),
         ]
     }
-    fn granularity(&self) -> Granularity {
+    fn granularity(&self, _meta: &UdfMeta) -> Granularity {
         Granularity::Partition
     }
     fn preprocess(&self, _m: &UdfMeta, global: &mut [ResultBuffer]) -> Result<(), String> {

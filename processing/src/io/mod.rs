@@ -424,7 +424,7 @@ impl DataSet for NpyDataSet {
 }
 
 mod h5;
-pub use h5::Hdf5DataSet;
+pub use h5::{DEFAULT_DATASETS, Hdf5DataSet};
 
 /// Runs `udfs` over every frame of `data` (frames beyond `cfg.nav_shape` are counted in
 /// [`RunSummary::out_of_range`]), reading partitions of [`RunConfig::partition_frames`]

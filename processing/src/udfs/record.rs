@@ -70,7 +70,7 @@ impl Udf for RecordUdf {
     fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
         vec![BufferDecl::single("frames_written", vec![], "frames").with_dtype(ResultDType::U64)]
     }
-    fn granularity(&self) -> Granularity {
+    fn granularity(&self, _meta: &UdfMeta) -> Granularity {
         Granularity::Partition
     }
     fn preprocess(&self, meta: &UdfMeta, _global: &mut [ResultBuffer]) -> Result<(), String> {

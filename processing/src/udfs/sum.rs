@@ -47,14 +47,25 @@ impl Udf for SumUdf {
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
         with_pixel_type!(meta.dtype, P => Box::new(SumTask::<P>::new(meta)))
     }
-    fn granularity(&self) -> Granularity {
-        // Whole partitions, summed block by block of the frame: the accumulator block
-        // stays in L1 while every frame of the partition is added to it, instead of the
-        // whole accumulator (1 MiB for 512 × 512 frames) crossing the caches for every
-        // four frames. The other UDFs then find the partition in the last-level cache.
-        Granularity::Partition
+    fn granularity(&self, meta: &UdfMeta) -> Granularity {
+        // Large frames: whole partitions, summed block by block of the frame, so that an
+        // accumulator block stays in L1 while every frame of the partition is added to it,
+        // instead of the whole accumulator (1 MiB for 512 × 512 frames) crossing the
+        // caches for every few frames. Small frames: cache-sized chunks, read once from
+        // memory and then found in L2 by the other UDFs of the run (measured: twice as
+        // fast for 256 × 256 u16 in the full set, 30 % slower for 512 × 512 u16 sums).
+        let acc_bytes = meta.sig_shape.len()
+            * with_pixel_type!(meta.dtype, P => std::mem::size_of::<<P as Pixel>::Acc>());
+        if acc_bytes > PARTITION_ACC_BYTES {
+            Granularity::Partition
+        } else {
+            Granularity::Tile
+        }
     }
 }
+
+/// Accumulators larger than this (bytes) are summed per partition ([`Granularity::Partition`]).
+const PARTITION_ACC_BYTES: usize = 512 * 1024;
 
 /// Pixels per accumulator block: 16 KiB of `u32` lanes, which stay in L1 beside the four
 /// frame blocks being read.
