@@ -124,6 +124,14 @@ pub fn check_framing(enc: &Encoding, blob: &[u8], frame_bytes: usize) -> Result<
                 return Err("empty LZ4 blob".into());
             }
         }
+        Compression::Lz4Hdf5 => {
+            let (total, _) = codec::bslz4_header(blob).map_err(|e| e.to_string())?;
+            if total != frame_bytes as u64 {
+                return Err(format!(
+                    "LZ4 header announces {total} bytes, the frame has {frame_bytes} bytes"
+                ));
+            }
+        }
         Compression::BitshuffleLz4 => {
             let (total, block_bytes) = codec::bslz4_header(blob).map_err(|e| e.to_string())?;
             if total != 0 && total != frame_bytes as u64 {

@@ -267,13 +267,9 @@ impl DectrisDetector {
     fn ensure_receiver(&mut self) -> Result<(), DeviceError> {
         let dead = match &self.receiver {
             None => true,
-            Some(r) => {
-                r.events().is_empty()
-                    && matches!(
-                        r.events().recv_timeout(Duration::ZERO),
-                        Err(RecvTimeoutError::Disconnected)
-                    )
-            }
+            // Dead: its thread has ended and every event it sent has been read. (Never probe
+            // the channel with a receive: that would swallow a header that just arrived.)
+            Some(r) => !r.is_running() && r.events().is_empty(),
         };
         if dead {
             self.receiver = None;

@@ -466,6 +466,12 @@ impl DectrisReceiver {
         &self.device
     }
 
+    /// Whether the receive thread still runs (it ends after [`stop`](Self::stop), a
+    /// disconnect or a fatal error, each reported on [`events`](Self::events) first).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// The event channel (see [`ReceiverEvent`] for the order).
     pub fn events(&self) -> &Receiver<ReceiverEvent> {
         &self.events

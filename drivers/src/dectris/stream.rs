@@ -846,11 +846,11 @@ fn parse_v2_array(v: &Value, channel: &str) -> Result<V2Array, StreamError> {
                     }
                     Compression::BitshuffleLz4
                 }
-                // Stream v2 `lz4` uses the HDF5 LZ4 filter framing (§2.5, last paragraph),
-                // which the codec does not decode; refusing beats mis-decoding.
+                // Stream v2 `lz4` uses the HDF5 LZ4 filter framing (§2.5, last paragraph).
+                "lz4" => Compression::Lz4Hdf5,
                 other => {
                     return Err(err(format!(
-                        "compression `{other}` unsupported; supported: bslz4 (and uncompressed)"
+                        "compression `{other}` unsupported; supported: bslz4, lz4 (and uncompressed)"
                     )));
                 }
             };
@@ -1101,6 +1101,44 @@ mod tests {
         for bad in ["bs12-lz4<", "bs16<", "lz5<", "bs16-lz4<<", "gzip"] {
             assert!(StreamEncoding::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cbor_lz4_images_in_hdf5_framing_decode() {
+        // A 4 × 8 u16 frame, LZ4 in the HDF5 filter framing (12-byte header: total bytes and
+        // block bytes, big-endian; then each block's compressed length and LZ4 block).
+        let px: Vec<u16> = (0..32u16).map(|i| i * 3 % 7).collect();
+        let raw: Vec<u8> = px.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut block = Vec::new();
+        crate::dectris::codec::lz4::compress(&raw, &mut block);
+        let mut blob = Vec::new();
+        blob.extend_from_slice(&(raw.len() as u64).to_be_bytes());
+        blob.extend_from_slice(&(raw.len() as u32).to_be_bytes());
+        blob.extend_from_slice(&(block.len() as u32).to_be_bytes());
+        blob.extend_from_slice(&block);
+        let arr = v2_array_value(SigShape::new(4, 8), DType::U16, Some("lz4"), blob.clone());
+        let img = encode_v2(vec![
+            ("type", Value::Text("image".into())),
+            ("series_id", Value::Integer(1.into())),
+            ("image_id", Value::Integer(0.into())),
+            (
+                "data",
+                Value::Map(vec![(Value::Text("threshold_1".into()), arr)]),
+            ),
+        ])
+        .unwrap();
+        let V2Message::Image(i) = parse_v2_message(&img).unwrap() else {
+            panic!("not an image")
+        };
+        let a = &i.channels[0].1;
+        assert_eq!(a.encoding.compression, Compression::Lz4Hdf5);
+        let mut out = vec![0u8; raw.len()];
+        crate::dectris::codec::decode_into(&a.encoding, &a.data, &mut out).unwrap();
+        assert_eq!(out, raw);
+        crate::dectris::decode::check_framing(&a.encoding, &a.data, raw.len()).unwrap();
+        assert!(
+            crate::dectris::decode::check_framing(&a.encoding, &a.data, 2 * raw.len()).is_err()
+        );
     }
 
     #[test]

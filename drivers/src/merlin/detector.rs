@@ -11,7 +11,7 @@ use crate::merlin::{
     AcquisitionSummary, ControlError, Layout, MerlinControl, MerlinHeader, MerlinReceiver,
     MerlinReceiverConfig, MerlinSettings, MerlinTrigger, ReceiverEvent,
 };
-use crossbeam_channel::{Receiver, RecvTimeoutError, bounded};
+use crossbeam_channel::bounded;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -148,7 +148,9 @@ impl MerlinDetector {
     fn ensure_receiver(&mut self) -> Result<(), DeviceError> {
         let dead = match &self.receiver {
             None => true,
-            Some(r) => r.events().is_empty() && is_disconnected(r.events()),
+            // Dead: its thread has ended and every event it sent has been read. (Never probe
+            // the channel with a receive: that would swallow an HDR that just arrived.)
+            Some(r) => !r.is_running() && r.events().is_empty(),
         };
         if dead {
             if let Some(old) = self.receiver.take() {
@@ -200,13 +202,6 @@ impl MerlinDetector {
             }
         }
     }
-}
-
-fn is_disconnected(rx: &Receiver<ReceiverEvent>) -> bool {
-    matches!(
-        rx.recv_timeout(Duration::ZERO),
-        Err(RecvTimeoutError::Disconnected)
-    )
 }
 
 fn dtype_for_depth(depth: u32) -> DType {

@@ -303,6 +303,12 @@ impl MerlinReceiver {
         &self.events
     }
 
+    /// Whether the connection thread still runs (it ends after [`stop`](Self::stop), a
+    /// disconnect or a fatal error, each reported on [`events`](Self::events) first).
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     /// Ends the current acquisition (reported `Finished` with [`EndReason::Stopped`]) and
     /// the connection, within about 10 ms of polling plus the time to send what was
     /// received.

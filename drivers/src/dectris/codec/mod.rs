@@ -36,6 +36,9 @@ pub enum Compression {
     /// Bitshuffle + LZ4 with the 12-byte header and per-block length prefixes (`bsN-lz4<`,
     /// HDF5 filter 32008 with LZ4; §2.5).
     BitshuffleLz4,
+    /// LZ4 in the HDF5 LZ4 filter's framing (filter 32004: 12-byte header, length-prefixed
+    /// blocks), as stream v2 sends `lz4` (§2.5 last paragraph, §2.6).
+    Lz4Hdf5,
 }
 
 /// A frame encoding: compression and element size.
@@ -259,6 +262,8 @@ impl Encoding {
             Compression::None => "<".into(),
             Compression::Lz4 => "lz4<".into(),
             Compression::BitshuffleLz4 => format!("bs{}-lz4<", 8 * self.elem_size),
+            // Stream v2 only; v1 has no string for it.
+            Compression::Lz4Hdf5 => "lz4 (HDF5 framing)".into(),
         }
     }
 }
@@ -328,6 +333,9 @@ pub fn decode_into_with(
             source,
         })?,
         Compression::BitshuffleLz4 => decode_bslz4(blob, out, enc.elem_size, kernel)?,
+        Compression::Lz4Hdf5 => {
+            decode_hdf5_lz4_into(blob, out)?;
+        }
     }
     Ok(out.len())
 }
