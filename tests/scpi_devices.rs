@@ -98,6 +98,44 @@ fn scan_generator_over_a_serial_port_with_line_trigger_and_sub_region() {
     assert_eq!(rx.clear(), 5, "one pulse per line");
 }
 
+/// A custom position list (e.g. a spiral or a sparse pattern) replaces the grid walk: the
+/// generator visits each position once, a pulse at each; a list of the wrong length is
+/// refused before the scan, naming both counts.
+#[test]
+fn scan_generator_follows_a_custom_position_list() {
+    let (out, rx) = trigger_line();
+    let sim = ScanGeneratorSim::start(ScanGeneratorSimConfig {
+        output: Some(out),
+        ..ScanGeneratorSimConfig::default()
+    })
+    .expect("sim");
+    let list: Vec<(usize, usize)> = (0..12).map(|i| ((i * 7) % 5, (i * 3) % 11)).collect();
+    let mut cfg = MappedScanEngineConfig::new(ScpiAddress::Tcp(sim.addr().to_string()));
+    cfg.positions = Some(list);
+    let mut engine = MappedScanEngine::connect(cfg.clone()).expect("connect");
+    engine
+        .configure(&scan(3, 4, 100e-6, 0.0, TriggerOutput::Pixel))
+        .expect("configure");
+    let mut check = stemflow_drivers::scpi::ScpiClient::connect(
+        "check",
+        &ScpiAddress::Tcp(sim.addr().to_string()),
+        Duration::from_secs(2),
+    )
+    .expect("client");
+    assert_eq!(check.query("SCAN:POSITIONS:COUNT?").expect("count"), "12");
+    engine.start().expect("start");
+    assert_eq!(wait_idle(&mut engine, Duration::from_secs(5)), 12);
+    assert_eq!(rx.clear(), 12);
+    let mut engine = MappedScanEngine::connect(cfg).expect("connect");
+    let err = engine
+        .configure(&scan(4, 4, 100e-6, 0.0, TriggerOutput::Pixel))
+        .expect_err("12 positions for 16");
+    assert!(
+        err.to_string().contains("16 positions") && err.to_string().contains("12 in the list"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_site_command_map_that_names_an_unknown_operation_is_refused() {
     let sim = ScanGeneratorSim::start(ScanGeneratorSimConfig::default()).expect("sim");

@@ -554,13 +554,23 @@ impl Instrument {
                     step: "configure scan engine".into(),
                     source,
                 })?;
-            self.scan_name = Some("scan engine".into());
+            let name = self
+                .call(
+                    Role::ScanEngine,
+                    scan_ref,
+                    "scan engine name",
+                    CALL_MARGIN,
+                    ScanMsg::Name,
+                )
+                .await?;
+            self.scan_name = Some(name);
             ctx.metadata.scan = Some(readback);
         }
         let trigger_source = match (&req.scan, req.detector.trigger) {
-            (Some(_), stemflow_core::detector::DetectorTrigger::ExternalRising) => {
-                "scan engine (pixel trigger line)".to_string()
-            }
+            (Some(_), stemflow_core::detector::DetectorTrigger::ExternalRising) => format!(
+                "scan engine `{}` (trigger line)",
+                self.scan_name.as_deref().unwrap_or("scan engine")
+            ),
             (_, t) => format!("{t:?}").to_lowercase(),
         };
         ctx.trigger_source = trigger_source.clone();

@@ -19,6 +19,8 @@ pub enum ScanMsg {
     Stop(RpcReplyPort<Result<(), DeviceError>>),
     /// Read the status.
     Status(RpcReplyPort<Result<ScanStatus, DeviceError>>),
+    /// The driver's device name (e.g. `scan engine @ 10.0.0.3:7000`), for errors.
+    Name(RpcReplyPort<String>),
     /// Fault injection for supervision tests: the handler panics with this text.
     InjectPanic(String),
 }
@@ -79,6 +81,9 @@ impl Actor for ScanEngineActor {
             ScanMsg::Status(reply) => {
                 let r = call_device(&st.dev, &st.name, "status", DEADLINE, |d| d.status()).await;
                 let _ = reply.send(r);
+            }
+            ScanMsg::Name(reply) => {
+                let _ = reply.send(st.name.clone());
             }
             ScanMsg::InjectPanic(text) => panic!("{text}"),
         }

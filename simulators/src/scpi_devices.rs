@@ -2,7 +2,7 @@
 //! `stemflow_drivers::scpi::scan_engine` and `stemflow_drivers::scpi::microscope`, over TCP
 //! and a pseudo-terminal (the serial-port case).
 //!
-//! The scan generator walks its grid at the dwell time (plus flyback at each line end) on a
+//! The scan generator walks its grid (or a custom position list) at the dwell time (plus flyback at each line end) on a
 //! thread of its own and fires the trigger line per pixel or per line; `SCAN:STATUS?`
 //! reports `RUNNING|IDLE,<positions>`. The column holds high tension, magnification, camera
 //! length, convergence angle, defocus, blanker and beam current. Both keep an SCPI error
@@ -112,6 +112,8 @@ struct ScanState {
     pattern: String,
     region: (u64, u64),
     trigger: String,
+    /// A custom path (row, col), replacing the grid walk when not empty.
+    positions: Vec<(u64, u64)>,
 }
 
 struct ScanShared {
@@ -156,6 +158,7 @@ impl ScanGeneratorSim {
                 pattern: "RASTER".into(),
                 region: (0, 0),
                 trigger: "PIXEL".into(),
+                positions: Vec::new(),
             }),
             errors: ErrorQueue::default(),
             output: Mutex::new(cfg.output),
@@ -276,6 +279,21 @@ fn scan_line(line: &str, sh: &Arc<ScanShared>) -> Vec<String> {
                 }
                 None
             }
+            ("SCAN:POSITIONS:CLEAR", false) => {
+                st.positions.clear();
+                None
+            }
+            ("SCAN:POSITIONS:ADD", false) => {
+                let v: Vec<Option<f64>> = arg.split(',').map(|x| number(x.trim())).collect();
+                match v[..] {
+                    [Some(r), Some(c)] if r >= 0.0 && c >= 0.0 && st.positions.len() < 1 << 24 => {
+                        st.positions.push((r as u64, c as u64))
+                    }
+                    _ => sh.errors.push(-104, "Data type error"),
+                }
+                None
+            }
+            ("SCAN:POSITIONS:COUNT", true) => Some(st.positions.len().to_string()),
             ("SCAN:TRIGGER", true) => Some(st.trigger.clone()),
             ("SCAN:TRIGGER", false) => {
                 match arg.to_uppercase().as_str() {
@@ -323,6 +341,32 @@ fn start_scan(sh: &Arc<ScanShared>, cfg: ScanState) {
         .name("scan-generator".into())
         .spawn(move || {
             let t0 = Instant::now();
+            if !cfg.positions.is_empty() {
+                // A custom path: one position per dwell, a pulse at each.
+                for i in 0..cfg.positions.len() {
+                    let due = t0 + Duration::from_secs_f64(i as f64 * cfg.dwell_s);
+                    loop {
+                        if s.epoch.load(Ordering::SeqCst) != epoch || s.stop.load(Ordering::SeqCst)
+                        {
+                            return;
+                        }
+                        let now = Instant::now();
+                        if now >= due {
+                            break;
+                        }
+                        std::thread::sleep((due - now).min(POLL));
+                    }
+                    if let Some(out) = lock(&s.output).as_mut() {
+                        out.fire();
+                    }
+                    s.pulses.fetch_add(1, Ordering::SeqCst);
+                    s.positions.fetch_add(1, Ordering::SeqCst);
+                }
+                if s.epoch.load(Ordering::SeqCst) == epoch {
+                    s.running.store(false, Ordering::SeqCst);
+                }
+                return;
+            }
             let line_s = cfg.cols as f64 * cfg.dwell_s + cfg.flyback_s;
             'scan: for r in 0..cfg.rows {
                 for c in 0..cfg.cols {

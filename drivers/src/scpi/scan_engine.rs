@@ -24,6 +24,8 @@ pub const SCAN_ENGINE_DEFAULT_MAP: &[(&str, &str)] = &[
     ("errors", "SYST:ERR?"),
     ("set_pattern", "SCAN:PATTERN {pattern}"),
     ("set_region", "SCAN:REGION {row0},{col0}"),
+    ("clear_positions", "SCAN:POSITIONS:CLEAR"),
+    ("add_position", "SCAN:POSITIONS:ADD {row},{col}"),
     ("set_shape", "SCAN:SHAPE {rows},{cols}"),
     ("get_shape", "SCAN:SHAPE?"),
     ("get_shape.reply", "{rows},{cols}"),
@@ -65,6 +67,10 @@ pub struct MappedScanEngineConfig {
     /// Top-left corner (row, column) of a sub-region in the full field, pixels; `None` scans
     /// the field from its origin.
     pub region_origin: Option<(usize, usize)>,
+    /// A custom path: the (row, column) positions to visit, in order, instead of the grid
+    /// walk; their number must equal the scan's positions (rows × cols of the nav shape,
+    /// which then only shapes the data).
+    pub positions: Option<Vec<(usize, usize)>>,
 }
 
 impl MappedScanEngineConfig {
@@ -77,6 +83,7 @@ impl MappedScanEngineConfig {
             commands: BTreeMap::new(),
             pattern: ScanPattern::Raster,
             region_origin: None,
+            positions: None,
         }
     }
 }
@@ -224,6 +231,22 @@ impl ScanEngine for MappedScanEngine {
                 ("cols", nav.cols.to_string()),
             ],
         )?;
+        if let Some(list) = self.cfg.positions.clone() {
+            if list.len() != nav.len() {
+                return Err(self.mismatch(
+                    "custom positions",
+                    format!("{} positions for a {nav} scan", nav.len()),
+                    format!("{} in the list:", list.len()),
+                ));
+            }
+            self.run("clear_positions", &[])?;
+            for (r, c) in list {
+                self.run(
+                    "add_position",
+                    &[("row", r.to_string()), ("col", c.to_string())],
+                )?;
+            }
+        }
         self.run("set_dwell", &[("dwell_s", secs(s.dwell_time_s))])?;
         self.run("set_flyback", &[("flyback_s", secs(s.flyback_s))])?;
         let trigger = match s.trigger {
