@@ -33,6 +33,7 @@ fn scan(rows: usize, cols: usize, dwell_s: f64, flyback_s: f64, t: TriggerOutput
         dwell_time_s: dwell_s,
         flyback_s,
         trigger: t,
+        region_origin: None,
     }
 }
 
@@ -90,9 +91,17 @@ fn scan_generator_over_a_serial_port_with_line_trigger_and_sub_region() {
     });
     cfg.region_origin = Some((16, 32));
     let mut engine = MappedScanEngine::connect(cfg).expect("connect over the pty");
-    engine
+    let rb = engine
         .configure(&scan(5, 6, 50e-6, 100e-6, TriggerOutput::Line))
         .expect("configure");
+    assert_eq!(rb.region_origin, Some((16, 32)));
+    // A rescan's own region wins over the configured one.
+    let mut rescan = scan(5, 6, 50e-6, 100e-6, TriggerOutput::Line);
+    rescan.region_origin = Some((2, 3));
+    assert_eq!(
+        engine.configure(&rescan).expect("configure").region_origin,
+        Some((2, 3))
+    );
     engine.start().expect("start");
     assert_eq!(wait_idle(&mut engine, Duration::from_secs(5)), 30);
     assert_eq!(rx.clear(), 5, "one pulse per line");

@@ -27,6 +27,7 @@ fn scan(rows: usize, cols: usize, dwell_s: f64, flyback_s: f64, t: TriggerOutput
         dwell_time_s: dwell_s,
         flyback_s,
         trigger: t,
+        region_origin: None,
     }
 }
 

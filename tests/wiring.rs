@@ -54,6 +54,7 @@ fn detector_that_never_receives_triggers_faults_and_the_instrument_recovers() {
         dwell_time_s: 100e-6,
         flyback_s: 0.0,
         trigger: TriggerOutput::Pixel,
+        region_origin: None,
     };
     let t0 = Instant::now();
     let results = common::instrument::run(

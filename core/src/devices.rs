@@ -88,6 +88,10 @@ pub struct ScanSettings {
     pub flyback_s: f64,
     /// What the trigger output emits.
     pub trigger: TriggerOutput,
+    /// Top-left corner (row, column) of a sub-region of the full field, in scan positions
+    /// (a sub-region rescan); `None` scans from the field's origin.
+    #[serde(default)]
+    pub region_origin: Option<(usize, usize)>,
 }
 
 impl ScanSettings {
@@ -256,6 +260,7 @@ mod tests {
             dwell_time_s: 1e-3,
             flyback_s: 0.5e-3,
             trigger: TriggerOutput::Pixel,
+            region_origin: None,
         };
         assert!((s.duration_s() - 9e-3).abs() < 1e-12);
     }

@@ -313,6 +313,7 @@ impl Stem4dScanPlan {
             dwell_time_s: self.dwell_time_s,
             flyback_s: self.flyback_s,
             trigger: TriggerOutput::Pixel,
+            region_origin: None,
         }
     }
 
@@ -528,6 +529,12 @@ impl SubRegionRescanPlan {
             &mut steps,
             &format!("region ({}, {}) {}x{} of {n}", r.row, r.col, r.rows, r.cols),
         );
+        // The scan engine scans the region where it lies in the full field.
+        for step in &mut steps {
+            if let PlanStep::ConfigureScan(s) = step {
+                s.region_origin = Some((r.row, r.col));
+            }
+        }
         Ok(steps)
     }
 }
@@ -945,6 +952,12 @@ mod tests {
             frames: 128,
             label: "region (10, 20) 8x16 of 64x64".into()
         }));
+        // The scan engine is told where the region lies.
+        assert!(steps.iter().any(|s| matches!(
+            s,
+            PlanStep::ConfigureScan(sc)
+                if sc.region_origin == Some((10, 20)) && sc.nav_shape == NavShape::new(8, 16)
+        )));
         let bad = SubRegionRescanPlan {
             region: Region {
                 row: 60,

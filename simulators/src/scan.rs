@@ -223,6 +223,7 @@ impl ScanEngine for ScanEngineSim {
             dwell_time_s: quantise(settings.dwell_time_s),
             flyback_s: quantise(settings.flyback_s),
             trigger: settings.trigger,
+            region_origin: settings.region_origin,
         };
         self.settings = Some(read_back.clone());
         Ok(read_back)
@@ -325,6 +326,7 @@ mod tests {
             dwell_time_s: dwell,
             flyback_s: 0.0,
             trigger,
+            region_origin: None,
         }
     }
 

@@ -139,6 +139,7 @@ fn scan_engine_drives_an_exte_series() {
         dwell_time_s: 2e-4,
         flyback_s: 0.0,
         trigger: TriggerOutput::Pixel,
+        region_origin: None,
     };
     scan.configure(&settings).expect("configure the scan");
     scan.start().expect("start the scan");

@@ -147,6 +147,7 @@ fn external_trigger_from_scan_engine() {
             dwell_time_s: 300e-6,
             flyback_s: 200e-6,
             trigger,
+            region_origin: None,
         })
         .unwrap();
         scan.start().unwrap();

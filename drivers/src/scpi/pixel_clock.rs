@@ -237,6 +237,8 @@ impl ScanEngine for PixelClock {
             dwell_time_s: dwell,
             flyback_s: s.flyback_s,
             trigger: s.trigger,
+            // A pixel clock does not move the probe; the region is the scan generator's.
+            region_origin: s.region_origin,
         })
     }
 

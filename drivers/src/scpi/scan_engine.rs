@@ -211,7 +211,8 @@ impl ScanEngine for MappedScanEngine {
         if self.map.has("set_pattern") {
             self.run("set_pattern", &[("pattern", pattern.into())])?;
         }
-        if let Some((r0, c0)) = self.cfg.region_origin {
+        // The acquisition's region (a sub-region rescan) wins over the configured one.
+        if let Some((r0, c0)) = s.region_origin.or(self.cfg.region_origin) {
             if !self.map.has("set_region") {
                 return Err(self.mismatch(
                     "sub-region",
@@ -281,6 +282,7 @@ impl ScanEngine for MappedScanEngine {
             dwell_time_s: dwell,
             flyback_s: flyback,
             trigger: s.trigger,
+            region_origin: s.region_origin.or(self.cfg.region_origin),
         })
     }
 

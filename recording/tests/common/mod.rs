@@ -182,6 +182,7 @@ pub fn metadata(dtype: DType) -> RunMetadata {
             dwell_time_s: 0.0005,
             flyback_s: 0.0,
             trigger: TriggerOutput::Pixel,
+            region_origin: None,
         }),
         nav_shape: Some(NAV),
         sig_shape: Some(SIG),
