@@ -38,15 +38,7 @@ pub fn sim_merlin(a: &SimMerlinArgs) -> Result<()> {
         sim.control_addr().port(),
         sim.data_addr().port()
     );
-    let t0 = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        if a.duration_s
-            .is_some_and(|d| t0.elapsed().as_secs_f64() >= d)
-        {
-            break;
-        }
-    }
+    serve_until(a.duration_s);
     let stats = sim.stats();
     println!(
         "served {} acquisitions, {} frames, {:.1} MB",
@@ -82,15 +74,7 @@ pub fn sim_dectris(a: &SimDectrisArgs) -> Result<()> {
         sim.api_addr().port(),
         sim.stream_addr().port()
     );
-    let t0 = Instant::now();
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        if a.duration_s
-            .is_some_and(|d| t0.elapsed().as_secs_f64() >= d)
-        {
-            break;
-        }
-    }
+    serve_until(a.duration_s);
     let stats = sim.stats();
     println!(
         "served {} series, {} frames, {:.1} MB",
@@ -100,4 +84,15 @@ pub fn sim_dectris(a: &SimDectrisArgs) -> Result<()> {
     );
     sim.stop();
     Ok(())
+}
+
+/// Returns after `duration_s` seconds, or never (the user ends the simulator with Ctrl-C).
+fn serve_until(duration_s: Option<f64>) {
+    let t0 = Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if duration_s.is_some_and(|d| t0.elapsed().as_secs_f64() >= d) {
+            return;
+        }
+    }
 }

@@ -8,7 +8,10 @@
 //! driver uses has a default (the map our simulators speak); a config file overrides any of
 //! them, and names an unknown operation only at its peril: that is an error naming the key.
 
+use super::{ScpiAddress, ScpiClient, ScpiError};
 use std::collections::BTreeMap;
+use std::time::Duration;
+use stemflow_core::devices::DeviceError;
 
 /// Command-map errors; each names the map, the operation and the problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -242,6 +245,47 @@ impl CommandMap {
                 reply: reply.to_string(),
             })
     }
+}
+
+/// A map error as the device's protocol error.
+pub(crate) fn map_err(device: &str, e: MapError) -> DeviceError {
+    DeviceError::Protocol {
+        device: device.to_string(),
+        expected: "a command map that fits the device".into(),
+        observed: e.to_string(),
+    }
+}
+
+/// Validates `defaults` + `overrides`, connects to `address` as `name`, uses the map's
+/// `errors` query as the error queue (none when empty), identifies the device with
+/// `identify` (empty text when the map has none) and clears stale errors. Shared by the
+/// command-map scan engine and microscope.
+pub(crate) fn connect_mapped(
+    name: &str,
+    address: &ScpiAddress,
+    timeout: Duration,
+    defaults: &[(&str, &str)],
+    overrides: &BTreeMap<String, String>,
+) -> Result<(ScpiClient, CommandMap, String), DeviceError> {
+    let device = format!("{name} @ {address}");
+    let map = CommandMap::new(&format!("{name} command map"), defaults, overrides)
+        .map_err(|e| map_err(&device, e))?;
+    let mut client =
+        ScpiClient::connect(name, address, timeout).map_err(ScpiError::into_device_error)?;
+    client.set_error_query(
+        map.has("errors")
+            .then(|| map.command("errors", &[]).unwrap_or_default()),
+    );
+    let identity = if map.has("identify") {
+        let q = map
+            .command("identify", &[])
+            .map_err(|e| map_err(&device, e))?;
+        client.query(&q).map_err(ScpiError::into_device_error)?
+    } else {
+        String::new()
+    };
+    client.errors().map_err(ScpiError::into_device_error)?;
+    Ok((client, map, identity))
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //! Units on the wire (default map, [`MICROSCOPE_DEFAULT_MAP`]): V, m, rad, dimensionless
 //! magnification, A for the beam current, `1`/`0` for the blanker.
 
-use super::command_map::{CommandMap, MapError};
+use super::command_map::{CommandMap, connect_mapped, map_err};
 use super::{ScpiAddress, ScpiClient, ScpiError};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -107,40 +107,19 @@ pub struct MappedMicroscope {
     cfg: MappedMicroscopeConfig,
 }
 
-fn map_err(device: &str, e: MapError) -> DeviceError {
-    DeviceError::Protocol {
-        device: device.to_string(),
-        expected: "a command map that fits the device".into(),
-        observed: e.to_string(),
-    }
-}
-
 impl MappedMicroscope {
     /// Validates the map, connects and identifies the column.
     ///
     /// # Errors
     /// [`DeviceError`] naming the microscope.
     pub fn connect(cfg: MappedMicroscopeConfig) -> Result<Self, DeviceError> {
-        let device = format!("{} @ {}", cfg.name, cfg.address);
-        let map = CommandMap::new(
-            &format!("{} command map", cfg.name),
+        let (client, map, _identity) = connect_mapped(
+            &cfg.name,
+            &cfg.address,
+            cfg.timeout,
             MICROSCOPE_DEFAULT_MAP,
             &cfg.commands,
-        )
-        .map_err(|e| map_err(&device, e))?;
-        let mut client = ScpiClient::connect(&cfg.name, &cfg.address, cfg.timeout)
-            .map_err(ScpiError::into_device_error)?;
-        client.set_error_query(
-            map.has("errors")
-                .then(|| map.command("errors", &[]).unwrap_or_default()),
-        );
-        if map.has("identify") {
-            let q = map
-                .command("identify", &[])
-                .map_err(|e| map_err(&device, e))?;
-            client.query(&q).map_err(ScpiError::into_device_error)?;
-        }
-        client.errors().map_err(ScpiError::into_device_error)?;
+        )?;
         Ok(Self { client, map, cfg })
     }
 

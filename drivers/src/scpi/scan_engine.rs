@@ -8,7 +8,7 @@
 //! simulator speaks; a site whose scan generator uses other commands overrides entries in
 //! its device config file.
 
-use super::command_map::{CommandMap, MapError};
+use super::command_map::{CommandMap, connect_mapped, map_err};
 use super::{ScpiAddress, ScpiClient, ScpiError};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -97,14 +97,6 @@ pub struct MappedScanEngine {
     identity: String,
 }
 
-fn map_err(device: &str, e: MapError) -> DeviceError {
-    DeviceError::Protocol {
-        device: device.to_string(),
-        expected: "a command map that fits the device".into(),
-        observed: e.to_string(),
-    }
-}
-
 /// Seconds as the device reads them: plain decimal with enough digits for ns.
 fn secs(v: f64) -> String {
     format!("{v:.9}")
@@ -116,28 +108,13 @@ impl MappedScanEngine {
     /// # Errors
     /// [`DeviceError`] naming the scan engine (a bad map is a protocol error naming the key).
     pub fn connect(cfg: MappedScanEngineConfig) -> Result<Self, DeviceError> {
-        let device = format!("{} @ {}", cfg.name, cfg.address);
-        let map = CommandMap::new(
-            &format!("{} command map", cfg.name),
+        let (client, map, identity) = connect_mapped(
+            &cfg.name,
+            &cfg.address,
+            cfg.timeout,
             SCAN_ENGINE_DEFAULT_MAP,
             &cfg.commands,
-        )
-        .map_err(|e| map_err(&device, e))?;
-        let mut client = ScpiClient::connect(&cfg.name, &cfg.address, cfg.timeout)
-            .map_err(ScpiError::into_device_error)?;
-        client.set_error_query(
-            map.has("errors")
-                .then(|| map.command("errors", &[]).unwrap_or_default()),
-        );
-        let identity = if map.has("identify") {
-            let q = map
-                .command("identify", &[])
-                .map_err(|e| map_err(&device, e))?;
-            client.query(&q).map_err(ScpiError::into_device_error)?
-        } else {
-            String::new()
-        };
-        client.errors().map_err(ScpiError::into_device_error)?;
+        )?;
         Ok(Self {
             client,
             map,
