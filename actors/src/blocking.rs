@@ -5,6 +5,7 @@
 //! waits at most `deadline`; a driver that overruns is reported as a timeout naming the
 //! device (its own deadline then ends the stray call).
 
+use ractor::ActorProcessingErr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stemflow_core::devices::DeviceError;
@@ -52,5 +53,47 @@ where
             what: what.to_string(),
             waited_s: deadline.as_secs_f64(),
         }),
+    }
+}
+
+/// A device actor's state: the driver (shared with the blocking threads that run its calls)
+/// and its name for errors. The detector, scan engine and microscope actors all hold one.
+pub struct DeviceHandle<D> {
+    name: String,
+    dev: Shared<D>,
+}
+
+impl<D: Send + 'static> DeviceHandle<D> {
+    /// Builds the driver with `factory` on a blocking thread (connecting may block) and
+    /// names it with `name`.
+    ///
+    /// # Errors
+    /// The factory's [`DeviceError`], or a failed blocking task.
+    pub async fn open(
+        factory: impl FnOnce() -> Result<D, DeviceError> + Send + 'static,
+        name: fn(&D) -> &str,
+    ) -> Result<Self, ActorProcessingErr> {
+        let dev = tokio::task::spawn_blocking(factory).await??;
+        Ok(Self {
+            name: name(&dev).to_string(),
+            dev: Arc::new(Mutex::new(dev)),
+        })
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// [`call_device`] on this device.
+    ///
+    /// # Errors
+    /// As [`call_device`].
+    pub async fn call<T, F>(&self, what: &str, deadline: Duration, f: F) -> Result<T, DeviceError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut D) -> Result<T, DeviceError> + Send + 'static,
+    {
+        call_device(&self.dev, &self.name, what, deadline, f).await
     }
 }

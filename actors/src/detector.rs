@@ -1,9 +1,9 @@
 //! The detector actor: owns one [`Detector`] driver and runs its calls with deadlines.
 
-use crate::blocking::{Shared, call_device};
+use crate::blocking::DeviceHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use stemflow_core::detector::{ArmMode, ArmedAcquisition, Detector, DetectorSettings};
 use stemflow_core::devices::DeviceError;
@@ -39,10 +39,7 @@ pub type DetectorFactory = Arc<dyn Fn() -> Result<Box<dyn Detector>, DeviceError
 pub struct DetectorActor;
 
 /// The detector actor's state.
-pub struct DetectorState {
-    name: String,
-    dev: Shared<Box<dyn Detector>>,
-}
+pub type DetectorState = DeviceHandle<Box<dyn Detector>>;
 
 /// Deadline for configure / disarm / trigger calls: generous for real control links.
 const CONTROL_DEADLINE: Duration = Duration::from_secs(10);
@@ -57,11 +54,7 @@ impl Actor for DetectorActor {
         _myself: ActorRef<Self::Msg>,
         factory: DetectorFactory,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let dev = tokio::task::spawn_blocking(move || factory()).await??;
-        Ok(DetectorState {
-            name: dev.name().to_string(),
-            dev: Arc::new(Mutex::new(dev)),
-        })
+        DeviceHandle::open(move || factory(), |d| d.name()).await
     }
 
     async fn handle(
@@ -72,40 +65,36 @@ impl Actor for DetectorActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DetectorMsg::Configure(settings, reply) => {
-                let r = call_device(&st.dev, &st.name, "configure", CONTROL_DEADLINE, move |d| {
-                    d.configure(&settings)
-                })
-                .await;
+                let r = st
+                    .call("configure", CONTROL_DEADLINE, move |d| {
+                        d.configure(&settings)
+                    })
+                    .await;
                 let _ = reply.send(r);
             }
             DetectorMsg::Arm(mode, deadline, reply) => {
                 // The driver enforces `deadline` itself; the margin covers thread hand-off.
-                let r = call_device(
-                    &st.dev,
-                    &st.name,
-                    "arm confirmation",
-                    deadline + Duration::from_secs(2),
-                    move |d| d.arm(mode, deadline),
-                )
-                .await;
+                let r = st
+                    .call(
+                        "arm confirmation",
+                        deadline + Duration::from_secs(2),
+                        move |d| d.arm(mode, deadline),
+                    )
+                    .await;
                 let _ = reply.send(r);
             }
             DetectorMsg::SoftTrigger(reply) => {
-                let r = call_device(&st.dev, &st.name, "soft trigger", CONTROL_DEADLINE, |d| {
-                    d.soft_trigger()
-                })
-                .await;
+                let r = st
+                    .call("soft trigger", CONTROL_DEADLINE, |d| d.soft_trigger())
+                    .await;
                 let _ = reply.send(r);
             }
             DetectorMsg::Disarm(reply) => {
-                let r = call_device(&st.dev, &st.name, "disarm", CONTROL_DEADLINE, |d| {
-                    d.disarm()
-                })
-                .await;
+                let r = st.call("disarm", CONTROL_DEADLINE, |d| d.disarm()).await;
                 let _ = reply.send(r);
             }
             DetectorMsg::Name(reply) => {
-                let _ = reply.send(st.name.clone());
+                let _ = reply.send(st.name().to_string());
             }
             DetectorMsg::InjectPanic(text) => panic!("{text}"),
         }

@@ -1,8 +1,8 @@
 //! The microscope actor: owns one [`Microscope`] driver (real or simulated).
 
-use crate::blocking::{Shared, call_device};
+use crate::blocking::DeviceHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use stemflow_core::devices::{DeviceError, Microscope, MicroscopeSettings};
 use stemflow_core::metadata::MicroscopeState;
@@ -28,10 +28,7 @@ pub type MicroscopeFactory =
 pub struct MicroscopeActor;
 
 /// The microscope actor's state.
-pub struct MicroscopeActorState {
-    name: String,
-    dev: Shared<Box<dyn Microscope>>,
-}
+pub type MicroscopeActorState = DeviceHandle<Box<dyn Microscope>>;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -45,11 +42,7 @@ impl Actor for MicroscopeActor {
         _myself: ActorRef<Self::Msg>,
         factory: MicroscopeFactory,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let dev = tokio::task::spawn_blocking(move || factory()).await??;
-        Ok(MicroscopeActorState {
-            name: dev.name().to_string(),
-            dev: Arc::new(Mutex::new(dev)),
-        })
+        DeviceHandle::open(move || factory(), |d| d.name()).await
     }
 
     async fn handle(
@@ -60,17 +53,13 @@ impl Actor for MicroscopeActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             MicroscopeMsg::Apply(s, reply) => {
-                let r = call_device(&st.dev, &st.name, "apply settings", DEADLINE, move |d| {
-                    d.apply(&s)
-                })
-                .await;
+                let r = st
+                    .call("apply settings", DEADLINE, move |d| d.apply(&s))
+                    .await;
                 let _ = reply.send(r);
             }
             MicroscopeMsg::Read(reply) => {
-                let r = call_device(&st.dev, &st.name, "read state", DEADLINE, |d| {
-                    d.read_state()
-                })
-                .await;
+                let r = st.call("read state", DEADLINE, |d| d.read_state()).await;
                 let _ = reply.send(r);
             }
             MicroscopeMsg::InjectPanic(text) => panic!("{text}"),

@@ -439,6 +439,8 @@ impl Instrument {
         let mut ctx = RunContext::default();
         // Stale reports from between runs (e.g. a restart finished) are not this run's.
         while self.reports.try_recv().is_ok() {}
+        // The actors this run starts with: one that dies is replaced by a new one.
+        let refs_at_start = self.refs();
         let result = self.run_inner(&req, &mut ctx).await;
         let mut record = RunRecord {
             start_time,
@@ -466,7 +468,21 @@ impl Instrument {
                 Ok(record)
             }
             Err(error) => {
-                self.recover(&mut ctx).await;
+                // An actor that died must be back (a new actor) before the next run.
+                let died = match &error {
+                    RunError::ActorFailed { actor, .. } => {
+                        refs_at_start.id_of(*actor).map(|id| (*actor, id))
+                    }
+                    RunError::Pipeline(e)
+                        if e.starts_with(crate::processing::PIPELINE_PANICKED) =>
+                    {
+                        refs_at_start
+                            .id_of(Role::Processing)
+                            .map(|id| (Role::Processing, id))
+                    }
+                    _ => None,
+                };
+                self.recover(&mut ctx, died).await;
                 record.exit_status = ExitStatus::Fault;
                 record.error = Some(error.to_string());
                 record.stop_time = now_rfc3339();
@@ -928,7 +944,7 @@ impl Instrument {
 
     /// After a failure: cancel, stop, disarm (best effort), then Fault → Resetting → Idle,
     /// waiting for the supervisor to restart a failed actor.
-    async fn recover(&mut self, ctx: &mut RunContext) {
+    async fn recover(&mut self, ctx: &mut RunContext, died: Option<(Role, ractor::ActorId)>) {
         if let Some(c) = &ctx.cancel {
             c.store(true, Ordering::SeqCst);
         }
@@ -951,7 +967,10 @@ impl Instrument {
                 .health()
                 .values()
                 .any(|h| !matches!(h, Health::Ready | Health::Busy));
-            if !unhealthy {
+            // The supervisor may not have seen the death yet when the run learns of it.
+            let not_restarted =
+                died.is_some_and(|(role, old)| self.refs().id_of(role) == Some(old));
+            if !unhealthy && !not_restarted {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

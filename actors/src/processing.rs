@@ -126,7 +126,7 @@ impl Actor for ProcessingActor {
                             }
                             Err(payload) => {
                                 let text = panic_text(&payload);
-                                let _ = done_tx.send(Err(format!("pipeline panicked: {text}")));
+                                let _ = done_tx.send(Err(format!("{PIPELINE_PANICKED}: {text}")));
                                 let _ = me.cast(ProcessingMsg::PipelinePanicked(text));
                             }
                         }
@@ -150,6 +150,10 @@ impl Actor for ProcessingActor {
         Ok(())
     }
 }
+
+/// How a pipeline error that was a panic begins: the processing actor fails and is
+/// restarted, and the orchestrator waits for the new actor before the next run.
+pub const PIPELINE_PANICKED: &str = "pipeline panicked";
 
 /// The message of a panic payload (`&str` or `String`), or a placeholder.
 pub fn panic_text(payload: &Box<dyn std::any::Any + Send>) -> String {

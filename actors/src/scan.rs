@@ -1,8 +1,8 @@
 //! The scan engine actor: owns one [`ScanEngine`] driver (real or simulated).
 
-use crate::blocking::{Shared, call_device};
+use crate::blocking::DeviceHandle;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use stemflow_core::devices::{DeviceError, ScanEngine, ScanSettings, ScanStatus};
 
@@ -32,10 +32,7 @@ pub type ScanFactory = Arc<dyn Fn() -> Result<Box<dyn ScanEngine>, DeviceError> 
 pub struct ScanEngineActor;
 
 /// The scan engine actor's state.
-pub struct ScanState {
-    name: String,
-    dev: Shared<Box<dyn ScanEngine>>,
-}
+pub type ScanState = DeviceHandle<Box<dyn ScanEngine>>;
 
 const DEADLINE: Duration = Duration::from_secs(5);
 
@@ -49,11 +46,7 @@ impl Actor for ScanEngineActor {
         _myself: ActorRef<Self::Msg>,
         factory: ScanFactory,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let dev = tokio::task::spawn_blocking(move || factory()).await??;
-        Ok(ScanState {
-            name: dev.name().to_string(),
-            dev: Arc::new(Mutex::new(dev)),
-        })
+        DeviceHandle::open(move || factory(), |d| d.name()).await
     }
 
     async fn handle(
@@ -64,26 +57,25 @@ impl Actor for ScanEngineActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ScanMsg::Configure(s, reply) => {
-                let r = call_device(&st.dev, &st.name, "configure", DEADLINE, move |d| {
-                    d.configure(&s)
-                })
-                .await;
+                let r = st
+                    .call("configure", DEADLINE, move |d| d.configure(&s))
+                    .await;
                 let _ = reply.send(r);
             }
             ScanMsg::Start(reply) => {
-                let r = call_device(&st.dev, &st.name, "start", DEADLINE, |d| d.start()).await;
+                let r = st.call("start", DEADLINE, |d| d.start()).await;
                 let _ = reply.send(r);
             }
             ScanMsg::Stop(reply) => {
-                let r = call_device(&st.dev, &st.name, "stop", DEADLINE, |d| d.stop()).await;
+                let r = st.call("stop", DEADLINE, |d| d.stop()).await;
                 let _ = reply.send(r);
             }
             ScanMsg::Status(reply) => {
-                let r = call_device(&st.dev, &st.name, "status", DEADLINE, |d| d.status()).await;
+                let r = st.call("status", DEADLINE, |d| d.status()).await;
                 let _ = reply.send(r);
             }
             ScanMsg::Name(reply) => {
-                let _ = reply.send(st.name.clone());
+                let _ = reply.send(st.name().to_string());
             }
             ScanMsg::InjectPanic(text) => panic!("{text}"),
         }

@@ -86,6 +86,17 @@ pub struct ChildRefs {
 }
 
 impl ChildRefs {
+    /// The current actor of `role` (`None` for an absent scan engine or microscope).
+    pub fn id_of(&self, role: Role) -> Option<ractor::ActorId> {
+        match role {
+            Role::Detector => Some(self.detector.get_id()),
+            Role::ScanEngine => self.scan.as_ref().map(|r| r.get_id()),
+            Role::Microscope => self.microscope.as_ref().map(|r| r.get_id()),
+            Role::Processing => Some(self.processing.get_id()),
+            Role::Recorder => Some(self.recorder.get_id()),
+        }
+    }
+
     fn role_of(&self, cell: &ActorCell) -> Option<Role> {
         let id = cell.get_id();
         if self.detector.get_id() == id {
