@@ -470,7 +470,7 @@ fn synthetic_tiles(cfg: &BenchConfig) -> Vec<Tile> {
         .step_by(per_tile)
         .map(|first| {
             let n = per_tile.min(total - first);
-            let mut data = Vec::with_capacity(n * sig.len());
+            let mut data: Vec<u16> = Vec::with_capacity(n * sig.len());
             for _ in 0..n {
                 for &p in &pattern {
                     state ^= state << 13;

@@ -23,6 +23,7 @@
 //! - [`roi`]: regions of interest over the scan.
 //! - [`mask`]: disk and ring masks, the pixel-centre convention, the span form.
 //! - [`pixel`]: the [`Pixel`] element types and the exact integer kernels.
+//! - [`windows`]: masks as vector windows (AVX-512 kernels for the virtual detectors).
 //! - [`engine`]: [`run_live`], [`run_tiles`], run configuration, snapshots, summaries,
 //!   [`ProcessingError`].
 //! - [`bench`]: [`bench_in_memory`] and [`bench_live_in_memory`], the engine's throughput
@@ -40,6 +41,7 @@ pub mod roi;
 pub mod sink;
 pub mod udf;
 pub mod udfs;
+pub mod windows;
 
 pub use bench::{
     BenchConfig, BenchFigures, LatencyFigures, LatencyProbe, bench_in_memory, bench_live_in_memory,
@@ -56,8 +58,8 @@ pub use pixel::Pixel;
 pub use roi::{Roi, RoiError};
 pub use stemflow_core::DType;
 pub use udf::{
-    BufferDecl, Granularity, PartitionTask, ResultDType, TileView, TypedValues, Udf, UdfMeta,
-    new_results, typed_values,
+    BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, ResultDType, TileView, TypedValues,
+    Udf, UdfMeta, new_results, typed_values,
 };
 pub use udfs::{
     ComParams, ComUdf, MasksUdf, PartitionMonitorUdf, PickUdf, RadialProfileParams,

@@ -375,6 +375,15 @@ impl SpanMask {
     pub fn sum<P: Pixel>(&self, frame: &[P]) -> u64 {
         P::spans_sum(frame, &self.spans, self.sig.cols)
     }
+    /// [`SpanMask::sum`] over the spans in rows `rows` only (a row band).
+    #[inline]
+    pub fn sum_rows<P: Pixel>(&self, frame: &[P], rows: std::ops::Range<usize>) -> u64 {
+        let a = self
+            .spans
+            .partition_point(|s| (s.row as usize) < rows.start);
+        let b = a + self.spans[a..].partition_point(|s| (s.row as usize) < rows.end);
+        P::spans_sum(frame, &self.spans[a..b], self.sig.cols)
+    }
 }
 
 #[cfg(test)]

@@ -356,6 +356,11 @@ pub trait Udf: Send + Sync {
     }
 }
 
+/// Most frames the engine passes through [`PartitionTask::process_band`] at once: a
+/// band-capable task may count on at most this many additions per pixel between two calls
+/// that start at row 0 (u16 pixels sum exactly into `u32` lanes for 65 537 frames).
+pub const MAX_BAND_FRAMES: usize = 4096;
+
 /// What a UDF's task is fed with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Granularity {
@@ -401,6 +406,33 @@ pub trait PartitionTask: Send {
     /// [`PartitionTask::process_tile`]. The default calls `process_tile` on all of it.
     fn process_partition(&mut self, partition: &TileView<'_>, nav: &mut [f64]) {
         self.process_tile(partition, nav);
+    }
+
+    /// True when the task can take frames in row bands ([`PartitionTask::process_band`]).
+    /// The engine then feeds every band-capable task of a run one band (the same rows of
+    /// every frame of a cache-sized run, ~128 KiB) after another: all those tasks read a
+    /// band while it is in the core's nearest caches, and the run's working set (pixels and
+    /// accumulators) stays well inside L2 — one pass over memory for all of them, like
+    /// LiberTEM's tiles over the signal dimension. Default: false, and the task gets whole
+    /// frames through [`PartitionTask::process_tile`].
+    fn bands(&self) -> bool {
+        false
+    }
+
+    /// Rows `rows` of every frame of `tile` (`tile.pixels` holds the whole frames): adds this
+    /// band's contribution to `nav` (`tile.n_frames * nav_width` slots as in
+    /// [`PartitionTask::process_tile`], set to 0.0 by the engine before the first band).
+    /// The engine calls it for consecutive, disjoint bands starting at row 0 and covering
+    /// every row, then [`PartitionTask::finish_bands`]; a run has at most
+    /// [`MAX_BAND_FRAMES`] frames. Called only when [`PartitionTask::bands`] is true.
+    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, nav: &mut [f64]) {
+        let _ = (tile, rows, nav);
+    }
+
+    /// After the last band of `tile`: turns what the bands accumulated into the frames'
+    /// final nav values. The default keeps `nav` as the bands left it (sums).
+    fn finish_bands(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
+        let _ = (tile, nav);
     }
 
     /// Adds what the task accumulated for its sig and single buffers since the last merge

@@ -5,6 +5,7 @@ use crate::pixel::{Accum, Pixel};
 use crate::result::ResultBuffer;
 use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
+use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
 
 /// Centre of mass of the intensity inside a disk of `mask_radius` around a reference
@@ -171,6 +172,7 @@ impl Udf for ComUdf {
             cy: self.cy,
             rotation: (self.rotation_deg != 0.0).then_some((cos, sin)),
             flip_y: self.flip_y,
+            band: BandSums::default(),
         }))
     }
 }
@@ -187,6 +189,25 @@ struct ComTask<P: Pixel> {
     /// `(cos θ, sin θ)` of the scan rotation, `None` for none.
     rotation: Option<(f64, f64)>,
     flip_y: bool,
+    /// Per frame of the chunk fed in row bands: masked column sums, then `(total, y moment)`.
+    band: BandSums<P>,
+}
+
+/// What row bands accumulate for the frames of one chunk.
+struct BandSums<P: Pixel> {
+    /// `colsum.len()` masked column sums per frame.
+    colsums: Vec<P::Acc>,
+    /// `(total, moment_y)` per frame.
+    sums: Vec<(u64, u128)>,
+}
+
+impl<P: Pixel> Default for BandSums<P> {
+    fn default() -> Self {
+        Self {
+            colsums: Vec::new(),
+            sums: Vec::new(),
+        }
+    }
 }
 
 /// The derivative of a `rows × cols` field along rows (`along_rows`) or columns: central
@@ -210,31 +231,46 @@ fn gradient(f: &[f64], rows: usize, cols: usize, along_rows: bool) -> Vec<f64> {
 }
 
 impl<P: Pixel> ComTask<P> {
-    /// `(x, y, magnitude)` of one frame.
+    /// Row of the mask's first span: moments along y are taken from it.
+    fn y0(&self) -> u64 {
+        self.spans.first().map_or(0, |s| s.row as u64)
+    }
+
+    /// Adds the mask's spans in `spans` of `frame` to the column sums `colsum`; returns
+    /// `(total, moment_y)` of those spans.
     #[inline]
-    fn frame_com(&mut self, frame: &[P], cols: usize) -> [f64; 3] {
-        self.colsum.fill(P::Acc::default());
-        let y0 = self.spans.first().map_or(0, |s| s.row as u64);
+    fn accumulate(
+        &self,
+        colsum: &mut [P::Acc],
+        frame: &[P],
+        spans: &[Span],
+        cols: usize,
+    ) -> (u64, u128) {
+        let y0 = self.y0();
         let mut total = 0u64;
         let mut moment_y = 0u128;
-        for s in &self.spans {
+        for s in spans {
             let k = s.start as usize - self.x0..s.end as usize - self.x0;
-            let row_sum = P::add_into_sum(&mut self.colsum[k], &frame[s.range(cols)]);
+            let row_sum = P::add_into_sum(&mut colsum[k], &frame[s.range(cols)]);
             total = total.wrapping_add(row_sum);
             moment_y += (s.row as u64 - y0) as u128 * row_sum as u128;
         }
+        (total, moment_y)
+    }
+
+    /// `(x, y, magnitude)` from a frame's masked column sums, total and y moment.
+    fn finish(&self, colsum: &[P::Acc], total: u64, moment_y: u128) -> [f64; 3] {
         if total == 0 {
             return [f64::NAN; 3];
         }
-        let moment_x: u128 = self
-            .colsum
+        let moment_x: u128 = colsum
             .iter()
             .enumerate()
             .map(|(k, c)| k as u128 * c.to_u64() as u128)
             .sum();
         let t = total as f64;
         let mut dx = self.x0 as f64 + 0.5 + moment_x as f64 / t - self.cx;
-        let mut dy = y0 as f64 + 0.5 + moment_y as f64 / t - self.cy;
+        let mut dy = self.y0() as f64 + 0.5 + moment_y as f64 / t - self.cy;
         if self.flip_y {
             dy = -dy;
         }
@@ -243,11 +279,64 @@ impl<P: Pixel> ComTask<P> {
         }
         [dx, dy, dx.hypot(dy)]
     }
+
+    /// `(x, y, magnitude)` of one frame.
+    #[inline]
+    fn frame_com(&mut self, frame: &[P], cols: usize) -> [f64; 3] {
+        let mut colsum = std::mem::take(&mut self.colsum);
+        colsum.fill(P::Acc::default());
+        let (total, moment_y) = self.accumulate(&mut colsum, frame, &self.spans, cols);
+        let out = self.finish(&colsum, total, moment_y);
+        self.colsum = colsum;
+        out
+    }
 }
 
 impl<P: Pixel> PartitionTask for ComTask<P> {
     fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
         self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn bands(&self) -> bool {
+        true
+    }
+
+    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, _nav: &mut [f64]) {
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let cols = tile.sig_shape.cols;
+        let w = self.colsum.len();
+        let frames = tile.n_frames.min(px.len() / n);
+        let mut band = std::mem::take(&mut self.band);
+        if rows.start == 0 {
+            band.colsums.clear();
+            band.colsums.resize(frames * w, P::Acc::default());
+            band.sums.clear();
+            band.sums.resize(frames, (0, 0));
+        }
+        let a = self
+            .spans
+            .partition_point(|s| (s.row as usize) < rows.start);
+        let b = a + self.spans[a..].partition_point(|s| (s.row as usize) < rows.end);
+        let spans = &self.spans[a..b];
+        if !spans.is_empty() {
+            for (i, frame) in px.chunks_exact(n).take(frames).enumerate() {
+                let colsum = &mut band.colsums[i * w..(i + 1) * w];
+                let (t, my) = self.accumulate(colsum, frame, spans, cols);
+                let s = &mut band.sums[i];
+                *s = (s.0.wrapping_add(t), s.1 + my);
+            }
+        }
+        self.band = band;
+    }
+
+    fn finish_bands(&mut self, _tile: &TileView<'_>, nav: &mut [f64]) {
+        let w = self.colsum.len();
+        for (i, (out, &(t, my))) in nav.chunks_exact_mut(3).zip(&self.band.sums).enumerate() {
+            out.copy_from_slice(&self.finish(&self.band.colsums[i * w..(i + 1) * w], t, my));
+        }
     }
 
     fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {

@@ -3,8 +3,10 @@
 use crate::mask::{Mask, SpanMask};
 use crate::pixel::Pixel;
 use crate::udf::{BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta};
+use crate::windows::WindowMask;
 use crate::with_pixel_type;
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::sync::Arc;
 use stemflow_core::frame::PixelsRef;
 
@@ -77,9 +79,14 @@ impl Udf for MasksUdf {
             .iter()
             .map(|(_, m)| m.spans(meta.sig_shape))
             .collect();
+        let windows: Arc<[Option<WindowMask>]> = spans
+            .iter()
+            .map(|s| WindowMask::new(s, meta.dtype))
+            .collect();
         with_pixel_type!(meta.dtype, P => Box::new(MasksTask::<P> {
             meta: *meta,
             spans: Arc::clone(&spans),
+            windows: Arc::clone(&windows),
             _pixel: PhantomData,
         }))
     }
@@ -88,12 +95,36 @@ impl Udf for MasksUdf {
 struct MasksTask<P: Pixel> {
     meta: UdfMeta,
     spans: Arc<[SpanMask]>,
+    /// The same masks as vector windows, where this build has a kernel for `P`.
+    windows: Arc<[Option<WindowMask>]>,
     _pixel: PhantomData<P>,
 }
 
 impl<P: Pixel> PartitionTask for MasksTask<P> {
     fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
         self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn bands(&self) -> bool {
+        true
+    }
+
+    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, nav: &mut [f64]) {
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let width = self.spans.len().max(1);
+        for (out, frame) in nav.chunks_exact_mut(width).zip(px.chunks_exact(n)) {
+            for ((o, mask), win) in out
+                .iter_mut()
+                .zip(self.spans.iter())
+                .zip(self.windows.iter())
+            {
+                let sum = win.as_ref().and_then(|w| w.sum_rows(frame, rows.clone()));
+                *o += sum.unwrap_or_else(|| mask.sum_rows(frame, rows.clone())) as f64;
+            }
+        }
     }
 
     fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
@@ -103,8 +134,13 @@ impl<P: Pixel> PartitionTask for MasksTask<P> {
         let n = tile.sig_shape.len().max(1);
         let width = self.spans.len().max(1);
         for (out, frame) in nav.chunks_exact_mut(width).zip(px.chunks_exact(n)) {
-            for (o, mask) in out.iter_mut().zip(self.spans.iter()) {
-                *o = mask.sum(frame) as f64;
+            for ((o, mask), win) in out
+                .iter_mut()
+                .zip(self.spans.iter())
+                .zip(self.windows.iter())
+            {
+                let sum = win.as_ref().and_then(|w| w.sum(frame));
+                *o = sum.unwrap_or_else(|| mask.sum(frame)) as f64;
             }
         }
     }

@@ -4,6 +4,7 @@ use crate::pixel::{Accum, Pixel};
 use crate::result::ResultBuffer;
 use crate::udf::{BufferDecl, Granularity, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
+use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
 
 /// Sums all processed frames pixel by pixel.
@@ -72,6 +73,27 @@ const PARTITION_ACC_BYTES: usize = 512 * 1024;
 const BLOCK: usize = 4096;
 
 /// Per-worker sum: `acc` takes every frame; `total` takes `acc` before it could overflow.
+/// `acc[i] += frame[e0 + i]` for the first `frames` frames of `n` pixels in `px`
+/// (`acc` covers pixels `e0..e0 + acc.len()`), in blocks of [`BLOCK`] pixels and four
+/// frames at a time.
+fn add_frames<P: Pixel>(acc: &mut [P::Acc], px: &[P], n: usize, e0: usize, frames: usize) {
+    let len = acc.len();
+    for b0 in (0..len).step_by(BLOCK) {
+        let b1 = (b0 + BLOCK).min(len);
+        let acc = &mut acc[b0..b1];
+        let block = |f: usize| &px[f * n + e0 + b0..f * n + e0 + b1];
+        let mut f = 0;
+        while f + 4 <= frames {
+            P::add4_into(acc, block(f), block(f + 1), block(f + 2), block(f + 3));
+            f += 4;
+        }
+        while f < frames {
+            P::add_into(acc, block(f));
+            f += 1;
+        }
+    }
+}
+
 struct SumTask<P: Pixel> {
     meta: UdfMeta,
     acc: Vec<P::Acc>,
@@ -126,23 +148,39 @@ impl<P: Pixel> PartitionTask for SumTask<P> {
             let room = (P::ACC_HEADROOM - self.frames_in_acc).min(u64::MAX >> 1);
             let group = (frames - done).min(usize::try_from(room).unwrap_or(usize::MAX));
             let g = &px[done * n..(done + group) * n];
-            for b0 in (0..n).step_by(BLOCK) {
-                let b1 = (b0 + BLOCK).min(n);
-                let acc = &mut self.acc[b0..b1];
-                let block = |f: usize| &g[f * n + b0..f * n + b1];
-                let mut f = 0;
-                while f + 4 <= group {
-                    P::add4_into(acc, block(f), block(f + 1), block(f + 2), block(f + 3));
-                    f += 4;
-                }
-                while f < group {
-                    P::add_into(acc, block(f));
-                    f += 1;
-                }
-            }
+            add_frames::<P>(&mut self.acc, g, n, 0, group);
             self.frames_in_acc += group as u64;
             done += group;
         }
+    }
+
+    fn bands(&self) -> bool {
+        true
+    }
+
+    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, _nav: &mut [f64]) {
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        let n = self.acc.len();
+        if n == 0 {
+            return;
+        }
+        let frames = tile.n_frames.min(px.len() / n);
+        // Each pixel takes `frames` additions per chunk (at most MAX_BAND_FRAMES, below
+        // every pixel type's headroom): flush before a chunk that could overflow a lane.
+        if rows.start == 0 && self.frames_in_acc + frames as u64 > P::ACC_HEADROOM {
+            self.flush();
+        }
+        let cols = self.meta.sig_shape.cols;
+        let (e0, e1) = ((rows.start * cols).min(n), (rows.end * cols).min(n));
+        add_frames::<P>(&mut self.acc[e0..e1], px, n, e0, frames);
+    }
+
+    fn finish_bands(&mut self, tile: &TileView<'_>, _nav: &mut [f64]) {
+        let n = self.acc.len().max(1);
+        let frames = P::slice(tile.pixels).map_or(0, |px| tile.n_frames.min(px.len() / n));
+        self.frames_in_acc += frames as u64;
     }
 
     fn merge_into(&mut self, global: &mut [ResultBuffer]) {

@@ -4,6 +4,7 @@ use crate::pixel::Pixel;
 use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use std::marker::PhantomData;
+use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
 
 /// Sums each frame over all its pixels.
@@ -58,6 +59,22 @@ struct SumSigTask<P: Pixel> {
 impl<P: Pixel> PartitionTask for SumSigTask<P> {
     fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
         self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn bands(&self) -> bool {
+        true
+    }
+
+    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, nav: &mut [f64]) {
+        let Some(px) = P::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let cols = tile.sig_shape.cols;
+        let band = (rows.start * cols).min(n)..(rows.end * cols).min(n);
+        for (out, frame) in nav.iter_mut().zip(px.chunks_exact(n)) {
+            *out += P::sum(&frame[band.clone()]) as f64;
+        }
     }
 
     fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {

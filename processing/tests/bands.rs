@@ -1,0 +1,169 @@
+//! Row bands ([`PartitionTask::process_band`]) and whole tiles
+//! ([`PartitionTask::process_tile`]) give bit-identical results for every built-in that
+//! takes bands, whatever the band height, pixel type and frame shape.
+
+use stemflow_core::frame::PixelsRef;
+use stemflow_core::{DType, NavShape, SigShape};
+use stemflow_processing::udf::{TileView, UdfMeta, nav_width};
+use stemflow_processing::{ComUdf, Mask, MasksUdf, SumSigUdf, SumUdf, Udf, new_results};
+
+fn udfs(sig: SigShape) -> Vec<Box<dyn Udf>> {
+    let (cx, cy) = (sig.cols as f64 / 2.0 - 0.7, sig.rows as f64 / 2.0 + 0.3);
+    vec![
+        Box::new(SumUdf::new()),
+        Box::new(SumSigUdf::new()),
+        Box::new(MasksUdf::new([
+            ("disk", Mask::Disk { cx, cy, r: 9.5 }),
+            (
+                "ring",
+                Mask::Ring {
+                    cx: 2.0,
+                    cy,
+                    r_inner: 3.0,
+                    r_outer: 30.0,
+                },
+            ),
+            (
+                "rect",
+                Mask::Rectangle {
+                    x: sig.cols as f64 - 5.0,
+                    y: sig.rows as f64 - 4.0,
+                    width: 5.0,
+                    height: 4.0,
+                },
+            ),
+            (
+                "poly",
+                Mask::Polygon {
+                    vertices: vec![(1.0, 1.0), (30.0, 4.0), (12.0, 33.0)],
+                },
+            ),
+        ])),
+        Box::new(ComUdf::new(cx, cy, 14.0).with_scan_rotation(17.0)),
+    ]
+}
+
+/// `n` frames of `sig` with a bright off-centre disk on a ramp, values near the type's top
+/// so that lane overflow would show.
+fn frames(sig: SigShape, n: usize, top: u64) -> Vec<u64> {
+    (0..n * sig.len())
+        .map(|i| {
+            let (f, p) = (i / sig.len(), i % sig.len());
+            let (x, y) = ((p % sig.cols) as f64, (p / sig.cols) as f64);
+            let d = (x - 20.0 - f as f64).hypot(y - 15.0);
+            let v = if d < 8.0 {
+                top
+            } else {
+                top / 3 + (i as u64 * 2_654_435_761) % 97
+            };
+            v.min(top)
+        })
+        .collect()
+}
+
+fn check(sig: SigShape, dtype: DType) {
+    let n = 5;
+    let top = match dtype {
+        DType::U8 => u8::MAX as u64,
+        DType::U16 => u16::MAX as u64,
+        _ => u32::MAX as u64,
+    };
+    let raw = frames(sig, n, top);
+    let (v8, v16, v32): (Vec<u8>, Vec<u16>, Vec<u32>) = (
+        raw.iter().map(|&v| v as u8).collect(),
+        raw.iter().map(|&v| v as u16).collect(),
+        raw.iter().map(|&v| v as u32).collect(),
+    );
+    let pixels = match dtype {
+        DType::U8 => PixelsRef::U8(&v8),
+        DType::U16 => PixelsRef::U16(&v16),
+        _ => PixelsRef::U32(&v32),
+    };
+    let meta = UdfMeta {
+        nav_shape: NavShape::new(1, n),
+        sig_shape: sig,
+        dtype,
+    };
+    let view = TileView {
+        first_frame: 0,
+        n_frames: n,
+        sig_shape: sig,
+        pixels,
+    };
+    for udf in udfs(sig) {
+        udf.check(&meta).unwrap();
+        let width = nav_width(&udf.buffers(&meta));
+        let mut whole = udf.new_partition(&meta);
+        assert!(whole.bands(), "{} takes bands", udf.name());
+        let mut nav_whole = vec![f64::NAN; n * width];
+        whole.process_tile(&view, &mut nav_whole);
+        let mut merged_whole = new_results(udf.as_ref(), &meta);
+        whole.merge_into(&mut merged_whole.buffers);
+        for band in [1, 3, 8, sig.rows] {
+            let mut banded = udf.new_partition(&meta);
+            let mut nav = vec![0.0; n * width];
+            let mut r = 0;
+            while r < sig.rows {
+                let r1 = (r + band).min(sig.rows);
+                banded.process_band(&view, r..r1, &mut nav);
+                r = r1;
+            }
+            banded.finish_bands(&view, &mut nav);
+            let same = |a: &[f64], b: &[f64]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            };
+            assert!(
+                same(&nav, &nav_whole),
+                "{} {dtype:?} {sig:?} bands of {band} rows: nav {nav:?} != {nav_whole:?}",
+                udf.name()
+            );
+            let mut merged = new_results(udf.as_ref(), &meta);
+            banded.merge_into(&mut merged.buffers);
+            for (a, b) in merged.buffers.iter().zip(&merged_whole.buffers) {
+                assert!(same(&a.data, &b.data), "{} buffer {}", udf.name(), a.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn bands_match_whole_tiles_for_every_dtype_and_shape() {
+    for sig in [
+        SigShape::new(37, 45),
+        SigShape::new(64, 64),
+        SigShape::new(40, 33),
+    ] {
+        for dtype in [DType::U8, DType::U16, DType::U32] {
+            check(sig, dtype);
+        }
+    }
+}
+
+#[test]
+fn the_sum_stays_exact_across_many_banded_chunks() {
+    // u16 lanes take 65 537 full-scale frames before they must be flushed: 70 000 frames in
+    // chunks of 4, fed in bands, must still sum exactly.
+    let sig = SigShape::new(3, 4);
+    let meta = UdfMeta {
+        nav_shape: NavShape::new(1, 70_000),
+        sig_shape: sig,
+        dtype: DType::U16,
+    };
+    let udf = SumUdf::new();
+    let mut task = udf.new_partition(&meta);
+    let px = vec![u16::MAX; 4 * sig.len()];
+    for k in 0..17_500u64 {
+        let view = TileView {
+            first_frame: 4 * k,
+            n_frames: 4,
+            sig_shape: sig,
+            pixels: PixelsRef::U16(&px),
+        };
+        task.process_band(&view, 0..2, &mut []);
+        task.process_band(&view, 2..3, &mut []);
+        task.finish_bands(&view, &mut []);
+    }
+    let mut merged = new_results(&udf, &meta);
+    task.merge_into(&mut merged.buffers);
+    assert_eq!(merged.buffers[0].data, vec![70_000.0 * 65_535.0; 12]);
+}
