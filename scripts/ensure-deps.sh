@@ -24,14 +24,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
-# The workspace uses the 2024 edition: Rust 1.85 or newer.
+# The workspace needs Rust 1.89 or newer (2024 edition; the AVX-512 intrinsics of the
+# virtual-detector kernels). An older system toolchain is replaced by rustup's stable one.
 rust_minor=$(rustc --version | sed -E 's/^rustc 1\.([0-9]+).*/\1/')
-if [ "${rust_minor:-0}" -lt 85 ]; then
-  if command -v rustup >/dev/null 2>&1; then
-    echo "stemflow: Rust $(rustc --version) is older than 1.85; updating (rustup)" >&2
-    rustup update stable >/dev/null && rustup default stable >/dev/null
-  else
-    echo "stemflow: $(rustc --version) is older than 1.85, which the 2024 edition needs" >&2
-    exit 1
+if [ "${rust_minor:-0}" -lt 89 ]; then
+  if ! command -v rustup >/dev/null 2>&1; then
+    echo "stemflow: $(rustc --version) is older than 1.89; installing rustup's stable Rust" >&2
+    command -v curl >/dev/null 2>&1 || { SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"; \
+      $SUDO apt-get install -y -qq curl ca-certificates >/dev/null; }
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y -q --profile minimal
+    export PATH="$HOME/.cargo/bin:$PATH"
   fi
+  echo "stemflow: updating Rust (rustup, stable)" >&2
+  rustup update stable >/dev/null && rustup default stable >/dev/null
 fi

@@ -62,6 +62,9 @@ const CHUNK_BYTES: usize = 512 * 1024;
 /// frames) beat whole chunks by about 7 %; bands that fit L1 (16–32 KiB) lose 20–35 %,
 /// because each band of each frame is then a fresh 4 KiB page for the hardware prefetcher.
 const BAND_BYTES: usize = 128 * 1024;
+/// Fewest frames in a chunk fed in bands: the sum adds four frames in lockstep, so each
+/// accumulator row crosses the cache once per four frames.
+const BAND_MIN_FRAMES: usize = 4;
 /// A worker merges by itself once it has staged this many frames, bounding its memory.
 const SELF_MERGE_FRAMES: u64 = 4096;
 /// How often the coordinator looks at the cancel flag while waiting.
@@ -101,8 +104,9 @@ pub struct RunConfig {
     pub sig_shape: SigShape,
     /// Decoded pixel type; every stack's decoder and every tile must have it.
     pub dtype: DType,
-    /// Shortest time between two snapshots (default 100 ms); the final snapshot always
-    /// comes. `Duration::MAX`: the final one only.
+    /// Time between two snapshots (default 100 ms), on a fixed cadence from the start of
+    /// the run (a snapshot that came late does not delay the later ones); none while nothing
+    /// changed; the final snapshot always comes. `Duration::MAX`: the final one only.
     pub snapshot_interval: Duration,
     /// Worker threads; `None`: one per available core.
     pub threads: Option<usize>,
@@ -604,6 +608,8 @@ struct Worker {
     banded: Vec<bool>,
     /// Rows per band (≥ 1).
     band_rows: usize,
+    /// Frames per `process_tile` call for tasks not fed in bands: ~[`CHUNK_BYTES`].
+    tile_frames: usize,
     /// `(first_frame, n_frames)` of every run of frames processed since the last merge.
     runs: Vec<(u64, usize)>,
     /// Per UDF: staged nav values, `layout.width` per frame, frames in `runs` order.
@@ -641,16 +647,20 @@ impl Worker {
             if in_bands {
                 self.bands(&chunk, f, layouts);
             }
-            for (u, task) in self.tasks.iter_mut().enumerate() {
-                if in_bands && self.banded[u] {
-                    continue;
+            // The other tile tasks take cache-sized pieces of the chunk.
+            let mut g = 0;
+            while g < m {
+                let k = self.tile_frames.min(m - g);
+                let piece = chunk.frames(g..g + k);
+                for (u, task) in self.tasks.iter_mut().enumerate() {
+                    if (in_bands && self.banded[u]) || layouts[u].granularity != Granularity::Tile {
+                        continue;
+                    }
+                    let w = layouts[u].width;
+                    let base = self.starts[u] + (f + g) * w;
+                    task.process_tile(&piece, &mut self.values[u][base..base + k * w]);
                 }
-                if layouts[u].granularity != Granularity::Tile {
-                    continue;
-                }
-                let w = layouts[u].width;
-                let base = self.starts[u] + f * w;
-                task.process_tile(&chunk, &mut self.values[u][base..base + m * w]);
+                g += k;
             }
             f += m;
         }
@@ -846,7 +856,10 @@ fn prepare(
     }
     // After preprocess: a task may use what it prepared (e.g. a file it created).
     let frame_bytes = (cfg.sig_shape.len() * cfg.dtype.size()).max(1);
-    let chunk_frames = (CHUNK_BYTES / frame_bytes).max(1);
+    let tile_frames = (CHUNK_BYTES / frame_bytes).max(1);
+    // Bands keep the working set small whatever the chunk's size, so a chunk holds at
+    // least BAND_MIN_FRAMES frames (the sum adds four frames in lockstep).
+    let chunk_frames = tile_frames.max(BAND_MIN_FRAMES);
     // Rows per band: a band of every frame of a chunk fills about BAND_BYTES.
     let row_bytes = (cfg.sig_shape.cols * cfg.dtype.size()).max(1);
     let band_rows = (BAND_BYTES / (chunk_frames * row_bytes)).max(1);
@@ -857,14 +870,13 @@ fn prepare(
             let banded = tasks
                 .iter()
                 .zip(&layouts)
-                .map(|(t, l): (&Box<dyn PartitionTask>, &UdfLayout)| {
-                    l.granularity == Granularity::Tile && t.bands()
-                })
+                .map(|(t, l)| l.granularity == Granularity::Tile && t.bands())
                 .collect();
             Mutex::new(Worker {
                 tasks,
                 banded,
                 band_rows,
+                tile_frames,
                 runs: Vec::new(),
                 values: vec![Vec::new(); udfs.len()],
                 starts: Vec::with_capacity(udfs.len()),
@@ -1205,7 +1217,14 @@ impl<'c, 'a> Coordinator<'c, 'a> {
         if let Some(due) = self.next_snapshot {
             if now >= due {
                 self.snapshot(false);
-                self.next_snapshot = now.checked_add(self.shared.cfg.snapshot_interval);
+                // A fixed cadence: a late look at the clock does not push every later
+                // snapshot back (what a frame waits for its snapshot is at most one interval
+                // plus its processing).
+                let interval = self.shared.cfg.snapshot_interval;
+                self.next_snapshot = due
+                    .checked_add(interval)
+                    .filter(|&next| next > now)
+                    .or_else(|| now.checked_add(interval));
             }
         }
         let until = self

@@ -2,7 +2,7 @@
 
 use crate::pixel::{Accum, Pixel};
 use crate::result::ResultBuffer;
-use crate::udf::{BufferDecl, Granularity, PartitionTask, TileView, Udf, UdfMeta};
+use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
@@ -48,31 +48,12 @@ impl Udf for SumUdf {
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
         with_pixel_type!(meta.dtype, P => Box::new(SumTask::<P>::new(meta)))
     }
-    fn granularity(&self, meta: &UdfMeta) -> Granularity {
-        // Large frames: whole partitions, summed block by block of the frame, so that an
-        // accumulator block stays in L1 while every frame of the partition is added to it,
-        // instead of the whole accumulator (1 MiB for 512 × 512 frames) crossing the
-        // caches for every few frames. Small frames: cache-sized chunks, read once from
-        // memory and then found in L2 by the other UDFs of the run (measured: twice as
-        // fast for 256 × 256 u16 in the full set, 30 % slower for 512 × 512 u16 sums).
-        let acc_bytes = meta.sig_shape.len()
-            * with_pixel_type!(meta.dtype, P => std::mem::size_of::<<P as Pixel>::Acc>());
-        if acc_bytes > PARTITION_ACC_BYTES {
-            Granularity::Partition
-        } else {
-            Granularity::Tile
-        }
-    }
 }
-
-/// Accumulators larger than this (bytes) are summed per partition ([`Granularity::Partition`]).
-const PARTITION_ACC_BYTES: usize = 512 * 1024;
 
 /// Pixels per accumulator block: 16 KiB of `u32` lanes, which stay in L1 beside the four
 /// frame blocks being read.
 const BLOCK: usize = 4096;
 
-/// Per-worker sum: `acc` takes every frame; `total` takes `acc` before it could overflow.
 /// `acc[i] += frame[e0 + i]` for the first `frames` frames of `n` pixels in `px`
 /// (`acc` covers pixels `e0..e0 + acc.len()`), in blocks of [`BLOCK`] pixels and four
 /// frames at a time.
@@ -94,6 +75,7 @@ fn add_frames<P: Pixel>(acc: &mut [P::Acc], px: &[P], n: usize, e0: usize, frame
     }
 }
 
+/// Per-worker sum: `acc` takes every frame; `total` takes `acc` before it could overflow.
 struct SumTask<P: Pixel> {
     meta: UdfMeta,
     acc: Vec<P::Acc>,
