@@ -130,6 +130,7 @@ impl Roi {
             shape,
             data,
             unit: buffer.unit.clone(),
+            dtype: buffer.dtype,
         }
     }
 }
@@ -152,6 +153,7 @@ mod tests {
             shape: vec![2, 3, 2],
             data: (0..12).map(f64::from).collect(),
             unit: "counts".into(),
+            dtype: Default::default(),
         };
         let c = a.compact(&buf);
         assert_eq!(c.shape, vec![2, 2]);

@@ -37,6 +37,7 @@
 use crate::result::{BufferKind, ResultBuffer, UdfResults};
 use std::ops::Range;
 use stemflow_core::frame::{PixelsRef, Tile};
+pub use stemflow_core::result::{ResultDType, TypedValues, typed_values};
 use stemflow_core::{DType, NavShape, SigShape};
 
 /// What a UDF knows about the data set it runs on.
@@ -65,97 +66,6 @@ pub struct BufferDecl {
     /// The numeric type the values stand for (default [`ResultDType::F64`]); the merged
     /// values are `f64` either way, see [`typed_values`].
     pub dtype: ResultDType,
-}
-
-/// The numeric type of a result buffer's values.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ResultDType {
-    /// 64-bit float (the default).
-    F64,
-    /// 32-bit float.
-    F32,
-    /// Signed integers, 64 bits.
-    I64,
-    /// Signed integers, 32 bits.
-    I32,
-    /// Unsigned integers, 64 bits (exact in the merged `f64` buffers below 2^53).
-    U64,
-    /// Unsigned integers, 32 bits.
-    U32,
-    /// Unsigned integers, 16 bits.
-    U16,
-    /// Unsigned integers, 8 bits.
-    U8,
-}
-
-impl ResultDType {
-    /// True for the integer types.
-    pub fn is_integer(self) -> bool {
-        !matches!(self, ResultDType::F64 | ResultDType::F32)
-    }
-    /// The value that stands for "not processed / outside the ROI" in an integer buffer
-    /// (where NaN does not exist): the type's minimum for signed types, its maximum for
-    /// unsigned ones (counts are never negative, so `MAX` is the unlikely value). `None`
-    /// for floats, which use NaN.
-    pub fn int_fill(self) -> Option<i128> {
-        match self {
-            ResultDType::F64 | ResultDType::F32 => None,
-            ResultDType::I64 => Some(i64::MIN as i128),
-            ResultDType::I32 => Some(i32::MIN as i128),
-            ResultDType::U64 => Some(u64::MAX as i128),
-            ResultDType::U32 => Some(u32::MAX as i128),
-            ResultDType::U16 => Some(u16::MAX as i128),
-            ResultDType::U8 => Some(u8::MAX as i128),
-        }
-    }
-}
-
-/// A result buffer's values in its declared type.
-#[derive(Clone, Debug, PartialEq)]
-pub enum TypedValues {
-    /// `f64` values.
-    F64(Vec<f64>),
-    /// `f32` values.
-    F32(Vec<f32>),
-    /// `i64` values.
-    I64(Vec<i64>),
-    /// `i32` values.
-    I32(Vec<i32>),
-    /// `u64` values.
-    U64(Vec<u64>),
-    /// `u32` values.
-    U32(Vec<u32>),
-    /// `u16` values.
-    U16(Vec<u16>),
-    /// `u8` values.
-    U8(Vec<u8>),
-}
-
-/// `values` converted to `dtype`: floats as they are (rounded to `f32` for
-/// [`ResultDType::F32`]); integers rounded to nearest and saturated to the type's range,
-/// NaN replaced by [`ResultDType::int_fill`].
-pub fn typed_values(values: &[f64], dtype: ResultDType) -> TypedValues {
-    macro_rules! ints {
-        ($t:ty, $v:ident) => {{
-            let fill = dtype.int_fill().unwrap_or(0) as $t;
-            TypedValues::$v(
-                values
-                    .iter()
-                    .map(|&x| if x.is_nan() { fill } else { x.round() as $t })
-                    .collect(),
-            )
-        }};
-    }
-    match dtype {
-        ResultDType::F64 => TypedValues::F64(values.to_vec()),
-        ResultDType::F32 => TypedValues::F32(values.iter().map(|&x| x as f32).collect()),
-        ResultDType::I64 => ints!(i64, I64),
-        ResultDType::I32 => ints!(i32, I32),
-        ResultDType::U64 => ints!(u64, U64),
-        ResultDType::U32 => ints!(u32, U32),
-        ResultDType::U16 => ints!(u16, U16),
-        ResultDType::U8 => ints!(u8, U8),
-    }
 }
 
 impl BufferDecl {
@@ -221,6 +131,7 @@ impl BufferDecl {
             shape,
             data: vec![fill; len],
             unit: self.unit.clone(),
+            dtype: self.dtype,
         }
     }
 }

@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 use stemflow_core::frame::{Tile, TileData};
 use stemflow_core::metadata::RunMetadata;
 use stemflow_core::pool::{Pool, Pooled};
-use stemflow_core::result::{BufferKind, UdfResults};
+use stemflow_core::result::{BufferKind, TypedValues, UdfResults};
 use stemflow_core::sink::{SinkError, TileSink};
 use stemflow_core::validity::FrameValidity;
 use stemflow_core::{DType, NavShape, SigShape};
@@ -862,13 +862,47 @@ fn write_results(file: &File, p: &Path, results: &[UdfResults]) -> Result<(), Re
                     ),
                 });
             }
-            let view = ArrayViewD::from_shape(IxDyn(&buf.shape), &buf.data)
-                .map_err(|e| h5(p, &obj, "writing the result buffer")(e.into()))?;
-            let ds = g
-                .new_dataset_builder()
-                .with_data(view)
-                .create(layout::link_name(&buf.name).as_str())
-                .map_err(h5(p, &obj, "writing the result buffer"))?;
+            // Stored in the buffer's declared type; integer buffers mark positions with no
+            // value (NaN in the merged f64s) with the type's fill value, named in the
+            // `_FillValue` attribute (the CF convention).
+            let name = layout::link_name(&buf.name);
+            macro_rules! typed {
+                ($v:expr) => {{
+                    let view = ArrayViewD::from_shape(IxDyn(&buf.shape), &$v[..])
+                        .map_err(|e| h5(p, &obj, "writing the result buffer")(e.into()))?;
+                    let ds = g
+                        .new_dataset_builder()
+                        .with_data(view)
+                        .create(name.as_str())
+                        .map_err(h5(p, &obj, "writing the result buffer"))?;
+                    if let Some(fill) = buf.dtype.int_fill() {
+                        let fill = fill.clamp(i64::MIN as i128, u64::MAX as i128);
+                        let attr = format!("{obj}@_FillValue");
+                        if fill < 0 {
+                            ds.new_attr::<i64>()
+                                .create("_FillValue")
+                                .and_then(|a| a.write_scalar(&(fill as i64)))
+                                .map_err(h5(p, &attr, "writing the attribute"))?;
+                        } else {
+                            ds.new_attr::<u64>()
+                                .create("_FillValue")
+                                .and_then(|a| a.write_scalar(&(fill as u64)))
+                                .map_err(h5(p, &attr, "writing the attribute"))?;
+                        }
+                    }
+                    ds
+                }};
+            }
+            let ds = match buf.typed() {
+                TypedValues::F64(v) => typed!(v),
+                TypedValues::F32(v) => typed!(v),
+                TypedValues::I64(v) => typed!(v),
+                TypedValues::I32(v) => typed!(v),
+                TypedValues::U64(v) => typed!(v),
+                TypedValues::U32(v) => typed!(v),
+                TypedValues::U16(v) => typed!(v),
+                TypedValues::U8(v) => typed!(v),
+            };
             let kind = match buf.kind {
                 BufferKind::Nav => "nav",
                 BufferKind::Sig => "sig",

@@ -50,7 +50,10 @@ pub fn default_frames_per_chunk(sig: SigShape, dtype: DType) -> usize {
 pub fn chunk_shape(nav: NavShape, sig: SigShape, frames_per_chunk: usize) -> [usize; 4] {
     let k = frames_per_chunk.clamp(1, nav.len().max(1));
     if k <= nav.cols {
-        let divisor = (1..=k).rev().find(|d| nav.cols % d == 0).unwrap_or(1);
+        let divisor = (1..=k)
+            .rev()
+            .find(|d| nav.cols.is_multiple_of(*d))
+            .unwrap_or(1);
         let cols = if divisor * 2 >= k { divisor } else { k };
         [1, cols, sig.rows, sig.cols]
     } else {

@@ -10,7 +10,7 @@ use ndarray::Ix4;
 use std::path::{Path, PathBuf};
 use stemflow_core::frame::{Tile, TileData};
 use stemflow_core::metadata::RunMetadata;
-use stemflow_core::result::{BufferKind, ResultBuffer, UdfResults};
+use stemflow_core::result::{BufferKind, ResultBuffer, ResultDType, UdfResults};
 use stemflow_core::validity::{FrameStatus, FrameValidity};
 use stemflow_core::{DType, NavShape, SigShape};
 
@@ -279,7 +279,16 @@ impl RecordingReader {
                 let ds = g
                     .dataset(&name)
                     .map_err(h5(p, &obj, "opening the dataset"))?;
-                let data: Vec<f64> = ds.read_raw().map_err(h5(p, &obj, "reading"))?;
+                let mut data: Vec<f64> = ds.read_raw().map_err(h5(p, &obj, "reading"))?;
+                let dtype = result_dtype(&ds);
+                // Integer buffers mark positions without a value by the type's fill value
+                // (see the recorder): back to NaN, as in the merged results.
+                if let Some(fill) = dtype.int_fill() {
+                    let fill = fill as f64;
+                    data.iter_mut()
+                        .filter(|v| **v == fill)
+                        .for_each(|v| *v = f64::NAN);
+                }
                 let attr = |a: &str| -> Result<String, RecordingError> {
                     let v: VarLenUnicode = ds.attr(a).and_then(|a| a.read_scalar()).map_err(h5(
                         p,
@@ -306,11 +315,27 @@ impl RecordingReader {
                     shape: ds.shape(),
                     data,
                     unit: attr("unit")?,
+                    dtype,
                 });
             }
             out.push(UdfResults { udf, buffers });
         }
         Ok(out)
+    }
+}
+
+/// The result type a dataset was stored in (`f64` for any type stemflow does not write).
+fn result_dtype(ds: &Dataset) -> ResultDType {
+    use hdf5::types::{FloatSize, IntSize, TypeDescriptor as T};
+    match ds.dtype().and_then(|t| t.to_descriptor()) {
+        Ok(T::Float(FloatSize::U4)) => ResultDType::F32,
+        Ok(T::Integer(IntSize::U8)) => ResultDType::I64,
+        Ok(T::Integer(IntSize::U4)) => ResultDType::I32,
+        Ok(T::Unsigned(IntSize::U8)) => ResultDType::U64,
+        Ok(T::Unsigned(IntSize::U4)) => ResultDType::U32,
+        Ok(T::Unsigned(IntSize::U2)) => ResultDType::U16,
+        Ok(T::Unsigned(IntSize::U1)) => ResultDType::U8,
+        _ => ResultDType::F64,
     }
 }
 

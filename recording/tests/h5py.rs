@@ -137,6 +137,10 @@ with h5py.File(path, "r") as f:
     assert np.isnan(ix[1, 2]) and ix[0, 3] == 1.5
     assert f["/entry/results/com/x"].attrs["unit"] == "pixels"
     assert f["/entry/results/sum/frame_sum"].shape == sig
+    assert f["/entry/results/sum/frame_sum"].dtype == np.uint64
+    hits = f["/entry/results/sum_sig/hits"]
+    assert hits.dtype == np.uint16 and hits.attrs["_FillValue"] == 65535
+    assert hits[1, 2] == 65535 and hits[0, 3] == 6
 
     md = json.loads(f["/entry/run_metadata_json"].asstr()[()])
     assert md["detector"].startswith("merlin") and md["microscope"]["high_tension_v"] == 200000.0

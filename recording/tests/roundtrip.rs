@@ -114,6 +114,15 @@ fn round_trip_out_of_order_tiles_crossing_rows() {
             assert!(a == b || (a.is_nan() && b.is_nan()), "com x {a} != {b}");
         }
         assert!(res[2].buffer("intensity").unwrap().data[9].is_nan());
+        // Typed buffers come back in their type, fill values as NaN again.
+        let hits = res[2].buffer("hits").unwrap();
+        assert_eq!(hits.dtype, stemflow_core::result::ResultDType::U16);
+        assert!(hits.data[9].is_nan() && hits.data[10].is_nan());
+        assert_eq!(hits.data[3], 6.0);
+        assert_eq!(
+            res[1].buffer("frame_sum").unwrap().dtype,
+            stemflow_core::result::ResultDType::U64
+        );
         assert_eq!(res[1].buffer("frame_sum").unwrap(), &want[2].buffers[0]);
         assert_eq!(res[1].buffer("total").unwrap().data, vec![12345.0]);
         assert_eq!(res[1].buffer("total").unwrap().kind, BufferKind::Single);

@@ -130,6 +130,7 @@ impl Udf for ComUdf {
             shape: merged[0].shape.clone(),
             data,
             unit: "pixels/scan step".into(),
+            dtype: Default::default(),
         };
         out.push(derived(
             "divergence",

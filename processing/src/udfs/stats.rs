@@ -92,6 +92,7 @@ impl Udf for StatsUdf {
             shape: merged[SUM].shape.clone(),
             data,
             unit: unit.into(),
+            dtype: ResultDType::F64,
         };
         let s1 = &merged[SUM].data;
         let s2 = &merged[SUM_SQ].data;

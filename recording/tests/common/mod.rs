@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use stemflow_core::devices::{ScanSettings, TriggerOutput};
 use stemflow_core::frame::{Tile, TileData};
 use stemflow_core::metadata::{MicroscopeState, RunMetadata};
-use stemflow_core::result::{BufferKind, ResultBuffer, UdfResults};
+use stemflow_core::result::{BufferKind, ResultBuffer, ResultDType, UdfResults};
 use stemflow_core::validity::{FrameStatus, FrameValidity};
 use stemflow_core::{DType, NavShape, SigShape};
 
@@ -99,13 +99,25 @@ pub fn results() -> Vec<UdfResults> {
     vec![
         UdfResults {
             udf: "sum/sig".into(),
-            buffers: vec![ResultBuffer {
-                name: "intensity".into(),
-                kind: BufferKind::Nav,
-                shape: vec![NAV.rows, NAV.cols],
-                data: nav_map.clone(),
-                unit: "counts".into(),
-            }],
+            buffers: vec![
+                ResultBuffer {
+                    name: "intensity".into(),
+                    kind: BufferKind::Nav,
+                    shape: vec![NAV.rows, NAV.cols],
+                    data: nav_map.clone(),
+                    unit: "counts".into(),
+                    dtype: Default::default(),
+                },
+                // An integer nav buffer: stored as uint16, NaN (lost frames) as 65535.
+                ResultBuffer {
+                    name: "hits".into(),
+                    kind: BufferKind::Nav,
+                    shape: vec![NAV.rows, NAV.cols],
+                    data: nav_map.iter().map(|v| v * 4.0).collect(),
+                    unit: "counts".into(),
+                    dtype: ResultDType::U16,
+                },
+            ],
         },
         UdfResults {
             udf: "com".into(),
@@ -116,6 +128,7 @@ pub fn results() -> Vec<UdfResults> {
                     shape: vec![NAV.rows, NAV.cols],
                     data: nav_map.iter().map(|v| -v).collect(),
                     unit: "pixels".into(),
+                    dtype: Default::default(),
                 },
                 ResultBuffer {
                     name: "y".into(),
@@ -123,6 +136,7 @@ pub fn results() -> Vec<UdfResults> {
                     shape: vec![NAV.rows, NAV.cols],
                     data: nav_map,
                     unit: "pixels".into(),
+                    dtype: Default::default(),
                 },
             ],
         },
@@ -135,6 +149,7 @@ pub fn results() -> Vec<UdfResults> {
                     shape: vec![SIG.rows, SIG.cols],
                     data: (0..SIG.len()).map(|i| i as f64).collect(),
                     unit: "counts".into(),
+                    dtype: ResultDType::U64,
                 },
                 ResultBuffer {
                     name: "total".into(),
@@ -142,6 +157,7 @@ pub fn results() -> Vec<UdfResults> {
                     shape: vec![1],
                     data: vec![12345.0],
                     unit: "counts".into(),
+                    dtype: Default::default(),
                 },
                 ResultBuffer {
                     name: "frames_seen".into(),
@@ -149,6 +165,7 @@ pub fn results() -> Vec<UdfResults> {
                     shape: vec![],
                     data: vec![33.0],
                     unit: "frames".into(),
+                    dtype: Default::default(),
                 },
             ],
         },
