@@ -28,7 +28,9 @@ pub enum Command {
     /// Acquire from a real or external detector: a Merlin over its control and data ports, or
     /// a DECTRIS detector over its REST API and stream.
     Acquire(AcquireArgs),
-    /// Run the reductions offline on a recorded Merlin `.hdr`/`.mib` set.
+    /// Run the reductions offline on a recording (Merlin `.hdr`/`.mib`, DECTRIS master,
+    /// `.npy`, HDF5, raw); `--reductions SPEC.toml` chooses the UDFs, `--roi-rect` /
+    /// `--roi-mask` the scan positions.
     Process(ProcessArgs),
     /// Start a detector simulator standalone on 127.0.0.1.
     #[command(subcommand)]
@@ -57,6 +59,10 @@ pub struct RunArgs {
     /// Instrument profile (TOML) giving the plan defaults; default: the simulated one.
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// A reduction spec (TOML, see docs/reductions.md) whose UDFs every acquisition
+    /// computes, replacing the profile's `[reductions] spec`.
+    #[arg(long, value_name = "SPEC.toml")]
+    pub reductions: Option<PathBuf>,
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
@@ -89,6 +95,10 @@ pub struct QueueArgs {
     /// Instrument profile (TOML) giving the plan defaults; default: the simulated one.
     #[arg(long)]
     pub profile: Option<PathBuf>,
+    /// A reduction spec (TOML, see docs/reductions.md) whose UDFs every acquisition
+    /// computes, replacing the profile's `[reductions] spec`.
+    #[arg(long, value_name = "SPEC.toml")]
+    pub reductions: Option<PathBuf>,
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
@@ -99,6 +109,31 @@ pub struct QueueArgs {
     /// to 0.1 nA from START_S for DURATION_S after the start, written `START_S:DURATION_S`.
     #[arg(long)]
     pub sim_beam_dip: Option<String>,
+}
+
+/// Which reductions a run computes (`process`, the default run, `acquire`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct ReductionArgs {
+    /// A reduction spec (TOML: `[[udf]]` entries and an optional `[roi]`; see
+    /// docs/reductions.md): run its UDFs instead of the default set (sum, sum_sig, virtual
+    /// BF + ADF, CoM). Overrides the profile's `[reductions] spec`.
+    #[arg(long, value_name = "SPEC.toml")]
+    pub reductions: Option<PathBuf>,
+    /// Process only scan rows R0..R1 and columns C0..C1 (half-open, from 0), replacing the
+    /// spec's ROI; nav results are NaN outside it.
+    #[arg(long, value_name = "R0:R1,C0:C1", conflicts_with = "roi_mask")]
+    pub roi_rect: Option<stemflow_processing::RoiRect>,
+    /// Process only the scan positions set (nonzero) in this `.npy` array of the scan's
+    /// shape, replacing the spec's ROI; nav results are NaN outside it.
+    #[arg(long, value_name = "FILE.npy")]
+    pub roi_mask: Option<PathBuf>,
+}
+
+impl ReductionArgs {
+    /// True when no option was given.
+    pub fn is_empty(&self) -> bool {
+        self.reductions.is_none() && self.roi_rect.is_none() && self.roi_mask.is_none()
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -115,6 +150,8 @@ pub struct SimulateArgs {
     /// Do not record raw frames (results and images are still written).
     #[arg(long)]
     pub no_raw: bool,
+    #[command(flatten)]
+    pub reductions: ReductionArgs,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -200,6 +237,8 @@ pub struct AcquireArgs {
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
+    #[command(flatten)]
+    pub reductions: ReductionArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -235,6 +274,8 @@ pub struct ProcessArgs {
     /// Output folder.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub reductions: ReductionArgs,
 }
 
 /// File formats `stemflow process` reads.

@@ -5,7 +5,7 @@
 
 use crate::cli::{ProcessArgs, ProcessFormat};
 use crate::output;
-use crate::pipeline::{Geometry, udfs};
+use crate::pipeline::{Geometry, Reductions};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -183,21 +183,28 @@ pub fn open_dataset(args: &ProcessArgs) -> Result<Box<dyn DataSet>> {
     Ok(ds)
 }
 
-/// Runs the live-view reductions ([`udfs`] on a centred [`Geometry`]) over every frame of
-/// `data` with scan `nav`; `sink` receives the decoded tiles (e.g. an HDF5 recorder).
+/// Runs `reductions` (without a spec: the live-view set, [`crate::pipeline::udfs`] on a centred
+/// [`Geometry`]) over every frame of `data` with scan `nav`, over the ROI if one is given;
+/// `sink` receives every decoded tile (e.g. an HDF5 recorder), inside the ROI or not.
 ///
 /// # Errors
-/// Reading and processing errors, naming the file and frame.
+/// The spec does not fit the data (naming the spec file, entry and key); reading and
+/// processing errors, naming the file and frame.
 pub fn reduce(
     data: &mut dyn DataSet,
     nav: NavShape,
+    reductions: &Reductions,
     sink: Option<&mut dyn stemflow_core::sink::TileSink>,
 ) -> Result<RunSummary> {
-    let cfg = RunConfig::new(nav, data.sig_shape(), data.dtype());
     let g = Geometry::centred(data.sig_shape());
+    let (list, roi) = reductions.build(&g, data.sig_shape(), nav)?;
+    let mut cfg = RunConfig::new(nav, data.sig_shape(), data.dtype());
+    if let Some(roi) = roi {
+        cfg = cfg.with_roi(roi);
+    }
     let summary = run_dataset(
         data,
-        &udfs(&g),
+        &list,
         &cfg,
         sink,
         &mut |_| {},
@@ -208,6 +215,8 @@ pub fn reduce(
 
 /// `stemflow process PATH`.
 pub fn process(args: &ProcessArgs) -> Result<()> {
+    let r = &args.reductions;
+    let reductions = Reductions::load(r.reductions.as_deref(), r.roi_rect, r.roi_mask.as_deref())?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     let t0 = std::time::Instant::now();
@@ -217,9 +226,15 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
     let (sig, dtype) = (data.sig_shape(), data.dtype());
     let source: PathBuf = data.path().to_path_buf();
     let frames_in_file = data.frames();
+    // Built once before the recording is created, so that a spec that does not fit the
+    // data leaves no half-written file behind.
+    reductions.build(&Geometry::centred(sig), sig, nav)?;
+    if !reductions.is_default() {
+        println!("{}", reductions.describe());
+    }
     let h5 = args.out.join("processed.h5");
     let mut rec = Hdf5Recorder::create(&h5, RecordingSpec::new(nav, sig, dtype))?;
-    let summary = reduce(data.as_mut(), nav, Some(&mut rec))?;
+    let summary = reduce(data.as_mut(), nav, &reductions, Some(&mut rec))?;
     let mut validity = FrameValidity::new(nav.len());
     validity.mark_range_received(0, (frames_in_file as usize).min(nav.len()));
     for &d in &summary.damaged {
@@ -257,7 +272,10 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         "frames_expected": nav.len(),
         "frames_processed": summary.frames_processed,
         "frames_damaged": summary.damaged.len(),
+        "frames_outside_roi": summary.outside_roi,
         "source": args.path.display().to_string(),
+        "reductions": reductions.spec.as_ref().map(|(p, _)| p.display().to_string()),
+        "results": output::results_index(&summary.results),
     });
     rec.finish(&summary.results, &validity, &metadata, Some(&record))?;
     println!(
@@ -268,7 +286,16 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         args.path.display(),
         t0.elapsed().as_secs_f64()
     );
+    if summary.outside_roi > 0 {
+        println!(
+            "{} frames outside the ROI (nav results NaN there)",
+            summary.outside_roi
+        );
+    }
     print_totals(&summary.results);
+    for line in output::udf_summary_lines(&summary.results) {
+        println!("  {line}");
+    }
     println!("wrote {}", h5.display());
     for p in output::write_images(&args.out, &summary.results, Some(nav))? {
         println!("wrote {}", p.display());
@@ -294,6 +321,7 @@ fn print_totals(results: &[UdfResults]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::udfs;
     use stemflow_processing::udf::Udf;
 
     fn data(rel: &str) -> PathBuf {

@@ -1,4 +1,5 @@
-//! Outputs of a run: the summary on the terminal, `run.json`, PNG images, and the HDF5
+//! Outputs of a run: the summary on the terminal (with one line per UDF), `run.json` (with
+//! an index of every result buffer), PNG images of every 2-D nav result, and the HDF5
 //! recording adapter for the recorder actor.
 
 use anyhow::{Context, Result};
@@ -6,7 +7,7 @@ use std::path::{Path, PathBuf};
 use stemflow_actors::orchestrator::RunRecord;
 use stemflow_actors::recorder::{Recording, RecordingRequest};
 use stemflow_core::metadata::RunMetadata;
-use stemflow_core::result::UdfResults;
+use stemflow_core::result::{BufferKind, UdfResults};
 use stemflow_core::sink::{SinkError, TileSink};
 use stemflow_core::validity::FrameValidity;
 use stemflow_core::{DType, NavShape};
@@ -94,15 +95,123 @@ pub fn print_summary(r: &RunRecord) {
     }
 }
 
-/// Writes `run.json` (the run record) into `out`.
-pub fn write_run_record(out: &Path, r: &RunRecord) -> Result<()> {
+/// Writes `run.json` into `out`: the run record, plus `results`, the index of every UDF
+/// buffer computed ([`results_index`]).
+pub fn write_run_record(out: &Path, r: &RunRecord, results: &[UdfResults]) -> Result<()> {
     let p = out.join("run.json");
-    let text = serde_json::to_string_pretty(r)?;
+    let mut value = serde_json::to_value(r)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert("results".into(), results_index(results));
+    }
+    let text = serde_json::to_string_pretty(&value)?;
     std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
     Ok(())
 }
 
-/// Writes PNG images of the 2-D nav results: virtual BF, ADF, CoM x/y (and magnitude).
+/// Every UDF buffer of `results` for `run.json`: `udf`, `buffer`, `kind` (`nav`, `sig`,
+/// `single`), `shape`, `unit`, and `finite` (values that are not NaN — outside a ROI, nav
+/// values are NaN). The values themselves are in the HDF5 file under
+/// `/entry/results/<udf>/<buffer>`.
+pub fn results_index(results: &[UdfResults]) -> serde_json::Value {
+    results
+        .iter()
+        .flat_map(|r| {
+            r.buffers.iter().map(move |b| {
+                serde_json::json!({
+                    "udf": r.udf,
+                    "buffer": b.name,
+                    "kind": kind_name(b.kind),
+                    "shape": b.shape,
+                    "unit": b.unit,
+                    "finite": b.data.iter().filter(|v| v.is_finite()).count(),
+                })
+            })
+        })
+        .collect()
+}
+
+fn kind_name(k: BufferKind) -> &'static str {
+    match k {
+        BufferKind::Nav => "nav",
+        BufferKind::Sig => "sig",
+        BufferKind::Single => "single",
+    }
+}
+
+/// One line per UDF for the terminal: each buffer with its shape, kind, unit and the mean
+/// of its finite values (a single value is printed as is), e.g.
+/// `virtual: bf [16x16 nav, counts] mean 1234.5 (200/256 finite); adf …`.
+pub fn udf_summary_lines(results: &[UdfResults]) -> Vec<String> {
+    results
+        .iter()
+        .map(|r| {
+            let bufs: Vec<String> = r
+                .buffers
+                .iter()
+                .map(|b| {
+                    let shape = b
+                        .shape
+                        .iter()
+                        .map(usize::to_string)
+                        .collect::<Vec<_>>()
+                        .join("x");
+                    let finite: Vec<f64> =
+                        b.data.iter().copied().filter(|v| v.is_finite()).collect();
+                    let head = if shape.is_empty() {
+                        format!("{} [{}, {}]", b.name, kind_name(b.kind), b.unit)
+                    } else {
+                        format!("{} [{} {}, {}]", b.name, shape, kind_name(b.kind), b.unit)
+                    };
+                    if b.data.len() == 1 {
+                        format!("{head} = {}", b.data[0])
+                    } else if finite.is_empty() {
+                        format!("{head} no finite values")
+                    } else {
+                        let mean = finite.iter().sum::<f64>() / finite.len() as f64;
+                        format!(
+                            "{head} mean {} ({}/{} finite)",
+                            short(mean),
+                            finite.len(),
+                            b.data.len()
+                        )
+                    }
+                })
+                .collect();
+            format!("{}: {}", r.udf, bufs.join("; "))
+        })
+        .collect()
+}
+
+/// `v` with at most 6 decimals, trailing zeros dropped (`28918`, `3.8`, `0.441254`);
+/// small magnitudes in scientific notation (`1.234e-5`).
+fn short(v: f64) -> String {
+    if v != 0.0 && v.abs() < 1e-3 {
+        return format!("{v:.3e}");
+    }
+    let t = format!("{v:.6}");
+    t.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A file-name-safe form of a UDF or buffer name.
+fn file_part(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes a PNG image `<udf>_<buffer>.png` of every 2-D nav result (shape
+/// `[nav_rows, nav_cols]`; e.g. `virtual_bf.png`, `com_x.png`). Signed maps (any negative
+/// value, e.g. CoM x/y) are scaled symmetrically about zero, the others between
+/// percentiles; NaN (outside a ROI) is black.
+///
+/// # Errors
+/// A PNG cannot be written (the error names the file).
 pub fn write_images(
     out: &Path,
     results: &[UdfResults],
@@ -111,37 +220,86 @@ pub fn write_images(
     use stemflow_recording::png::{Scaling, write_png_image};
     let Some(nav) = nav else { return Ok(vec![]) };
     let mut written = Vec::new();
-    let wanted: [(&str, &str, &str, Scaling); 4] = [
-        ("virtual", "bf", "virtual_bf.png", Scaling::default()),
-        ("virtual", "adf", "virtual_adf.png", Scaling::default()),
-        (
-            "com",
-            "x",
-            "com_x.png",
-            Scaling::Diverging { percentile: 99.0 },
-        ),
-        (
-            "com",
-            "y",
-            "com_y.png",
-            Scaling::Diverging { percentile: 99.0 },
-        ),
-    ];
-    for (udf, buf, file, scaling) in wanted {
-        let Some(b) = results
-            .iter()
-            .find(|r| r.udf == udf)
-            .and_then(|r| r.buffer(buf))
-        else {
-            continue;
-        };
-        if b.data.len() != nav.len() {
-            continue;
+    for r in results {
+        for b in &r.buffers {
+            if b.kind != BufferKind::Nav
+                || b.shape != [nav.rows, nav.cols]
+                || b.data.len() != nav.len()
+            {
+                continue;
+            }
+            let scaling = if b.data.iter().any(|v| *v < 0.0) {
+                Scaling::Diverging { percentile: 99.0 }
+            } else {
+                Scaling::default()
+            };
+            let p = out.join(format!("{}_{}.png", file_part(&r.udf), file_part(&b.name)));
+            write_png_image(&p, &b.data, (nav.rows, nav.cols), scaling)
+                .with_context(|| format!("writing {}", p.display()))?;
+            written.push(p);
         }
-        let p = out.join(file);
-        write_png_image(&p, &b.data, (nav.rows, nav.cols), scaling)
-            .with_context(|| format!("writing {}", p.display()))?;
-        written.push(p);
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stemflow_core::result::ResultBuffer;
+
+    fn results() -> Vec<UdfResults> {
+        let buf = |name: &str, kind, shape: Vec<usize>, data: Vec<f64>| ResultBuffer {
+            name: name.into(),
+            kind,
+            shape,
+            data,
+            unit: "counts".into(),
+            dtype: Default::default(),
+        };
+        vec![UdfResults {
+            udf: "my det".into(),
+            buffers: vec![
+                buf(
+                    "a",
+                    BufferKind::Nav,
+                    vec![2, 3],
+                    vec![1.0, f64::NAN, 3.0, 4.0, 5.0, 6.0],
+                ),
+                buf("s", BufferKind::Sig, vec![2, 2], vec![0.0; 4]),
+                buf("p", BufferKind::Nav, vec![2, 3, 4], vec![0.0; 24]),
+                buf("n", BufferKind::Single, vec![], vec![7.0]),
+            ],
+        }]
+    }
+
+    #[test]
+    fn every_2d_nav_buffer_gets_an_image_and_an_index_entry() {
+        let dir = std::env::temp_dir().join(format!("stemflow-output-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = results();
+        let written = write_images(&dir, &r, Some(NavShape::new(2, 3))).unwrap();
+        assert_eq!(written, vec![dir.join("my_det_a.png")]);
+        assert!(
+            write_images(&dir, &r, Some(NavShape::new(3, 2)))
+                .unwrap()
+                .is_empty()
+        );
+        let index = results_index(&r);
+        assert_eq!(index.as_array().unwrap().len(), 4);
+        assert_eq!(index[0]["finite"], 5);
+        assert_eq!(index[2]["shape"], serde_json::json!([2, 3, 4]));
+        let lines = udf_summary_lines(&r);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].starts_with("my det: a [2x3 nav, counts] mean 3.8 "),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains("(5/6 finite)") && lines[0].contains("n [single, counts] = 7"),
+            "{}",
+            lines[0]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

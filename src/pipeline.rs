@@ -1,12 +1,19 @@
-//! The reduction pipeline of a live acquisition: receiver stacks → decode → UDFs (sum,
-//! sum over signal, virtual BF + ADF, CoM) → snapshots, with raw frames into the recording.
+//! The reduction pipeline of a live acquisition: receiver stacks → decode → UDFs → snapshots,
+//! with raw frames into the recording. The UDFs are the live-view set (sum, sum over
+//! signal, virtual BF + ADF, CoM) on a [`Geometry`], or those of a reduction spec
+//! ([`Reductions`]), optionally over a region of interest.
 
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use stemflow_actors::orchestrator::{PipelineBuilder, PipelineInputs};
 use stemflow_actors::processing::{LiveSnapshot, PipelineOutput};
-use stemflow_core::SigShape;
 use stemflow_core::sink::TileSink;
-use stemflow_processing::{ComUdf, Mask, MasksUdf, Outcome, RunConfig, SumSigUdf, SumUdf, Udf};
+use stemflow_core::{NavShape, SigShape};
+use stemflow_processing::{
+    ComUdf, Mask, MasksUdf, Outcome, ReductionSpec, RoiRect, RoiSpec, RunConfig, SumSigUdf, SumUdf,
+    Udf,
+};
 
 /// Virtual detector geometry in detector pixels (centre and radii).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -72,14 +79,129 @@ pub fn udfs(g: &Geometry) -> Vec<Box<dyn Udf>> {
     ]
 }
 
+/// Which UDFs a run computes and over which scan positions: a reduction spec's (else the
+/// live-view set of [`udfs`]), with the ROI of the spec or the one given to replace it.
+#[derive(Clone, Debug, Default)]
+pub struct Reductions {
+    /// The spec file (for messages and its folder) and its contents; `None`: the
+    /// live-view set.
+    pub spec: Option<(PathBuf, ReductionSpec)>,
+    /// A ROI replacing the spec's, with the folder its relative mask path resolves against.
+    pub roi: Option<(RoiSpec, PathBuf)>,
+}
+
+impl Reductions {
+    /// Reads the spec file `spec` (if any) and takes a ROI from `roi_rect` or `roi_mask`
+    /// (a `.npy` file; relative: to the working directory), which replaces the spec's.
+    ///
+    /// # Errors
+    /// The spec cannot be read or parsed (the error names the file, entry and key).
+    pub fn load(
+        spec: Option<&Path>,
+        roi_rect: Option<RoiRect>,
+        roi_mask: Option<&Path>,
+    ) -> Result<Self> {
+        let spec = spec
+            .map(|p| -> Result<_> { Ok((p.to_path_buf(), ReductionSpec::load(p)?)) })
+            .transpose()?;
+        let roi = match (roi_rect, roi_mask) {
+            (Some(r), _) => Some((RoiSpec::rect(r), PathBuf::from("."))),
+            (None, Some(m)) => Some((RoiSpec::mask_file(m), PathBuf::from("."))),
+            (None, None) => None,
+        };
+        Ok(Self { spec, roi })
+    }
+
+    /// True for the live-view set over the whole scan.
+    pub fn is_default(&self) -> bool {
+        self.spec.is_none() && self.roi.is_none()
+    }
+
+    /// A line saying what runs, for the terminal.
+    pub fn describe(&self) -> String {
+        let what = match &self.spec {
+            Some((p, s)) => format!(
+                "reductions from {}: {}",
+                p.display(),
+                s.udf
+                    .iter()
+                    .map(|u| u.kind())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "reductions: sum, sum_sig, virtual (bf, adf), com".to_string(),
+        };
+        match (
+            &self.roi,
+            self.spec.as_ref().and_then(|(_, s)| s.roi.as_ref()),
+        ) {
+            (Some((r, _)), _) | (None, Some(r)) => format!("{what}; ROI {}", describe_roi(r)),
+            (None, None) => what,
+        }
+    }
+
+    /// The UDFs and the ROI for frames `sig` and scan `nav`; without a spec, [`udfs`] on
+    /// `g`.
+    ///
+    /// # Errors
+    /// The spec's parameters do not fit the data (the error names the spec file, the entry,
+    /// the key, expected and found), a mask file cannot be read, the ROI does not fit the
+    /// scan.
+    pub fn build(
+        &self,
+        g: &Geometry,
+        sig: SigShape,
+        nav: NavShape,
+    ) -> Result<stemflow_processing::spec::Built> {
+        let (list, mut roi) = match &self.spec {
+            Some((path, spec)) => {
+                let dir = path.parent().unwrap_or(Path::new(""));
+                spec.build(sig, nav, dir).with_context(|| {
+                    format!(
+                        "reduction spec {} for {sig} frames on a {nav} scan",
+                        path.display()
+                    )
+                })?
+            }
+            None => (udfs(g), None),
+        };
+        if let Some((r, dir)) = &self.roi {
+            roi = Some(
+                r.build(nav, dir)
+                    .context("the ROI given on the command line")?,
+            );
+        }
+        Ok((list, roi))
+    }
+}
+
+fn describe_roi(r: &RoiSpec) -> String {
+    if let Some(rect) = r.rect {
+        format!(
+            "rows {}..{}, cols {}..{}",
+            rect.rows[0], rect.rows[1], rect.cols[0], rect.cols[1]
+        )
+    } else if let Some(m) = &r.mask {
+        format!("mask {}", m.display())
+    } else {
+        format!("{} positions", r.coords.as_ref().map_or(0, Vec::len))
+    }
+}
+
 fn run(
     inputs: PipelineInputs,
     g: Geometry,
+    reductions: Arc<Reductions>,
     record_raw: bool,
 ) -> stemflow_actors::processing::PipelineJob {
     Box::new(move |cancel, snaps| {
-        let cfg = RunConfig::new(inputs.nav_shape, inputs.sig_shape, inputs.dtype);
-        let udfs = udfs(&g);
+        let (udfs, roi) = reductions
+            .build(&g, inputs.sig_shape, inputs.nav_shape)
+            .map_err(|e| format!("{e:#}"))?;
+        let mut cfg = RunConfig::new(inputs.nav_shape, inputs.sig_shape, inputs.dtype);
+        if let Some(roi) = roi {
+            cfg = cfg.with_roi(roi);
+        }
         let mut recording = inputs.recording;
         let sink: Option<&mut dyn TileSink> = if record_raw {
             recording.as_deref_mut().map(|r| r as &mut dyn TileSink)
@@ -115,15 +237,16 @@ fn run(
     })
 }
 
-/// A pipeline builder with a fixed geometry.
-pub fn builder(g: Geometry, record_raw: bool) -> PipelineBuilder {
-    Arc::new(move |inputs| run(inputs, g, record_raw))
-}
-
-/// A pipeline builder whose geometry follows the frame shape announced at arm time.
-pub fn builder_auto(record_raw: bool) -> PipelineBuilder {
+/// A pipeline builder running `reductions`, built for the shapes announced at arm time; the
+/// live-view set (no spec) uses `g`, else [`Geometry::centred`] on the announced frame
+/// shape. A spec that does not fit the announced shapes fails the run with its error.
+pub fn builder_with(
+    g: Option<Geometry>,
+    reductions: Arc<Reductions>,
+    record_raw: bool,
+) -> PipelineBuilder {
     Arc::new(move |inputs| {
-        let g = Geometry::centred(inputs.sig_shape);
-        run(inputs, g, record_raw)
+        let g = g.unwrap_or_else(|| Geometry::centred(inputs.sig_shape));
+        run(inputs, g, Arc::clone(&reductions), record_raw)
     })
 }

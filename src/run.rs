@@ -3,7 +3,7 @@
 
 use crate::cli::{AcquireArgs, DetectorArg, ModeArg, SimulateArgs, TriggerArg};
 use crate::output;
-use crate::pipeline::{self, Geometry};
+use crate::pipeline::{self, Geometry, Reductions};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -120,6 +120,9 @@ pub struct SimulatedInstrument {
     pub geometry: Geometry,
     /// The profile's scan, with its microscope settings.
     pub plan: Stem4dScanPlan,
+    /// The reductions of the profile's `[reductions] spec` (default: the live-view set on
+    /// `geometry`).
+    pub reductions: Reductions,
 }
 
 /// Assembles the simulated instrument of `profile`; `microscope_faults` are injected into
@@ -243,11 +246,16 @@ pub fn assemble_simulated(
         adf_outer: r.adf_outer * disk_radius_px,
         com_radius: r.com_radius * disk_radius_px,
     };
+    // Parsed now; built for each acquisition's shapes when it is armed (plans may scan
+    // other grids than the profile's).
+    let reductions = Reductions::load(r.spec.as_deref(), None, None)
+        .context("the profile's [reductions] spec")?;
     Ok(SimulatedInstrument {
         sim,
         spec,
         geometry,
         plan,
+        reductions,
     })
 }
 
@@ -432,7 +440,24 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
         spec,
         geometry,
         plan,
+        reductions,
     } = assemble_simulated(&profile, MicroscopeFaults::default())?;
+    let reductions = if args.reductions.is_empty() {
+        reductions
+    } else {
+        let a = &args.reductions;
+        // The command line's spec replaces the profile's; a ROI alone keeps the profile's.
+        let base = match (&a.reductions, reductions.spec) {
+            (Some(p), _) => Some(p.clone()),
+            (None, spec) => spec.map(|(p, _)| p),
+        };
+        Reductions::load(base.as_deref(), a.roi_rect, a.roi_mask.as_deref())?
+    };
+    if !reductions.is_default() {
+        // Checked against this scan's shapes now, so that a bad spec fails before the scan.
+        reductions.build(&geometry, plan.sig_shape, plan.nav_shape)?;
+        println!("{}", reductions.describe());
+    }
     println!(
         "simulated instrument: {}; scan {} positions of {} frames, dwell {:.0} µs",
         sim.describe(),
@@ -461,7 +486,7 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
         arm_deadline: Duration::from_secs(5),
         deadline_margin: Duration::from_secs(10),
         output: Some(h5),
-        pipeline: pipeline::builder(geometry, !args.no_raw),
+        pipeline: pipeline::builder_with(Some(geometry), Arc::new(reductions), !args.no_raw),
         label: "simulated".into(),
         nav_from_detector: false,
     };
@@ -503,12 +528,15 @@ fn finish(
         Ok(rec) => rec,
         Err(f) => {
             output::print_summary(&f.record);
-            output::write_run_record(out, &f.record)?;
+            output::write_run_record(out, &f.record, &snap.results)?;
             bail!(f.error);
         }
     };
     output::print_summary(&record);
-    output::write_run_record(out, &record)?;
+    for line in output::udf_summary_lines(&snap.results) {
+        println!("result           {line}");
+    }
+    output::write_run_record(out, &record, &snap.results)?;
     let images = output::write_images(out, &snap.results, record.metadata.nav_shape)?;
     for p in images {
         println!("wrote {}", p.display());
@@ -595,8 +623,13 @@ pub fn acquire(args: &AcquireArgs) -> Result<()> {
     };
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
-    // Geometry from the frame shape: known after arming; use the conventional 256×256
-    // centre for a single chip and let the pipeline rescale (see pipeline::builder_auto).
+    // Geometry from the frame shape: known after arming, so the UDFs (default set or spec)
+    // are built then (see pipeline::builder_with).
+    let a = &args.reductions;
+    let reductions = Reductions::load(a.reductions.as_deref(), a.roi_rect, a.roi_mask.as_deref())?;
+    if !reductions.is_default() {
+        println!("{}", reductions.describe());
+    }
     let req = AcquisitionRequest {
         mode,
         detector: settings,
@@ -605,7 +638,7 @@ pub fn acquire(args: &AcquireArgs) -> Result<()> {
         arm_deadline: Duration::from_secs_f64(args.arm_timeout_s),
         deadline_margin: Duration::from_secs_f64(args.frame_timeout_s + 10.0),
         output: Some(args.out.join("acquisition.h5")),
-        pipeline: pipeline::builder_auto(!args.no_raw),
+        pipeline: pipeline::builder_with(None, Arc::new(reductions), !args.no_raw),
         label: match mode {
             ArmMode::Active => "active".into(),
             ArmMode::Passive => "passive".into(),

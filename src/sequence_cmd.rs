@@ -7,7 +7,7 @@
 //! cleanup through the scan engine and detector actors.
 
 use crate::cli::{QueueArgs, RunArgs};
-use crate::pipeline::{self, Geometry};
+use crate::pipeline::{self, Geometry, Reductions};
 use crate::run::{SimulatedInstrument, assemble_simulated, runtime};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -43,6 +43,8 @@ pub struct SimExecutor {
     inst: Option<Instrument>,
     _sim: crate::run::SimDevices,
     geometry: Geometry,
+    /// The profile's `[reductions] spec` (default: the live-view set on `geometry`).
+    reductions: std::sync::Arc<Reductions>,
     record_raw: bool,
     started: std::time::Instant,
     /// Injected beam-current dip: (start, duration) in s after the instrument started.
@@ -73,6 +75,7 @@ impl SimExecutor {
             spec,
             geometry,
             plan,
+            reductions,
         } = assemble_simulated(profile, faults)?;
         let rt = runtime()?;
         let inst = rt
@@ -85,6 +88,7 @@ impl SimExecutor {
                 inst: Some(inst),
                 _sim: sim,
                 geometry,
+                reductions: std::sync::Arc::new(reductions),
                 record_raw,
                 started: std::time::Instant::now(),
                 beam_dip: None,
@@ -141,7 +145,11 @@ impl Executor for SimExecutor {
             arm_deadline: Duration::from_secs(5),
             deadline_margin: Duration::from_secs(10),
             output: acq.output.clone(),
-            pipeline: pipeline::builder(self.geometry, self.record_raw),
+            pipeline: pipeline::builder_with(
+                Some(self.geometry),
+                std::sync::Arc::clone(&self.reductions),
+                self.record_raw,
+            ),
             label: "simulated".into(),
             nav_from_detector: false,
         };
@@ -269,13 +277,13 @@ impl Executor for SimExecutor {
         if let Some(e) = call_error(r.map(|c| c.success_or_else(|| ()))) {
             errors.push(format!("disarm detector: {e}"));
         }
-        if blank_beam {
-            if let Err(e) = self.set_microscope(&MicroscopeSettings {
+        if blank_beam
+            && let Err(e) = self.set_microscope(&MicroscopeSettings {
                 beam_blanked: Some(true),
                 ..Default::default()
-            }) {
-                errors.push(format!("blank beam: {e}"));
-            }
+            })
+        {
+            errors.push(format!("blank beam: {e}"));
         }
         if errors.is_empty() {
             Ok(())
@@ -438,7 +446,14 @@ fn control_file(
 /// `stemflow run FILE`: one plan (`.toml`) or sequence script (`.rhai`) on the simulated
 /// instrument; `--dry-run` prints the steps, device settings, duration and data volume.
 pub fn run(args: &RunArgs) -> Result<()> {
-    let profile = load_profile(args.profile.as_deref())?;
+    let mut profile = load_profile(args.profile.as_deref())?;
+    if let Some(spec) = &args.reductions {
+        profile.reductions.spec = Some(spec.clone());
+    }
+    if let Some(spec) = &profile.reductions.spec {
+        // Parsed now (dry runs included); built for each acquisition when it is armed.
+        stemflow_processing::ReductionSpec::load(spec)?;
+    }
     let control = Control::default();
     let _watch = (!args.dry_run)
         .then(|| control_file(&args.out, &control))
@@ -518,7 +533,14 @@ pub fn run(args: &RunArgs) -> Result<()> {
 /// `stemflow queue FILE.toml`: validates the whole queue, then runs it unattended with a
 /// journal in `--out`; `--resume` continues after the last finished unit.
 pub fn queue(args: &QueueArgs) -> Result<()> {
-    let profile = load_profile(args.profile.as_deref())?;
+    let mut profile = load_profile(args.profile.as_deref())?;
+    if let Some(spec) = &args.reductions {
+        profile.reductions.spec = Some(spec.clone());
+    }
+    if let Some(spec) = &profile.reductions.spec {
+        // Parsed now (dry runs included); built for each acquisition when it is armed.
+        stemflow_processing::ReductionSpec::load(spec)?;
+    }
     let defaults = defaults_of(&profile);
     let q = Queue::load(&args.file, &defaults)?;
     if args.dry_run {

@@ -109,7 +109,8 @@ pub struct SpecimenSection {
     pub dose_electrons_per_frame: f64,
 }
 
-/// `[reductions]`: virtual detector geometry, radii as multiples of the BF disk radius.
+/// `[reductions]`: the default set's virtual detector geometry, radii as multiples of the BF
+/// disk radius, and optionally a reduction spec file choosing other UDFs (`spec`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReductionsSection {
@@ -121,6 +122,12 @@ pub struct ReductionsSection {
     pub adf_outer: f64,
     /// CoM mask radius.
     pub com_radius: f64,
+    /// A reduction spec file (TOML: `[[udf]]` entries and an optional `[roi]`, see
+    /// `stemflow_processing::spec`) whose UDFs the live runs compute instead of the
+    /// geometry above. A relative path is relative to the profile's folder once loaded
+    /// with [`Profile::load`] (to the working directory for embedded profile text).
+    #[serde(default)]
+    pub spec: Option<std::path::PathBuf>,
 }
 
 /// `[devices.detector]`: where a real detector is. Absent: the detector is simulated
@@ -323,7 +330,14 @@ impl Profile {
             file: file.clone(),
             source,
         })?;
-        Self::from_toml(&text, &file)
+        let mut profile = Self::from_toml(&text, &file)?;
+        if let Some(spec) = profile.reductions.spec.as_mut()
+            && spec.is_relative()
+        {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            *spec = dir.join(&*spec);
+        }
+        Ok(profile)
     }
 
     /// Parses and validates profile text; `file` names it in errors.
@@ -404,10 +418,18 @@ impl Profile {
                 ),
             ));
         }
-        if let Some(d) = &self.devices.detector {
-            if d.address.trim().is_empty() {
-                return Err(bad("devices.detector.address", "empty".into()));
-            }
+        if let Some(spec) = &self.reductions.spec
+            && spec.as_os_str().is_empty()
+        {
+            return Err(bad(
+                "reductions.spec",
+                "empty; expected the path of a reduction spec (.toml)".into(),
+            ));
+        }
+        if let Some(d) = &self.devices.detector
+            && d.address.trim().is_empty()
+        {
+            return Err(bad("devices.detector.address", "empty".into()));
         }
         if let Some(e) = &self.devices.scan_engine {
             if !["simulated", "pixel-clock", "command-map"].contains(&e.kind.as_str()) {
@@ -427,21 +449,21 @@ impl Profile {
                 e.simulated,
                 e.timeout_s,
             )?;
-            if let Some(start) = &e.start {
-                if e.kind != "pixel-clock" || !["bus", "external"].contains(&start.as_str()) {
-                    return Err(bad(
-                        "devices.scan_engine.start",
-                        format!("`{start}`: only for kind = \"pixel-clock\", `bus` or `external`"),
-                    ));
-                }
+            if let Some(start) = &e.start
+                && (e.kind != "pixel-clock" || !["bus", "external"].contains(&start.as_str()))
+            {
+                return Err(bad(
+                    "devices.scan_engine.start",
+                    format!("`{start}`: only for kind = \"pixel-clock\", `bus` or `external`"),
+                ));
             }
-            if let Some(p) = &e.pattern {
-                if e.kind != "command-map" || !["raster", "serpentine"].contains(&p.as_str()) {
-                    return Err(bad(
-                        "devices.scan_engine.pattern",
-                        format!("`{p}`: only for kind = \"command-map\", `raster` or `serpentine`"),
-                    ));
-                }
+            if let Some(p) = &e.pattern
+                && (e.kind != "command-map" || !["raster", "serpentine"].contains(&p.as_str()))
+            {
+                return Err(bad(
+                    "devices.scan_engine.pattern",
+                    format!("`{p}`: only for kind = \"command-map\", `raster` or `serpentine`"),
+                ));
             }
             if !e.commands.is_empty() && e.kind != "command-map" {
                 return Err(bad(
@@ -538,6 +560,35 @@ mod tests {
             }
         }
         assert!(n >= 6, "{n} profiles");
+    }
+
+    #[test]
+    fn reduction_spec_path_is_relative_to_the_profile() {
+        assert_eq!(Profile::simulated().reductions.spec, None);
+        let dir = std::env::temp_dir().join(format!("stemflow-config-spec-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let text = SIMULATED_PROFILE.replace(
+            "[reductions]\n",
+            "[reductions]\nspec = \"reductions/mine.toml\"\n",
+        );
+        let file = dir.join("p.toml");
+        std::fs::write(&file, &text).expect("write profile");
+        let p = Profile::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.reductions.spec, Some(dir.join("reductions/mine.toml")));
+        let abs =
+            SIMULATED_PROFILE.replace("[reductions]\n", "[reductions]\nspec = \"/abs/r.toml\"\n");
+        std::fs::write(&file, &abs).expect("write profile");
+        let p = Profile::load(&file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            p.reductions.spec,
+            Some(std::path::PathBuf::from("/abs/r.toml"))
+        );
+        let empty = SIMULATED_PROFILE.replace("[reductions]\n", "[reductions]\nspec = \"\"\n");
+        let e = Profile::from_toml(&empty, "e.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("e.toml") && e.contains("reductions.spec"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -359,11 +359,11 @@ mod tests {
             let mut frontier = vec![start];
             while let Some(s) = frontier.pop() {
                 for e in AcqEvent::ALL {
-                    if let Ok(t) = s.next(e) {
-                        if !seen.contains(&t) {
-                            seen.push(t);
-                            frontier.push(t);
-                        }
+                    if let Ok(t) = s.next(e)
+                        && !seen.contains(&t)
+                    {
+                        seen.push(t);
+                        frontier.push(t);
                     }
                 }
             }

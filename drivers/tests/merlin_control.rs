@@ -56,10 +56,10 @@ fn fake(
             .unwrap();
         while let Some(req) = read_request(&mut conn) {
             log2.lock().unwrap().push(req.clone());
-            if let Some(reply) = answer(&req) {
-                if conn.write_all(&frame(&reply, framing)).is_err() {
-                    return;
-                }
+            if let Some(reply) = answer(&req)
+                && conn.write_all(&frame(&reply, framing)).is_err()
+            {
+                return;
             }
         }
     });

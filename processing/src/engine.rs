@@ -808,13 +808,13 @@ fn prepare(
     cfg: &RunConfig,
 ) -> Result<(rayon::ThreadPool, Shared), ProcessingError> {
     let meta = cfg.meta();
-    if let Some(roi) = &cfg.roi {
-        if roi.nav_shape() != cfg.nav_shape {
-            return Err(ProcessingError::RoiShape {
-                roi_nav: roi.nav_shape(),
-                run_nav: cfg.nav_shape,
-            });
-        }
+    if let Some(roi) = &cfg.roi
+        && roi.nav_shape() != cfg.nav_shape
+    {
+        return Err(ProcessingError::RoiShape {
+            roi_nav: roi.nav_shape(),
+            run_nav: cfg.nav_shape,
+        });
     }
     for (i, u) in udfs.iter().enumerate() {
         if udfs[..i].iter().any(|o| o.name() == u.name()) {
@@ -1187,16 +1187,16 @@ impl<'c, 'a> Coordinator<'c, 'a> {
         let Some(slot) = done.slot else {
             return;
         };
-        if done.to_sink && !self.stopped() {
-            if let Some(sink) = self.sink.as_mut() {
-                if let Err(source) = sink.write_tile(slot.tile()) {
-                    self.failure = Some(ProcessingError::Sink {
-                        sink: sink.name().to_string(),
-                        frames_processed: self.frames_done,
-                        source,
-                    });
-                }
-            }
+        if done.to_sink
+            && !self.stopped()
+            && let Some(sink) = self.sink.as_mut()
+            && let Err(source) = sink.write_tile(slot.tile())
+        {
+            self.failure = Some(ProcessingError::Sink {
+                sink: sink.name().to_string(),
+                frames_processed: self.frames_done,
+                source,
+            });
         }
         if let Slot::Pooled(tile) = slot {
             self.free.push(tile);
@@ -1214,18 +1214,18 @@ impl<'c, 'a> Coordinator<'c, 'a> {
     /// next look at the clock and the cancel flag.
     fn tick(&mut self) -> Duration {
         let now = Instant::now();
-        if let Some(due) = self.next_snapshot {
-            if now >= due {
-                self.snapshot(false);
-                // A fixed cadence: a late look at the clock does not push every later
-                // snapshot back (what a frame waits for its snapshot is at most one interval
-                // plus its processing).
-                let interval = self.shared.cfg.snapshot_interval;
-                self.next_snapshot = due
-                    .checked_add(interval)
-                    .filter(|&next| next > now)
-                    .or_else(|| now.checked_add(interval));
-            }
+        if let Some(due) = self.next_snapshot
+            && now >= due
+        {
+            self.snapshot(false);
+            // A fixed cadence: a late look at the clock does not push every later
+            // snapshot back (what a frame waits for its snapshot is at most one interval
+            // plus its processing).
+            let interval = self.shared.cfg.snapshot_interval;
+            self.next_snapshot = due
+                .checked_add(interval)
+                .filter(|&next| next > now)
+                .or_else(|| now.checked_add(interval));
         }
         let until = self
             .next_snapshot

@@ -21,6 +21,7 @@
 //!   live-view set.
 //! - [`io`]: offline data sets (`.npy`, raw binary, HDF5) and [`io::run_dataset`].
 //! - [`roi`]: regions of interest over the scan.
+//! - [`spec`]: [`ReductionSpec`], the UDFs and ROI of a run chosen in TOML.
 //! - [`mask`]: disk and ring masks, the pixel-centre convention, the span form.
 //! - [`pixel`]: the [`Pixel`] element types and the exact integer kernels.
 //! - [`windows`]: masks as vector windows (AVX-512 kernels for the virtual detectors).
@@ -39,6 +40,7 @@ pub mod pixel;
 pub mod result;
 pub mod roi;
 pub mod sink;
+pub mod spec;
 pub mod udf;
 pub mod udfs;
 pub mod windows;
@@ -56,6 +58,7 @@ pub use mask::CustomMask;
 pub use mask::{Mask, Span, SpanMask};
 pub use pixel::Pixel;
 pub use roi::{Roi, RoiError};
+pub use spec::{ReductionSpec, RoiRect, RoiSpec, SpecError, UdfSpec};
 pub use stemflow_core::DType;
 pub use udf::{
     BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, ResultDType, TileView, TypedValues,

@@ -233,7 +233,7 @@ fn rectangle_polygon_and_custom_masks_sum_their_pixels() {
         (1.0, 14.0),
     ];
     let board: Vec<bool> = (0..sig.len())
-        .map(|i| (i % sig.cols + i / sig.cols) % 2 == 0)
+        .map(|i| (i % sig.cols + i / sig.cols).is_multiple_of(2))
         .collect();
     let custom = Arc::new(CustomMask {
         sig_shape: sig,

@@ -604,21 +604,21 @@ impl Session {
     /// Checkpoint errors or [`ExecError::Acquisition`] (its outcome is kept too).
     pub fn acquire(&mut self, mut acq: PlanAcquisition) -> Result<RunOutcome, SequenceError> {
         self.checkpoint()?;
-        if acq.output.is_none() {
-            if let Some(dir) = &self.output_dir {
-                let name: String = acq
-                    .label
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                            c
-                        } else {
-                            '_'
-                        }
-                    })
-                    .collect();
-                acq.output = Some(dir.join(format!("{:03}_{name}.h5", self.acquisitions)));
-            }
+        if acq.output.is_none()
+            && let Some(dir) = &self.output_dir
+        {
+            let name: String = acq
+                .label
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            acq.output = Some(dir.join(format!("{:03}_{name}.h5", self.acquisitions)));
         }
         self.acquisitions += 1;
         self.log(&format!(

@@ -270,15 +270,15 @@ impl Stem4dScanPlan {
                 "must not exceed the dwell time (one frame per trigger)",
             ));
         }
-        if let Some(d) = self.counter_depth {
-            if ![1, 6, 12, 24].contains(&d) {
-                return Err(param_err(
-                    plan,
-                    "counter_depth",
-                    d.to_string(),
-                    "must be 1, 6, 12 or 24 bits",
-                ));
-            }
+        if let Some(d) = self.counter_depth
+            && ![1, 6, 12, 24].contains(&d)
+        {
+            return Err(param_err(
+                plan,
+                "counter_depth",
+                d.to_string(),
+                "must be 1, 6, 12 or 24 bits",
+            ));
         }
         Ok(())
     }
@@ -772,22 +772,22 @@ impl PlanSpec {
                 Ok(())
             }
         };
-        if name != "defocus_series" {
-            if let Some(d) = &self.defocus_m {
-                match d.as_slice() {
-                    [one] => {
-                        let mut m = scan.microscope.clone().unwrap_or_default();
-                        m.defocus_m = Some(*one);
-                        scan.microscope = Some(m);
-                    }
-                    _ => {
-                        return Err(param_err(
-                            name,
-                            "defocus_m",
-                            format!("{d:?}"),
-                            "a list of values is for defocus_series; give one value",
-                        ));
-                    }
+        if name != "defocus_series"
+            && let Some(d) = &self.defocus_m
+        {
+            match d.as_slice() {
+                [one] => {
+                    let mut m = scan.microscope.clone().unwrap_or_default();
+                    m.defocus_m = Some(*one);
+                    scan.microscope = Some(m);
+                }
+                _ => {
+                    return Err(param_err(
+                        name,
+                        "defocus_m",
+                        format!("{d:?}"),
+                        "a list of values is for defocus_series; give one value",
+                    ));
                 }
             }
         }

@@ -340,13 +340,13 @@ impl Queue {
                 }
                 (_, None) => toml::Table::new(),
             };
-            if script.is_some() {
-                if let Some(k) = t.keys().next() {
-                    return Err(invalid(
+            if script.is_some()
+                && let Some(k) = t.keys().next()
+            {
+                return Err(invalid(
                         &format!("{at}.{k}"),
                         "a script item takes only name, script, params, sweep, metadata and the policy keys".into(),
                     ));
-                }
             }
             let loaded = match &script {
                 Some(path) => {

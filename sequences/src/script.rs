@@ -513,17 +513,18 @@ fn run_on_thread(shared: &Rc<Shared>, src: &ScriptSource) -> Result<(), Sequence
         engine.run_ast_with_scope(&mut scope, &ast).map_err(fail)
     };
     let r = run();
-    if let Err(e) = &r {
-        if has_hook("on_error") && !matches!(e, SequenceError::Stopped | SequenceError::Aborted) {
-            let mut scope = Scope::new();
-            let _ = engine.call_fn_with_options::<Dynamic>(
-                CallFnOptions::new().eval_ast(false),
-                &mut scope,
-                &ast,
-                "on_error",
-                (e.to_string(),),
-            );
-        }
+    if let Err(e) = &r
+        && has_hook("on_error")
+        && !matches!(e, SequenceError::Stopped | SequenceError::Aborted)
+    {
+        let mut scope = Scope::new();
+        let _ = engine.call_fn_with_options::<Dynamic>(
+            CallFnOptions::new().eval_ast(false),
+            &mut scope,
+            &ast,
+            "on_error",
+            (e.to_string(),),
+        );
     }
     drop(engine);
     r

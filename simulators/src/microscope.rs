@@ -174,10 +174,10 @@ impl Microscope for MicroscopeSim {
                 S::BeamBlanked => {}
             }
         }
-        if let Some(b) = settings.beam_blanked {
-            if stuck != Some(S::BeamBlanked) {
-                next.beam_blanked = b;
-            }
+        if let Some(b) = settings.beam_blanked
+            && stuck != Some(S::BeamBlanked)
+        {
+            next.beam_blanked = b;
         }
         self.state = next;
         // Compare what was asked with what reads back, as a careful driver would.

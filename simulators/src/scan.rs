@@ -101,10 +101,10 @@ impl ScanEngineSim {
 
     /// Joins a finished scan thread so a new scan can start.
     fn reap(&mut self) {
-        if !self.is_running() {
-            if let Some(t) = self.thread.take() {
-                let _ = t.join();
-            }
+        if !self.is_running()
+            && let Some(t) = self.thread.take()
+        {
+            let _ = t.join();
         }
     }
 }

@@ -177,10 +177,10 @@ impl Drop for LogTap {
     fn drop(&mut self) {
         // The thread ends when the pipe closes, i.e. once the child (group) is gone; the
         // ChildGuard is dropped first by the tests, but never block here regardless.
-        if let Some(h) = self.reader.take() {
-            if h.is_finished() {
-                let _ = h.join();
-            }
+        if let Some(h) = self.reader.take()
+            && h.is_finished()
+        {
+            let _ = h.join();
         }
     }
 }

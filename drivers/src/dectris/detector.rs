@@ -365,7 +365,7 @@ impl Detector for DectrisDetector {
             TriggerMode::Exte | TriggerMode::Inte => (n, 1),
             TriggerMode::Ints => (1, n),
             TriggerMode::Exts => {
-                if n % fpt != 0 {
+                if !n.is_multiple_of(fpt) {
                     return Err(DeviceError::Rejected {
                         device: self.name.clone(),
                         setting: "frames_per_trigger".into(),

@@ -202,26 +202,26 @@ impl Microscope for MappedMicroscope {
             state.defocus_m,
         ];
         for ((what, requested), actual) in numeric.into_iter().zip(actual) {
-            if let Some(requested) = requested {
-                if !self.cfg.tolerance(what).accepts(requested, actual) {
-                    return Err(DeviceError::Rejected {
-                        device: self.client.device().to_string(),
-                        setting: what.replace('_', " "),
-                        requested: format!("{requested:e}"),
-                        actual: format!("{actual:e} read back after {:?}", self.cfg.settle),
-                    });
-                }
-            }
-        }
-        if let Some(b) = s.beam_blanked {
-            if state.beam_blanked != b {
+            if let Some(requested) = requested
+                && !self.cfg.tolerance(what).accepts(requested, actual)
+            {
                 return Err(DeviceError::Rejected {
                     device: self.client.device().to_string(),
-                    setting: "beam blank".into(),
-                    requested: b.to_string(),
-                    actual: format!("{} read back", state.beam_blanked),
+                    setting: what.replace('_', " "),
+                    requested: format!("{requested:e}"),
+                    actual: format!("{actual:e} read back after {:?}", self.cfg.settle),
                 });
             }
+        }
+        if let Some(b) = s.beam_blanked
+            && state.beam_blanked != b
+        {
+            return Err(DeviceError::Rejected {
+                device: self.client.device().to_string(),
+                setting: "beam blank".into(),
+                requested: b.to_string(),
+                actual: format!("{} read back", state.beam_blanked),
+            });
         }
         Ok(state)
     }

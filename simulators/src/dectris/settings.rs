@@ -168,19 +168,19 @@ impl Params {
             return Err(PutError::Refused(format!("`{key}` is read-only")));
         }
         let v = coerce(key, &p.value, value)?;
-        if let (Some(n), Some(min), Some(max)) = (v.as_f64(), p.min, p.max) {
-            if !(min..=max).contains(&n) {
-                return Err(PutError::Refused(format!(
-                    "`{key}` = {n} is outside {min}..={max}"
-                )));
-            }
+        if let (Some(n), Some(min), Some(max)) = (v.as_f64(), p.min, p.max)
+            && !(min..=max).contains(&n)
+        {
+            return Err(PutError::Refused(format!(
+                "`{key}` = {n} is outside {min}..={max}"
+            )));
         }
-        if let (Some(s), Some(allowed)) = (v.as_str(), &p.allowed) {
-            if !allowed.iter().any(|a| a == s) {
-                return Err(PutError::Refused(format!(
-                    "`{key}` = {s:?} is not one of {allowed:?}"
-                )));
-            }
+        if let (Some(s), Some(allowed)) = (v.as_str(), &p.allowed)
+            && !allowed.iter().any(|a| a == s)
+        {
+            return Err(PutError::Refused(format!(
+                "`{key}` = {s:?} is not one of {allowed:?}"
+            )));
         }
         let mut changed = vec![key.to_string()];
         if let Some(p) = self.map.get_mut(key) {

@@ -299,11 +299,12 @@ impl Engine {
                 }
             }
         };
-        if let (Some(cache), Source::Synthetic { sig, .. }) = (self.cache.as_mut(), &self.source) {
-            if cache.key == key && cache.count == n {
-                frames::refresh_headers(cache, *sig, settings, Utc::now());
-                return Ok(());
-            }
+        if let (Some(cache), Source::Synthetic { sig, .. }) = (self.cache.as_mut(), &self.source)
+            && cache.key == key
+            && cache.count == n
+        {
+            frames::refresh_headers(cache, *sig, settings, Utc::now());
+            return Ok(());
         }
         self.cache = None; // free the old frames before rendering the new ones
         self.cache = Some(frames::build(&mut self.source, settings, n)?);
@@ -550,10 +551,10 @@ impl Engine {
         } else {
             true
         };
-        if let Some(acq) = self.acq.as_ref() {
-            if !acq.stopping.is_empty() || acq.emitted_all() {
-                self.finish();
-            }
+        if let Some(acq) = self.acq.as_ref()
+            && (!acq.stopping.is_empty() || acq.emitted_all())
+        {
+            self.finish();
         }
         ok
     }

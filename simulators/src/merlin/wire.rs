@@ -142,7 +142,8 @@ impl Geometry {
     /// True when raw R64 frames can be produced: single chip, whole words per frame.
     pub(crate) fn raw_ok(&self, depth: u8) -> bool {
         self.chips == 1
-            && r64_container(depth).is_some_and(|(_, per_word)| self.sig.len() % per_word == 0)
+            && r64_container(depth)
+                .is_some_and(|(_, per_word)| self.sig.len().is_multiple_of(per_word))
     }
 }
 

@@ -421,7 +421,7 @@ fn decode_bslz4(blob: &[u8], out: &mut [u8], e: usize, kernel: Kernel) -> Result
     if !matches!(e, 1 | 2 | 4 | 8) {
         return Err(CodecError::ElemSize { elem_size: e });
     }
-    if out.len() % e != 0 {
+    if !out.len().is_multiple_of(e) {
         return Err(CodecError::OutputLen {
             len: out.len(),
             elem_size: e,
@@ -438,7 +438,7 @@ fn decode_bslz4(blob: &[u8], out: &mut [u8], e: usize, kernel: Kernel) -> Result
         default_block_elems(e)
     } else {
         let b = block_bytes as usize;
-        if b % (8 * e) != 0 {
+        if !b.is_multiple_of(8 * e) {
             return Err(CodecError::BlockSize {
                 bytes: block_bytes,
                 elem_size: e,
@@ -618,7 +618,7 @@ pub fn try_encode_bslz4(
     if e == 0 {
         return Err(CodecError::ElemSize { elem_size: 0 });
     }
-    if data.len() % e != 0 {
+    if !data.len().is_multiple_of(e) {
         return Err(CodecError::OutputLen {
             len: data.len(),
             elem_size: e,

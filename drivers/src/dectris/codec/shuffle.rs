@@ -176,7 +176,7 @@ fn untranspose_scalar_dyn(src: &[u8], dst: &mut [u8], e: usize, nb: usize) {
 /// `n · e` bytes with `n` a multiple of 8. Panics (a bug of ours, never input-driven) when
 /// the lengths disagree; callers check them.
 pub fn untranspose(src: &[u8], dst: &mut [u8], e: usize, kernel: Kernel) {
-    assert!(e > 0 && src.len() == dst.len() && src.len() % (8 * e) == 0);
+    assert!(e > 0 && src.len() == dst.len() && src.len().is_multiple_of(8 * e));
     let nb = src.len() / (8 * e);
     let mut done = simd(src, dst, e, nb, kernel);
     if kernel == Kernel::Scalar || done == 0 {
@@ -219,7 +219,7 @@ fn simd(_: &[u8], _: &mut [u8], _: usize, _: usize, _: Kernel) -> usize {
 
 /// Forward bit transpose of one block (elements to bit planes), for the encoder; scalar.
 pub fn transpose(src: &[u8], dst: &mut [u8], e: usize) {
-    assert!(e > 0 && src.len() == dst.len() && src.len() % (8 * e) == 0);
+    assert!(e > 0 && src.len() == dst.len() && src.len().is_multiple_of(8 * e));
     let nb = src.len() / (8 * e);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: lengths checked above; SSE2 is part of x86_64.
