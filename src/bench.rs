@@ -350,7 +350,13 @@ pub fn bench_all(a: &BenchAllArgs) -> Result<()> {
                     counter_depth: vec![depth_of(dtype)],
                     repeat: 1,
                 };
-                let f = one_run_with(&args, depth_of(dtype), full_set(sig))?;
+                let mut f = one_run_with(&args, depth_of(dtype), full_set(sig))?;
+                for _ in 1..a.e2e_repeat.max(1) {
+                    let g = one_run_with(&args, depth_of(dtype), full_set(sig))?;
+                    if g.frames_per_s > f.frames_per_s {
+                        f = g;
+                    }
+                }
                 let gb = f.gb_per_s_decoded;
                 println!(
                     "end to end {sig} {dtype}: {:.2} GB/s ({:.2} GiB/s) = {:.0} % of loopback TCP, {:.0} frames/s, {} lost",

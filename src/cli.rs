@@ -389,6 +389,10 @@ pub struct BenchAllArgs {
     /// MiB of frames per end-to-end configuration.
     #[arg(long, default_value_t = 1024)]
     pub e2e_mib: u64,
+    /// Runs per end-to-end configuration; the fastest counts (each is short, so one slow
+    /// start or a busy neighbour would otherwise decide the figure).
+    #[arg(long, default_value_t = 2)]
+    pub e2e_repeat: usize,
     /// Skip the end-to-end runs.
     #[arg(long)]
     pub skip_e2e: bool,

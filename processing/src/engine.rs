@@ -967,14 +967,17 @@ fn zero(p: PixelsMut<'_>) {
 
 /// Decodes `raw` into `tile`; returns the indices (within the stack) of frames that failed
 /// to decode, whose pixels are zeroed.
-fn decode_stack(
-    raw: &RawStack,
-    tile: &mut Tile,
-    cfg: &RunConfig,
-) -> Result<Vec<usize>, ProcessingError> {
+/// Decodes the stack chunk by chunk into `tile` (resized to the stack's frames inside the
+/// scan), each chunk processed by the UDFs right after it is decoded, while it is still in
+/// cache: the decoded frames are written once and never read back from memory. A frame
+/// that fails to decode (or lies beyond the stack's buffer) is zeroed and reported
+/// damaged; the others go on.
+fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
+    let mut done = Done::default();
+    let cfg = &shared.cfg;
     let dec = &raw.decoder;
     if dec.sig_shape() != cfg.sig_shape || dec.dtype() != cfg.dtype {
-        return Err(ProcessingError::Mismatch {
+        done.error = Some(ProcessingError::Mismatch {
             source_kind: "stack decoder",
             first_frame: raw.first_frame,
             expected_sig: cfg.sig_shape,
@@ -982,42 +985,50 @@ fn decode_stack(
             observed_sig: dec.sig_shape(),
             observed_dtype: dec.dtype(),
         });
+        done.slot = Some(Slot::Pooled(tile));
+        return done;
     }
-    let buf_len = raw.buf.len();
-    let in_buf = |offset: usize, len: usize| offset.checked_add(len).is_some_and(|e| e <= buf_len);
-    if raw.frames.iter().all(|r| in_buf(r.offset, r.len)) && tile.decode_from(raw).is_ok() {
-        return Ok(Vec::new());
-    }
-    // Rare path: decode frame by frame to find every damaged frame, not just the first.
+    let keep = frames_in_scan(raw.first_frame, raw.len(), cfg.nav_shape.len());
+    done.out_of_range = (raw.len() - keep) as u64;
     let n = cfg.sig_shape.len();
     tile.first_frame = raw.first_frame;
-    tile.n_frames = raw.len();
+    tile.n_frames = keep;
     tile.sig_shape = cfg.sig_shape;
     if tile.data.dtype() == cfg.dtype {
-        tile.data.resize(raw.len() * n);
+        tile.data.resize(keep * n);
     } else {
-        tile.data = TileData::zeros(cfg.dtype, raw.len() * n);
+        tile.data = TileData::zeros(cfg.dtype, keep * n);
     }
+    let buf_len = raw.buf.len();
     let mut damaged = Vec::new();
     let mut first_error = None;
-    for (i, r) in raw.frames.iter().enumerate() {
-        let out = tile.data.pixels_mut(i * n..(i + 1) * n);
-        let result = if in_buf(r.offset, r.len) {
-            dec.decode_into(&raw.buf[r.offset..r.offset + r.len], out)
-        } else {
-            Err(stemflow_core::frame::DecodeError::Malformed {
-                device: format!("{:?}", dec),
-                detail: format!(
-                    "frame payload at bytes {}..+{} lies beyond the {buf_len}-byte stack buffer",
-                    r.offset, r.len
-                ),
-            })
-        };
-        if let Err(e) = result {
-            zero(tile.data.pixels_mut(i * n..(i + 1) * n));
-            damaged.push(i);
-            first_error.get_or_insert(e);
+    let mut f = 0;
+    while f < keep {
+        let m = shared.chunk_frames.min(keep - f);
+        let chunk_damaged = damaged.len();
+        for i in f..f + m {
+            let r = &raw.frames[i];
+            let out = tile.data.pixels_mut(i * n..(i + 1) * n);
+            let result = match r.offset.checked_add(r.len) {
+                Some(end) if end <= buf_len => dec.decode_into(&raw.buf[r.offset..end], out),
+                _ => Err(stemflow_core::frame::DecodeError::Malformed {
+                    device: format!("{dec:?}"),
+                    detail: format!(
+                        "frame payload at bytes {}..+{} lies beyond the {buf_len}-byte stack buffer",
+                        r.offset, r.len
+                    ),
+                }),
+            };
+            if let Err(e) = result {
+                zero(tile.data.pixels_mut(i * n..(i + 1) * n));
+                damaged.push(i);
+                first_error.get_or_insert(e);
+            }
         }
+        let view = TileView::of(&tile).frames(f..f + m);
+        let local: Vec<usize> = damaged[chunk_damaged..].iter().map(|&i| i - f).collect();
+        done.outside_roi += shared.process(&view, &local);
+        f += m;
     }
     if let Some(e) = first_error {
         tracing::warn!(
@@ -1026,26 +1037,7 @@ fn decode_stack(
             "damaged frames in stack: {e}"
         );
     }
-    Ok(damaged)
-}
-
-fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
-    let mut done = Done::default();
-    let damaged = match decode_stack(&raw, &mut tile, &shared.cfg) {
-        Ok(d) => d,
-        Err(e) => {
-            done.error = Some(e);
-            done.slot = Some(Slot::Pooled(tile));
-            return done;
-        }
-    };
-    // The stack's buffer goes back to the receiver's pool now, not after the UDFs.
     drop(raw);
-    let keep = frames_in_scan(tile.first_frame, tile.n_frames, shared.cfg.nav_shape.len());
-    done.out_of_range = (tile.n_frames - keep) as u64;
-    truncate(&mut tile, keep);
-    let damaged: Vec<usize> = damaged.into_iter().filter(|&i| i < keep).collect();
-    done.outside_roi = shared.process(&TileView::of(&tile), &damaged);
     done.frames = (keep - damaged.len()) as u64 - done.outside_roi;
     done.damaged = damaged
         .iter()
