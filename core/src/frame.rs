@@ -154,6 +154,17 @@ impl fmt::Debug for RawStack {
     }
 }
 
+/// `v.resize(len, 0)`; a new allocation of [`crate::mem::HUGE_PAGE_MIN_BYTES`] or more is
+/// first advised to use huge pages (before its pages are touched), so the UDFs streaming
+/// through tiles take far fewer TLB misses.
+fn grow_zeroed<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+    if len > v.capacity() {
+        v.reserve_exact(len - v.len());
+        crate::mem::advise_huge_pages(v.as_ptr().cast(), v.capacity() * std::mem::size_of::<T>());
+    }
+    v.resize(len, T::default());
+}
+
 /// Decoded pixels of a tile: `n_frames * sig_len` elements, frame-major, native byte order.
 #[derive(Clone, Debug, PartialEq)]
 pub enum TileData {
@@ -170,12 +181,14 @@ pub enum TileData {
 impl TileData {
     /// An all-zero buffer of `len` elements of `dtype`.
     pub fn zeros(dtype: DType, len: usize) -> Self {
-        match dtype {
-            DType::U8 => TileData::U8(vec![0; len]),
-            DType::U16 => TileData::U16(vec![0; len]),
-            DType::U32 => TileData::U32(vec![0; len]),
-            DType::U64 => TileData::U64(vec![0; len]),
-        }
+        let mut d = match dtype {
+            DType::U8 => TileData::U8(Vec::new()),
+            DType::U16 => TileData::U16(Vec::new()),
+            DType::U32 => TileData::U32(Vec::new()),
+            DType::U64 => TileData::U64(Vec::new()),
+        };
+        d.resize(len);
+        d
     }
     /// Element type.
     pub fn dtype(&self) -> DType {
@@ -203,10 +216,10 @@ impl TileData {
     /// when it is large enough.
     pub fn resize(&mut self, len: usize) {
         match self {
-            TileData::U8(v) => v.resize(len, 0),
-            TileData::U16(v) => v.resize(len, 0),
-            TileData::U32(v) => v.resize(len, 0),
-            TileData::U64(v) => v.resize(len, 0),
+            TileData::U8(v) => grow_zeroed(v, len),
+            TileData::U16(v) => grow_zeroed(v, len),
+            TileData::U32(v) => grow_zeroed(v, len),
+            TileData::U64(v) => grow_zeroed(v, len),
         }
     }
     /// Mutable view of elements `range` (e.g. one frame).

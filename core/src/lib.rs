@@ -19,6 +19,7 @@ pub mod detector;
 pub mod devices;
 pub mod dtype;
 pub mod frame;
+pub mod mem;
 pub mod metadata;
 pub mod pool;
 pub mod result;

@@ -149,7 +149,10 @@ pub fn memory_read_bandwidth(bytes: usize, threads: Option<usize>, passes: usize
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let words: Vec<u64> = (0..bytes / 8).map(|i| i as u64).collect();
+    // Allocated as tiles are (huge pages advised), so both figures see the same pages.
+    let mut words: Vec<u64> = Vec::with_capacity(bytes / 8);
+    stemflow_core::mem::advise_huge_pages(words.as_ptr().cast(), words.capacity() * 8);
+    words.extend((0..bytes / 8).map(|i| i as u64));
     let share = words.len().div_ceil(threads).max(1);
     let mut best = f64::INFINITY;
     let mut check = 0u64;
@@ -470,21 +473,23 @@ fn synthetic_tiles(cfg: &BenchConfig) -> Vec<Tile> {
         .step_by(per_tile)
         .map(|first| {
             let n = per_tile.min(total - first);
-            let mut data: Vec<u16> = Vec::with_capacity(n * sig.len());
+            let mut values = Vec::with_capacity(n * sig.len());
             for _ in 0..n {
                 for &p in &pattern {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;
-                    data.push(p + (state & 7) as u16);
+                    values.push(p + (state & 7) as u16);
                 }
             }
-            let data = match cfg.dtype {
-                DType::U8 => TileData::U8(data.iter().map(|&v| v as u8).collect()),
-                DType::U16 => TileData::U16(data),
-                DType::U32 => TileData::U32(data.iter().map(|&v| v as u32).collect()),
-                DType::U64 => TileData::U64(data.iter().map(|&v| v as u64).collect()),
-            };
+            // Allocated as the live path allocates its tiles (huge pages advised).
+            let mut data = TileData::zeros(cfg.dtype, values.len());
+            match data.pixels_mut(0..values.len()) {
+                PixelsMut::U8(d) => d.iter_mut().zip(&values).for_each(|(d, &v)| *d = v as u8),
+                PixelsMut::U16(d) => d.copy_from_slice(&values),
+                PixelsMut::U32(d) => d.iter_mut().zip(&values).for_each(|(d, &v)| *d = v as u32),
+                PixelsMut::U64(d) => d.iter_mut().zip(&values).for_each(|(d, &v)| *d = v as u64),
+            }
             Tile {
                 first_frame: first as u64,
                 n_frames: n,

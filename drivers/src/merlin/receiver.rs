@@ -788,12 +788,7 @@ impl Worker {
         let pool = Pool::new(
             &format!("{} frame stacks", self.cfg.device),
             self.cfg.pool_stacks.max(1),
-            || {
-                // Touch every page now (a store per page) so the data path never faults.
-                let mut v = vec![0u8; bytes];
-                v.iter_mut().step_by(4096).for_each(|b| *b = 1);
-                v
-            },
+            || stemflow_core::mem::prefaulted_bytes(bytes),
         );
         self.pool = Some(StackPool { pool, payload_len });
     }
