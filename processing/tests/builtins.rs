@@ -210,9 +210,15 @@ fn com_of_a_shifted_disk_is_the_shift() {
 
 #[test]
 fn com_matches_a_naive_reference_on_noise() {
-    let sig = SigShape::new(30, 36);
+    // A width that spans no whole vector register and one that spans two.
+    for (sig, cx) in [(SigShape::new(30, 36), 17.3), (SigShape::new(30, 64), 40.3)] {
+        com_against_naive(sig, cx);
+    }
+}
+
+fn com_against_naive(sig: SigShape, cx: f64) {
     let nav = NavShape::new(3, 4);
-    let (cx, cy, r) = (17.3, 14.6, 9.7);
+    let (cy, r) = (14.6, 9.7);
     for (dtype, max) in DTYPES {
         let frames = random_frames(nav.len(), sig, max, 9);
         let s = run(
