@@ -123,6 +123,7 @@ pub fn results_index(results: &[UdfResults]) -> serde_json::Value {
                     "kind": kind_name(b.kind),
                     "shape": b.shape,
                     "unit": b.unit,
+                    "dtype": b.dtype.numpy_name(),
                     "finite": b.data.iter().filter(|v| v.is_finite()).count(),
                 })
             })
@@ -287,6 +288,7 @@ mod tests {
         let index = results_index(&r);
         assert_eq!(index.as_array().unwrap().len(), 4);
         assert_eq!(index[0]["finite"], 5);
+        assert_eq!(index[0]["dtype"], "float64");
         assert_eq!(index[2]["shape"], serde_json::json!([2, 3, 4]));
         let lines = udf_summary_lines(&r);
         assert_eq!(lines.len(), 1);

@@ -300,6 +300,9 @@ fn process_with_a_spec_matches_a_naive_reference_inside_the_roi() {
             .unwrap_or_else(|| panic!("run.json lacks {udf}/{buf}: {index:?}"))
     };
     assert_eq!(find("det", "tri")["finite"], 4);
+    // Mask sums are exact counts, the statistics' mean is not.
+    assert_eq!(find("det", "tri")["dtype"], "uint64");
+    assert_eq!(find("stats", "mean")["dtype"], "float64");
     assert_eq!(
         find("radial", "profile")["shape"],
         serde_json::json!([3, 3, 8])
