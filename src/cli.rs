@@ -386,8 +386,9 @@ pub struct BenchAllArgs {
     /// MiB of frames per in-memory configuration.
     #[arg(long, default_value_t = 256)]
     pub mem_mib: u64,
-    /// MiB of frames per end-to-end configuration.
-    #[arg(long, default_value_t = 1024)]
+    /// MiB of frames per end-to-end configuration (4 GiB: 32 768 frames of 256 × 256 u16,
+    /// about a second; a run of a few tenths of a second mostly measures its start).
+    #[arg(long, default_value_t = 4096)]
     pub e2e_mib: u64,
     /// Runs per end-to-end configuration; the fastest counts (each is short, so one slow
     /// start or a busy neighbour would otherwise decide the figure).
