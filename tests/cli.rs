@@ -624,3 +624,79 @@ fn process_truncated_recording_names_file_frame_and_sizes() {
         run.describe()
     );
 }
+
+/// `stemflow bench all` on small sizes: every figure the issue asks for is printed and in
+/// the JSON line — ceilings, in-memory sum and full set for 256²/512² × u8/u16/u32, end to
+/// end with no frame lost, latency at both snapshot intervals. Figures are not judged here
+/// (timing belongs to benchmarks), only their presence and sanity.
+#[test]
+fn bench_all_reports_every_figure() {
+    let dir = ScratchDir::new("cli-bench-all");
+    let f = stemflow(
+        &[
+            "bench",
+            "all",
+            "--mem-mib",
+            "2",
+            "--e2e-mib",
+            "4",
+            "--e2e-repeat",
+            "1",
+            "--latency-frames",
+            "256",
+            "--latency-rate-hz",
+            "2000",
+        ],
+        dir.path(),
+    );
+    f.assert_success("bench all");
+    let json: Value = f
+        .stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON line: {}", f.describe()));
+    let ceilings = &json["ceilings"];
+    for key in ["memory_read_gb_per_s", "loopback_tcp_gb_per_s"] {
+        assert!(ceilings[key].as_f64().unwrap_or(0.0) > 0.0, "{key}: {json}");
+    }
+    let mem = json["in_memory"].as_array().expect("in_memory");
+    assert_eq!(mem.len(), 12, "2 shapes x 3 dtypes x 2 sets: {json}");
+    for m in mem {
+        let frac = m["fraction_of_memory_bandwidth"].as_f64().unwrap_or(-1.0);
+        assert!(
+            m["gb_per_s"].as_f64().unwrap_or(0.0) > 0.0 && frac > 0.0,
+            "{m}"
+        );
+    }
+    let e2e = json["end_to_end"].as_array().expect("end_to_end");
+    assert_eq!(e2e.len(), 6, "{json}");
+    for e in e2e {
+        assert_eq!(e["frames_lost"], 0, "{e}");
+        assert!(e["frames"].as_u64().unwrap_or(0) > 0, "{e}");
+    }
+    let lat = json["latency_ms"].as_array().expect("latency_ms");
+    assert_eq!(lat.len(), 2);
+    for l in lat {
+        let (median, p99) = (
+            l["median"].as_f64().unwrap_or(-1.0),
+            l["p99"].as_f64().unwrap_or(-1.0),
+        );
+        assert!(
+            median >= 0.0 && p99 >= median && l["samples"].as_u64() == Some(256),
+            "{l}"
+        );
+    }
+    for line in [
+        "ceilings on",
+        "in memory 512x512 uint32 sum+sum_sig+4 masks+com",
+        "end to end 256x256 uint16",
+        "latency, frame arrival to snapshot",
+    ] {
+        assert!(
+            f.stdout.contains(line),
+            "missing `{line}`: {}",
+            f.describe()
+        );
+    }
+}
