@@ -9,7 +9,8 @@ use std::sync::atomic::AtomicBool;
 use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::udf::Udf;
 use stemflow_processing::{
-    ComUdf, Mask, MasksUdf, RunConfig, RunSummary, SumSigUdf, SumUdf, run_tiles,
+    ComUdf, Mask, MasksUdf, RadialProfileParams, RadialProfileUdf, RunConfig, RunSummary,
+    SumSigUdf, SumUdf, run_tiles,
 };
 
 const DTYPES: [(DType, u64); 3] = [
@@ -309,6 +310,15 @@ fn bad_parameters_stop_the_run_before_it_starts() {
             "two UDFs are named `sum`",
         ),
         (vec![Box::new(ComUdf::new(4.0, 4.0, f64::NAN))], "finite"),
+        (
+            vec![Box::new(RadialProfileUdf::new(RadialProfileParams {
+                cx: 4.0,
+                cy: 4.0,
+                bin_width: 1e-6,
+                n_bins: 1_000_000,
+            }))],
+            "exceeds the frame's 64 pixels",
+        ),
     ];
     for (udfs, want) in cases {
         let err = run_tiles(

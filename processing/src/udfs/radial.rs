@@ -70,6 +70,9 @@ impl RadialProfileUdf {
     }
 }
 
+/// Largest `profile` buffer a run may declare (bytes): 8 GiB.
+const MAX_PROFILE_BYTES: u128 = 8 << 30;
+
 impl Udf for RadialProfileUdf {
     fn name(&self) -> &str {
         &self.name
@@ -81,7 +84,7 @@ impl Udf for RadialProfileUdf {
             BufferDecl::single("pixels", vec![self.p.n_bins], "pixels"),
         ]
     }
-    fn check(&self, _meta: &UdfMeta) -> Result<(), String> {
+    fn check(&self, meta: &UdfMeta) -> Result<(), String> {
         let p = &self.p;
         if !(p.cx.is_finite() && p.cy.is_finite()) {
             return Err(format!("centre must be finite, got ({}, {})", p.cx, p.cy));
@@ -91,6 +94,25 @@ impl Udf for RadialProfileUdf {
         }
         if p.n_bins == 0 || p.n_bins >= u32::MAX as usize {
             return Err(format!("n_bins must be ≥ 1, got {}", p.n_bins));
+        }
+        // More bins than pixels leaves most of them empty, and the profile buffer
+        // (`n_bins` f64 per scan position) would outgrow the machine.
+        let pixels = meta.sig_shape.len().max(1);
+        if p.n_bins > pixels {
+            return Err(format!(
+                "n_bins = {} exceeds the frame's {pixels} pixels (bin_width {} px): give fewer bins or a larger bin_width",
+                p.n_bins, p.bin_width
+            ));
+        }
+        let bytes = (meta.nav_shape.len() as u128) * p.n_bins as u128 * 8;
+        if bytes > MAX_PROFILE_BYTES {
+            return Err(format!(
+                "the profile buffer would take {:.1} GiB ({} scan positions × {} bins × 8 bytes), more than the {} GiB allowed: give fewer bins",
+                bytes as f64 / (1u64 << 30) as f64,
+                meta.nav_shape.len(),
+                p.n_bins,
+                MAX_PROFILE_BYTES >> 30
+            ));
         }
         Ok(())
     }
