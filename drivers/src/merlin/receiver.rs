@@ -420,6 +420,15 @@ enum Next {
 }
 
 /// How reading a message body ended, when it did not fail.
+/// "frame N" in error messages, formatted only when an error is built.
+struct FrameName(u64);
+
+impl std::fmt::Display for FrameName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "frame {}", self.0)
+    }
+}
+
 enum Body {
     Complete,
     Stopped,
@@ -559,7 +568,12 @@ impl Worker {
         Ok(Ok((start, prefix)))
     }
 
-    fn truncated(&self, what: &str, expected: u64, received: u64) -> MerlinError {
+    fn truncated(
+        &self,
+        what: &(impl std::fmt::Display + ?Sized),
+        expected: u64,
+        received: u64,
+    ) -> MerlinError {
         MerlinError::Truncated {
             device: self.cfg.device.clone(),
             what: what.to_string(),
@@ -568,7 +582,12 @@ impl Worker {
         }
     }
 
-    fn stalled(&self, what: &str, expected: u64, received: u64) -> MerlinError {
+    fn stalled(
+        &self,
+        what: &(impl std::fmt::Display + ?Sized),
+        expected: u64,
+        received: u64,
+    ) -> MerlinError {
         MerlinError::Stalled {
             device: self.cfg.device.clone(),
             what: what.to_string(),
@@ -592,7 +611,7 @@ impl Worker {
     fn read_body(
         &mut self,
         buf: &mut [u8],
-        what: &str,
+        what: &(impl std::fmt::Display + ?Sized),
         before: u64,
         total: u64,
     ) -> Result<Body, MerlinError> {
@@ -950,8 +969,9 @@ impl Worker {
             let mut head = std::mem::take(&mut self.head);
             head.resize(data_offset, 0);
             head[..4].copy_from_slice(mq1::MQ1_MAGIC);
-            let what = format!("frame {}", acq.next_seq);
             let total = (MPX_PREFIX_LEN + message) as u64;
+            // Named lazily: this runs once per frame and must not allocate.
+            let what = FrameName(acq.next_seq);
             let body = self.read_body(&mut head[4..], &what, START_LEN as u64, total);
             let parsed = match body {
                 Ok(Body::Complete) => mq1::quick_parse(&head),
@@ -1001,7 +1021,7 @@ impl Worker {
             return Ok(None);
         };
         let offset = open.frames.len() * payload_len;
-        let what = format!("frame {seq}");
+        let what = FrameName(seq);
         let total = (MPX_PREFIX_LEN + message) as u64;
         let before = total - payload_len as u64;
         let fill = self
