@@ -59,10 +59,9 @@ pub struct RunArgs {
     /// Instrument profile (TOML) giving the plan defaults; default: the simulated one.
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// A reduction spec (TOML, see docs/reductions.md) whose UDFs every acquisition
-    /// computes, replacing the profile's `[reductions] spec`.
-    #[arg(long, value_name = "SPEC.toml")]
-    pub reductions: Option<PathBuf>,
+    /// The reductions every acquisition computes and over which scan positions.
+    #[command(flatten)]
+    pub reductions: ReductionArgs,
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
@@ -95,10 +94,9 @@ pub struct QueueArgs {
     /// Instrument profile (TOML) giving the plan defaults; default: the simulated one.
     #[arg(long)]
     pub profile: Option<PathBuf>,
-    /// A reduction spec (TOML, see docs/reductions.md) whose UDFs every acquisition
-    /// computes, replacing the profile's `[reductions] spec`.
-    #[arg(long, value_name = "SPEC.toml")]
-    pub reductions: Option<PathBuf>,
+    /// The reductions every acquisition computes and over which scan positions.
+    #[command(flatten)]
+    pub reductions: ReductionArgs,
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
@@ -111,7 +109,8 @@ pub struct QueueArgs {
     pub sim_beam_dip: Option<String>,
 }
 
-/// Which reductions a run computes (`process`, the default run, `acquire`).
+/// Which reductions a run computes and over which scan positions (`process`, the default
+/// run, `acquire`, `run`, `queue`).
 #[derive(Args, Debug, Clone, Default)]
 pub struct ReductionArgs {
     /// A reduction spec (TOML: `[[udf]]` entries and an optional `[roi]`; see
@@ -120,7 +119,8 @@ pub struct ReductionArgs {
     #[arg(long, value_name = "SPEC.toml")]
     pub reductions: Option<PathBuf>,
     /// Process only scan rows R0..R1 and columns C0..C1 (half-open, from 0), replacing the
-    /// spec's ROI; nav results are NaN outside it.
+    /// spec's ROI; nav results are NaN outside it. With `run` and `queue` it applies to
+    /// every acquisition, and each scan must hold it.
     #[arg(long, value_name = "R0:R1,C0:C1", conflicts_with = "roi_mask")]
     pub roi_rect: Option<stemflow_processing::RoiRect>,
     /// Process only the scan positions set (nonzero) in this `.npy` array of the scan's

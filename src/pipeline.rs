@@ -3,6 +3,7 @@
 //! signal, virtual BF + ADF, CoM) on a [`Geometry`], or those of a reduction spec
 //! ([`Reductions`]), optionally over a region of interest.
 
+use crate::cli::ReductionArgs;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use stemflow_processing::{
     ComUdf, Mask, MasksUdf, Outcome, ReductionSpec, RoiRect, RoiSpec, RunConfig, SumSigUdf, SumUdf,
     Udf,
 };
+use stemflow_sequences::plan::PlanStep;
 
 /// Virtual detector geometry in detector pixels (centre and radii).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -110,6 +112,48 @@ impl Reductions {
             (None, None) => None,
         };
         Ok(Self { spec, roi })
+    }
+
+    /// These reductions (a profile's) with the command line's choices `a`: its spec
+    /// replaces this one's; a ROI given alone keeps this spec and replaces its ROI.
+    ///
+    /// # Errors
+    /// As [`Reductions::load`].
+    pub fn with_args(self, a: &ReductionArgs) -> Result<Self> {
+        if a.is_empty() {
+            return Ok(self);
+        }
+        let base = match (&a.reductions, self.spec) {
+            (Some(p), _) => Some(p.clone()),
+            (None, spec) => spec.map(|(p, _)| p),
+        };
+        Self::load(base.as_deref(), a.roi_rect, a.roi_mask.as_deref())
+    }
+
+    /// Builds the UDFs and the ROI for every acquisition of `steps` (frames of `sig`; each
+    /// scan's shape from the `ConfigureDetector` before it), so that a spec or a ROI that
+    /// does not fit a scan fails before anything runs rather than when it is armed.
+    ///
+    /// # Errors
+    /// As [`Reductions::build`], naming the acquisition.
+    pub fn check_plan(&self, g: &Geometry, sig: SigShape, steps: &[PlanStep]) -> Result<()> {
+        if self.is_default() {
+            return Ok(());
+        }
+        let mut nav = None;
+        for step in steps {
+            match step {
+                PlanStep::ConfigureDetector(d) => nav = Some(d.nav_shape),
+                PlanStep::Acquire { label, .. } => {
+                    if let Some(nav) = nav {
+                        self.build(g, sig, nav)
+                            .with_context(|| format!("acquisition `{label}`"))?;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// True for the live-view set over the whole scan.

@@ -442,17 +442,7 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
         plan,
         reductions,
     } = assemble_simulated(&profile, MicroscopeFaults::default())?;
-    let reductions = if args.reductions.is_empty() {
-        reductions
-    } else {
-        let a = &args.reductions;
-        // The command line's spec replaces the profile's; a ROI alone keeps the profile's.
-        let base = match (&a.reductions, reductions.spec) {
-            (Some(p), _) => Some(p.clone()),
-            (None, spec) => spec.map(|(p, _)| p),
-        };
-        Reductions::load(base.as_deref(), a.roi_rect, a.roi_mask.as_deref())?
-    };
+    let reductions = reductions.with_args(&args.reductions)?;
     if !reductions.is_default() {
         // Checked against this scan's shapes now, so that a bad spec fails before the scan.
         reductions.build(&geometry, plan.sig_shape, plan.nav_shape)?;

@@ -6,7 +6,7 @@
 //! run record), microscope settings through the supervised microscope actor (read back),
 //! cleanup through the scan engine and detector actors.
 
-use crate::cli::{QueueArgs, RunArgs};
+use crate::cli::{QueueArgs, ReductionArgs, RunArgs};
 use crate::pipeline::{self, Geometry, Reductions};
 use crate::run::{SimulatedInstrument, assemble_simulated, runtime};
 use anyhow::{Context, Result, bail};
@@ -24,7 +24,7 @@ use stemflow_core::metadata::MicroscopeState;
 use stemflow_core::result::BufferKind;
 use stemflow_sequences::engine::{Control, ExecError, Executor, RunOutcome, Session};
 use stemflow_sequences::plan::{PlanAcquisition, PlanSpec, ScanDefaults};
-use stemflow_sequences::queue::{Queue, QueueOptions, run_queue};
+use stemflow_sequences::queue::{Action, Queue, QueueOptions, run_queue};
 use stemflow_sequences::script::{ScriptSource, run_script};
 use stemflow_simulators::microscope::{MicroscopeFaults, MicroscopeSetting};
 
@@ -385,15 +385,25 @@ fn defaults_of(profile: &Profile) -> ScanDefaults {
     }
 }
 
-/// Starts the simulated instrument and applies the profile's optics.
+/// The reductions of `profile`'s `[reductions] spec` (default: the live-view set) with the
+/// command line's spec and ROI.
+fn reductions_of(profile: &Profile, args: &ReductionArgs) -> Result<Reductions> {
+    Reductions::load(profile.reductions.spec.as_deref(), None, None)
+        .context("the profile's [reductions] spec")?
+        .with_args(args)
+}
+
+/// Starts the simulated instrument with `reductions` and applies the profile's optics.
 fn start_instrument(
     profile: &Profile,
     stuck: Option<&str>,
     beam_dip: Option<&str>,
     record_raw: bool,
+    reductions: Reductions,
 ) -> Result<SimExecutor> {
     let (mut exec, _) = SimExecutor::start(profile, faults(stuck)?, record_raw)?;
     exec.beam_dip = beam_dip.map(parse_dip).transpose()?;
+    exec.reductions = std::sync::Arc::new(reductions);
     let optics = profile_optics(profile);
     println!(
         "instrument: simulated; optics from the profile: {}",
@@ -446,14 +456,9 @@ fn control_file(
 /// `stemflow run FILE`: one plan (`.toml`) or sequence script (`.rhai`) on the simulated
 /// instrument; `--dry-run` prints the steps, device settings, duration and data volume.
 pub fn run(args: &RunArgs) -> Result<()> {
-    let mut profile = load_profile(args.profile.as_deref())?;
-    if let Some(spec) = &args.reductions {
-        profile.reductions.spec = Some(spec.clone());
-    }
-    if let Some(spec) = &profile.reductions.spec {
-        // Parsed now (dry runs included); built for each acquisition when it is armed.
-        stemflow_processing::ReductionSpec::load(spec)?;
-    }
+    let profile = load_profile(args.profile.as_deref())?;
+    // Parsed now, dry runs included; plans are also checked against each scan below.
+    let reductions = reductions_of(&profile, &args.reductions)?;
     let control = Control::default();
     let _watch = (!args.dry_run)
         .then(|| control_file(&args.out, &control))
@@ -475,6 +480,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             args.sim_stuck_setting.as_deref(),
             args.sim_beam_dip.as_deref(),
             !args.no_raw,
+            reductions,
         )?;
         let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
         session.set_log(Box::new(|m| println!("{m}")));
@@ -496,16 +502,23 @@ pub fn run(args: &RunArgs) -> Result<()> {
         .build(&defaults)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     print!("{}", plan.dry_run()?);
+    let steps = plan.steps()?;
+    reductions
+        .check_plan(&Geometry::default(), profile.sig_shape(), &steps)
+        .with_context(|| format!("plan {}", args.file.display()))?;
+    if !reductions.is_default() {
+        println!("{}", reductions.describe());
+    }
     if args.dry_run {
         println!("dry run: no device touched");
         return Ok(());
     }
-    let steps = plan.steps()?;
     let exec = start_instrument(
         &profile,
         args.sim_stuck_setting.as_deref(),
         args.sim_beam_dip.as_deref(),
         !args.no_raw,
+        reductions,
     )?;
     let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
     session.set_log(Box::new(|m| println!("{m}")));
@@ -533,16 +546,21 @@ pub fn run(args: &RunArgs) -> Result<()> {
 /// `stemflow queue FILE.toml`: validates the whole queue, then runs it unattended with a
 /// journal in `--out`; `--resume` continues after the last finished unit.
 pub fn queue(args: &QueueArgs) -> Result<()> {
-    let mut profile = load_profile(args.profile.as_deref())?;
-    if let Some(spec) = &args.reductions {
-        profile.reductions.spec = Some(spec.clone());
-    }
-    if let Some(spec) = &profile.reductions.spec {
-        // Parsed now (dry runs included); built for each acquisition when it is armed.
-        stemflow_processing::ReductionSpec::load(spec)?;
-    }
+    let profile = load_profile(args.profile.as_deref())?;
+    let reductions = reductions_of(&profile, &args.reductions)?;
     let defaults = defaults_of(&profile);
     let q = Queue::load(&args.file, &defaults)?;
+    // Every plan unit's scans against the reductions now, not hours later when it is armed.
+    for unit in &q.units {
+        if let Action::Plan(plan) = &unit.action {
+            reductions
+                .check_plan(&Geometry::default(), profile.sig_shape(), &plan.steps()?)
+                .with_context(|| format!("queue unit {}", unit.key))?;
+        }
+    }
+    if !reductions.is_default() {
+        println!("{}", reductions.describe());
+    }
     if args.dry_run {
         print!("{}", q.dry_run());
         println!("dry run: no device touched");
@@ -554,6 +572,7 @@ pub fn queue(args: &QueueArgs) -> Result<()> {
         args.sim_stuck_setting.as_deref(),
         args.sim_beam_dip.as_deref(),
         !args.no_raw,
+        reductions,
     )?;
     let opts = QueueOptions {
         out: args.out.clone(),

@@ -756,3 +756,133 @@ fn profile_spec_is_used_by_the_live_runs() {
         run.describe()
     );
 }
+
+/// `run` and `queue` take `--roi-rect` like `process` and `acquire`: the plan's recording
+/// has values inside the ROI only. Spec and ROI are checked against every plan's scan
+/// before anything runs (dry runs included): a ROI larger than one unit's scan or a spec
+/// that picks a position outside a scan fails naming the unit, instead of when that unit
+/// is armed.
+#[test]
+fn run_and_queue_take_a_roi_checked_against_every_scan() {
+    let dir = ScratchDir::new("cli-reductions-run-roi");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("sequences/examples");
+    let plan = examples.join("quickstart-scan.toml");
+    let profile = examples.join("small-sim-profile.toml");
+
+    // The 8 × 8 quickstart scan, rows 1..3 and columns 2..5 only.
+    let out = dir.path().join("plan-out");
+    let run = stemflow(
+        &[
+            "run",
+            arg(&plan),
+            "--profile",
+            arg(&profile),
+            "--roi-rect",
+            "1:3,2:5",
+            "--out",
+            arg(&out),
+        ],
+        dir.path(),
+        "plan-roi",
+    );
+    assert!(run.status.success(), "plan failed: {}", run.describe());
+    assert!(
+        run.stdout.contains("ROI rows 1..3, cols 2..5"),
+        "{}",
+        run.describe()
+    );
+    let h5: Vec<PathBuf> = std::fs::read_dir(&out)
+        .expect("plan output")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "h5"))
+        .collect();
+    assert_eq!(h5.len(), 1, "{h5:?}");
+    let res = results(&h5[0]);
+    let sum_sig = buffer(&res, "sum_sig", "intensity");
+    assert_eq!(sum_sig.shape, vec![8, 8]);
+    for (i, v) in sum_sig.data.iter().enumerate() {
+        let (r, c) = (i / 8, i % 8);
+        let inside = (1..3).contains(&r) && (2..5).contains(&c);
+        assert_eq!(v.is_finite(), inside, "position ({r}, {c}): {v}");
+    }
+
+    // The overnight queue scans 4 × 4 (dark, rescan region) and 8 × 8: a 6 × 6 ROI does not
+    // fit the dark reference, found at validation.
+    let queue = examples.join("overnight-queue.toml");
+    let q = stemflow(
+        &[
+            "queue",
+            "--dry-run",
+            arg(&queue),
+            "--profile",
+            arg(&profile),
+            "--roi-rect",
+            "0:6,0:6",
+        ],
+        dir.path(),
+        "queue-roi",
+    );
+    assert_eq!(q.status.code(), Some(1), "{}", q.describe());
+    assert!(
+        q.stderr.contains("dark") && q.stderr.contains("ROI"),
+        "{}",
+        q.describe()
+    );
+    // A 2 × 2 ROI fits every scan.
+    let q = stemflow(
+        &[
+            "queue",
+            "--dry-run",
+            arg(&queue),
+            "--profile",
+            arg(&profile),
+            "--roi-rect",
+            "0:2,0:2",
+        ],
+        dir.path(),
+        "queue-roi-fits",
+    );
+    assert!(q.status.success(), "{}", q.describe());
+    assert!(
+        q.stdout.contains("ROI rows 0..2, cols 0..2"),
+        "{}",
+        q.describe()
+    );
+
+    // A spec picking scan position (6, 6): fits the 8 × 8 scans, not the 4 × 4 ones.
+    let spec = dir.path().join("pick.toml");
+    std::fs::write(&spec, "[[udf]]\nkind = \"pick\"\nrow = 6\ncol = 6\n").expect("spec");
+    let run = stemflow(
+        &[
+            "run",
+            "--dry-run",
+            arg(&plan),
+            "--profile",
+            arg(&profile),
+            "--reductions",
+            arg(&spec),
+        ],
+        dir.path(),
+        "plan-pick",
+    );
+    assert!(run.status.success(), "{}", run.describe());
+    let q = stemflow(
+        &[
+            "queue",
+            "--dry-run",
+            arg(&queue),
+            "--profile",
+            arg(&profile),
+            "--reductions",
+            arg(&spec),
+        ],
+        dir.path(),
+        "queue-pick",
+    );
+    assert_eq!(q.status.code(), Some(1), "{}", q.describe());
+    assert!(
+        q.stderr.contains("dark") && q.stderr.contains("pick.toml"),
+        "{}",
+        q.describe()
+    );
+}
