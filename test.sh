@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace (unit, integration, interoperability with LiberTEM-live).
+# Arguments go to `cargo test` (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure-deps.sh
-exec cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets "$@"
+# The reduction kernels come in an AVX-512 variant and a portable one, chosen at compile
+# time (target-cpu=native, .cargo/config.toml). On an AVX-512 machine the suite above tests
+# the first; the processing tests run once more built for x86-64-v3 (AVX2, the portable
+# build of docs/decisions/0005) so that the other is tested too. About 2 minutes.
+if [ $# -eq 0 ] && grep -qw avx512bw /proc/cpuinfo 2>/dev/null; then
+    echo "test.sh: the processing tests again, built without AVX-512 (x86-64-v3)"
+    RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/portable \
+        cargo test -p stemflow-processing --all-targets
+fi
