@@ -383,8 +383,10 @@ pub struct BenchDectrisArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchAllArgs {
-    /// MiB of frames per in-memory configuration.
-    #[arg(long, default_value_t = 256)]
+    /// MiB of frames per in-memory configuration (1 GiB: tens of milliseconds per pass, so
+    /// that neither the run's start, about 0.7 ms, nor a moment of another tenant's load
+    /// decides the figure).
+    #[arg(long, default_value_t = 1024)]
     pub mem_mib: u64,
     /// MiB of frames per end-to-end configuration (4 GiB: 32 768 frames of 256 × 256 u16,
     /// about a second; a run of a few tenths of a second mostly measures its start).

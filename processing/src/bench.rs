@@ -451,8 +451,13 @@ impl FrameDecoder for BigEndianU16 {
     }
 }
 
+/// Distinct frames generated for a benchmark; longer scans repeat them (copied, so every
+/// frame has its own memory), which keeps a 1 GiB data set quick to build.
+const UNIQUE_FRAMES: usize = 256;
+
 /// Diffraction-like frames of `cfg.dtype`: a bright disk (200) on a noisy background
-/// (1 + xorshift noise in 0..8, so nothing is constant and no work can be skipped).
+/// (1 + xorshift noise in 0..8, so nothing is constant and no work can be skipped); the
+/// first [`UNIQUE_FRAMES`] frames are distinct, later ones repeat them.
 fn synthetic_tiles(cfg: &BenchConfig) -> Vec<Tile> {
     let sig = cfg.sig_shape;
     let (cx, cy, r) = (
@@ -468,27 +473,32 @@ fn synthetic_tiles(cfg: &BenchConfig) -> Vec<Tile> {
         .collect();
     let per_tile = cfg.frames_per_tile.max(1);
     let total = cfg.nav_shape.len();
+    let unique = total.clamp(1, UNIQUE_FRAMES);
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut values = Vec::with_capacity(unique * sig.len());
+    for _ in 0..unique {
+        for &p in &pattern {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            values.push(p + (state & 7) as u16);
+        }
+    }
+    let frame = |f: usize| &values[(f % unique) * sig.len()..(f % unique + 1) * sig.len()];
     (0..total)
         .step_by(per_tile)
         .map(|first| {
             let n = per_tile.min(total - first);
-            let mut values = Vec::with_capacity(n * sig.len());
-            for _ in 0..n {
-                for &p in &pattern {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    values.push(p + (state & 7) as u16);
-                }
-            }
             // Allocated as the live path allocates its tiles (huge pages advised).
-            let mut data = TileData::zeros(cfg.dtype, values.len());
-            match data.pixels_mut(0..values.len()) {
-                PixelsMut::U8(d) => d.iter_mut().zip(&values).for_each(|(d, &v)| *d = v as u8),
-                PixelsMut::U16(d) => d.copy_from_slice(&values),
-                PixelsMut::U32(d) => d.iter_mut().zip(&values).for_each(|(d, &v)| *d = v as u32),
-                PixelsMut::U64(d) => d.iter_mut().zip(&values).for_each(|(d, &v)| *d = v as u64),
+            let mut data = TileData::zeros(cfg.dtype, n * sig.len());
+            for k in 0..n {
+                let src = frame(first + k);
+                match data.pixels_mut(k * sig.len()..(k + 1) * sig.len()) {
+                    PixelsMut::U8(d) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = v as u8),
+                    PixelsMut::U16(d) => d.copy_from_slice(src),
+                    PixelsMut::U32(d) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = v as u32),
+                    PixelsMut::U64(d) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = v as u64),
+                }
             }
             Tile {
                 first_frame: first as u64,
