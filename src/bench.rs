@@ -228,7 +228,8 @@ fn nav_for(bytes: u64, sig: SigShape, dtype: DType) -> NavShape {
 }
 
 /// Latency: the Merlin simulator paced at `rate_hz` (frame time), 256 × 256 u16, the full
-/// set, snapshots at `interval`; arrival = the receiver handing a stack over.
+/// set, snapshots at `interval`; a frame's arrival = when the receiver had read the first
+/// frame of its stack completely.
 fn latency_run(frames: usize, rate_hz: f64, interval: Duration) -> Result<(f64, f64, f64, usize)> {
     let sig = SigShape::new(256, 256);
     let nav = NavShape::new(frames.div_ceil(64), 64);
@@ -263,7 +264,7 @@ fn latency_run(frames: usize, rate_hz: f64, interval: Duration) -> Result<(f64, 
         let probe = &probe;
         s.spawn(move || {
             while let Ok(st) = stacks.recv_timeout(Duration::from_secs(30)) {
-                probe.arrived(st.first_frame, st.len());
+                probe.arrived_at(st.first_frame, st.len(), st.first_received);
                 if tx.send(st).is_err() {
                     break;
                 }

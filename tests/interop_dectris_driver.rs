@@ -318,6 +318,7 @@ fn against_stemflow_dectris_sim_with_faults() {
                 }],
                 buf: stemflow_core::pool::Pooled::unpooled(stack.payload(i).to_vec()),
                 decoder: stack.decoder.clone(),
+                first_received: stack.first_received,
             };
             match one.decode_from(&single) {
                 Ok(()) => {

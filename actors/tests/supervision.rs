@@ -75,6 +75,7 @@ impl Detector for FakeDetector {
                     frames: vec![RawFrameRef { offset: 0, len: 4 }],
                     buf: Pooled::unpooled(vec![i as u8; 4]),
                     decoder: Arc::new(Plain),
+                    first_received: std::time::Instant::now(),
                 };
                 if tx.send(stack).is_err() {
                     break;

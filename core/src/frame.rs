@@ -126,6 +126,9 @@ pub struct RawStack {
     pub buf: Pooled<Vec<u8>>,
     /// The decoder for this acquisition's frames.
     pub decoder: Arc<dyn FrameDecoder>,
+    /// When the stack's first frame had been read completely: the frames' arrival for
+    /// latency figures (later frames of the stack arrived after it).
+    pub first_received: std::time::Instant,
 }
 
 impl RawStack {

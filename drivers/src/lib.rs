@@ -31,4 +31,5 @@
 pub mod dectris;
 pub mod merlin;
 pub mod nav_hint;
+mod net;
 pub mod scpi;

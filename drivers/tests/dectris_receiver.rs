@@ -494,6 +494,7 @@ fn corrupt_blobs_are_counted_damaged_or_fail_to_decode() {
             frames: st.frames.clone(),
             buf: stemflow_core::pool::Pooled::unpooled(st.buf.to_vec()),
             decoder: st.decoder.clone(),
+            first_received: st.first_received,
         })
         .collect();
     assert_frames_match(&decode(&owned), &reference());
@@ -763,4 +764,51 @@ fn stop_ends_the_series_promptly() {
         "took {:?}",
         t0.elapsed()
     );
+}
+
+/// A slow detector: the header and one frame, then silence. The receiver hands that frame
+/// over while it waits (the consumer has finished every earlier stack and nothing more is in
+/// the socket) instead of holding it until its stack of 32 fills; the other 255 frames
+/// follow, every frame once, in order, decoding to the reference.
+#[test]
+fn a_frame_is_handed_over_when_no_next_frame_is_waiting() {
+    let c = capture();
+    let (mut push, rx) = connect(|cfg| cfg.frames_per_stack = 32);
+    let msgs = sim_messages(&c);
+    for m in &msgs[..3] {
+        let parts: Vec<&[u8]> = m.iter().map(Vec::as_slice).collect();
+        push.send(&parts).unwrap();
+    }
+    let stacks = match rx.events().recv_timeout(TIMEOUT) {
+        Ok(ReceiverEvent::Armed { stacks, .. }) => stacks,
+        other => panic!("expected Armed, got {other:?}"),
+    };
+    let first = stacks
+        .recv_timeout(Duration::from_millis(400))
+        .expect("frame 0 handed over while the detector is silent");
+    assert_eq!((first.first_frame, first.len()), (0, 1));
+    let reference = reference();
+    let mut decoded = decode(std::slice::from_ref(&first));
+    drop(first);
+    let sender = send_all(push, msgs[3..].to_vec());
+    let until = Instant::now() + TIMEOUT;
+    while let Ok(s) = stacks.recv_deadline(until) {
+        decoded.extend(decode(std::slice::from_ref(&s)));
+    }
+    sender.join().unwrap();
+    assert_eq!(
+        decoded.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..FRAMES as u64).collect::<Vec<_>>()
+    );
+    assert_frames_match(&decoded, &reference);
+    loop {
+        match rx.events().recv_deadline(until) {
+            Ok(ReceiverEvent::Finished { summary, .. }) => {
+                assert_eq!((summary.received, summary.lost), (256, 0));
+                break;
+            }
+            Ok(ReceiverEvent::FirstFrame { .. }) => {}
+            other => panic!("expected Finished, got {other:?}"),
+        }
+    }
 }

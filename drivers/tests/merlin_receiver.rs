@@ -752,3 +752,49 @@ fn connect_failure_is_reported() {
     assert!(matches!(err, MerlinError::Connect { .. }), "{err}");
     assert!(err.to_string().contains(&addr.to_string()));
 }
+
+/// A slow detector: one frame, then nothing for 600 ms. The receiver hands the frame over
+/// while it waits for the next (the consumer is idle and nothing more is in the socket)
+/// instead of holding it until the stack of 4 fills; the later frames follow, every frame
+/// once, in order.
+#[test]
+fn a_frame_is_handed_over_when_no_next_frame_is_waiting() {
+    let rec = recording("Single_9_Frame_CounterDepth_6_Rows_256");
+    let mut first = mpx(&rec.hdr);
+    first.extend(mpx(&rec.frames[0]));
+    let rest: Vec<u8> = rec.frames[1..].iter().flat_map(|f| mpx(f)).collect();
+    let (addr, server) = serve(vec![
+        Step::Send(first),
+        Step::Sleep(Duration::from_millis(600)),
+        Step::Send(rest),
+    ]);
+    let t0 = Instant::now();
+    let rx = MerlinReceiver::start(config(addr)).unwrap();
+    // When the first stack had come, and what it held.
+    let mut first_stack = None;
+    let out = collect(&rx, Duration::from_secs(5), |o| {
+        if first_stack.is_none()
+            && let Some(s) = o.acqs.first().and_then(|a| a.stacks.first())
+        {
+            first_stack = Some((*s, t0.elapsed()));
+        }
+        o.acqs.first().is_some_and(|a| a.summary.is_some())
+    });
+    server.join().unwrap();
+    let (stack, waited) = first_stack.expect("a stack came");
+    assert_eq!(stack, (0, 1), "{out:?}");
+    assert!(
+        waited < Duration::from_millis(450),
+        "the first frame came {waited:?} after the start, not before the next frames"
+    );
+    let acq = &out.acqs[0];
+    assert_eq!(
+        acq.frames,
+        rec.per_frame_sums
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (i as u64, s))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(acq.summary.as_ref().unwrap().end, EndReason::AllFrames);
+}

@@ -243,7 +243,14 @@ impl LatencyProbe {
 
     /// Frames `first..first + n` arrived now.
     pub fn arrived(&self, first: u64, n: usize) {
-        let t = self.t0.elapsed().as_nanos() as u64 + 1;
+        self.arrived_at(first, n, Instant::now());
+    }
+
+    /// Frames `first..first + n` arrived at `at` (e.g. [`RawStack::first_received`]: the
+    /// stack's first frame; the others came later, so their latency is overstated, never
+    /// understated). Times before the probe was made count from its making.
+    pub fn arrived_at(&self, first: u64, n: usize, at: Instant) {
+        let t = at.saturating_duration_since(self.t0).as_nanos() as u64 + 1;
         for a in self.arrival.iter().skip(first as usize).take(n) {
             a.store(t, std::sync::atomic::Ordering::Relaxed);
         }
@@ -399,6 +406,7 @@ pub fn bench_live_in_memory(cfg: &BenchConfig) -> Result<BenchFigures, Processin
                         frames,
                         buf,
                         decoder: Arc::clone(decoder),
+                        first_received: Instant::now(),
                     };
                     if tx.send(stack).is_err() {
                         return;

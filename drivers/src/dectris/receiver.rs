@@ -560,6 +560,8 @@ struct OpenStack {
     frames: Vec<RawFrameRef>,
     used: usize,
     buf: Pooled<Vec<u8>>,
+    /// When its first frame had been read completely.
+    first_received: Instant,
 }
 
 /// State of the series under way.
@@ -1111,6 +1113,23 @@ impl Worker {
             } else {
                 self.conn.last_activity() + self.cfg.frame_timeout
             };
+            let consumer_idle = self
+                .pool
+                .as_ref()
+                .is_some_and(|sp| sp.pool.free() + 1 >= sp.pool.capacity());
+            if acq.stack.is_some()
+                && self.held.is_none()
+                && consumer_idle
+                && self.conn.pending() == Some(0)
+            {
+                // The consumer has finished every stack sent to it and the next message is
+                // not here yet: hand the frames over now, not when the stack fills many frame
+                // times later at slow rates. While the consumer is busy, stacks fill, which
+                // keeps their number in bounds at high rates.
+                if let Err(e) = self.flush(&mut acq) {
+                    return Err(self.fail(acq, e));
+                }
+            }
             let msg = match self.next_msg(Some(deadline)) {
                 Ok(Wait::Ready(m)) => m,
                 Ok(Wait::TimedOut) => {
@@ -1314,6 +1333,7 @@ impl Worker {
                 frames: Vec::with_capacity(self.cfg.frames_per_stack.max(1)),
                 used: 0,
                 buf,
+                first_received: Instant::now(),
             });
         }
         let Some(open) = acq.stack.as_mut() else {
@@ -1340,6 +1360,9 @@ impl Worker {
             // The frame stays out of the stack; a stack holds consecutive frames only.
             self.damaged(acq, frame, &why)?;
             return Ok(true);
+        }
+        if open.frames.is_empty() {
+            open.first_received = Instant::now();
         }
         open.frames.push(RawFrameRef { offset: at, len });
         open.used += len;
@@ -1450,6 +1473,7 @@ impl Worker {
             frames: open.frames,
             buf: open.buf,
             decoder: decoder as Arc<dyn FrameDecoder>,
+            first_received: open.first_received,
         };
         let started = Instant::now();
         loop {

@@ -486,6 +486,13 @@ impl ZmtpPull {
         self.conn.last_activity
     }
 
+    /// Bytes received and not yet consumed (buffered here or waiting in the socket);
+    /// `None` when the socket cannot tell.
+    pub fn pending(&self) -> Option<usize> {
+        let buffered = self.conn.rd.buffer().len();
+        crate::net::pending_bytes(self.conn.rd.get_ref()).map(|n| n + buffered)
+    }
+
     /// True once the stop flag is raised.
     pub fn stopped(&self) -> bool {
         self.conn.stop.load(Ordering::Relaxed)

@@ -357,6 +357,8 @@ struct OpenStack {
     first_frame: u64,
     frames: Vec<RawFrameRef>,
     buf: Pooled<Vec<u8>>,
+    /// When its first frame had been read completely.
+    first_received: Instant,
 }
 
 /// State of the acquisition under way.
@@ -774,6 +776,7 @@ impl Worker {
             frames: open.frames,
             buf: open.buf,
             decoder,
+            first_received: open.first_received,
         };
         match tx.send_timeout(stack, self.cfg.frame_timeout) {
             Ok(()) => Ok(()),
@@ -791,6 +794,14 @@ impl Worker {
                 },
             }),
         }
+    }
+
+    /// True when every stack buffer but the open stack's is back in the pool: the consumer
+    /// has finished every stack sent to it.
+    fn consumer_idle(&self) -> bool {
+        self.pool
+            .as_ref()
+            .is_some_and(|sp| sp.pool.free() + 1 >= sp.pool.capacity())
     }
 
     /// Allocates (and touches) the connection's stack buffers unless they already fit
@@ -1015,6 +1026,7 @@ impl Worker {
                 first_frame: seq - 1,
                 frames: Vec::with_capacity(frames_per_stack),
                 buf,
+                first_received: Instant::now(),
             });
         }
         let Some(open) = acq.stack.as_mut() else {
@@ -1043,12 +1055,20 @@ impl Worker {
                 return Err(self.stalled(&what, total, before + n as u64));
             }
         }
+        if open.frames.is_empty() {
+            open.first_received = Instant::now();
+        }
         open.frames.push(RawFrameRef {
             offset,
             len: payload_len,
         });
         acq.next_seq = seq + 1;
-        if open.frames.len() >= frames_per_stack {
+        let full = open.frames.len() >= frames_per_stack;
+        if full || (self.consumer_idle() && self.conn.pending() == Some(0)) {
+            // Full, or the consumer has nothing left to do and the next frame is not here
+            // yet: at slow frame rates a stack would otherwise fill many frame times after
+            // its first frame arrived. While the consumer is busy, stacks fill, which keeps
+            // their number (and the work per stack) in bounds at high rates.
             self.flush(acq)?;
         }
         Ok(Some(seq))

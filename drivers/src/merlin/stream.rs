@@ -59,6 +59,11 @@ impl DataStream {
         })
     }
 
+    /// Bytes received and not yet read; `None` when unknown.
+    pub(crate) fn pending(&self) -> Option<usize> {
+        crate::net::pending_bytes(&self.stream)
+    }
+
     /// When the last byte arrived.
     pub(crate) fn last_activity(&self) -> Instant {
         self.last_activity

@@ -130,6 +130,7 @@ pub fn raw_stacks(
                 frames: refs,
                 buf: Pooled::unpooled(buf),
                 decoder: Arc::clone(&decoder),
+                first_received: std::time::Instant::now(),
             }
         })
         .collect()
