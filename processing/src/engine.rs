@@ -39,15 +39,17 @@ use crate::result::UdfResults;
 use crate::roi::Roi;
 use crate::sink::{SinkError, TileSink};
 use crate::udf::{
-    BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, TileView, Udf, UdfMeta, new_results,
+    BandRead, BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, TileView, Udf, UdfMeta,
+    new_results,
 };
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use std::any::Any;
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use stemflow_core::frame::{PixelsMut, RawStack, Tile, TileData};
+use stemflow_core::frame::{PixelsMut, PixelsRef, RawStack, Tile, TileData};
 use stemflow_core::result::BufferKind;
 use stemflow_core::{DType, NavShape, SigShape};
 
@@ -606,6 +608,12 @@ struct Worker {
     tasks: Vec<Box<dyn PartitionTask>>,
     /// Per UDF: fed in row bands ([`PartitionTask::bands`], tile granularity).
     banded: Vec<bool>,
+    /// The banded tasks in the order each band goes through them: the best reader
+    /// ([`PartitionTask::band_read`]) first, so it pulls the band in from memory.
+    band_order: Vec<usize>,
+    /// True when the best reader among the banded tasks is [`BandRead::Scattered`]: the
+    /// engine then reads each band once itself before them ([`touch`]).
+    touch_bands: bool,
     /// Rows per band (≥ 1).
     band_rows: usize,
     /// Frames per `process_tile` call for tasks not fed in bands: ~[`CHUNK_BYTES`].
@@ -689,10 +697,12 @@ impl Worker {
         let mut r = 0;
         while r < rows {
             let r1 = (r + self.band_rows).min(rows);
-            for (u, task) in self.tasks.iter_mut().enumerate() {
-                if self.banded[u] {
-                    task.process_band(chunk, r..r1, &mut self.values[u][slots(u, &self.starts)]);
-                }
+            if self.touch_bands {
+                touch(chunk, r..r1);
+            }
+            for &u in &self.band_order {
+                let nav = &mut self.values[u][slots(u, &self.starts)];
+                self.tasks[u].process_band(chunk, r..r1, nav);
             }
             r = r1;
         }
@@ -733,6 +743,47 @@ impl Worker {
     }
 }
 
+/// The order in which each band goes through the banded tasks (`reads[u]` is `Some` for
+/// a banded task `u`): best reader first, ties in the caller's order; and whether the
+/// engine reads each band itself first (the best reader is [`BandRead::Scattered`]).
+fn band_plan(reads: &[Option<BandRead>]) -> (Vec<usize>, bool) {
+    let mut order: Vec<usize> = (0..reads.len()).filter(|&u| reads[u].is_some()).collect();
+    // Stable: tasks that read alike keep the caller's order.
+    order.sort_by_key(|&u| std::cmp::Reverse(reads[u]));
+    let touch = order
+        .first()
+        .is_some_and(|&u| reads[u] == Some(BandRead::Scattered));
+    (order, touch)
+}
+
+/// Reads every cache line of rows `rows` of every frame of `chunk`, frame after frame, so
+/// that band-capable tasks which skip lines (the virtual detectors' windows) find the band
+/// in cache: the hardware prefetcher follows this plain stream at memory speed, but not
+/// theirs. One load per 64-byte line; the loads are independent, so many are in flight.
+fn touch(chunk: &TileView<'_>, rows: Range<usize>) {
+    fn lines<P: Copy + Into<u64>>(px: &[P], chunk: &TileView<'_>, rows: &Range<usize>) -> u64 {
+        let n = chunk.sig_shape.len();
+        let cols = chunk.sig_shape.cols;
+        let step = (64 / std::mem::size_of::<P>()).max(1);
+        let mut acc = 0u64;
+        for f in 0..chunk.n_frames {
+            let band = &px[f * n + rows.start * cols..f * n + rows.end * cols];
+            for &v in band.iter().step_by(step) {
+                acc = acc.wrapping_add(v.into());
+            }
+        }
+        acc
+    }
+    let acc = match chunk.pixels {
+        PixelsRef::U8(px) => lines(px, chunk, &rows),
+        PixelsRef::U16(px) => lines(px, chunk, &rows),
+        PixelsRef::U32(px) => lines(px, chunk, &rows),
+        PixelsRef::U64(px) => lines(px, chunk, &rows),
+    };
+    // Keeps the loads: their only purpose is their effect on the cache.
+    std::hint::black_box(acc);
+}
+
 /// What the workers and the coordinator share for one run.
 struct Shared {
     cfg: RunConfig,
@@ -741,6 +792,9 @@ struct Shared {
     workers: Vec<Mutex<Worker>>,
     global: Mutex<Snapshot>,
     chunk_frames: usize,
+    /// True when a UDF of the run takes whole partitions ([`Granularity::Partition`]): a
+    /// live stack then reaches the UDFs whole instead of chunk by chunk.
+    whole_stacks: bool,
 }
 
 /// A lock that survives a panic elsewhere: the run ends with that panic anyway.
@@ -867,14 +921,22 @@ fn prepare(
         .map(|_| {
             let tasks: Vec<Box<dyn PartitionTask>> =
                 udfs.iter().map(|u| u.new_partition(&meta)).collect();
-            let banded = tasks
+            let banded: Vec<bool> = tasks
                 .iter()
                 .zip(&layouts)
                 .map(|(t, l)| l.granularity == Granularity::Tile && t.bands())
                 .collect();
+            let reads: Vec<Option<BandRead>> = tasks
+                .iter()
+                .zip(&banded)
+                .map(|(t, &b)| b.then(|| t.band_read()))
+                .collect();
+            let (band_order, touch_bands) = band_plan(&reads);
             Mutex::new(Worker {
                 tasks,
                 banded,
+                band_order,
+                touch_bands,
                 band_rows,
                 tile_frames,
                 runs: Vec::new(),
@@ -884,6 +946,9 @@ fn prepare(
             })
         })
         .collect();
+    let whole_stacks = layouts
+        .iter()
+        .any(|l| l.granularity == Granularity::Partition);
     Ok((
         pool,
         Shared {
@@ -892,6 +957,7 @@ fn prepare(
             workers,
             global: Mutex::new(global),
             chunk_frames,
+            whole_stacks,
         },
     ))
 }
@@ -1002,9 +1068,17 @@ fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
     let buf_len = raw.buf.len();
     let mut damaged = Vec::new();
     let mut first_error = None;
+    // Decoded and reduced chunk by chunk, so decoded frames are still in cache when the
+    // UDFs read them; with a partition UDF in the run, the stack is its partition and goes
+    // to the UDFs whole once decoded.
+    let step = if shared.whole_stacks {
+        keep
+    } else {
+        shared.chunk_frames
+    };
     let mut f = 0;
     while f < keep {
-        let m = shared.chunk_frames.min(keep - f);
+        let m = step.min(keep - f);
         let chunk_damaged = damaged.len();
         for i in f..f + m {
             let r = &raw.frames[i];
@@ -1155,7 +1229,8 @@ impl<'c, 'a> Coordinator<'c, 'a> {
             failure: None,
             panic: None,
             next_snapshot: Instant::now().checked_add(shared.cfg.snapshot_interval),
-            delivered: None,
+            // Nothing processed is nothing changed: no empty snapshot before the first frame.
+            delivered: Some(0),
         }
     }
 
@@ -1321,4 +1396,31 @@ fn summarize(
         outcome,
         results: tally.results,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_best_band_reader_goes_first_and_the_engine_reads_for_scattered_ones() {
+        use BandRead::*;
+        // Not banded (None) stays out; ties keep the caller's order.
+        let (order, touch) = band_plan(&[Some(Scattered), None, Some(Part), Some(Lockstep)]);
+        assert_eq!(order, vec![3, 0, 2]);
+        assert!(!touch, "the sum pulls the bands in");
+        let (order, touch) = band_plan(&[Some(Part), Some(Scattered), Some(Scattered)]);
+        assert_eq!(order, vec![1, 2, 0]);
+        assert!(touch, "only scattered readers: the engine reads first");
+        let (order, touch) = band_plan(&[Some(Part), Some(Part)]);
+        assert_eq!(order, vec![0, 1]);
+        assert!(
+            !touch,
+            "parts read little: reading the whole band would cost more"
+        );
+        let (order, touch) = band_plan(&[Some(Stream), Some(Lockstep), Some(Stream)]);
+        assert_eq!(order, vec![1, 0, 2]);
+        assert!(!touch);
+        assert_eq!(band_plan(&[None, None]), (vec![], false));
+    }
 }

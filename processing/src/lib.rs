@@ -55,14 +55,14 @@ pub use engine::{
 };
 pub use io::{DataSet, Hdf5DataSet, IoError, NpyDataSet, RawDataSet, RawSpec, run_dataset};
 pub use mask::CustomMask;
-pub use mask::{Mask, Span, SpanMask};
+pub use mask::{Mask, Span, SpanMask, line_fraction};
 pub use pixel::Pixel;
 pub use roi::{Roi, RoiError};
 pub use spec::{ReductionSpec, RoiRect, RoiSpec, SpecError, UdfSpec};
 pub use stemflow_core::DType;
 pub use udf::{
-    BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, ResultDType, TileView, TypedValues,
-    Udf, UdfMeta, new_results, typed_values,
+    BandRead, BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, ResultDType, TileView,
+    TypedValues, Udf, UdfMeta, new_results, typed_values,
 };
 pub use udfs::{
     ComParams, ComUdf, MasksUdf, PartitionMonitorUdf, PickUdf, RadialProfileParams,

@@ -343,6 +343,32 @@ impl Span {
     }
 }
 
+/// The fraction (0–1) of a frame's 64-byte cache lines that hold at least one pixel of
+/// `spans` (of any of several masks), for a frame of `sig` pixels of `elem_bytes` bytes
+/// each starting on a line: how much of a frame a task reading only those pixels touches.
+pub fn line_fraction<'a>(
+    spans: impl IntoIterator<Item = &'a Span>,
+    sig: SigShape,
+    elem_bytes: usize,
+) -> f64 {
+    let bytes = sig.len() * elem_bytes;
+    let lines = bytes.div_ceil(64);
+    if lines == 0 {
+        return 0.0;
+    }
+    let mut hit = vec![false; lines];
+    for s in spans {
+        let r = s.range(sig.cols);
+        if r.is_empty() {
+            continue;
+        }
+        let first = (r.start * elem_bytes / 64).min(lines - 1);
+        let last = ((r.end * elem_bytes - 1) / 64).min(lines - 1);
+        hit[first..=last].fill(true);
+    }
+    hit.iter().filter(|&&h| h).count() as f64 / lines as f64
+}
+
 /// A binary mask on a frame of a given shape, as row spans, ordered by row then column.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpanMask {

@@ -2,10 +2,19 @@
 //! ([`PartitionTask::process_tile`]) give bit-identical results for every built-in that
 //! takes bands, whatever the band height, pixel type and frame shape.
 
+mod common;
+
+use common::{random_frames, tiles};
+use std::convert::Infallible;
+use std::sync::atomic::AtomicBool;
 use stemflow_core::frame::PixelsRef;
+use stemflow_core::result::UdfResults;
 use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::udf::{TileView, UdfMeta, nav_width};
-use stemflow_processing::{ComUdf, Mask, MasksUdf, SumSigUdf, SumUdf, Udf, new_results};
+use stemflow_processing::{
+    BandRead, ComUdf, Mask, MasksUdf, RunConfig, SumSigUdf, SumUdf, Udf, line_fraction,
+    new_results, run_tiles,
+};
 
 fn udfs(sig: SigShape) -> Vec<Box<dyn Udf>> {
     let (cx, cy) = (sig.cols as f64 / 2.0 - 0.7, sig.rows as f64 / 2.0 + 0.3);
@@ -169,4 +178,168 @@ fn the_sum_stays_exact_across_many_banded_chunks() {
     let mut merged = new_results(&udf, &meta);
     task.merge_into(&mut merged.buffers);
     assert_eq!(merged.buffers[0].data, vec![70_000.0 * 65_535.0; 12]);
+}
+
+/// The standard live set's geometry on `sig`: a BF disk, three annular or off-axis
+/// detectors and CoM in a small disk (as in `stemflow bench`).
+fn live_set(sig: SigShape) -> (MasksUdf, MasksUdf, ComUdf) {
+    let r = sig.rows.min(sig.cols) as f64 / 8.0;
+    let (cx, cy) = (sig.cols as f64 / 2.0, sig.rows as f64 / 2.0);
+    let ring = |a: f64, b: f64| Mask::Ring {
+        cx,
+        cy,
+        r_inner: a * r,
+        r_outer: b * r,
+    };
+    let four = MasksUdf::new([
+        ("bf", Mask::Disk { cx, cy, r }),
+        ("adf", ring(1.5, 3.0)),
+        (
+            "rect",
+            Mask::Rectangle {
+                x: cx + 1.2 * r,
+                y: cy - 0.5 * r,
+                width: 2.0 * r,
+                height: r,
+            },
+        ),
+        ("outer", ring(3.0, 3.8)),
+    ])
+    .named("four");
+    let bf = MasksUdf::new([("bf", Mask::Disk { cx, cy, r })]).named("bf");
+    (four, bf, ComUdf::new(cx, cy, 1.25 * r))
+}
+
+#[test]
+fn each_task_says_how_it_reads_a_band() {
+    let sig = SigShape::new(256, 256);
+    for dtype in [DType::U8, DType::U16, DType::U32] {
+        let meta = UdfMeta {
+            nav_shape: NavShape::new(4, 4),
+            sig_shape: sig,
+            dtype,
+        };
+        let read = |u: &dyn Udf| u.new_partition(&meta).band_read();
+        assert_eq!(read(&SumUdf::new()), BandRead::Lockstep);
+        assert_eq!(read(&SumSigUdf::new()), BandRead::Stream);
+        let (four, bf, com) = live_set(sig);
+        // Four detectors out to 0.475 of the frame touch most lines: scattered.
+        assert_eq!(read(&four), BandRead::Scattered, "{dtype:?}");
+        // A BF disk of an eighth of the frame, or CoM in a small disk: a part.
+        assert_eq!(read(&bf), BandRead::Part, "{dtype:?}");
+        assert_eq!(read(&com), BandRead::Part, "{dtype:?}");
+        // CoM over the whole frame reads every line.
+        assert_eq!(
+            read(&ComUdf::new(128.0, 128.0, 1000.0)),
+            BandRead::Scattered
+        );
+    }
+}
+
+#[test]
+fn line_fraction_counts_cache_lines_touched() {
+    use stemflow_processing::Span;
+    let sig = SigShape::new(4, 64);
+    // u8: one 64-byte line per row. One pixel in row 1 touches a quarter of the lines.
+    let one = [Span {
+        row: 1,
+        start: 5,
+        end: 6,
+    }];
+    assert_eq!(line_fraction(&one, sig, 1), 0.25);
+    // u16: two lines per row; columns 31..33 straddle the line boundary of row 0.
+    let straddle = [Span {
+        row: 0,
+        start: 31,
+        end: 33,
+    }];
+    assert_eq!(line_fraction(&straddle, sig, 2), 2.0 / 8.0);
+    // Overlapping spans of several masks count each line once.
+    let both = [
+        Span {
+            row: 2,
+            start: 0,
+            end: 64,
+        },
+        Span {
+            row: 2,
+            start: 10,
+            end: 20,
+        },
+    ];
+    assert_eq!(line_fraction(&both, sig, 1), 0.25);
+    assert_eq!(line_fraction(&[], sig, 4), 0.0);
+}
+
+/// Runs `udfs` offline over `frames` in tiles of 8 (banded chunks) on 2 threads.
+fn run_set(
+    frames: &[Vec<u64>],
+    sig: SigShape,
+    dtype: DType,
+    udfs: &[Box<dyn Udf>],
+) -> Vec<UdfResults> {
+    let mut cfg = RunConfig::new(NavShape::new(frames.len() / 8, 8), sig, dtype);
+    cfg.threads = Some(2);
+    run_tiles(
+        tiles(frames, 8, sig, dtype)
+            .into_iter()
+            .map(Ok::<_, Infallible>),
+        udfs,
+        &cfg,
+        None,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .expect("run succeeds")
+    .results
+}
+
+/// The engine reorders banded tasks (best reader first) and reads a band itself when only
+/// scattered readers take it; neither may change a result.
+#[test]
+fn results_do_not_depend_on_which_task_reads_a_band_first() {
+    let sig = SigShape::new(64, 64);
+    for (dtype, max) in [
+        (DType::U8, 1 << 8),
+        (DType::U16, 1 << 16),
+        (DType::U32, 1 << 32),
+    ] {
+        let frames = random_frames(32, sig, max, 7);
+        let set = |order: &[usize]| -> Vec<Box<dyn Udf>> {
+            let (four, _, com) = live_set(sig);
+            let mut all: Vec<Option<Box<dyn Udf>>> = vec![
+                Some(Box::new(SumUdf::new())),
+                Some(Box::new(SumSigUdf::new())),
+                Some(Box::new(four)),
+                Some(Box::new(com)),
+            ];
+            order.iter().map(|&i| all[i].take().unwrap()).collect()
+        };
+        let by_name = |r: Vec<UdfResults>| {
+            let mut r = r;
+            r.sort_by(|a, b| a.udf.cmp(&b.udf));
+            r
+        };
+        let sum_first = by_name(run_set(&frames, sig, dtype, &set(&[0, 1, 2, 3])));
+        let masks_first = by_name(run_set(&frames, sig, dtype, &set(&[2, 3, 1, 0])));
+        common::assert_identical(&sum_first, &masks_first);
+        // The four detectors alone: the engine reads each band before them.
+        let alone = run_set(&frames, sig, dtype, &set(&[2]));
+        let four = sum_first.iter().find(|r| r.udf == "four").unwrap();
+        common::assert_identical(std::slice::from_ref(four), &alone);
+        // And against a naive sum under each mask.
+        let (four_udf, _, _) = live_set(sig);
+        for (name, mask) in four_udf.masks() {
+            let spans = mask.spans(sig);
+            let got = &four.buffer(name).unwrap().data;
+            for (f, frame) in frames.iter().enumerate() {
+                let want: u64 = spans
+                    .spans()
+                    .iter()
+                    .flat_map(|s| frame[s.range(sig.cols)].iter())
+                    .sum();
+                assert_eq!(got[f], want as f64, "{dtype:?} {name} frame {f}");
+            }
+        }
+    }
 }

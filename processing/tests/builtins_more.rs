@@ -88,6 +88,58 @@ fn statistics_match_a_two_pass_reference() {
 }
 
 #[test]
+fn statistics_stay_exact_when_the_sum_of_squares_passes_2_to_the_53() {
+    // Full-scale u32 pixels: each x² is about 2^64, far beyond f64's exact integers. The
+    // variance must be the exact one, and the same bits whatever the tiling (merge order).
+    let sig = SigShape::new(2, 3);
+    let nav = NavShape::new(3, 8);
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64;
+    let frames: Vec<Vec<u64>> = (0..nav.len())
+        .map(|_| {
+            (0..sig.len())
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    u32::MAX as u64 - rng % 5_000_000
+                })
+                .collect()
+        })
+        .collect();
+    let stats = || -> Vec<Box<dyn Udf>> { vec![Box::new(StatsUdf::new())] };
+    let s = run(&frames, nav, sig, DType::U32, &stats());
+    let n = frames.len() as u128;
+    for p in 0..sig.len() {
+        let s1: u128 = frames.iter().map(|f| f[p] as u128).sum();
+        let s2: u128 = frames.iter().map(|f| f[p] as u128 * f[p] as u128).sum();
+        assert!(s2 > 1 << 64, "the test must pass 2^53 by far");
+        let want = (n * s2 - s1 * s1) as f64 / (n * n) as f64;
+        assert_eq!(buffer(&s, "stats", "var")[p], want, "pixel {p}");
+    }
+    // One frame per tile: another split and merge order, the same bits.
+    let mut cfg = RunConfig::new(nav, sig, DType::U32);
+    cfg.threads = Some(2);
+    let single = run_tiles(
+        tiles(&frames, 1, sig, DType::U32)
+            .into_iter()
+            .map(Ok::<_, Infallible>),
+        &stats(),
+        &cfg,
+        None,
+        &mut |_| {},
+        &AtomicBool::new(false),
+    )
+    .expect("run succeeds");
+    for name in ["mean", "var", "std", "sum"] {
+        let (a, b) = (buffer(&s, "stats", name), buffer(&single, "stats", name));
+        assert!(
+            a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: {a:?} != {b:?}"
+        );
+    }
+}
+
+#[test]
 fn radial_profile_averages_rings_and_knows_a_radial_pattern() {
     let sig = SigShape::new(21, 24);
     let nav = NavShape::new(2, 3);

@@ -191,6 +191,39 @@ fn partition_udfs_see_whole_partitions_and_hooks_run_once() {
 }
 
 #[test]
+fn a_live_stack_is_one_partition() {
+    // Live, the unit of work is a receiver's stack: a partition UDF sees each stack whole
+    // (16 frames of 256 × 256, four chunks for the tile-fed UDFs), beside the standard set,
+    // and every frame's values are right.
+    let sig = SigShape::new(256, 256);
+    let nav = NavShape::new(3, 16);
+    let frames = random_frames(nav.len(), sig, 50, 9);
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let mut udfs = standard_udfs(128.0, 128.0, 20.0);
+    udfs.push(Box::new(PartitionUdf {
+        sizes: Arc::clone(&sizes),
+        calls: Arc::new(Mutex::new((0, 0))),
+    }));
+    let mut cfg = RunConfig::new(nav, sig, DType::U16);
+    cfg.threads = Some(2);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    for st in raw_stacks(&frames, 0, 16, sig, &[]) {
+        tx.send(st).unwrap();
+    }
+    drop(tx);
+    let live = run_live(rx, &udfs, &cfg, None, &mut |_| {}, &AtomicBool::new(false)).unwrap();
+    assert_eq!(*sizes.lock().unwrap(), vec![16, 16, 16]);
+    let r = live.results.iter().find(|r| r.udf == "partition").unwrap();
+    let total: u64 = frames.iter().flatten().sum();
+    assert_eq!(r.buffer("total").unwrap().data[0], total as f64);
+    let first: Vec<f64> = frames.iter().map(|f| f[0] as f64).collect();
+    assert_eq!(r.buffer("first_pixel").unwrap().data, first);
+    // The tile-fed UDFs give what they give offline.
+    let offline = run(&frames, 16, &cfg, &udfs[..udfs.len() - 1]).unwrap();
+    common::assert_identical(&offline.results, &live.results[..live.results.len() - 1]);
+}
+
+#[test]
 fn a_cancelled_run_leaves_the_engine_usable() {
     let sig = SigShape::new(16, 16);
     let nav = NavShape::new(10, 10);

@@ -1,9 +1,9 @@
 //! [`ComUdf`]: centre of mass of each frame inside a disk (differential phase contrast).
 
-use crate::mask::{Mask, Span};
+use crate::mask::{Mask, Span, line_fraction};
 use crate::pixel::{Accum, Pixel};
 use crate::result::ResultBuffer;
-use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::udf::{BandRead, BufferDecl, PartitionTask, TileView, Udf, UdfMeta, band_read_of_lines};
 use crate::with_pixel_type;
 use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
@@ -164,8 +164,14 @@ impl Udf for ComUdf {
         let mask = self.mask().spans(meta.sig_shape);
         let cols = mask.col_range();
         let (sin, cos) = self.rotation_deg.to_radians().sin_cos();
+        let read = band_read_of_lines(line_fraction(
+            mask.spans(),
+            meta.sig_shape,
+            meta.dtype.size(),
+        ));
         with_pixel_type!(meta.dtype, P => Box::new(ComTask::<P> {
             meta: *meta,
+            read,
             spans: mask.spans().to_vec(),
             x0: cols.start,
             colsum: vec![Default::default(); cols.len()],
@@ -180,6 +186,8 @@ impl Udf for ComUdf {
 
 struct ComTask<P: Pixel> {
     meta: UdfMeta,
+    /// From the share of cache lines the mask touches.
+    read: BandRead,
     spans: Vec<Span>,
     /// First column of the mask's bounding box; `colsum[k]` is column `x0 + k`.
     x0: usize,
@@ -300,6 +308,10 @@ impl<P: Pixel> PartitionTask for ComTask<P> {
 
     fn bands(&self) -> bool {
         true
+    }
+
+    fn band_read(&self) -> BandRead {
+        self.read
     }
 
     fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, _nav: &mut [f64]) {

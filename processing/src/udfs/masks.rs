@@ -1,8 +1,10 @@
 //! [`MasksUdf`]: virtual detectors — several binary masks applied to each frame in one pass.
 
-use crate::mask::{Mask, SpanMask};
+use crate::mask::{Mask, SpanMask, line_fraction};
 use crate::pixel::Pixel;
-use crate::udf::{BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta};
+use crate::udf::{
+    BandRead, BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta, band_read_of_lines,
+};
 use crate::windows::WindowMask;
 use crate::with_pixel_type;
 use std::marker::PhantomData;
@@ -83,8 +85,14 @@ impl Udf for MasksUdf {
             .iter()
             .map(|s| WindowMask::new(s, meta.dtype))
             .collect();
+        let read = band_read_of_lines(line_fraction(
+            spans.iter().flat_map(|m| m.spans()),
+            meta.sig_shape,
+            meta.dtype.size(),
+        ));
         with_pixel_type!(meta.dtype, P => Box::new(MasksTask::<P> {
             meta: *meta,
+            read,
             spans: Arc::clone(&spans),
             windows: Arc::clone(&windows),
             _pixel: PhantomData,
@@ -94,6 +102,8 @@ impl Udf for MasksUdf {
 
 struct MasksTask<P: Pixel> {
     meta: UdfMeta,
+    /// From the share of cache lines the masks touch.
+    read: BandRead,
     spans: Arc<[SpanMask]>,
     /// The same masks as vector windows, where this build has a kernel for `P`.
     windows: Arc<[Option<WindowMask>]>,
@@ -107,6 +117,10 @@ impl<P: Pixel> PartitionTask for MasksTask<P> {
 
     fn bands(&self) -> bool {
         true
+    }
+
+    fn band_read(&self) -> BandRead {
+        self.read
     }
 
     fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, nav: &mut [f64]) {

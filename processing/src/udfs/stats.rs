@@ -22,8 +22,10 @@ use stemflow_core::frame::PixelsRef;
 /// arithmetic, one rounding at the final division. This is mergeable in any order and has
 /// none of the cancellation of the textbook float formula — the property Welford's and
 /// Chan's updates buy for float data — and it is bit-identical whatever the partitioning.
-/// Exact while a pixel's Σx² stays below 2^53 in the merged `f64` buffer (e.g. 2 million
-/// full-scale u16 frames); beyond that the result is correct to `f64` precision.
+/// The merged Σx² is held in two `f64` buffers as `hi · 2^52 + lo`, each part an exact
+/// integer, so it stays exact up to 2^105 (e.g. 2^41 full-scale u32 frames) and merging
+/// stays independent of the order; Σx is exact up to 2^53 (2 million full-scale u32
+/// frames). Beyond those the result is correct to `f64` precision.
 #[derive(Clone, Debug)]
 pub struct StatsUdf {
     name: String,
@@ -54,6 +56,14 @@ const SUM_SQ: usize = 1;
 const MIN: usize = 2;
 const MAX: usize = 3;
 const FRAMES: usize = 4;
+const SUM_SQ_HI: usize = 5;
+/// Σx² is merged as `hi · 2^52 + lo`, both parts exact in `f64`.
+const LO_BITS: u32 = 52;
+
+/// The merged Σx² of pixel `i`, exact.
+fn sum_sq(merged: &[ResultBuffer], i: usize) -> u128 {
+    ((merged[SUM_SQ_HI].data[i] as u128) << LO_BITS) + merged[SUM_SQ].data[i] as u128
+}
 
 impl Udf for StatsUdf {
     fn name(&self) -> &str {
@@ -62,10 +72,11 @@ impl Udf for StatsUdf {
     fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
         vec![
             BufferDecl::sig("sum", "counts").with_dtype(ResultDType::U64),
-            BufferDecl::sig("sum_sq", "counts^2"),
+            BufferDecl::sig("sum_sq", "counts^2 (low 52 bits)"),
             BufferDecl::sig("min", "counts").with_dtype(ResultDType::U64),
             BufferDecl::sig("max", "counts").with_dtype(ResultDType::U64),
             BufferDecl::single("frames", vec![], "frames").with_dtype(ResultDType::U64),
+            BufferDecl::sig("sum_sq_hi", "counts^2 / 2^52"),
         ]
     }
     fn preprocess(&self, _meta: &UdfMeta, global: &mut [ResultBuffer]) -> Result<(), String> {
@@ -95,11 +106,10 @@ impl Udf for StatsUdf {
             dtype: ResultDType::F64,
         };
         let s1 = &merged[SUM].data;
-        let s2 = &merged[SUM_SQ].data;
         let (mean, var): (Vec<f64>, Vec<f64>) = if n > 0.0 {
             s1.iter()
-                .zip(s2)
-                .map(|(&a, &b)| (a / n, variance(n, a, b)))
+                .enumerate()
+                .map(|(i, &a)| (a / n, variance(n, a, sum_sq(merged, i))))
                 .unzip()
         } else {
             (vec![f64::NAN; s1.len()], vec![f64::NAN; s1.len()])
@@ -125,13 +135,13 @@ impl Udf for StatsUdf {
 }
 
 /// `(n·s2 − s1²) / n²` in 128-bit integers when the (integer-valued) inputs allow it.
-fn variance(n: f64, s1: f64, s2: f64) -> f64 {
+fn variance(n: f64, s1: f64, s2: u128) -> f64 {
     let exact = (|| {
-        let (n, s1, s2) = (n as u128, s1 as u128, s2 as u128);
+        let (n, s1) = (n as u128, s1 as u128);
         let num = n.checked_mul(s2)?.checked_sub(s1.checked_mul(s1)?)?;
         Some(num as f64 / n.checked_mul(n)? as f64)
     })();
-    exact.unwrap_or_else(|| ((s2 / n) - (s1 / n) * (s1 / n)).max(0.0))
+    exact.unwrap_or_else(|| ((s2 as f64 / n) - (s1 / n) * (s1 / n)).max(0.0))
 }
 
 struct StatsTask<P: Pixel> {
@@ -172,13 +182,17 @@ impl<P: Pixel> PartitionTask for StatsTask<P> {
         let (sq, rest) = rest.split_at_mut(1);
         let (mn, rest) = rest.split_at_mut(1);
         let (mx, rest) = rest.split_at_mut(1);
+        let (frames, hi) = rest.split_at_mut(1);
         for i in 0..self.sum.len() {
             sum[0].data[i] += self.sum[i] as f64;
-            sq[0].data[i] += self.sum_sq[i] as f64;
+            let total =
+                ((hi[0].data[i] as u128) << LO_BITS) + sq[0].data[i] as u128 + self.sum_sq[i];
+            sq[0].data[i] = (total & ((1 << LO_BITS) - 1)) as f64;
+            hi[0].data[i] = (total >> LO_BITS) as f64;
             mn[0].data[i] = mn[0].data[i].min(self.min[i] as f64);
             mx[0].data[i] = mx[0].data[i].max(self.max[i] as f64);
         }
-        rest[0].data[0] += self.frames as f64;
+        frames[0].data[0] += self.frames as f64;
         self.sum.fill(0);
         self.sum_sq.fill(0);
         self.min.fill(u64::MAX);
@@ -198,6 +212,6 @@ mod tests {
         let xs = [1e7, 1e7 + 1.0, 1e7 + 2.0];
         let s1: f64 = xs.iter().sum();
         let s2: f64 = xs.iter().map(|x| x * x).sum();
-        assert_eq!(variance(3.0, s1, s2), 2.0 / 3.0);
+        assert_eq!(variance(3.0, s1, s2 as u128), 2.0 / 3.0);
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::pixel::{Accum, Pixel};
 use crate::result::ResultBuffer;
-use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::udf::{BandRead, BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
@@ -138,6 +138,10 @@ impl<P: Pixel> PartitionTask for SumTask<P> {
 
     fn bands(&self) -> bool {
         true
+    }
+
+    fn band_read(&self) -> BandRead {
+        BandRead::Lockstep
     }
 
     fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, _nav: &mut [f64]) {

@@ -1,7 +1,7 @@
 //! [`SumSigUdf`]: the total intensity of each frame (sum over the signal dimensions).
 
 use crate::pixel::Pixel;
-use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::udf::{BandRead, BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -63,6 +63,10 @@ impl<P: Pixel> PartitionTask for SumSigTask<P> {
 
     fn bands(&self) -> bool {
         true
+    }
+
+    fn band_read(&self) -> BandRead {
+        BandRead::Stream
     }
 
     fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, nav: &mut [f64]) {
