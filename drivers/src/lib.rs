@@ -33,3 +33,40 @@ pub mod merlin;
 pub mod nav_hint;
 mod net;
 pub mod scpi;
+
+/// Bytes of frame payload a receiver's stack aims at when its `frames_per_stack` is 0
+/// (automatic, the default): a stack is the unit of work one processing worker takes (the
+/// live partition), and 4 MiB keeps its hand-over cost negligible while many stacks fit in
+/// the pool; as offline (`stemflow_processing::engine::partition_frames`).
+pub const AUTO_STACK_BYTES: usize = 4 << 20;
+
+/// Frames per stack for frames of `payload` bytes (each, on the wire or in the largest
+/// compressed blob): `frames_per_stack` when not 0, else [`AUTO_STACK_BYTES`] worth, at
+/// least 8 (the processing engine reduces frames four at a time) and at most 4096.
+/// E.g. 256 × 256 u16 Merlin frames (131 KiB with header): 31; 512 × 512 u32: 8;
+/// 64 × 64 u8: 1024.
+pub fn stack_frames(frames_per_stack: usize, payload: usize) -> usize {
+    if frames_per_stack > 0 {
+        return frames_per_stack;
+    }
+    (AUTO_STACK_BYTES / payload.max(1)).clamp(8, 4096)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stack_frames;
+
+    #[test]
+    fn automatic_stacks_hold_about_4_mib_of_frames() {
+        // A fixed setting wins.
+        assert_eq!(stack_frames(32, 1 << 20), 32);
+        // 256 × 256 u16 Merlin frames with their 768-byte MQ1 header: 31 frames.
+        assert_eq!(stack_frames(0, 131_072 + 768), 31);
+        // 512 × 512 u32 (1 MiB): 4 would fit, but a stack holds at least 8.
+        assert_eq!(stack_frames(0, 1 << 20), 8);
+        // 64 × 64 u8: 1024; tiny frames stop at 4096.
+        assert_eq!(stack_frames(0, 4096), 1024);
+        assert_eq!(stack_frames(0, 16), 4096);
+        assert_eq!(stack_frames(0, 0), 4096);
+    }
+}

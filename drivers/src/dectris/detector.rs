@@ -80,7 +80,8 @@ pub struct DectrisDetectorConfig {
     pub nav_hint: Option<crate::nav_hint::NavHint>,
     /// Lost frames: continue and report (default) or abort the series.
     pub on_lost: LossPolicy,
-    /// Frames per raw stack.
+    /// Frames per raw stack (a live partition); 0 (the default): automatic, about 4 MiB
+    /// ([`crate::stack_frames`]).
     pub frames_per_stack: usize,
     /// Raw stack buffers.
     pub pool_stacks: usize,
@@ -107,7 +108,7 @@ impl DectrisDetectorConfig {
             nav_shape: None,
             nav_hint: None,
             on_lost: LossPolicy::Continue,
-            frames_per_stack: 32,
+            frames_per_stack: 0,
             pool_stacks: 16,
         }
     }

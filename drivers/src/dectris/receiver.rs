@@ -93,9 +93,10 @@ pub struct DectrisReceiverConfig {
     /// Inactivity deadline between frames and inside a message; also the longest wait for
     /// a free stack buffer or a consumer.
     pub frame_timeout: Duration,
-    /// Frames per [`RawStack`] (e.g. 32).
+    /// Frames per [`RawStack`] (a live partition); 0 (the default): automatic, about
+    /// 4 MiB of the largest possible blobs ([`crate::stack_frames`]).
     pub frames_per_stack: usize,
-    /// Stack buffers in the pool, each `frames_per_stack` × the largest possible blob of
+    /// Stack buffers in the pool, each frames per stack × the largest possible blob of
     /// the first frame's size (uncompressed size + 1/128 + 4 KiB).
     pub pool_stacks: usize,
     /// Frames per series, overriding the header (e.g. from the scan's nav shape; needed
@@ -122,7 +123,7 @@ impl DectrisReceiverConfig {
             header_timeout: Some(Duration::from_secs(10)),
             first_frame_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(1),
-            frames_per_stack: 32,
+            frames_per_stack: 0,
             pool_stacks: 16,
             expected_frames: None,
             series: SeriesFilter::Any,
@@ -517,6 +518,8 @@ impl Drop for DectrisReceiver {
 struct StackPool {
     pool: Pool<Vec<u8>>,
     slot: usize,
+    /// Slots of `slot` bytes per buffer.
+    frames: usize,
 }
 
 /// Frame format of a series, fixed by its first frame.
@@ -1330,7 +1333,7 @@ impl Worker {
             };
             acq.stack = Some(OpenStack {
                 first_frame: frame,
-                frames: Vec::with_capacity(self.cfg.frames_per_stack.max(1)),
+                frames: Vec::with_capacity(self.stack_len()),
                 used: 0,
                 buf,
                 first_received: Instant::now(),
@@ -1366,7 +1369,7 @@ impl Worker {
         }
         open.frames.push(RawFrameRef { offset: at, len });
         open.used += len;
-        let full = open.frames.len() >= self.cfg.frames_per_stack.max(1);
+        let full = open.frames.len() >= self.stack_len();
         acq.set(frame, FrameStatus::Received);
         if full {
             self.flush(acq)?;
@@ -1414,18 +1417,25 @@ impl Worker {
         });
     }
 
+    /// Frames per stack: as many slots as a pool buffer holds (a pool kept from larger
+    /// frames holds at least as many of smaller ones).
+    fn stack_len(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.frames.max(1))
+    }
+
     /// (Re)allocates the pool unless its slots already fit `slot` bytes.
     fn ensure_pool(&mut self, slot: usize) {
         if self.pool.as_ref().is_some_and(|p| p.slot >= slot) {
             return;
         }
-        let bytes = self.cfg.frames_per_stack.max(1) * slot;
+        let frames = crate::stack_frames(self.cfg.frames_per_stack, slot);
+        let bytes = frames * slot;
         let pool = Pool::new(
             &format!("{} frame stacks", self.cfg.device),
             self.cfg.pool_stacks.max(1),
             || stemflow_core::mem::prefaulted_bytes(bytes),
         );
-        self.pool = Some(StackPool { pool, slot });
+        self.pool = Some(StackPool { pool, slot, frames });
     }
 
     /// A free stack buffer within the frame timeout; `None` on stop.

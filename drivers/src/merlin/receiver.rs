@@ -75,10 +75,11 @@ pub struct MerlinReceiverConfig {
     /// Inactivity deadline between frames, and inside a message; also the longest wait for a
     /// free stack buffer (a stalled consumer).
     pub frame_timeout: Duration,
-    /// Frames per [`RawStack`] (e.g. 32).
+    /// Frames per [`RawStack`] (a live partition); 0 (the default): automatic, about
+    /// 4 MiB of frames ([`crate::stack_frames`]).
     pub frames_per_stack: usize,
     /// Stack buffers in the pool, allocated once per connection from the first frame's
-    /// size: `pool_stacks × frames_per_stack × payload bytes` (e.g. 16).
+    /// size: `pool_stacks × frames per stack × payload bytes` (e.g. 16).
     pub pool_stacks: usize,
     /// Frames per acquisition, overriding the HDR's `Frames in Acquisition` (e.g. from the
     /// scan's nav shape); `Some(0)` = continuous.
@@ -90,7 +91,8 @@ pub struct MerlinReceiverConfig {
 
 impl MerlinReceiverConfig {
     /// Defaults for `data_addr`: device `merlin @ <addr>`, connect 2 s, header 10 s, first
-    /// frame 10 s, frame 1 s, 32 frames per stack, 16 stacks, HDR frame count, no drain.
+    /// frame 10 s, frame 1 s, automatic frames per stack (~4 MiB), 16 stacks, HDR frame
+    /// count, no drain.
     pub fn new(data_addr: SocketAddr) -> Self {
         Self {
             device: format!("merlin @ {data_addr}"),
@@ -99,7 +101,7 @@ impl MerlinReceiverConfig {
             header_timeout: Duration::from_secs(10),
             first_frame_timeout: Duration::from_secs(10),
             frame_timeout: Duration::from_secs(1),
-            frames_per_stack: 32,
+            frames_per_stack: 0,
             pool_stacks: 16,
             expected_frames: None,
             drain: false,
@@ -342,6 +344,8 @@ impl Drop for MerlinReceiver {
 struct StackPool {
     pool: Pool<Vec<u8>>,
     payload_len: usize,
+    /// Frames of `payload_len` bytes per buffer.
+    frames: usize,
 }
 
 /// Frame format of an acquisition, fixed by its first frame.
@@ -814,13 +818,18 @@ impl Worker {
         {
             return;
         }
-        let bytes = self.cfg.frames_per_stack.max(1) * payload_len;
+        let frames = crate::stack_frames(self.cfg.frames_per_stack, payload_len);
+        let bytes = frames * payload_len;
         let pool = Pool::new(
             &format!("{} frame stacks", self.cfg.device),
             self.cfg.pool_stacks.max(1),
             || stemflow_core::mem::prefaulted_bytes(bytes),
         );
-        self.pool = Some(StackPool { pool, payload_len });
+        self.pool = Some(StackPool {
+            pool,
+            payload_len,
+            frames,
+        });
     }
 
     /// A free stack buffer, waiting at most the frame timeout; `None` on stop.
@@ -1015,7 +1024,11 @@ impl Worker {
         self.check_sequence(acq, seq)?;
 
         let (payload_len, frames_per_stack) = match acq.format.as_ref() {
-            Some(f) => (f.payload_len, self.cfg.frames_per_stack.max(1)),
+            // A pool kept from a larger format holds at least as many frames of this one.
+            Some(f) => (
+                f.payload_len,
+                self.pool.as_ref().map_or(1, |p| p.frames.max(1)),
+            ),
             None => return Ok(None),
         };
         if acq.stack.is_none() {
