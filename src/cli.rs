@@ -109,9 +109,9 @@ pub struct QueueArgs {
     pub sim_beam_dip: Option<String>,
 }
 
-/// Which reductions a run computes and over which scan positions (`process`, the default
-/// run, `acquire`, `run`, `queue`).
-#[derive(Args, Debug, Clone, Default)]
+/// Which reductions a run computes, over which scan positions and how often it shows them
+/// (`process`, the default run, `acquire`, `run`, `queue`).
+#[derive(Args, Debug, Clone)]
 pub struct ReductionArgs {
     /// A reduction spec (TOML: `[[udf]]` entries and an optional `[roi]`; see
     /// docs/reductions.md): run its UDFs instead of the default set (sum, sum_sig, virtual
@@ -127,10 +127,44 @@ pub struct ReductionArgs {
     /// shape, replacing the spec's ROI; nav results are NaN outside it.
     #[arg(long, value_name = "FILE.npy")]
     pub roi_mask: Option<PathBuf>,
+    /// Time between two live snapshots of the results (progress, live view), ms, at least
+    /// 1. Shorter: fresher views at more merging cost.
+    #[arg(long, value_name = "MS", default_value_t = DEFAULT_SNAPSHOT_INTERVAL_MS,
+          value_parser = parse_snapshot_interval_ms)]
+    pub snapshot_interval_ms: u64,
+}
+
+/// The engine's default time between two snapshots, ms.
+pub const DEFAULT_SNAPSHOT_INTERVAL_MS: u64 = 100;
+
+impl Default for ReductionArgs {
+    fn default() -> Self {
+        Self {
+            reductions: None,
+            roi_rect: None,
+            roi_mask: None,
+            snapshot_interval_ms: DEFAULT_SNAPSHOT_INTERVAL_MS,
+        }
+    }
+}
+
+/// `--snapshot-interval-ms`: a whole number of milliseconds, at least 1.
+///
+/// # Errors
+/// Not a whole number, or 0 (the engine would snapshot on every poll).
+pub fn parse_snapshot_interval_ms(text: &str) -> Result<u64, String> {
+    let ms: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number of milliseconds (≥ 1), got `{text}`"))?;
+    if ms == 0 {
+        return Err("the snapshot interval must be at least 1 ms, got 0".into());
+    }
+    Ok(ms)
 }
 
 impl ReductionArgs {
-    /// True when no option was given.
+    /// True when no spec and no ROI was given (the snapshot interval always applies).
     pub fn is_empty(&self) -> bool {
         self.reductions.is_none() && self.roi_rect.is_none() && self.roi_mask.is_none()
     }
@@ -274,6 +308,10 @@ pub struct ProcessArgs {
     /// Output folder.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
+    /// Do not copy the frames into `processed.h5` (results, images and run.json are still
+    /// written).
+    #[arg(long)]
+    pub no_raw: bool,
     #[command(flatten)]
     pub reductions: ReductionArgs,
 }

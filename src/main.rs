@@ -3,6 +3,9 @@
 //! With no subcommand it runs one 4D-STEM scan on the embedded simulated instrument.
 //! `acquire` drives a real or external Merlin, `process` reduces a recording offline,
 //! `sim merlin` serves the Merlin simulator, `bench merlin` measures the live path.
+//!
+//! Exit status: 0 done; 1 an error; 130 cancelled by Ctrl-C (the results so far are
+//! written and marked `cancelled`; a second Ctrl-C quits at once).
 
 mod bench;
 mod bench_dectris;
@@ -28,6 +31,11 @@ fn main() -> std::process::ExitCode {
     match cli::dispatch(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(c) = e.downcast_ref::<progress::Cancelled>() {
+                // The outputs are written and marked cancelled; this is not a failure.
+                eprintln!("stemflow: {c}");
+                return std::process::ExitCode::from(progress::CANCELLED_EXIT_CODE);
+            }
             // Many errors already state their cause in their own message; print each cause once.
             let mut msg = e.to_string();
             for cause in e.chain().skip(1) {

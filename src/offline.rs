@@ -18,7 +18,7 @@ use stemflow_drivers::dectris::master::MasterFile;
 use stemflow_drivers::merlin::MibFile;
 use stemflow_processing::io::{ByteOrder, IoError, parse_dtype};
 use stemflow_processing::{
-    DataSet, Hdf5DataSet, NpyDataSet, RawDataSet, RawSpec, RunConfig, RunSummary, run_dataset,
+    DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary, run_dataset,
 };
 use stemflow_recording::hdf5::{Hdf5Recorder, RecordingSpec};
 
@@ -186,6 +186,8 @@ pub fn open_dataset(args: &ProcessArgs) -> Result<Box<dyn DataSet>> {
 /// Runs `reductions` (without a spec: the live-view set, [`crate::pipeline::udfs`] on a centred
 /// [`Geometry`]) over every frame of `data` with scan `nav`, over the ROI if one is given;
 /// `sink` receives every decoded tile (e.g. an HDF5 recorder), inside the ROI or not.
+/// Setting `cancel` ends the run within about 10 ms with the results so far
+/// ([`stemflow_processing::Outcome::Cancelled`]).
 ///
 /// # Errors
 /// The spec does not fit the data (naming the spec file, entry and key); reading and
@@ -195,28 +197,25 @@ pub fn reduce(
     nav: NavShape,
     reductions: &Reductions,
     sink: Option<&mut dyn stemflow_core::sink::TileSink>,
+    cancel: &AtomicBool,
 ) -> Result<RunSummary> {
     let g = Geometry::centred(data.sig_shape());
     let (list, roi) = reductions.build(&g, data.sig_shape(), nav)?;
-    let mut cfg = RunConfig::new(nav, data.sig_shape(), data.dtype());
-    if let Some(roi) = roi {
-        cfg = cfg.with_roi(roi);
-    }
-    let summary = run_dataset(
-        data,
-        &list,
-        &cfg,
-        sink,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )?;
+    let cfg = reductions.run_config(nav, data.sig_shape(), data.dtype(), roi);
+    let summary = run_dataset(data, &list, &cfg, sink, &mut |_| {}, cancel)?;
     Ok(summary)
 }
 
 /// `stemflow process PATH`.
+///
+/// The first Ctrl-C ends the run within about 10 ms; the outputs are written as usual with
+/// `exit_status = "cancelled"` in `run.json` and the recording's run record, and the error
+/// is [`crate::progress::Cancelled`] (exit status 130).
 pub fn process(args: &ProcessArgs) -> Result<()> {
+    // First, so that a Ctrl-C from here on is a cancel, not a kill.
+    let cancel = interrupt_flag();
     let r = &args.reductions;
-    let reductions = Reductions::load(r.reductions.as_deref(), r.roi_rect, r.roi_mask.as_deref())?;
+    let reductions = Reductions::from_args(r)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     let t0 = std::time::Instant::now();
@@ -234,9 +233,17 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
     }
     let h5 = args.out.join("processed.h5");
     let mut rec = Hdf5Recorder::create(&h5, RecordingSpec::new(nav, sig, dtype))?;
-    let summary = reduce(data.as_mut(), nav, &reductions, Some(&mut rec))?;
+    let sink = (!args.no_raw).then_some(&mut rec as &mut dyn stemflow_core::sink::TileSink);
+    let summary = reduce(data.as_mut(), nav, &reductions, sink, &cancel)?;
+    let cancelled = summary.outcome == Outcome::Cancelled;
+    // A cancelled run read a prefix of the file (partitions in order); the rest is missing.
+    let frames_read = if cancelled {
+        summary.frames_processed + summary.outside_roi + summary.damaged.len() as u64
+    } else {
+        frames_in_file
+    };
     let mut validity = FrameValidity::new(nav.len());
-    validity.mark_range_received(0, (frames_in_file as usize).min(nav.len()));
+    validity.mark_range_received(0, (frames_read as usize).min(nav.len()));
     for &d in &summary.damaged {
         validity.mark(d, stemflow_core::validity::FrameStatus::Damaged);
     }
@@ -268,7 +275,7 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         ..RunMetadata::default()
     };
     let record = serde_json::json!({
-        "exit_status": "completed",
+        "exit_status": if cancelled { "cancelled" } else { "completed" },
         "frames_expected": nav.len(),
         "frames_processed": summary.frames_processed,
         "frames_damaged": summary.damaged.len(),
@@ -279,7 +286,12 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
     });
     rec.finish(&summary.results, &validity, &metadata, Some(&record))?;
     println!(
-        "processed {} frames of {} {} from {} in {:.2} s",
+        "{} {} frames of {} {} from {} in {:.2} s",
+        if cancelled {
+            "cancelled after"
+        } else {
+            "processed"
+        },
         summary.frames_processed,
         sig,
         dtype,
@@ -304,7 +316,21 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         args.out.join("run.json"),
         serde_json::to_string_pretty(&record)?,
     )?;
+    if cancelled {
+        return Err(
+            crate::progress::Cancelled::after(summary.frames_processed, nav.len() as u64).into(),
+        );
+    }
     Ok(())
+}
+
+/// The cancel flag of `process`: set by the first Ctrl-C. Without a handler (it could not
+/// be installed: said on stderr) Ctrl-C ends the process as usual.
+fn interrupt_flag() -> std::sync::Arc<AtomicBool> {
+    crate::progress::on_ctrl_c("cancelling the run", || {}).unwrap_or_else(|e| {
+        tracing::warn!("{e:#}; Ctrl-C will end the process without writing results");
+        std::sync::Arc::new(AtomicBool::new(false))
+    })
 }
 
 fn print_totals(results: &[UdfResults]) {
@@ -322,6 +348,7 @@ fn print_totals(results: &[UdfResults]) {
 mod tests {
     use super::*;
     use crate::pipeline::udfs;
+    use stemflow_processing::RunConfig;
     use stemflow_processing::udf::Udf;
 
     fn data(rel: &str) -> PathBuf {

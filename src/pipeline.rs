@@ -7,13 +7,14 @@ use crate::cli::ReductionArgs;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use stemflow_actors::orchestrator::{PipelineBuilder, PipelineInputs};
 use stemflow_actors::processing::{LiveSnapshot, PipelineOutput};
 use stemflow_core::sink::TileSink;
-use stemflow_core::{NavShape, SigShape};
+use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::{
-    ComUdf, Mask, MasksUdf, Outcome, ReductionSpec, RoiRect, RoiSpec, RunConfig, SumSigUdf, SumUdf,
-    Udf,
+    ComUdf, Mask, MasksUdf, Outcome, ReductionSpec, Roi, RoiRect, RoiSpec, RunConfig, SumSigUdf,
+    SumUdf, Udf,
 };
 use stemflow_sequences::plan::PlanStep;
 
@@ -90,6 +91,9 @@ pub struct Reductions {
     pub spec: Option<(PathBuf, ReductionSpec)>,
     /// A ROI replacing the spec's, with the folder its relative mask path resolves against.
     pub roi: Option<(RoiSpec, PathBuf)>,
+    /// Time between two live snapshots (`--snapshot-interval-ms`); `None`: the engine's
+    /// default (100 ms).
+    pub snapshot_interval: Option<Duration>,
 }
 
 impl Reductions {
@@ -111,7 +115,39 @@ impl Reductions {
             (None, Some(m)) => Some((RoiSpec::mask_file(m), PathBuf::from("."))),
             (None, None) => None,
         };
-        Ok(Self { spec, roi })
+        Ok(Self {
+            spec,
+            roi,
+            snapshot_interval: None,
+        })
+    }
+
+    /// The command line's reductions `a` alone (no profile): its spec, ROI and snapshot
+    /// interval.
+    ///
+    /// # Errors
+    /// As [`Reductions::load`].
+    pub fn from_args(a: &ReductionArgs) -> Result<Self> {
+        Self::default().with_args(a)
+    }
+
+    /// The engine settings of one run over `nav` frames of `sig` pixels of `dtype`: the
+    /// snapshot interval and the ROI `roi` (as [`Reductions::build`] returned it).
+    pub fn run_config(
+        &self,
+        nav: NavShape,
+        sig: SigShape,
+        dtype: DType,
+        roi: Option<Roi>,
+    ) -> RunConfig {
+        let mut cfg = RunConfig::new(nav, sig, dtype);
+        if let Some(i) = self.snapshot_interval {
+            cfg.snapshot_interval = i;
+        }
+        if let Some(roi) = roi {
+            cfg = cfg.with_roi(roi);
+        }
+        cfg
     }
 
     /// These reductions (a profile's) with the command line's choices `a`: its spec
@@ -120,14 +156,21 @@ impl Reductions {
     /// # Errors
     /// As [`Reductions::load`].
     pub fn with_args(self, a: &ReductionArgs) -> Result<Self> {
+        let snapshot_interval = Some(Duration::from_millis(a.snapshot_interval_ms));
         if a.is_empty() {
-            return Ok(self);
+            return Ok(Self {
+                snapshot_interval,
+                ..self
+            });
         }
         let base = match (&a.reductions, self.spec) {
             (Some(p), _) => Some(p.clone()),
             (None, spec) => spec.map(|(p, _)| p),
         };
-        Self::load(base.as_deref(), a.roi_rect, a.roi_mask.as_deref())
+        Ok(Self {
+            snapshot_interval,
+            ..Self::load(base.as_deref(), a.roi_rect, a.roi_mask.as_deref())?
+        })
     }
 
     /// Builds the UDFs and the ROI for every acquisition of `steps` (frames of `sig`; each
@@ -242,10 +285,7 @@ fn run(
         let (udfs, roi) = reductions
             .build(&g, inputs.sig_shape, inputs.nav_shape)
             .map_err(|e| format!("{e:#}"))?;
-        let mut cfg = RunConfig::new(inputs.nav_shape, inputs.sig_shape, inputs.dtype);
-        if let Some(roi) = roi {
-            cfg = cfg.with_roi(roi);
-        }
+        let cfg = reductions.run_config(inputs.nav_shape, inputs.sig_shape, inputs.dtype, roi);
         let mut recording = inputs.recording;
         let sink: Option<&mut dyn TileSink> = if record_raw {
             recording.as_deref_mut().map(|r| r as &mut dyn TileSink)
@@ -293,4 +333,72 @@ pub fn builder_with(
         let g = g.unwrap_or_else(|| Geometry::centred(inputs.sig_shape));
         run(inputs, g, Arc::clone(&reductions), record_raw)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The reduction options alone, as every command flattens them.
+    #[derive(Parser, Debug)]
+    struct Opts {
+        #[command(flatten)]
+        r: ReductionArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Opts, clap::Error> {
+        Opts::try_parse_from(std::iter::once("stemflow").chain(args.iter().copied()))
+    }
+
+    fn config_of(r: &Reductions) -> RunConfig {
+        r.run_config(NavShape::new(4, 4), SigShape::new(8, 8), DType::U16, None)
+    }
+
+    /// `--snapshot-interval-ms` reaches the engine's configuration through both ways a
+    /// command builds its reductions (alone, or over a profile's), spec or not.
+    #[test]
+    fn the_snapshot_interval_reaches_the_run_config() {
+        let o = parse(&["--snapshot-interval-ms", "250"]).unwrap();
+        let cfg = config_of(&Reductions::from_args(&o.r).unwrap());
+        assert_eq!(cfg.snapshot_interval, Duration::from_millis(250));
+        let profile = Reductions::load(None, None, None).unwrap();
+        let cfg = config_of(&profile.with_args(&o.r).unwrap());
+        assert_eq!(cfg.snapshot_interval, Duration::from_millis(250));
+        let o = parse(&["--snapshot-interval-ms", "7", "--roi-rect", "0:2,0:2"]).unwrap();
+        let r = Reductions::from_args(&o.r).unwrap();
+        let (_, roi) = r
+            .build(
+                &Geometry::centred(SigShape::new(8, 8)),
+                SigShape::new(8, 8),
+                NavShape::new(4, 4),
+            )
+            .unwrap();
+        let cfg = r.run_config(NavShape::new(4, 4), SigShape::new(8, 8), DType::U16, roi);
+        assert_eq!(cfg.snapshot_interval, Duration::from_millis(7));
+        assert!(cfg.roi.is_some());
+    }
+
+    /// Without the option: 100 ms, the engine's default.
+    #[test]
+    fn the_default_snapshot_interval_is_100_ms() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(o.r.snapshot_interval_ms, 100);
+        let cfg = config_of(&Reductions::from_args(&o.r).unwrap());
+        assert_eq!(cfg.snapshot_interval, Duration::from_millis(100));
+        assert_eq!(ReductionArgs::default().snapshot_interval_ms, 100);
+    }
+
+    /// 0 and non-numbers are refused with a message naming the limit.
+    #[test]
+    fn a_zero_or_garbled_snapshot_interval_is_refused() {
+        let e = parse(&["--snapshot-interval-ms", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1 ms"), "{e}");
+        let e = parse(&["--snapshot-interval-ms", "fast"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whole number of milliseconds"), "{e}");
+    }
 }

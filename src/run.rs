@@ -497,6 +497,14 @@ async fn run_one(
         .await
         .map_err(|e| anyhow::anyhow!(e))
         .context("starting the instrument")?;
+    // The first Ctrl-C cancels the acquisition through the orchestrator (pipeline
+    // cancelled, scan stopped, detector disarmed, recording finished as `cancelled`).
+    let cancel = inst.cancel_handle();
+    if let Err(e) =
+        crate::progress::on_ctrl_c("cancelling the acquisition", move || cancel.cancel())
+    {
+        tracing::warn!("{e:#}; Ctrl-C will end the process without writing results");
+    }
     let view = tokio::spawn(crate::progress::show(inst.status(), inst.state_changes()));
     let r = inst.run_acquisition(req).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), view).await;
@@ -530,6 +538,13 @@ fn finish(
     let images = output::write_images(out, &snap.results, record.metadata.nav_shape)?;
     for p in images {
         println!("wrote {}", p.display());
+    }
+    if record.exit_status == ExitStatus::Cancelled {
+        return Err(crate::progress::Cancelled::after(
+            record.frames_processed,
+            record.frames_expected,
+        )
+        .into());
     }
     if record.exit_status == ExitStatus::CompletedWithLoss {
         // Outputs are written and the missing frames marked; the exit status still says so.
@@ -616,7 +631,7 @@ pub fn acquire(args: &AcquireArgs) -> Result<()> {
     // Geometry from the frame shape: known after arming, so the UDFs (default set or spec)
     // are built then (see pipeline::builder_with).
     let a = &args.reductions;
-    let reductions = Reductions::load(a.reductions.as_deref(), a.roi_rect, a.roi_mask.as_deref())?;
+    let reductions = Reductions::from_args(a)?;
     if !reductions.is_default() {
         println!("{}", reductions.describe());
     }

@@ -12,6 +12,8 @@ use crate::run::{SimulatedInstrument, assemble_simulated, runtime};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use stemflow_actors::detector::DetectorMsg;
 use stemflow_actors::microscope::MicroscopeMsg;
@@ -453,6 +455,44 @@ fn control_file(
     ))
 }
 
+/// Ctrl-C for `run` and `queue`: the first one aborts the sequence at its next checkpoint
+/// (cleanup runs) and, with `cancel_acquisition`, also cancels the running acquisition
+/// through the orchestrator (its recording is finished as `cancelled` with the frames so
+/// far); the second quits at once. Returns the flag the first Ctrl-C sets.
+fn interrupt_on_ctrl_c(
+    exec: &SimExecutor,
+    control: &Control,
+    cancel_acquisition: bool,
+) -> Arc<AtomicBool> {
+    let cancel = exec
+        .inst
+        .as_ref()
+        .filter(|_| cancel_acquisition)
+        .map(Instrument::cancel_handle);
+    let control = control.clone();
+    let doing = if cancel.is_some() {
+        "cancelling the acquisition and the sequence"
+    } else {
+        "stopping after the running acquisition"
+    };
+    crate::progress::on_ctrl_c(doing, move || {
+        control.abort();
+        if let Some(c) = cancel {
+            c.cancel();
+        }
+    })
+    .unwrap_or_else(|e| {
+        tracing::warn!("{e:#}; Ctrl-C will end the process without cleanup");
+        Arc::new(AtomicBool::new(false))
+    })
+}
+
+/// The error of a sequence the user cancelled: the frames of its last acquisition.
+fn cancelled(outs: &[RunOutcome]) -> anyhow::Error {
+    let frames = outs.last().map(|o| (o.frames_received, o.frames_expected));
+    crate::progress::Cancelled { frames }.into()
+}
+
 /// `stemflow run FILE`: one plan (`.toml`) or sequence script (`.rhai`) on the simulated
 /// instrument; `--dry-run` prints the steps, device settings, duration and data volume.
 pub fn run(args: &RunArgs) -> Result<()> {
@@ -482,16 +522,20 @@ pub fn run(args: &RunArgs) -> Result<()> {
             !args.no_raw,
             reductions,
         )?;
+        let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
         let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
         session.set_log(Box::new(|m| println!("{m}")));
         session.blank_beam_on_cleanup = args.blank_beam_on_cleanup;
         let (mut session, r) = run_script(session, &src, &defaults);
         // On failure the acquisitions run so far stay in the session.
-        print_outcomes(
-            &r.as_ref()
-                .map_or_else(|_| session.take_outcomes(), Clone::clone),
-        );
+        let outs = r
+            .as_ref()
+            .map_or_else(|_| session.take_outcomes(), Clone::clone);
+        print_outcomes(&outs);
         drop(session);
+        if interrupted.load(Ordering::SeqCst) {
+            return Err(cancelled(&outs));
+        }
         return r.map(|_| ()).map_err(Into::into);
     }
     let text = std::fs::read_to_string(&args.file)
@@ -520,6 +564,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         !args.no_raw,
         reductions,
     )?;
+    let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
     let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
     session.set_log(Box::new(|m| println!("{m}")));
     session.blank_beam_on_cleanup = args.blank_beam_on_cleanup;
@@ -527,6 +572,9 @@ pub fn run(args: &RunArgs) -> Result<()> {
     session.cleanup();
     let outs = session.take_outcomes();
     print_outcomes(&outs);
+    if interrupted.load(Ordering::SeqCst) {
+        return Err(cancelled(&outs));
+    }
     r?;
     if let Some(o) = outs
         .iter()
@@ -580,8 +628,18 @@ pub fn queue(args: &QueueArgs) -> Result<()> {
     };
     let control = Control::default();
     let _watch = control_file(&args.out, &control)?;
+    // The running acquisition is not cut short: a cancelled acquisition that was a unit's
+    // last step would be journaled as a completed unit and skipped on --resume. The queue
+    // stops at the next checkpoint, the unit then journaled `stopped` (re-run on resume).
+    let interrupted = interrupt_on_ctrl_c(&exec, &control, false);
     let (exec, r) = run_queue(&q, Box::new(exec), &defaults, &opts, control);
     drop(exec);
+    if interrupted.load(Ordering::SeqCst) {
+        if let Err(e) = &r {
+            eprintln!("stemflow: {e}");
+        }
+        return Err(crate::progress::Cancelled { frames: None }.into());
+    }
     let rep = r?;
     println!(
         "journal: {} ({} completed, {} skipped, {} already done, {} frames lost)",

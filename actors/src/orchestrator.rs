@@ -11,6 +11,8 @@
 //!      → Idle, with a RunRecord.
 //! Any failure: cancel pipeline, stop scan, disarm detector → Fault → Resetting (wait for
 //! the supervisor to restart a failed actor) → Idle; the error names the device or actor.
+//! A user cancel (CancelHandle, e.g. Ctrl-C): cancel pipeline (results so far kept), stop
+//! scan, disarm detector → Finishing: recording finished → Idle, exit status Cancelled.
 //! ```
 
 use crate::detector::DetectorMsg;
@@ -27,7 +29,7 @@ use ractor::{Actor, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use stemflow_core::detector::{AcquisitionEnd, ArmMode, ArmedAcquisition, DetectorSettings};
@@ -243,6 +245,29 @@ pub struct Instrument {
     changes: broadcast::Sender<StateChange>,
     detector_name: String,
     scan_name: Option<String>,
+    /// Set by a [`CancelHandle`]: the running (or next) acquisition ends as cancelled.
+    user_cancel: Arc<AtomicBool>,
+}
+
+/// Cancels an [`Instrument`]'s acquisition from anywhere (another task or thread, a
+/// Ctrl-C handler): the running acquisition, or the next one if none runs, ends with
+/// [`ExitStatus::Cancelled`] — pipeline cancelled (the frames so far are kept), scan
+/// stopped, detector disarmed, recording finished. The request is consumed by that run, so
+/// the instrument stays usable for the next.
+#[derive(Clone, Debug)]
+pub struct CancelHandle {
+    flag: Arc<AtomicBool>,
+}
+
+impl CancelHandle {
+    /// Asks the running (or next) acquisition to end as cancelled; returns at once.
+    pub fn cancel(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+    }
+    /// True while a cancel is requested and not yet consumed by a run.
+    pub fn is_requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
 }
 
 const CALL_MARGIN: Duration = Duration::from_secs(15);
@@ -308,7 +333,15 @@ impl Instrument {
             changes,
             detector_name: "detector".into(),
             scan_name: None,
+            user_cancel: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// A handle that cancels this instrument's running (or next) acquisition.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        CancelHandle {
+            flag: Arc::clone(&self.user_cancel),
+        }
     }
 
     /// The current actor refs (they change when an actor is restarted).
@@ -442,6 +475,8 @@ impl Instrument {
         // The actors this run starts with: one that dies is replaced by a new one.
         let refs_at_start = self.refs();
         let result = self.run_inner(&req, &mut ctx).await;
+        // A cancel request is consumed by the run it ended (or that failed meanwhile).
+        self.user_cancel.store(false, Ordering::SeqCst);
         let mut record = RunRecord {
             start_time,
             stop_time: now_rfc3339(),
@@ -503,6 +538,10 @@ impl Instrument {
         let refs = self.refs();
         let mut nav = req.detector.nav_shape;
         ctx.expected = nav.len() as u64;
+        if self.user_cancel.load(Ordering::SeqCst) {
+            // Cancelled before anything moved: nothing to stop, nothing recorded.
+            return Ok(ExitStatus::Cancelled);
+        }
         ctx.metadata = RunMetadata {
             mode: req.label.clone(),
             nav_shape: Some(nav),
@@ -763,6 +802,13 @@ impl Instrument {
                     }
                 }
                 _ = tick.tick() => {
+                    // A user cancel: the pipeline stops within its poll period and returns
+                    // the results so far; the devices are stopped below.
+                    if self.user_cancel.load(Ordering::SeqCst)
+                        && let Some(c) = &ctx.cancel
+                    {
+                        c.store(true, Ordering::SeqCst);
+                    }
                     let snap = snapshots.borrow().clone();
                     ctx.frames_processed = snap.frames_processed;
                     self.status.send_modify(|s| {
@@ -794,6 +840,11 @@ impl Instrument {
         ctx.frames_processed = output.frames_processed;
         self.status
             .send_modify(|s| s.frames_processed = output.frames_processed);
+        if output.cancelled {
+            // The receiver ends the acquisition only once the frames stop: stop the scan and
+            // disarm the detector first (reverse arm order), then collect its end.
+            self.stop_devices(ctx).await?;
+        }
         let end = tokio::task::spawn_blocking(move || end_rx.recv_timeout(Duration::from_secs(10)))
             .await
             .ok()

@@ -1,0 +1,457 @@
+//! Ctrl-C as a user presses it: the first SIGINT ends a `stemflow process` run or a live
+//! simulated acquisition promptly, the results so far are written and marked `cancelled`,
+//! stderr says how far the run got, and the command exits with 130 (128 + SIGINT).
+//! Also `--snapshot-interval-ms`, which must be at least 1.
+//!
+//! Every child runs in its own process group under a deadline and is killed when its guard
+//! drops, so a test can never hang.
+
+mod common;
+
+use common::scratch::{ScratchDir, tail};
+use serde_json::Value;
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The exit status of a command cancelled by Ctrl-C.
+const CANCELLED: i32 = 130;
+
+/// Longest a cancelled command may take to exit after the SIGINT (debug build, two shared
+/// cores; the live path waits up to the receiver's 2 s frame timeout after disarming).
+const EXIT_DEADLINE: Duration = Duration::from_secs(20);
+
+fn stemflow() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_stemflow"))
+}
+
+/// A `stemflow` child with its stdout and stderr collected on background threads; killed
+/// and reaped when dropped (the tests' own guard: this one must signal the child itself).
+struct Running {
+    child: Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = Arc::clone(&text);
+    std::thread::spawn(move || {
+        let mut pipe = pipe;
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut t = sink.lock().unwrap_or_else(|e| e.into_inner());
+            t.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}
+
+impl Running {
+    fn spawn(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting stemflow");
+        let stdout = collect(child.stdout.take().expect("piped stdout"));
+        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Waits at most `timeout` until `find` is true of stdout + stderr or the child exits.
+    fn wait_for_output(&mut self, timeout: Duration, find: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if find(&format!("{}{}", self.stdout(), self.stderr())) {
+                return true;
+            }
+            if Instant::now() >= deadline || self.exited().is_some() {
+                return find(&format!("{}{}", self.stdout(), self.stderr()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.exited() {
+                // Let the reader threads take the last output.
+                std::thread::sleep(Duration::from_millis(100));
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ctrl-C: SIGINT to the child.
+    #[cfg(unix)]
+    fn sigint(&self) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        // SAFETY: kill(2) on the pid of our child, which is not yet reaped (we hold it); it
+        // touches no memory of ours.
+        let rc = unsafe { libc::kill(pid, libc::SIGINT) };
+        assert_eq!(rc, 0, "kill -INT {pid} failed");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_json(path: &Path) -> Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
+}
+
+/// A sparse raw file of `frames` zero frames of 256 × 256 u16: gigabytes to read, no disk
+/// blocks used.
+fn sparse_raw(path: &Path, frames: u64) {
+    let f = std::fs::File::create(path).expect("creating the raw file");
+    f.set_len(frames * 256 * 256 * 2)
+        .expect("sizing the raw file");
+}
+
+/// A small reduction spec (its line on stdout says the run has started).
+fn spec(path: &Path) {
+    std::fs::write(
+        path,
+        "[[udf]]\nkind = \"sum\"\n\n[[udf]]\nkind = \"stats\"\n",
+    )
+    .expect("writing the spec");
+}
+
+/// `stemflow process` on a long input: SIGINT after it started → exit 130 within seconds,
+/// `run.json` and `processed.h5` written, `exit_status = "cancelled"`, fewer frames
+/// processed than expected, and the one-line message on stderr.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_process_and_writes_the_results_so_far() {
+    let dir = ScratchDir::new("cancel-process");
+    let raw = dir.path().join("long.raw");
+    // 8 GiB of frames: many seconds even for a release build, so the Ctrl-C comes first.
+    let frames: u64 = 256 * 256;
+    sparse_raw(&raw, frames);
+    let spec_path = dir.path().join("spec.toml");
+    spec(&spec_path);
+    let out = dir.path().join("out");
+    let mut cmd = stemflow();
+    // --no-raw: the frames read are not copied into processed.h5 (no disk needed).
+    cmd.args([
+        "process",
+        "--format",
+        "raw",
+        "--nav-shape",
+        "256x256",
+        "--no-raw",
+    ])
+    .args(["--sig-shape", "256x256", "--dtype", "u16"])
+    .arg("--reductions")
+    .arg(&spec_path)
+    .arg("--out")
+    .arg(&out)
+    .arg(&raw);
+    let mut child = Running::spawn(&mut cmd);
+    // The spec line is printed after the Ctrl-C handler is installed and the input opened.
+    assert!(
+        child.wait_for_output(Duration::from_secs(30), |t| t.contains("reductions from")),
+        "process never started:\nstdout:\n{}\nstderr:\n{}",
+        child.stdout(),
+        child.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        child.exited().is_none(),
+        "process ended before the Ctrl-C (input too small for this machine):\n{}",
+        tail(&child.stdout(), 2000)
+    );
+    child.sigint();
+    let t0 = Instant::now();
+    let status = child.wait_timeout(EXIT_DEADLINE).unwrap_or_else(|| {
+        panic!(
+            "process still running {} s after Ctrl-C:\nstderr:\n{}",
+            EXIT_DEADLINE.as_secs(),
+            tail(&child.stderr(), 2000)
+        )
+    });
+    let took = t0.elapsed();
+    let (so, se) = (child.stdout(), child.stderr());
+    assert_eq!(
+        status.code(),
+        Some(CANCELLED),
+        "exit status; stdout:\n{}\nstderr:\n{}",
+        tail(&so, 2000),
+        tail(&se, 2000)
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?} to stop");
+    assert!(
+        se.contains("cancelled by the user after") && se.contains(&format!("of {frames} frames")),
+        "stderr lacks the cancel line:\n{se}"
+    );
+    let run = read_json(&out.join("run.json"));
+    assert_eq!(run["exit_status"], "cancelled", "{run:#}");
+    assert_eq!(run["frames_expected"], frames, "{run:#}");
+    let done = run["frames_processed"].as_u64().expect("frames_processed");
+    assert!(done < frames, "all {done} frames processed: not cancelled");
+    assert!(
+        out.join("processed.h5").is_file(),
+        "processed.h5 not written"
+    );
+    assert!(
+        run["results"].as_array().is_some_and(|r| !r.is_empty()),
+        "no results listed: {run:#}"
+    );
+}
+
+/// A live scan on the simulated instrument (long dwell, large scan): SIGINT while Running →
+/// exit 130 within seconds, `run.json` with `exit_status = "cancelled"` and fewer frames
+/// than the scan has, the recording finished.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_a_live_simulated_scan() {
+    let dir = ScratchDir::new("cancel-live");
+    let profile = dir.path().join("slow.toml");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/profiles/simulated.toml"
+    ))
+    .expect("reading the simulated profile");
+    assert!(text.contains("dwell_time_s = 0.0005"));
+    std::fs::write(
+        &profile,
+        text.replace("dwell_time_s = 0.0005", "dwell_time_s = 0.002"),
+    )
+    .expect("writing the profile");
+    let out = dir.path().join("out");
+    let mut cmd = stemflow();
+    cmd.args(["--nav-shape", "96x96", "--no-raw"])
+        .arg("--profile")
+        .arg(&profile)
+        .arg("--out")
+        .arg(&out);
+    let frames: u64 = 96 * 96;
+    let mut child = Running::spawn(&mut cmd);
+    // State changes go to stderr when it is not a terminal.
+    assert!(
+        child.wait_for_output(Duration::from_secs(60), |t| t.contains("--> Running")),
+        "scan never reached Running:\nstdout:\n{}\nstderr:\n{}",
+        child.stdout(),
+        child.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(child.exited().is_none(), "scan ended before the Ctrl-C");
+    child.sigint();
+    let status = child.wait_timeout(EXIT_DEADLINE).unwrap_or_else(|| {
+        panic!(
+            "scan still running {} s after Ctrl-C:\nstderr:\n{}",
+            EXIT_DEADLINE.as_secs(),
+            tail(&child.stderr(), 3000)
+        )
+    });
+    let (so, se) = (child.stdout(), child.stderr());
+    assert_eq!(
+        status.code(),
+        Some(CANCELLED),
+        "exit status; stdout:\n{}\nstderr:\n{}",
+        tail(&so, 3000),
+        tail(&se, 3000)
+    );
+    assert!(
+        se.contains("cancelled by the user after"),
+        "stderr lacks the cancel line:\n{se}"
+    );
+    let run = read_json(&out.join("run.json"));
+    assert_eq!(run["exit_status"], "cancelled", "{run:#}");
+    assert_eq!(run["frames_expected"], frames, "{run:#}");
+    let done = run["frames_processed"].as_u64().expect("frames_processed");
+    assert!(done < frames, "all {done} frames processed: not cancelled");
+    assert!(out.join("scan.h5").is_file(), "recording not finished");
+}
+
+/// `--snapshot-interval-ms 0` is refused before anything runs, with a message naming the
+/// option and the limit.
+#[test]
+fn a_zero_snapshot_interval_is_refused() {
+    let dir = ScratchDir::new("cancel-interval");
+    let out = stemflow()
+        .args(["process", "--snapshot-interval-ms", "0", "--out"])
+        .arg(dir.path().join("out"))
+        .arg(dir.path().join("none.npy"))
+        .output()
+        .expect("running stemflow");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr:\n{err}");
+    assert!(
+        err.contains("--snapshot-interval-ms") && err.contains("at least 1 ms"),
+        "stderr:\n{err}"
+    );
+    assert!(!dir.path().join("out").exists(), "output written");
+}
+
+/// A pipeline that counts frames and honours the cancel flag within 10 ms, as the engine
+/// does.
+fn cancellable_counting_pipeline() -> stemflow_actors::orchestrator::PipelineBuilder {
+    use crossbeam_channel::RecvTimeoutError;
+    use std::sync::atomic::Ordering;
+    use stemflow_actors::processing::PipelineOutput;
+    Arc::new(|inputs| {
+        Box::new(move |cancel, _snaps| {
+            let mut frames = 0u64;
+            let cancelled = loop {
+                if cancel.load(Ordering::SeqCst) {
+                    break true;
+                }
+                match inputs.stacks.recv_timeout(Duration::from_millis(10)) {
+                    Ok(stack) => frames += stack.frames.len() as u64,
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => break false,
+                }
+            };
+            Ok(PipelineOutput {
+                results: Vec::new(),
+                frames_processed: frames,
+                damaged: Vec::new(),
+                cancelled,
+                recording: inputs.recording,
+            })
+        })
+    })
+}
+
+/// The orchestrator's user cancel ([`stemflow_actors::orchestrator::CancelHandle`], what
+/// Ctrl-C calls): the running scan ends as `Cancelled` with the frames so far, promptly;
+/// the request is consumed, and the same instrument then runs a whole scan to completion.
+#[test]
+fn a_cancelled_acquisition_leaves_the_instrument_usable() {
+    use stemflow_actors::orchestrator::{ExitStatus, Instrument};
+    use stemflow_actors::supervisor::InstrumentSpec;
+    use stemflow_core::detector::Detector;
+    use stemflow_core::devices::{ScanEngine, ScanSettings, TriggerOutput, trigger_line};
+    use stemflow_core::{NavShape, SigShape};
+    use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
+    use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
+    use stemflow_simulators::scan::{ScanEngineSim, ScanFaults};
+    use stemflow_simulators::specimen::Specimen;
+
+    let nav = NavShape::new(40, 50);
+    let (trig_out, trig_in) = trigger_line();
+    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
+        specimen: Specimen::builder().disk_radius_px(8.0).build(),
+        nav_shape: nav,
+        sig_shape: SigShape::new(64, 64),
+        seed: 3,
+    });
+    cfg.pacing = Pacing::AsFastAsPossible;
+    cfg.trigger_input = Some(trig_in);
+    let merlin = MerlinSim::start(cfg).expect("merlin simulator");
+    let det = MerlinDetectorConfig::new(merlin.control_addr(), merlin.data_addr());
+    let spec = InstrumentSpec {
+        detector: Arc::new(move || {
+            MerlinDetector::connect(det.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
+        }),
+        scan: Some(Arc::new(move || {
+            Ok(
+                Box::new(ScanEngineSim::new(trig_out.clone(), ScanFaults::default()))
+                    as Box<dyn ScanEngine>,
+            )
+        })),
+        microscope: None,
+        recording: Arc::new(|_| Err("no recording in this test".into())),
+    };
+    let request = |dwell_s: f64| {
+        let mut r = common::instrument::external_trigger_request(
+            ScanSettings {
+                nav_shape: nav,
+                dwell_time_s: dwell_s,
+                flyback_s: 0.0,
+                trigger: TriggerOutput::Pixel,
+                region_origin: None,
+            },
+            "cancel",
+        );
+        r.pipeline = cancellable_counting_pipeline();
+        r
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let frames = nav.len() as u64;
+    rt.block_on(async {
+        let mut inst = Instrument::start(spec).await.expect("instrument");
+        let handle = inst.cancel_handle();
+        let h = handle.clone();
+        // 2000 positions of 3 ms: 6 s unless cancelled after 1 s.
+        let canceller = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            h.cancel();
+        });
+        let t0 = Instant::now();
+        let first =
+            tokio::time::timeout(Duration::from_secs(30), inst.run_acquisition(request(3e-3)))
+                .await
+                .expect("the cancelled run ended")
+                .unwrap_or_else(|f| panic!("cancelled run failed: {}", f.error));
+        let took = t0.elapsed();
+        canceller.await.expect("canceller");
+        assert_eq!(first.exit_status, ExitStatus::Cancelled, "{first:?}");
+        assert!(
+            first.frames_processed > 0 && first.frames_processed < frames,
+            "{first:?}"
+        );
+        // 1 s, then the receiver's 2 s inactivity deadline after the disarm, plus margin.
+        assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+        assert!(
+            !handle.is_requested(),
+            "the cancel request was not consumed"
+        );
+        assert_eq!(inst.state(), stemflow_core::state::AcqState::Idle);
+
+        let second =
+            tokio::time::timeout(Duration::from_secs(30), inst.run_acquisition(request(2e-4)))
+                .await
+                .expect("the second run ended")
+                .unwrap_or_else(|f| panic!("run after the cancel failed: {}", f.error));
+        assert_eq!(second.exit_status, ExitStatus::Completed, "{second:?}");
+        assert_eq!(second.frames_processed, frames, "{second:?}");
+        inst.shutdown().await;
+    });
+    drop(merlin);
+}
