@@ -628,10 +628,9 @@ pub fn queue(args: &QueueArgs) -> Result<()> {
     };
     let control = Control::default();
     let _watch = control_file(&args.out, &control)?;
-    // The running acquisition is not cut short: a cancelled acquisition that was a unit's
-    // last step would be journaled as a completed unit and skipped on --resume. The queue
-    // stops at the next checkpoint, the unit then journaled `stopped` (re-run on resume).
-    let interrupted = interrupt_on_ctrl_c(&exec, &control, false);
+    // The running acquisition is cancelled (its frames so far recorded as `cancelled`) and
+    // its unit journaled `stopped`, so `--resume` runs that unit again.
+    let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
     let (exec, r) = run_queue(&q, Box::new(exec), &defaults, &opts, control);
     drop(exec);
     if interrupted.load(Ordering::SeqCst) {

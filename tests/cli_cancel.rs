@@ -304,6 +304,74 @@ fn ctrl_c_cancels_a_live_simulated_scan() {
     assert!(out.join("scan.h5").is_file(), "recording not finished");
 }
 
+/// `queue`: SIGINT while a unit's scan runs → that acquisition is cancelled, not waited
+/// for (96 × 96 positions of 2 ms would take 18 s), exit 130, the unit journaled `stopped`
+/// with its run `cancelled` (so `--resume` runs it again), and the next unit never starts.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_cancels_a_queue_unit_and_journals_it_stopped() {
+    let dir = ScratchDir::new("cancel-queue");
+    let q = dir.path().join("q.toml");
+    std::fs::write(
+        &q,
+        "[[item]]\nname = \"long\"\nplan = \"stem_4d_scan\"\nnav_shape = \"96x96\"\n\
+         dwell_time_s = 0.002\n[[item]]\nname = \"after\"\nplan = \"stem_4d_scan\"\n\
+         nav_shape = \"4x4\"\n",
+    )
+    .expect("writing the queue");
+    let out = dir.path().join("out");
+    let journal = out.join("journal.jsonl");
+    let mut cmd = stemflow();
+    cmd.arg("queue").arg(&q).arg("--out").arg(&out);
+    let mut child = Running::spawn(&mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&journal).is_ok_and(|j| j.contains("\"run_start\"")) {
+        assert!(
+            Instant::now() < deadline && child.exited().is_none(),
+            "the unit never started:\nstderr:\n{}",
+            tail(&child.stderr(), 3000)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(child.exited().is_none(), "queue ended before the Ctrl-C");
+    let sent = Instant::now();
+    child.sigint();
+    let status = child.wait_timeout(EXIT_DEADLINE).unwrap_or_else(|| {
+        panic!(
+            "queue still running {} s after Ctrl-C:\nstderr:\n{}",
+            EXIT_DEADLINE.as_secs(),
+            tail(&child.stderr(), 3000)
+        )
+    });
+    assert_eq!(
+        status.code(),
+        Some(CANCELLED),
+        "stderr:\n{}",
+        tail(&child.stderr(), 3000)
+    );
+    assert!(
+        sent.elapsed() < Duration::from_secs(12),
+        "the scan was waited for: {:?} after Ctrl-C",
+        sent.elapsed()
+    );
+    let recs: Vec<Value> = std::fs::read_to_string(&journal)
+        .expect("journal")
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let end = recs
+        .iter()
+        .find(|r| r["event"] == "run_end" && r["key"] == "000:long")
+        .unwrap_or_else(|| panic!("no run_end for the unit: {recs:#?}"));
+    assert_eq!(end["status"], "stopped", "{end:#}");
+    assert_eq!(end["runs"][0]["exit_status"], "cancelled", "{end:#}");
+    assert!(
+        !recs.iter().any(|r| r["key"] == "001:after"),
+        "the next unit started: {recs:#?}"
+    );
+}
+
 /// `--snapshot-interval-ms 0` is refused before anything runs, with a message naming the
 /// option and the limit.
 #[test]

@@ -601,7 +601,8 @@ impl Session {
     /// [`take_outcomes`](Self::take_outcomes).
     ///
     /// # Errors
-    /// Checkpoint errors or [`ExecError::Acquisition`] (its outcome is kept too).
+    /// Checkpoint errors, [`ExecError::Acquisition`] (its outcome is kept too), or
+    /// [`SequenceError::Aborted`] when the acquisition ended cancelled (its outcome is kept).
     pub fn acquire(&mut self, mut acq: PlanAcquisition) -> Result<RunOutcome, SequenceError> {
         self.checkpoint()?;
         if acq.output.is_none()
@@ -633,6 +634,12 @@ impl Session {
         match self.exec.acquire(&acq) {
             Ok(o) => {
                 self.outcomes.push(o.clone());
+                if o.exit_status == "cancelled" {
+                    // The user cancelled it (Ctrl-C): the sequence must not go on as if it
+                    // had completed; a queue would journal the unit done and skip it on
+                    // resume.
+                    return Err(SequenceError::Aborted);
+                }
                 Ok(o)
             }
             Err(e) => {
@@ -709,6 +716,8 @@ pub struct FakeExecutor {
     pub state: Arc<Mutex<MicroscopeState>>,
     /// Seconds each acquisition takes.
     pub acquire_s: f64,
+    /// Acquisition labels that end cancelled (as after a user's Ctrl-C): half the frames.
+    pub cancel_labels: Vec<String>,
 }
 
 impl Default for FakeExecutor {
@@ -730,6 +739,7 @@ impl Default for FakeExecutor {
                 beam_blanked: false,
             })),
             acquire_s: 0.0,
+            cancel_labels: Vec::new(),
         }
     }
 }
@@ -765,6 +775,11 @@ impl Executor for FakeExecutor {
             *n = n.saturating_sub(1);
             f
         });
+        if self.cancel_labels.contains(&acq.label) {
+            o.exit_status = "cancelled".into();
+            o.frames_received = frames / 2;
+            return Ok(o);
+        }
         if self.fail_labels.contains(&acq.label) || forced.unwrap_or(false) {
             o.exit_status = "fault".into();
             o.frames_received = 0;
@@ -888,6 +903,33 @@ mod tests {
                 "acquire defocus 10.0 nm 4x4"
             ]
         );
+    }
+
+    #[test]
+    fn a_cancelled_acquisition_aborts_the_sequence_and_keeps_its_outcome() {
+        let p = Plan::DefocusSeries(DefocusSeriesPlan {
+            scan: scan(),
+            defocus_m: vec![-1e-8, 1e-8],
+        });
+        let fake = FakeExecutor {
+            cancel_labels: vec!["defocus -10.0 nm".into()],
+            ..Default::default()
+        };
+        let mut s = Session::new(Box::new(fake.clone()), Control::default(), None);
+        let e = s.run_steps(&p.steps().unwrap(), &mut NoHooks).unwrap_err();
+        assert!(matches!(e, SequenceError::Aborted), "{e}");
+        // The second defocus never ran; the cancelled run's outcome is kept.
+        assert_eq!(
+            fake.calls(),
+            vec![
+                "microscope defocus -10.0 nm",
+                "acquire defocus -10.0 nm 4x4"
+            ]
+        );
+        let outs = s.take_outcomes();
+        assert_eq!(outs.len(), 1);
+        assert_eq!(outs[0].exit_status, "cancelled");
+        assert_eq!(outs[0].frames_received, 8);
     }
 
     #[test]

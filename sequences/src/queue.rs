@@ -1052,6 +1052,60 @@ mod tests {
     }
 
     #[test]
+    fn a_cancelled_acquisition_stops_the_queue_and_resume_runs_its_unit_again() {
+        let s = Scratch::new("cancel");
+        let q = parse(
+            "[[item]]\nname = \"first\"\nplan = \"stem_4d_scan\"\n\
+             [[item]]\nname = \"d\"\nplan = \"dark_reference\"\non_error = \"retry\"\nretries = 2\n\
+             [[item]]\nname = \"last\"\nplan = \"stem_4d_scan\"",
+        )
+        .unwrap();
+        // The dark reference (its unit's last step) ends cancelled, as after Ctrl-C: no
+        // retry, the unit is journaled stopped, not completed, and the queue ends.
+        let fake = FakeExecutor {
+            cancel_labels: vec!["dark".into()],
+            ..Default::default()
+        };
+        run(&q, &fake, &s.0, false).unwrap_err();
+        let acquires: Vec<_> = fake
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("acquire"))
+            .collect();
+        assert_eq!(acquires, vec!["acquire scan 4x4", "acquire dark 4x4"]);
+        let recs = Journal::read(&s.0.join("journal.jsonl")).unwrap();
+        let ends: Vec<_> = recs
+            .iter()
+            .filter(|r| r.event == JournalEvent::RunEnd)
+            .map(|r| (r.key.clone().unwrap(), r.status.unwrap()))
+            .collect();
+        assert_eq!(
+            ends,
+            vec![
+                ("000:first".into(), UnitStatus::Completed),
+                ("001:d".into(), UnitStatus::Stopped)
+            ]
+        );
+        let stopped = recs
+            .iter()
+            .find(|r| r.key.as_deref() == Some("001:d") && r.event == JournalEvent::RunEnd)
+            .unwrap();
+        assert_eq!(stopped.runs[0].exit_status, "cancelled");
+        // Resume: the cancelled unit runs again, then the rest.
+        let fake2 = FakeExecutor::default();
+        let rep = run(&q, &fake2, &s.0, true).unwrap();
+        assert_eq!((rep.already_done, rep.completed), (1, 2));
+        assert_eq!(
+            fake2
+                .calls()
+                .into_iter()
+                .filter(|c| c.starts_with("acquire"))
+                .collect::<Vec<_>>(),
+            vec!["acquire dark 4x4", "acquire scan 4x4"]
+        );
+    }
+
+    #[test]
     fn a_stuck_setting_fails_the_unit_naming_setting_requested_actual() {
         let s = Scratch::new("stuck");
         let q = parse(
