@@ -74,6 +74,12 @@ pub fn print_summary(r: &RunRecord) {
         "frames           {} expected, {} received, {} lost, {} damaged, {} processed",
         r.frames_expected, r.frames_received, r.frames_lost, r.frames_damaged, r.frames_processed
     );
+    if r.frames_not_acquired > 0 {
+        println!(
+            "not acquired     {} (the run was cancelled before those positions)",
+            r.frames_not_acquired
+        );
+    }
     println!(
         "data             {mb:.1} MB in {:.2} s ({rate:.0} frames/s overall)",
         r.duration_s

@@ -115,8 +115,13 @@ pub struct RunRecord {
     pub frames_expected: u64,
     /// Frames received intact.
     pub frames_received: u64,
-    /// Frames lost.
+    /// Frames lost: never received, though the detector produced them (or, in a
+    /// cancelled run, missing before the last frame that arrived).
     pub frames_lost: u64,
+    /// In a cancelled run: scan positions after the last frame that arrived, never
+    /// acquired because the run was stopped (not lost; their validity code stays 0).
+    #[serde(default)]
+    pub frames_not_acquired: u64,
     /// Frames damaged.
     pub frames_damaged: u64,
     /// Frames processed by the pipeline.
@@ -486,6 +491,7 @@ impl Instrument {
             frames_expected: ctx.expected,
             frames_received: ctx.end.as_ref().map_or(0, |e| e.received),
             frames_lost: ctx.end.as_ref().map_or(0, |e| e.lost),
+            frames_not_acquired: ctx.not_acquired,
             frames_damaged: ctx.end.as_ref().map_or(0, |e| e.damaged),
             frames_processed: ctx.frames_processed,
             bytes_processed: ctx.frames_processed * ctx.bytes_per_frame,
@@ -865,6 +871,17 @@ impl Instrument {
             }
             end.validity.mark(i, FrameStatus::Damaged);
         }
+        if output.cancelled {
+            // Stopped before the scan ended: the positions after the last frame that arrived
+            // were never acquired, so they are not lost; gaps before it are.
+            let v = &end.validity;
+            let span = (0..v.len())
+                .rev()
+                .find(|&i| v.status(i) != FrameStatus::Missing)
+                .map_or(0, |i| i + 1);
+            ctx.not_acquired = (v.len() - span) as u64;
+            end.lost = end.lost.saturating_sub(ctx.not_acquired);
+        }
         ctx.end = Some(end.clone());
         let lost_now = end.lost + end.damaged;
         self.status.send_modify(|s| s.frames_lost = lost_now);
@@ -890,6 +907,7 @@ impl Instrument {
                 "frames_expected": ctx.expected,
                 "frames_received": end.received,
                 "frames_lost": end.lost,
+                "frames_not_acquired": ctx.not_acquired,
                 "frames_damaged": end.damaged,
                 "frames_processed": output.frames_processed,
                 "end_reason": end.reason,
@@ -1045,6 +1063,8 @@ struct RunContext {
     scan_started: bool,
     cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
     end: Option<AcquisitionEnd>,
+    /// Cancelled runs: positions after the last frame that arrived.
+    not_acquired: u64,
     metadata: RunMetadata,
     output_file: Option<PathBuf>,
     results: Vec<stemflow_core::result::UdfResults>,
