@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use stemflow_core::NavShape;
 
@@ -68,6 +68,12 @@ pub struct RunArgs {
     /// Blank the beam when the sequence ends (every exit path).
     #[arg(long)]
     pub blank_beam_on_cleanup: bool,
+    /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
+    /// a free one), across every acquisition: `/` a page of the images, `/status.json`,
+    /// `/result/<udf>/<buffer>.png`. The bound address is printed to stderr as
+    /// `live view: http://ADDR/`.
+    #[arg(long, value_name = "ADDR")]
+    pub live_view: Option<SocketAddr>,
     /// Simulated-instrument fault: this microscope setting (e.g. `defocus_m`) does not take.
     #[arg(long)]
     pub sim_stuck_setting: Option<String>,
@@ -107,6 +113,12 @@ pub struct QueueArgs {
     /// to 0.1 nA from START_S for DURATION_S after the start, written `START_S:DURATION_S`.
     #[arg(long)]
     pub sim_beam_dip: Option<String>,
+    /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
+    /// a free one), across every acquisition: `/` a page of the images, `/status.json`,
+    /// `/result/<udf>/<buffer>.png`. The bound address is printed to stderr as
+    /// `live view: http://ADDR/`.
+    #[arg(long, value_name = "ADDR")]
+    pub live_view: Option<SocketAddr>,
 }
 
 /// Which reductions a run computes, over which scan positions and how often it shows them
@@ -184,6 +196,11 @@ pub struct SimulateArgs {
     /// Do not record raw frames (results and images are still written).
     #[arg(long)]
     pub no_raw: bool,
+    /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
+    /// a free one): `/` a page of the images, `/status.json`, `/result/<udf>/<buffer>.png`.
+    /// The bound address is printed to stderr as `live view: http://ADDR/`.
+    #[arg(long, value_name = "ADDR")]
+    pub live_view: Option<SocketAddr>,
     #[command(flatten)]
     pub reductions: ReductionArgs,
 }
@@ -271,6 +288,11 @@ pub struct AcquireArgs {
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
+    /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
+    /// a free one): `/` a page of the images, `/status.json`, `/result/<udf>/<buffer>.png`.
+    /// The bound address is printed to stderr as `live view: http://ADDR/`.
+    #[arg(long, value_name = "ADDR")]
+    pub live_view: Option<SocketAddr>,
     #[command(flatten)]
     pub reductions: ReductionArgs,
 }

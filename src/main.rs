@@ -10,6 +10,7 @@
 mod bench;
 mod bench_dectris;
 mod cli;
+mod live_view;
 mod offline;
 mod output;
 mod pipeline;

@@ -212,6 +212,18 @@ fn file_part(name: &str) -> String {
         .collect()
 }
 
+/// How a nav result is mapped to grey for its PNG (files and the live view alike): centred
+/// on zero at the 99th percentile of |value| when any value is negative (CoM shifts,
+/// divergence, curl), else the 0.5–99.5 % range.
+pub fn scaling_for(data: &[f64]) -> stemflow_recording::png::Scaling {
+    use stemflow_recording::png::Scaling;
+    if data.iter().any(|v| *v < 0.0) {
+        Scaling::Diverging { percentile: 99.0 }
+    } else {
+        Scaling::default()
+    }
+}
+
 /// Writes a PNG image `<udf>_<buffer>.png` of every 2-D nav result (shape
 /// `[nav_rows, nav_cols]`; e.g. `virtual_bf.png`, `com_x.png`). Signed maps (any negative
 /// value, e.g. CoM x/y) are scaled symmetrically about zero, the others between
@@ -224,7 +236,7 @@ pub fn write_images(
     results: &[UdfResults],
     nav: Option<NavShape>,
 ) -> Result<Vec<PathBuf>> {
-    use stemflow_recording::png::{Scaling, write_png_image};
+    use stemflow_recording::png::write_png_image;
     let Some(nav) = nav else { return Ok(vec![]) };
     let mut written = Vec::new();
     for r in results {
@@ -235,11 +247,7 @@ pub fn write_images(
             {
                 continue;
             }
-            let scaling = if b.data.iter().any(|v| *v < 0.0) {
-                Scaling::Diverging { percentile: 99.0 }
-            } else {
-                Scaling::default()
-            };
+            let scaling = scaling_for(&b.data);
             let p = out.join(format!("{}_{}.png", file_part(&r.udf), file_part(&b.name)));
             write_png_image(&p, &b.data, (nav.rows, nav.cols), scaling)
                 .with_context(|| format!("writing {}", p.display()))?;

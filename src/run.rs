@@ -481,22 +481,40 @@ pub fn simulate(args: &SimulateArgs) -> Result<()> {
         nav_from_detector: false,
     };
     let rt = runtime()?;
-    let result = rt.block_on(run_one(spec, req));
+    let result = rt.block_on(run_one(spec, req, args.live_view));
     drop(sim);
     finish(result, &args.out, &geometry)
 }
 
+/// Runs `req` on a new instrument of `spec`, with the progress view on stderr and, with
+/// `live_view`, the HTTP live view (see `crate::live_view`) on that address. The live view
+/// task stays on the caller's runtime, so it keeps serving the final results while they
+/// are written, until the runtime is dropped when the command returns.
 async fn run_one(
     spec: InstrumentSpec,
     req: AcquisitionRequest,
+    live_view: Option<SocketAddr>,
 ) -> Result<(
     Result<RunRecord, RunFailure>,
     Arc<stemflow_actors::processing::LiveSnapshot>,
 )> {
+    // Bound first: a busy address fails the command before the instrument moves.
+    let live = match live_view {
+        Some(addr) => {
+            let lv = crate::live_view::LiveView::bind(addr).await?;
+            eprintln!("live view: http://{}/", lv.local_addr());
+            Some(lv)
+        }
+        None => None,
+    };
     let mut inst = Instrument::start(spec)
         .await
         .map_err(|e| anyhow::anyhow!(e))
         .context("starting the instrument")?;
+    if let Some(lv) = live {
+        // Not awaited: the server ends with the runtime, not with the run.
+        drop(lv.serve(inst.status()));
+    }
     // The first Ctrl-C cancels the acquisition through the orchestrator (pipeline
     // cancelled, scan stopped, detector disarmed, recording finished as `cancelled`).
     let cancel = inst.cancel_handle();
@@ -651,6 +669,6 @@ pub fn acquire(args: &AcquireArgs) -> Result<()> {
         nav_from_detector: args.nav_shape.is_none(),
     };
     let rt = runtime()?;
-    let result = rt.block_on(run_one(spec, req));
+    let result = rt.block_on(run_one(spec, req, args.live_view));
     finish(result, &args.out, &Geometry::default())
 }

@@ -402,8 +402,19 @@ fn start_instrument(
     beam_dip: Option<&str>,
     record_raw: bool,
     reductions: Reductions,
+    live_view: Option<std::net::SocketAddr>,
 ) -> Result<SimExecutor> {
     let (mut exec, _) = SimExecutor::start(profile, faults(stuck)?, record_raw)?;
+    if let Some(addr) = live_view {
+        let lv = exec.rt.block_on(crate::live_view::LiveView::bind(addr))?;
+        eprintln!("live view: http://{}/", lv.local_addr());
+        if let Some(inst) = &exec.inst {
+            // Spawned on the executor's runtime; it serves every acquisition of the
+            // sequence and ends with the runtime.
+            let _rt = exec.rt.enter();
+            drop(lv.serve(inst.status()));
+        }
+    }
     exec.beam_dip = beam_dip.map(parse_dip).transpose()?;
     exec.reductions = std::sync::Arc::new(reductions);
     let optics = profile_optics(profile);
@@ -521,6 +532,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
             args.sim_beam_dip.as_deref(),
             !args.no_raw,
             reductions,
+            args.live_view,
         )?;
         let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
         let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
@@ -563,6 +575,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         args.sim_beam_dip.as_deref(),
         !args.no_raw,
         reductions,
+        args.live_view,
     )?;
     let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
     let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
@@ -621,6 +634,7 @@ pub fn queue(args: &QueueArgs) -> Result<()> {
         args.sim_beam_dip.as_deref(),
         !args.no_raw,
         reductions,
+        args.live_view,
     )?;
     let opts = QueueOptions {
         out: args.out.clone(),

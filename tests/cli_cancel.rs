@@ -306,7 +306,9 @@ fn ctrl_c_cancels_a_live_simulated_scan() {
     assert_eq!(run["frames_lost"], 0, "{run:#}");
     let received = run["frames_received"].as_u64().expect("frames_received");
     let damaged = run["frames_damaged"].as_u64().expect("frames_damaged");
-    let not_acquired = run["frames_not_acquired"].as_u64().expect("frames_not_acquired");
+    let not_acquired = run["frames_not_acquired"]
+        .as_u64()
+        .expect("frames_not_acquired");
     assert!(not_acquired > 0, "{run:#}");
     assert_eq!(received + damaged + not_acquired, frames, "{run:#}");
     assert!(out.join("scan.h5").is_file(), "recording not finished");
