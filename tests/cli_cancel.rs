@@ -312,6 +312,16 @@ fn ctrl_c_cancels_a_live_simulated_scan() {
     assert!(not_acquired > 0, "{run:#}");
     assert_eq!(received + damaged + not_acquired, frames, "{run:#}");
     assert!(out.join("scan.h5").is_file(), "recording not finished");
+    // The recording's validity map says the same: code 3 for the positions never scanned.
+    let rec =
+        stemflow_recording::reader::open_recording(out.join("scan.h5")).expect("opening scan.h5");
+    let v = rec.validity().expect("validity map");
+    assert_eq!(v.not_acquired() as u64, not_acquired);
+    assert_eq!(v.missing(), 0, "lost frames in the map");
+    assert_eq!(
+        v.status(frames as usize - 1),
+        stemflow_core::validity::FrameStatus::NotAcquired
+    );
 }
 
 /// `queue`: SIGINT while a unit's scan runs → that acquisition is cancelled, not waited

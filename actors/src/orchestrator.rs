@@ -119,7 +119,7 @@ pub struct RunRecord {
     /// cancelled run, missing before the last frame that arrived).
     pub frames_lost: u64,
     /// In a cancelled run: scan positions after the last frame that arrived, never
-    /// acquired because the run was stopped (not lost; their validity code stays 0).
+    /// acquired because the run was stopped (not lost; validity code 3).
     #[serde(default)]
     pub frames_not_acquired: u64,
     /// Frames damaged.
@@ -874,12 +874,7 @@ impl Instrument {
         if output.cancelled {
             // Stopped before the scan ended: the positions after the last frame that arrived
             // were never acquired, so they are not lost; gaps before it are.
-            let v = &end.validity;
-            let span = (0..v.len())
-                .rev()
-                .find(|&i| v.status(i) != FrameStatus::Missing)
-                .map_or(0, |i| i + 1);
-            ctx.not_acquired = (v.len() - span) as u64;
+            ctx.not_acquired = end.validity.mark_not_acquired_after_last() as u64;
             end.lost = end.lost.saturating_sub(ctx.not_acquired);
         }
         ctx.end = Some(end.clone());

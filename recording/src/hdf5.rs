@@ -832,6 +832,12 @@ fn write_validity(w: &Writer, validity: &FrameValidity) -> Result<(), RecordingE
     set_attr(v, p, "frames_received", &(validity.received() as u64))?;
     set_attr(v, p, "frames_lost", &(validity.missing() as u64))?;
     set_attr(v, p, "frames_damaged", &(validity.damaged() as u64))?;
+    set_attr(
+        v,
+        p,
+        "frames_not_acquired",
+        &(validity.not_acquired() as u64),
+    )?;
     set_attr_str(v, p, "state", "final: the acquisition's validity map")?;
     Ok(())
 }

@@ -28,7 +28,7 @@ pub const RUN_RECORD_JSON: &str = "/entry/run_record_json";
 pub const COMPLETE_ATTR: &str = "recording_complete";
 
 /// What the validity codes mean; stored as the `codes` attribute of [`VALIDITY`].
-pub const VALIDITY_CODES: &str = "0 = lost (never received), 1 = received, 2 = damaged (received but not decodable; pixels are zero)";
+pub const VALIDITY_CODES: &str = "0 = lost (never received), 1 = received, 2 = damaged (received but not decodable; pixels are zero), 3 = not acquired (the run was cancelled before this position; pixels are zero)";
 
 /// Chunk size aimed at when the caller does not choose `frames_per_chunk`: large enough
 /// that HDF5's per-chunk overhead vanishes, small enough that a reader fetching one scan

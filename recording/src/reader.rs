@@ -163,7 +163,7 @@ impl RecordingReader {
     ///
     /// # Errors
     /// [`RecordingError::Hdf5`]; [`RecordingError::Layout`] for a wrong shape or a code
-    /// other than 0, 1, 2.
+    /// other than 0, 1, 2, 3.
     pub fn validity(&self) -> Result<FrameValidity, RecordingError> {
         let p = &self.path;
         let ds = self.file.dataset(layout::VALIDITY).map_err(h5(
@@ -185,6 +185,7 @@ impl RecordingReader {
                 0 => continue,
                 1 => FrameStatus::Received,
                 2 => FrameStatus::Damaged,
+                3 => FrameStatus::NotAcquired,
                 other => {
                     return Err(RecordingError::Layout {
                         path: p.clone(),

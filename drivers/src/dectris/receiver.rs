@@ -592,7 +592,7 @@ impl Acquisition {
         match status {
             FrameStatus::Received => self.received += 1,
             FrameStatus::Damaged => self.damaged += 1,
-            FrameStatus::Missing => {}
+            FrameStatus::Missing | FrameStatus::NotAcquired => {}
         }
     }
 
