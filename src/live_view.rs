@@ -227,23 +227,18 @@ async fn status_json(State(view): State<watch::Receiver<View>>) -> Response {
 /// The `/status.json` document of `v`.
 fn status_body(v: &View) -> String {
     let s = &v.status;
-    let results: Vec<serde_json::Value> = s
-        .snapshot
-        .results
-        .iter()
-        .flat_map(|r| {
-            r.buffers.iter().map(move |b| {
-                serde_json::json!({
-                    "udf": r.udf,
-                    "buffer": b.name,
-                    "shape": b.shape,
-                    "unit": b.unit,
-                    "finite": b.data.iter().filter(|x| x.is_finite()).count(),
-                    "image": is_image(b).then(|| image_url(&r.udf, &b.name)),
-                })
-            })
-        })
-        .collect();
+    // The same entries as `run.json`'s results, plus each 2-D nav result's image URL.
+    let mut results = crate::output::results_index(&s.snapshot.results);
+    if let Some(entries) = results.as_array_mut() {
+        let buffers = s.snapshot.results.iter().flat_map(|r| {
+            r.buffers
+                .iter()
+                .map(move |b| is_image(b).then(|| image_url(&r.udf, &b.name)))
+        });
+        for (e, image) in entries.iter_mut().zip(buffers) {
+            e["image"] = serde_json::json!(image);
+        }
+    }
     serde_json::json!({
         // The snapshot's own count, consistent with its results (the status count lags the
         // final snapshot by up to one orchestrator tick).
