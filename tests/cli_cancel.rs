@@ -8,12 +8,12 @@
 
 mod common;
 
-use common::scratch::{ScratchDir, tail};
+use common::process::{ChildGuard, LogTap};
+use common::scratch::{ScratchDir, slow_simulated_profile, tail};
 use serde_json::Value;
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The exit status of a command cancelled by Ctrl-C.
@@ -27,60 +27,33 @@ fn stemflow() -> Command {
     Command::new(env!("CARGO_BIN_EXE_stemflow"))
 }
 
-/// A `stemflow` child with its stdout and stderr collected on background threads; killed
-/// and reaped when dropped (the tests' own guard: this one must signal the child itself).
+/// A `stemflow` child ([`ChildGuard`]: killed and reaped when dropped) with its stdout and
+/// stderr collected.
 struct Running {
-    child: Child,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-fn collect(pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let text = Arc::new(Mutex::new(String::new()));
-    let sink = Arc::clone(&text);
-    std::thread::spawn(move || {
-        let mut pipe = pipe;
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            let mut t = sink.lock().unwrap_or_else(|e| e.into_inner());
-            t.push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    text
+    guard: ChildGuard,
+    stdout: LogTap,
+    stderr: LogTap,
 }
 
 impl Running {
     fn spawn(cmd: &mut Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting stemflow");
-        let stdout = collect(child.stdout.take().expect("piped stdout"));
-        let stderr = collect(child.stderr.take().expect("piped stderr"));
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut guard = ChildGuard::spawn("stemflow", cmd);
+        let stdout = guard.tap_stdout();
+        let stderr = guard.tap_stderr();
         Self {
-            child,
+            guard,
             stdout,
             stderr,
         }
     }
 
     fn stdout(&self) -> String {
-        self.stdout
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.stdout.text()
     }
 
     fn stderr(&self) -> String {
-        self.stderr
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.stderr.text()
     }
 
     /// Waits at most `timeout` until `find` is true of stdout + stderr or the child exits.
@@ -98,39 +71,19 @@ impl Running {
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.guard.try_status()
     }
 
     fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(s) = self.exited() {
-                // Let the reader threads take the last output.
-                std::thread::sleep(Duration::from_millis(100));
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let s = self.guard.wait_timeout(timeout)?;
+        // Let the reader threads take the last output.
+        std::thread::sleep(Duration::from_millis(100));
+        Some(s)
     }
 
-    /// Ctrl-C: SIGINT to the child.
     #[cfg(unix)]
     fn sigint(&self) {
-        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
-        // SAFETY: kill(2) on the pid of our child, which is not yet reaped (we hold it); it
-        // touches no memory of ours.
-        let rc = unsafe { libc::kill(pid, libc::SIGINT) };
-        assert_eq!(rc, 0, "kill -INT {pid} failed");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.guard.sigint();
     }
 }
 
@@ -246,18 +199,7 @@ fn ctrl_c_cancels_process_and_writes_the_results_so_far() {
 #[test]
 fn ctrl_c_cancels_a_live_simulated_scan() {
     let dir = ScratchDir::new("cancel-live");
-    let profile = dir.path().join("slow.toml");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/profiles/simulated.toml"
-    ))
-    .expect("reading the simulated profile");
-    assert!(text.contains("dwell_time_s = 0.0005"));
-    std::fs::write(
-        &profile,
-        text.replace("dwell_time_s = 0.0005", "dwell_time_s = 0.002"),
-    )
-    .expect("writing the profile");
+    let profile = slow_simulated_profile(dir.path(), "0.002");
     let out = dir.path().join("out");
     let mut cmd = stemflow();
     cmd.args(["--nav-shape", "96x96", "--no-raw"])

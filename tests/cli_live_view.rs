@@ -7,7 +7,7 @@
 mod common;
 
 use common::process::ChildGuard;
-use common::scratch::{ScratchDir, tail};
+use common::scratch::{ScratchDir, slow_simulated_profile, tail};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -138,18 +138,7 @@ fn png_size(bytes: &[u8]) -> (u32, u32) {
 #[test]
 fn live_view_serves_partial_results_during_a_simulated_scan() {
     let dir = ScratchDir::new("live-view");
-    let profile = dir.path().join("slow.toml");
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/profiles/simulated.toml"
-    ))
-    .expect("reading the simulated profile");
-    assert!(text.contains("dwell_time_s = 0.0005"));
-    std::fs::write(
-        &profile,
-        text.replace("dwell_time_s = 0.0005", "dwell_time_s = 0.0015"),
-    )
-    .expect("writing the profile");
+    let profile = slow_simulated_profile(dir.path(), "0.0015");
     let out = dir.path().join("out");
     let (rows, cols) = (48u32, 64u32);
     let expected = u64::from(rows * cols);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{random_frames, tiles};
+use common::{buffer, random_frames, tiles};
 use std::convert::Infallible;
 use std::sync::atomic::AtomicBool;
 use stemflow_core::{DType, NavShape, SigShape};
@@ -39,15 +39,6 @@ fn run(
         &AtomicBool::new(false),
     )
     .expect("run succeeds")
-}
-
-fn buffer<'a>(s: &'a RunSummary, udf: &str, name: &str) -> &'a [f64] {
-    &s.results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(name))
-        .unwrap_or_else(|| panic!("no buffer {udf}/{name}"))
-        .data
 }
 
 /// The distance from `(cx, cy)` to the centre of pixel `(x, y)`.

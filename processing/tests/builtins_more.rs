@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{random_frames, tiles};
+use common::{buffer, random_frames, tiles};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -41,15 +41,6 @@ fn run(
         &AtomicBool::new(false),
     )
     .expect("run succeeds")
-}
-
-fn buffer<'a>(s: &'a RunSummary, udf: &str, name: &str) -> &'a [f64] {
-    &s.results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(name))
-        .unwrap_or_else(|| panic!("no buffer {udf}/{name}"))
-        .data
 }
 
 #[test]

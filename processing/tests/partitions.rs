@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{assert_identical, random_frames, raw_stacks};
+use common::{assert_identical, buffer, config, random_frames, raw_stacks};
 use crossbeam_channel::bounded;
 use std::convert::Infallible;
 use std::path::Path;
@@ -21,21 +21,6 @@ use stemflow_processing::{
     NpyDataSet, PartitionMonitorUdf, RunConfig, RunSummary, Snapshot, SumSigUdf, SumUdf,
     run_dataset, run_live, run_tiles,
 };
-
-fn buffer<'a>(results: &'a [UdfResults], udf: &str, name: &str) -> &'a [f64] {
-    &results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(name))
-        .unwrap_or_else(|| panic!("no buffer {udf}/{name}"))
-        .data
-}
-
-fn config(nav: NavShape, sig: SigShape, dtype: DType, threads: usize) -> RunConfig {
-    let mut cfg = RunConfig::new(nav, sig, dtype);
-    cfg.threads = Some(threads);
-    cfg
-}
 
 /// Frames `first..first + n` of `frames` as one tile of `dtype`.
 fn tile_of(frames: &[Vec<u64>], first: usize, n: usize, sig: SigShape, dtype: DType) -> Tile {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{assert_identical, raw_stacks};
+use common::{assert_identical, buffer, data, raw_stacks, run_on};
 use crossbeam_channel::bounded;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -17,26 +17,9 @@ use stemflow_processing::io::ByteOrder;
 use stemflow_processing::udf::Udf;
 use stemflow_processing::{
     DataSet, Hdf5DataSet, Mask, MasksUdf, NpyDataSet, PickUdf, RadialProfileParams,
-    RadialProfileUdf, RawDataSet, RawSpec, Roi, RunConfig, RunSummary, StatsUdf, run_dataset,
-    run_live, standard_udfs,
+    RadialProfileUdf, RawDataSet, RawSpec, Roi, RunConfig, StatsUdf, run_dataset, run_live,
+    standard_udfs,
 };
-
-fn data(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")).join(rel)
-}
-
-fn buffer<'a>(s: &'a RunSummary, udf: &str, name: &str) -> &'a [f64] {
-    &s.results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(name))
-        .unwrap_or_else(|| panic!("no buffer {udf}/{name}"))
-        .data
-}
-
-fn run_on(ds: &mut dyn DataSet, cfg: &RunConfig, udfs: &[Box<dyn Udf>]) -> RunSummary {
-    run_dataset(ds, udfs, cfg, None, &mut |_| {}, &AtomicBool::new(false)).expect("run")
-}
 
 /// `(header bytes, dtype)` from a MIB file's first MQ1 header (fields 3 and 7,
 /// protocols.md §1).

@@ -4,6 +4,9 @@
 //! statistics against a two-pass reference, the signal and partition monitors, and the
 //! record UDF's `.npy` file parsed here byte by byte.
 
+mod common;
+
+use common::{buffer, config, data, run_on};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -12,36 +15,13 @@ use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::io::ByteOrder;
 use stemflow_processing::udf::Udf;
 use stemflow_processing::{
-    ComParams, ComUdf, DataSet, NpyDataSet, PartitionMonitorUdf, RawDataSet, RawSpec, RecordUdf,
-    Roi, RunConfig, RunSummary, SignalMonitorUdf, StatsUdf, run_dataset, run_tiles,
+    ComParams, ComUdf, NpyDataSet, PartitionMonitorUdf, RawDataSet, RawSpec, RecordUdf, Roi,
+    RunSummary, SignalMonitorUdf, StatsUdf, run_tiles,
 };
-
-fn data(rel: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")).join(rel)
-}
 
 /// The DECTRIS capture's decoded frames: (16, 16, 256, 256) little-endian u16.
 fn dectris_npy() -> PathBuf {
     data("dectris/stream-v1/synthetic_16x16_256_u16.npy")
-}
-
-fn buffer<'a>(s: &'a RunSummary, udf: &str, name: &str) -> &'a [f64] {
-    &s.results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(name))
-        .unwrap_or_else(|| panic!("no buffer {udf}/{name}"))
-        .data
-}
-
-fn run_on(ds: &mut dyn DataSet, cfg: &RunConfig, udfs: &[Box<dyn Udf>]) -> RunSummary {
-    run_dataset(ds, udfs, cfg, None, &mut |_| {}, &AtomicBool::new(false)).expect("run")
-}
-
-fn config(nav: NavShape, sig: SigShape, dtype: DType, threads: usize) -> RunConfig {
-    let mut cfg = RunConfig::new(nav, sig, dtype);
-    cfg.threads = Some(threads);
-    cfg
 }
 
 /// A `.npy` file as parsed here (format version 1–3, C or Fortran order flag, raw data).

@@ -98,6 +98,19 @@ impl ChildGuard {
         LogTap::start(&self.name, stdout)
     }
 
+    /// Ctrl-C: sends SIGINT to the child itself (not its group).
+    ///
+    /// # Panics
+    /// When kill(2) fails, naming the pid.
+    #[cfg(unix)]
+    pub fn sigint(&self) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
+        // SAFETY: kill(2) on the pid of our child, not yet reaped (we hold it); it touches
+        // no memory of ours.
+        let rc = unsafe { libc::kill(pid, libc::SIGINT) };
+        assert_eq!(rc, 0, "{}: kill -INT {pid} failed", self.name);
+    }
+
     fn kill_group(&mut self) {
         #[cfg(unix)]
         if let Ok(pgid) = i32::try_from(self.child.id()) {

@@ -64,3 +64,25 @@ pub fn tail(text: &str, max: usize) -> &str {
     }
     &text[start..]
 }
+
+/// Writes into `dir` a copy of the simulated profile (`config/profiles/simulated.toml`) with
+/// a dwell time of `dwell` (written as in TOML, e.g. `"0.002"` s) instead of 0.5 ms, for
+/// scans slow enough to be watched or interrupted; returns its path.
+///
+/// # Panics
+/// When the profile cannot be read or written, or no longer has a 0.5 ms dwell.
+pub fn slow_simulated_profile(dir: &Path, dwell: &str) -> PathBuf {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/profiles/simulated.toml"
+    ))
+    .expect("reading the simulated profile");
+    assert!(text.contains("dwell_time_s = 0.0005"));
+    let profile = dir.join("slow.toml");
+    std::fs::write(
+        &profile,
+        text.replace("dwell_time_s = 0.0005", &format!("dwell_time_s = {dwell}")),
+    )
+    .expect("writing the profile");
+    profile
+}

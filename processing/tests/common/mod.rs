@@ -1,5 +1,6 @@
 //! Helpers shared by the processing tests: synthetic frames, a big-endian u16 decoder, raw
-//! stacks, tiles, and a bitwise comparison of results.
+//! stacks, tiles, the shared data, runs over data sets, result lookup, and a bitwise
+//! comparison of results.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -152,4 +153,72 @@ pub fn assert_identical(a: &[UdfResults], b: &[UdfResults]) {
             assert!(bits_a == bits_b, "{}/{} differs", ra.udf, ba.name);
         }
     }
+}
+
+/// A file of the shared test data (`../shared/data/<rel>` beside the workspace).
+pub fn data(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")).join(rel)
+}
+
+/// What holds a run's results: a summary, or the results themselves (a snapshot's).
+pub trait HasResults {
+    /// The results, one per UDF.
+    fn udf_results(&self) -> &[UdfResults];
+}
+
+impl HasResults for stemflow_processing::RunSummary {
+    fn udf_results(&self) -> &[UdfResults] {
+        &self.results
+    }
+}
+
+impl HasResults for [UdfResults] {
+    fn udf_results(&self) -> &[UdfResults] {
+        self
+    }
+}
+
+impl HasResults for Vec<UdfResults> {
+    fn udf_results(&self) -> &[UdfResults] {
+        self
+    }
+}
+
+/// The values of buffer `name` of UDF `udf`; panics naming both when there is none.
+pub fn buffer<'a, R: HasResults + ?Sized>(r: &'a R, udf: &str, name: &str) -> &'a [f64] {
+    &r.udf_results()
+        .iter()
+        .find(|x| x.udf == udf)
+        .and_then(|x| x.buffer(name))
+        .unwrap_or_else(|| panic!("no buffer {udf}/{name}"))
+        .data
+}
+
+/// A run configuration on `threads` workers.
+pub fn config(
+    nav: stemflow_core::NavShape,
+    sig: SigShape,
+    dtype: DType,
+    threads: usize,
+) -> stemflow_processing::RunConfig {
+    let mut cfg = stemflow_processing::RunConfig::new(nav, sig, dtype);
+    cfg.threads = Some(threads);
+    cfg
+}
+
+/// Runs `udfs` over all of `ds`; panics when the run fails.
+pub fn run_on(
+    ds: &mut dyn stemflow_processing::DataSet,
+    cfg: &stemflow_processing::RunConfig,
+    udfs: &[Box<dyn stemflow_processing::udf::Udf>],
+) -> stemflow_processing::RunSummary {
+    stemflow_processing::run_dataset(
+        ds,
+        udfs,
+        cfg,
+        None,
+        &mut |_| {},
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .expect("run")
 }
