@@ -315,12 +315,16 @@ pub struct ProcessArgs {
     /// Raw: frame shape ROWSxCOLS.
     #[arg(long)]
     pub sig_shape: Option<stemflow_core::SigShape>,
-    /// Raw: pixel type (u8, u16, u32, u64).
+    /// Raw: pixel type in the file: u8, u16, u32, u64, f32, f64 (read as they are); i8,
+    /// i16 (read as float32, exactly); i32, i64 (read as float64; int64 only while every
+    /// value lies within ±2^53). NumPy's names and codes too: uint16, int16, float32, <i2,
+    /// >f4, f8, … (`u8`/`i8` are 8-bit; NumPy's `<u8` is refused as ambiguous).
     #[arg(long, default_value = "u16")]
     pub dtype: String,
-    /// Raw: byte order (little, big).
-    #[arg(long, default_value = "little")]
-    pub byte_order: String,
+    /// Raw: byte order (little, big); default: the one a NumPy-style --dtype names
+    /// (`>i2`: big), else little.
+    #[arg(long)]
+    pub byte_order: Option<String>,
     /// Raw: bytes before the first frame.
     #[arg(long, default_value_t = 0)]
     pub offset: u64,
@@ -346,11 +350,13 @@ pub enum ProcessFormat {
     /// DECTRIS HDF5 recording (`*_master.h5` with its data files; bitshuffle-LZ4 decoded
     /// by stemflow, no filter plugin needed).
     Dectris,
-    /// NumPy `.npy`, 3-D or 4-D unsigned integers.
+    /// NumPy `.npy`, 3-D or 4-D: unsigned integers, float32/float64, signed integers
+    /// (int8/int16 read as float32, int32/int64 as float64).
     Npy,
     /// Raw binary; layout from --nav-shape, --sig-shape, --dtype, --byte-order, --offset.
     Raw,
-    /// HDF5 dataset (--dataset), e.g. a stemflow recording.
+    /// HDF5 dataset (--dataset), e.g. a stemflow recording: unsigned integers,
+    /// float32/float64, signed integers (read as floats, as for npy).
     Hdf5,
 }
 

@@ -386,6 +386,7 @@ mod tests {
             results: vec![
                 UdfResults {
                     udf: "virtual bf".into(),
+                    params: String::new(),
                     buffers: vec![buffer(
                         "intensity",
                         BufferKind::Nav,
@@ -395,6 +396,7 @@ mod tests {
                 },
                 UdfResults {
                     udf: "sum".into(),
+                    params: String::new(),
                     buffers: vec![buffer("frame", BufferKind::Sig, vec![2, 2], vec![0.0; 4])],
                 },
             ],

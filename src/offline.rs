@@ -16,7 +16,7 @@ use stemflow_core::validity::FrameValidity;
 use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_drivers::dectris::master::MasterFile;
 use stemflow_drivers::merlin::MibFile;
-use stemflow_processing::io::{ByteOrder, IoError, parse_dtype};
+use stemflow_processing::io::{ByteOrder, ElementType, IoError};
 use stemflow_processing::{
     DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary, run_dataset,
 };
@@ -165,18 +165,39 @@ pub fn open_dataset(args: &ProcessArgs) -> Result<Box<dyn DataSet>> {
                     "raw files need --nav-shape and --sig-shape (and --dtype, --byte-order, --offset as they apply)"
                 );
             };
-            let dtype = parse_dtype(&args.dtype).map_err(anyhow::Error::msg)?;
-            let byte_order: ByteOrder = args.byte_order.parse().map_err(anyhow::Error::msg)?;
-            Box::new(RawDataSet::open(
+            let (element, marked) =
+                ElementType::parse_with_order(&args.dtype).map_err(anyhow::Error::msg)?;
+            let given: Option<ByteOrder> = args
+                .byte_order
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let byte_order = match (given, marked) {
+                (Some(g), Some(m)) if g != m && element.size() > 1 => {
+                    let name = |o| if o == ByteOrder::Big { "big" } else { "little" };
+                    bail!(
+                        "--dtype {} names {}-endian pixels, --byte-order says {}-endian",
+                        args.dtype,
+                        name(m),
+                        name(g)
+                    )
+                }
+                (Some(g), _) => g,
+                (None, Some(m)) => m,
+                (None, None) => ByteOrder::Little,
+            };
+            Box::new(RawDataSet::open_as(
                 path,
                 RawSpec {
                     nav_shape,
                     sig_shape,
-                    dtype,
+                    dtype: element.memory_dtype(),
                     byte_order,
                     offset: args.offset,
                     frame_header_bytes: args.frame_header_bytes,
                 },
+                element,
             )?)
         }
     };
@@ -223,6 +244,8 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
     let mut data = open_dataset(args)?;
     let nav = args.nav_shape.unwrap_or(data.nav_shape());
     let (sig, dtype) = (data.sig_shape(), data.dtype());
+    // The pixel type stored in the file (int16 for float32 frames, …), for the record.
+    let file_dtype = data.element();
     let source: PathBuf = data.path().to_path_buf();
     let frames_in_file = data.frames();
     // Built once before the recording is created, so that a spec that does not fit the
@@ -279,14 +302,22 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         "frames_expected": nav.len(),
         "frames_processed": summary.frames_processed,
         "frames_damaged": summary.damaged.len(),
+        "frames_dtype": dtype.name(),
+        "file_dtype": file_dtype.name(),
         "frames_outside_roi": summary.outside_roi,
         "source": args.path.display().to_string(),
         "reductions": reductions.spec.as_ref().map(|(p, _)| p.display().to_string()),
         "results": output::results_index(&summary.results),
+        "udfs": output::udfs_index(&summary.results),
     });
     rec.finish(&summary.results, &validity, &metadata, Some(&record))?;
+    let converted = if file_dtype.is_converted() {
+        format!(" (converted exactly from the file's {file_dtype})")
+    } else {
+        String::new()
+    };
     println!(
-        "{} {} frames of {} {} from {} in {:.2} s",
+        "{} {} frames of {} {}{converted} from {} in {:.2} s",
         if cancelled {
             "cancelled after"
         } else {

@@ -108,6 +108,7 @@ pub fn write_run_record(out: &Path, r: &RunRecord, results: &[UdfResults]) -> Re
     let mut value = serde_json::to_value(r)?;
     if let Some(map) = value.as_object_mut() {
         map.insert("results".into(), results_index(results));
+        map.insert("udfs".into(), udfs_index(results));
     }
     let text = serde_json::to_string_pretty(&value)?;
     std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
@@ -133,6 +134,19 @@ pub fn results_index(results: &[UdfResults]) -> serde_json::Value {
                     "finite": b.data.iter().filter(|v| v.is_finite()).count(),
                 })
             })
+        })
+        .collect()
+}
+
+/// Every UDF of `results` for `run.json` → `udfs`: its name and the parameters that
+/// produced its results (`UdfResults::params`, parsed; `null` for a UDF without
+/// parameters), e.g. `{"udf": "com", "params": {"cx": 128.0, "cy": 128.0, …}}`.
+pub fn udfs_index(results: &[UdfResults]) -> serde_json::Value {
+    results
+        .iter()
+        .map(|r| {
+            let params = serde_json::from_str(&r.params).unwrap_or(serde_json::Value::Null);
+            serde_json::json!({ "udf": r.udf, "params": params })
         })
         .collect()
 }
@@ -273,6 +287,7 @@ mod tests {
         };
         vec![UdfResults {
             udf: "my det".into(),
+            params: String::new(),
             buffers: vec![
                 buf(
                     "a",

@@ -308,6 +308,36 @@ fn process_with_a_spec_matches_a_naive_reference_inside_the_roi() {
         serde_json::json!([3, 3, 8])
     );
     find("stats", "std");
+    // Each UDF with the parameters that produced its results, defaults resolved.
+    let udfs = record["udfs"].as_array().expect("udfs index");
+    let params = |udf: &str| {
+        udfs.iter()
+            .find(|e| e["udf"] == udf)
+            .unwrap_or_else(|| panic!("run.json lacks udf {udf}: {udfs:?}"))["params"]
+            .clone()
+    };
+    assert_eq!(
+        params("radial"),
+        serde_json::json!({"cx": 128.0, "cy": 128.0, "bin_width": 16.0, "n_bins": 8})
+    );
+    assert_eq!(
+        params("stats"),
+        Value::Null,
+        "statistics have no parameters"
+    );
+    // The custom mask: its file and its pixels, as used.
+    let mine = &params("det")["masks"][1];
+    assert_eq!(mine["name"], "mine");
+    assert!(
+        mine["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("masks/mine.npy")),
+        "{mine:?}"
+    );
+    let pixels = (0..256 * 256)
+        .filter(|&i| custom_mask(i % 256, i / 256))
+        .count();
+    assert_eq!(mine["mask"]["pixel_count"], pixels, "{mine:?}");
     for png in ["det_tri.png", "det_mine.png", "det_bf.png"] {
         assert!(out.join(png).is_file(), "{png} missing");
     }

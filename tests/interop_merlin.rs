@@ -778,12 +778,7 @@ fn client_result(r: &Value, expected: &Expected) -> Result<Vec<String>, String> 
         })
         .collect();
     let mut bad = expected.compare(sig, &frames);
-    let want_dtype = match expected.dtype() {
-        DType::U8 => "uint8",
-        DType::U16 => "uint16",
-        DType::U32 => "uint32",
-        DType::U64 => "uint64",
-    };
+    let want_dtype = expected.dtype().name();
     if r["dtype"].as_str() != Some(want_dtype) {
         bad.push(format!("dtype {}, expected {want_dtype}", r["dtype"]));
     }

@@ -17,6 +17,12 @@ pub enum DType {
     U32,
     /// Unsigned 64-bit.
     U64,
+    /// IEEE 754 binary32. Offline data only (processed or calibrated recordings); signed
+    /// 8- and 16-bit files are read as this type, which holds every value exactly.
+    F32,
+    /// IEEE 754 binary64. Offline data only; signed 32-bit files are read as this type,
+    /// which holds every value exactly.
+    F64,
 }
 
 impl DType {
@@ -26,7 +32,8 @@ impl DType {
             DType::U8 => 1,
             DType::U16 => 2,
             DType::U32 => 4,
-            DType::U64 => 8,
+            DType::U64 | DType::F64 => 8,
+            DType::F32 => 4,
         }
     }
     /// The numpy-style name (`uint8`, `uint16`, …) used in docs and recordings.
@@ -36,7 +43,13 @@ impl DType {
             DType::U16 => "uint16",
             DType::U32 => "uint32",
             DType::U64 => "uint64",
+            DType::F32 => "float32",
+            DType::F64 => "float64",
         }
+    }
+    /// True for the floating-point types ([`DType::F32`], [`DType::F64`]).
+    pub const fn is_float(self) -> bool {
+        matches!(self, DType::F32 | DType::F64)
     }
 }
 

@@ -58,6 +58,10 @@ pub enum PixelsMut<'a> {
     U32(&'a mut [u32]),
     /// 64-bit pixels.
     U64(&'a mut [u64]),
+    /// 32-bit float pixels (offline data only: no detector sends floats).
+    F32(&'a mut [f32]),
+    /// 64-bit float pixels (offline data only).
+    F64(&'a mut [f64]),
 }
 
 impl PixelsMut<'_> {
@@ -68,6 +72,8 @@ impl PixelsMut<'_> {
             PixelsMut::U16(_) => DType::U16,
             PixelsMut::U32(_) => DType::U32,
             PixelsMut::U64(_) => DType::U64,
+            PixelsMut::F32(_) => DType::F32,
+            PixelsMut::F64(_) => DType::F64,
         }
     }
     /// Number of pixels in the view.
@@ -77,6 +83,8 @@ impl PixelsMut<'_> {
             PixelsMut::U16(s) => s.len(),
             PixelsMut::U32(s) => s.len(),
             PixelsMut::U64(s) => s.len(),
+            PixelsMut::F32(s) => s.len(),
+            PixelsMut::F64(s) => s.len(),
         }
     }
     /// True for an empty view.
@@ -179,6 +187,10 @@ pub enum TileData {
     U32(Vec<u32>),
     /// 64-bit pixels.
     U64(Vec<u64>),
+    /// 32-bit float pixels (offline data only: no detector sends floats).
+    F32(Vec<f32>),
+    /// 64-bit float pixels (offline data only).
+    F64(Vec<f64>),
 }
 
 impl TileData {
@@ -189,6 +201,8 @@ impl TileData {
             DType::U16 => TileData::U16(Vec::new()),
             DType::U32 => TileData::U32(Vec::new()),
             DType::U64 => TileData::U64(Vec::new()),
+            DType::F32 => TileData::F32(Vec::new()),
+            DType::F64 => TileData::F64(Vec::new()),
         };
         d.resize(len);
         d
@@ -200,6 +214,8 @@ impl TileData {
             TileData::U16(_) => DType::U16,
             TileData::U32(_) => DType::U32,
             TileData::U64(_) => DType::U64,
+            TileData::F32(_) => DType::F32,
+            TileData::F64(_) => DType::F64,
         }
     }
     /// Number of elements.
@@ -209,6 +225,8 @@ impl TileData {
             TileData::U16(v) => v.len(),
             TileData::U32(v) => v.len(),
             TileData::U64(v) => v.len(),
+            TileData::F32(v) => v.len(),
+            TileData::F64(v) => v.len(),
         }
     }
     /// True when empty.
@@ -223,6 +241,8 @@ impl TileData {
             TileData::U16(v) => grow_zeroed(v, len),
             TileData::U32(v) => grow_zeroed(v, len),
             TileData::U64(v) => grow_zeroed(v, len),
+            TileData::F32(v) => grow_zeroed(v, len),
+            TileData::F64(v) => grow_zeroed(v, len),
         }
     }
     /// Mutable view of elements `range` (e.g. one frame).
@@ -232,6 +252,8 @@ impl TileData {
             TileData::U16(v) => PixelsMut::U16(&mut v[range]),
             TileData::U32(v) => PixelsMut::U32(&mut v[range]),
             TileData::U64(v) => PixelsMut::U64(&mut v[range]),
+            TileData::F32(v) => PixelsMut::F32(&mut v[range]),
+            TileData::F64(v) => PixelsMut::F64(&mut v[range]),
         }
     }
     /// Shared view of all elements.
@@ -241,6 +263,8 @@ impl TileData {
             TileData::U16(v) => PixelsRef::U16(v),
             TileData::U32(v) => PixelsRef::U32(v),
             TileData::U64(v) => PixelsRef::U64(v),
+            TileData::F32(v) => PixelsRef::F32(v),
+            TileData::F64(v) => PixelsRef::F64(v),
         }
     }
 }
@@ -256,6 +280,10 @@ pub enum PixelsRef<'a> {
     U32(&'a [u32]),
     /// 64-bit pixels.
     U64(&'a [u64]),
+    /// 32-bit float pixels (offline data only: no detector sends floats).
+    F32(&'a [f32]),
+    /// 64-bit float pixels (offline data only).
+    F64(&'a [f64]),
 }
 
 impl<'a> PixelsRef<'a> {
@@ -266,6 +294,8 @@ impl<'a> PixelsRef<'a> {
             PixelsRef::U16(_) => DType::U16,
             PixelsRef::U32(_) => DType::U32,
             PixelsRef::U64(_) => DType::U64,
+            PixelsRef::F32(_) => DType::F32,
+            PixelsRef::F64(_) => DType::F64,
         }
     }
     /// Number of elements.
@@ -275,6 +305,8 @@ impl<'a> PixelsRef<'a> {
             PixelsRef::U16(s) => s.len(),
             PixelsRef::U32(s) => s.len(),
             PixelsRef::U64(s) => s.len(),
+            PixelsRef::F32(s) => s.len(),
+            PixelsRef::F64(s) => s.len(),
         }
     }
     /// True when empty.
@@ -288,6 +320,8 @@ impl<'a> PixelsRef<'a> {
             PixelsRef::U16(s) => PixelsRef::U16(&s[range]),
             PixelsRef::U32(s) => PixelsRef::U32(&s[range]),
             PixelsRef::U64(s) => PixelsRef::U64(&s[range]),
+            PixelsRef::F32(s) => PixelsRef::F32(&s[range]),
+            PixelsRef::F64(s) => PixelsRef::F64(&s[range]),
         }
     }
     /// Element `i` widened to `f64` (slow path: tests and references only).
@@ -297,6 +331,8 @@ impl<'a> PixelsRef<'a> {
             PixelsRef::U16(s) => s[i] as f64,
             PixelsRef::U32(s) => s[i] as f64,
             PixelsRef::U64(s) => s[i] as f64,
+            PixelsRef::F32(s) => s[i] as f64,
+            PixelsRef::F64(s) => s[i],
         }
     }
 }

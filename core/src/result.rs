@@ -51,6 +51,12 @@ pub struct UdfResults {
     pub udf: String,
     /// Its buffers.
     pub buffers: Vec<ResultBuffer>,
+    /// The parameters that produced these results, as JSON text (the UDF's params struct
+    /// with every default resolved, e.g. `{"cx":128.0,"cy":128.0,"mask_radius":40.0}`);
+    /// empty for a UDF without parameters. Recorded as the `params` attribute of
+    /// `/entry/results/<udf>` and in `run.json` → `udfs`, for provenance.
+    #[serde(default)]
+    pub params: String,
 }
 
 impl UdfResults {

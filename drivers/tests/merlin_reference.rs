@@ -38,6 +38,7 @@ fn sum(p: PixelsRef<'_>) -> u64 {
         PixelsRef::U16(s) => s.iter().map(|&v| u64::from(v)).sum(),
         PixelsRef::U32(s) => s.iter().map(|&v| u64::from(v)).sum(),
         PixelsRef::U64(s) => s.iter().sum(),
+        PixelsRef::F32(_) | PixelsRef::F64(_) => panic!("Merlin frames are integers"),
     }
 }
 

@@ -506,6 +506,8 @@ fn synthetic_tiles(cfg: &BenchConfig) -> Vec<Tile> {
                     PixelsMut::U16(d) => d.copy_from_slice(src),
                     PixelsMut::U32(d) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = v as u32),
                     PixelsMut::U64(d) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = v as u64),
+                    PixelsMut::F32(d) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = v as f32),
+                    PixelsMut::F64(d) => d.iter_mut().zip(src).for_each(|(d, &v)| *d = v as f64),
                 }
             }
             Tile {

@@ -761,7 +761,12 @@ fn band_plan(reads: &[Option<BandRead>]) -> (Vec<usize>, bool) {
 /// in cache: the hardware prefetcher follows this plain stream at memory speed, but not
 /// theirs. One load per 64-byte line; the loads are independent, so many are in flight.
 fn touch(chunk: &TileView<'_>, rows: Range<usize>) {
-    fn lines<P: Copy + Into<u64>>(px: &[P], chunk: &TileView<'_>, rows: &Range<usize>) -> u64 {
+    fn lines<P: Copy>(
+        px: &[P],
+        chunk: &TileView<'_>,
+        rows: &Range<usize>,
+        bits: fn(P) -> u64,
+    ) -> u64 {
         let n = chunk.sig_shape.len();
         let cols = chunk.sig_shape.cols;
         let step = (64 / std::mem::size_of::<P>()).max(1);
@@ -769,16 +774,18 @@ fn touch(chunk: &TileView<'_>, rows: Range<usize>) {
         for f in 0..chunk.n_frames {
             let band = &px[f * n + rows.start * cols..f * n + rows.end * cols];
             for &v in band.iter().step_by(step) {
-                acc = acc.wrapping_add(v.into());
+                acc = acc.wrapping_add(bits(v));
             }
         }
         acc
     }
     let acc = match chunk.pixels {
-        PixelsRef::U8(px) => lines(px, chunk, &rows),
-        PixelsRef::U16(px) => lines(px, chunk, &rows),
-        PixelsRef::U32(px) => lines(px, chunk, &rows),
-        PixelsRef::U64(px) => lines(px, chunk, &rows),
+        PixelsRef::U8(px) => lines(px, chunk, &rows, u64::from),
+        PixelsRef::U16(px) => lines(px, chunk, &rows, u64::from),
+        PixelsRef::U32(px) => lines(px, chunk, &rows, u64::from),
+        PixelsRef::U64(px) => lines(px, chunk, &rows, |v| v),
+        PixelsRef::F32(px) => lines(px, chunk, &rows, |v| v.to_bits() as u64),
+        PixelsRef::F64(px) => lines(px, chunk, &rows, f64::to_bits),
     };
     // Keeps the loads: their only purpose is their effect on the cache.
     std::hint::black_box(acc);
@@ -1028,6 +1035,8 @@ fn zero(p: PixelsMut<'_>) {
         PixelsMut::U16(s) => s.fill(0),
         PixelsMut::U32(s) => s.fill(0),
         PixelsMut::U64(s) => s.fill(0),
+        PixelsMut::F32(s) => s.fill(0.0),
+        PixelsMut::F64(s) => s.fill(0.0),
     }
 }
 
@@ -1326,6 +1335,7 @@ impl<'c, 'a> Coordinator<'c, 'a> {
                     .map(|(u, r)| UdfResults {
                         udf: r.udf.clone(),
                         buffers: u.get_results(&meta, &r.buffers),
+                        params: r.params.clone(),
                     })
                     .collect(),
             };

@@ -53,18 +53,21 @@ pub use engine::{
     Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, partition_frames, run_live,
     run_tiles,
 };
-pub use io::{DataSet, Hdf5DataSet, IoError, NpyDataSet, RawDataSet, RawSpec, run_dataset};
+pub use io::{
+    DataSet, ElementType, Hdf5DataSet, IoError, NpyDataSet, RawDataSet, RawSpec, run_dataset,
+};
 pub use mask::CustomMask;
-pub use mask::{Mask, Span, SpanMask, line_fraction};
-pub use pixel::Pixel;
+pub use mask::{Mask, MasksParams, NamedMask, Span, SpanMask, line_fraction};
+pub use pixel::{FloatPixel, Pixel};
 pub use roi::{Roi, RoiError};
 pub use spec::{ReductionSpec, RoiRect, RoiSpec, SpecError, UdfSpec};
 pub use stemflow_core::DType;
 pub use udf::{
     BandRead, BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, ResultDType, TileView,
-    TypedValues, Udf, UdfMeta, new_results, typed_values,
+    TypedValues, Udf, UdfMeta, new_results, params_text, typed_values,
 };
 pub use udfs::{
-    ComParams, ComUdf, MasksUdf, PartitionMonitorUdf, PickUdf, RadialProfileParams,
-    RadialProfileUdf, RecordUdf, SignalMonitorUdf, StatsUdf, SumSigUdf, SumUdf, standard_udfs,
+    ComParams, ComUdf, MasksUdf, PartitionMonitorUdf, PickParams, PickUdf, RadialProfileParams,
+    RadialProfileUdf, RecordParams, RecordUdf, SignalMonitorUdf, StatsUdf, SumSigUdf, SumUdf,
+    standard_udfs,
 };

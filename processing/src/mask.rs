@@ -20,8 +20,18 @@
 //! form that pays off for every contiguous shape: a BF disk or an ADF ring covers a small
 //! part of a 256 × 256 frame in a few hundred spans, pixels outside the mask are never read,
 //! and summing contiguous runs is what the processor does fastest.
+//!
+//! # Serialised form
+//! [`Mask`] (de)serialises with serde, tagged by `shape`: `{"shape": "disk", "cx": 128.0,
+//! "cy": 128.0, "r": 20.0}`, `"ring"`, `"rectangle"`, `"polygon"` (`"vertices": [[x, y],
+//! …]`) and `"custom"`, whose pixels are written as row runs (`{"shape": "custom",
+//! "sig_shape": {"rows": …, "cols": …}, "pixel_count": …, "runs": [[row, start, end], …]}`,
+//! columns `start..end`), so a custom mask round-trips exactly without its file.
+//! [`MasksParams`] lists the named masks of a [`crate::MasksUdf`].
 
 use crate::pixel::Pixel;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
 use stemflow_core::SigShape;
 
@@ -56,8 +66,10 @@ impl CustomMask {
     }
 }
 
-/// A virtual detector's shape, in detector pixels (see the module doc for the convention).
-#[derive(Clone, Debug, PartialEq)]
+/// A virtual detector's shape, in detector pixels (see the module doc for the convention
+/// and the serialised form). Masks are binary: a pixel is in or out, with weight 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "shape", rename_all = "snake_case")]
 pub enum Mask {
     /// Bright field: pixels whose centre is within `r` of `(cx, cy)`.
     Disk {
@@ -98,7 +110,117 @@ pub enum Mask {
         vertices: Vec<(f64, f64)>,
     },
     /// A boolean mask given pixel by pixel; its shape must equal the frame shape.
+    /// Serialised as row runs (module doc).
+    #[serde(with = "custom_runs")]
     Custom(Arc<CustomMask>),
+}
+
+/// The serialised form of [`Mask::Custom`]: the mask's set pixels as row runs, so that a
+/// mask from a file (or built in memory) round-trips exactly and compactly.
+mod custom_runs {
+    use super::CustomMask;
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use std::sync::Arc;
+    use stemflow_core::SigShape;
+
+    /// Largest custom mask accepted when deserialising, pixels: the span form addresses
+    /// columns and rows with `u32`, and a bigger mask would be a corrupt document.
+    const MAX_PIXELS: usize = u32::MAX as usize;
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Runs {
+        /// Frame shape of the mask, pixels.
+        sig_shape: SigShape,
+        /// Pixels in the mask (a check on `runs`).
+        pixel_count: usize,
+        /// `[row, start, end]`: columns `start..end` of `row` are in the mask.
+        runs: Vec<[usize; 3]>,
+    }
+
+    pub fn serialize<S: Serializer>(m: &Arc<CustomMask>, s: S) -> Result<S::Ok, S::Error> {
+        let cols = m.sig_shape.cols;
+        let mut runs = Vec::new();
+        for (row, line) in m.pixels.chunks(cols.max(1)).enumerate() {
+            let mut start = None;
+            for (x, &on) in line.iter().chain([&false]).enumerate() {
+                match (on, start) {
+                    (true, None) => start = Some(x),
+                    (false, Some(a)) => {
+                        runs.push([row, a, x]);
+                        start = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Runs {
+            sig_shape: m.sig_shape,
+            pixel_count: m.pixels.iter().filter(|&&p| p).count(),
+            runs,
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<CustomMask>, D::Error> {
+        let r = Runs::deserialize(d)?;
+        let sig = r.sig_shape;
+        let n = sig
+            .rows
+            .checked_mul(sig.cols)
+            .filter(|&n| n <= MAX_PIXELS)
+            .ok_or_else(|| {
+                D::Error::custom(format!(
+                    "custom mask of {sig} pixels exceeds the {MAX_PIXELS} pixels allowed"
+                ))
+            })?;
+        let mut pixels = vec![false; n];
+        for &[row, start, end] in &r.runs {
+            if row >= sig.rows || start >= end || end > sig.cols {
+                return Err(D::Error::custom(format!(
+                    "custom mask run [{row}, {start}, {end}] is not a non-empty run of columns inside a {sig} frame"
+                )));
+            }
+            pixels[row * sig.cols + start..row * sig.cols + end].fill(true);
+        }
+        let count = pixels.iter().filter(|&&p| p).count();
+        if count != r.pixel_count {
+            return Err(D::Error::custom(format!(
+                "custom mask declares {} pixels but its runs cover {count}",
+                r.pixel_count
+            )));
+        }
+        Ok(Arc::new(CustomMask {
+            sig_shape: sig,
+            pixels,
+        }))
+    }
+}
+
+/// The parameters of [`crate::MasksUdf`]: its virtual detectors, one nav buffer each, in
+/// buffer order. Serialised as `{"masks": [{"name": "bf", "mask": {"shape": "disk", …},
+/// "source": null}, …]}` (see the module doc for the masks' form).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MasksParams {
+    /// The masks with their buffer names; names unique, at least one.
+    pub masks: Vec<NamedMask>,
+}
+
+/// One virtual detector of [`MasksParams`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedMask {
+    /// Buffer name of the mask's sums (e.g. `bf`, `adf`).
+    pub name: String,
+    /// The mask's geometry, pixels; a custom mask with all its pixels.
+    pub mask: Mask,
+    /// For a [`Mask::Custom`] read from a file, that file (`.npy`): a record of where the
+    /// mask came from. `mask` holds the pixels actually used, which are not read again from
+    /// it. `None` for masks given by geometry or built in memory.
+    #[serde(default)]
+    pub source: Option<PathBuf>,
 }
 
 impl Mask {
@@ -395,6 +517,15 @@ impl SpanMask {
         let hi = self.spans.iter().map(|s| s.end).max().unwrap_or(0) as usize;
         lo..hi.max(lo)
     }
+    /// The spans in rows `rows` (a row band), by row then column.
+    #[inline]
+    pub fn spans_in_rows(&self, rows: std::ops::Range<usize>) -> &[Span] {
+        let a = self
+            .spans
+            .partition_point(|s| (s.row as usize) < rows.start);
+        let b = a + self.spans[a..].partition_point(|s| (s.row as usize) < rows.end);
+        &self.spans[a..b]
+    }
     /// Exact sum of `frame`'s pixels under the mask (`frame` has `sig_shape().len()`
     /// elements).
     #[inline]
@@ -608,5 +739,93 @@ mod polygon_tests {
             }
         }
         assert_eq!(got, want);
+    }
+}
+
+#[cfg(test)]
+mod serde_tests {
+    use super::*;
+
+    fn round_trip(m: &Mask) -> Mask {
+        let v = serde_json::to_value(m).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn masks_round_trip_through_json() {
+        let disk = Mask::Disk {
+            cx: 12.25,
+            cy: 7.5,
+            r: 3.0,
+        };
+        assert_eq!(
+            serde_json::to_value(&disk).unwrap(),
+            serde_json::json!({"shape": "disk", "cx": 12.25, "cy": 7.5, "r": 3.0})
+        );
+        let ring = Mask::Ring {
+            cx: 1.0,
+            cy: 2.0,
+            r_inner: 3.0,
+            r_outer: 4.5,
+        };
+        let rect = Mask::Rectangle {
+            x: 0.5,
+            y: 1.5,
+            width: 4.0,
+            height: 2.0,
+        };
+        let poly = Mask::Polygon {
+            vertices: vec![(0.0, 0.0), (5.5, 1.0), (2.0, 6.25)],
+        };
+        assert_eq!(
+            serde_json::to_value(&poly).unwrap()["vertices"],
+            serde_json::json!([[0.0, 0.0], [5.5, 1.0], [2.0, 6.25]])
+        );
+        // Runs that end at a row's last column and start at its first.
+        let sig = SigShape::new(3, 5);
+        let pixels = [
+            1, 1, 0, 1, 1, //
+            0, 0, 0, 0, 0, //
+            1, 1, 1, 1, 1,
+        ]
+        .iter()
+        .map(|&p| p == 1)
+        .collect();
+        let custom = Mask::Custom(Arc::new(CustomMask {
+            sig_shape: sig,
+            pixels,
+        }));
+        let v = serde_json::to_value(&custom).unwrap();
+        assert_eq!(v["pixel_count"], 9);
+        assert_eq!(
+            v["runs"],
+            serde_json::json!([[0, 0, 2], [0, 3, 5], [2, 0, 5]])
+        );
+        for m in [disk, ring, rect, poly, custom] {
+            assert_eq!(round_trip(&m), m);
+        }
+    }
+
+    #[test]
+    fn corrupt_custom_masks_are_refused() {
+        let bad = [
+            // A run past the row's end.
+            serde_json::json!({"shape": "custom", "sig_shape": {"rows": 2, "cols": 3},
+                "pixel_count": 4, "runs": [[0, 0, 4]]}),
+            // A count that does not match the runs.
+            serde_json::json!({"shape": "custom", "sig_shape": {"rows": 2, "cols": 3},
+                "pixel_count": 5, "runs": [[0, 0, 3]]}),
+            // A row outside the frame.
+            serde_json::json!({"shape": "custom", "sig_shape": {"rows": 2, "cols": 3},
+                "pixel_count": 1, "runs": [[2, 0, 1]]}),
+            // A frame too large to allocate.
+            serde_json::json!({"shape": "custom",
+                "sig_shape": {"rows": 1u64 << 40, "cols": 1u64 << 40},
+                "pixel_count": 0, "runs": []}),
+            serde_json::json!({"shape": "star", "r": 1.0}),
+        ];
+        for v in bad {
+            assert!(serde_json::from_value::<Mask>(v.clone()).is_err(), "{v}");
+        }
     }
 }

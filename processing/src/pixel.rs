@@ -327,11 +327,13 @@ impl Pixel for u64 {
     }
 }
 
-/// Evaluates `$body` with the type alias `$p` bound to the pixel type of `$dtype`
-/// (`u8`, `u16`, `u32`, `u64`): the one place a [`DType`] becomes a generic parameter.
+/// Evaluates `$body` with the type alias `$p` bound to the integer pixel type of `$dtype`
+/// (`u8`, `u16`, `u32`, `u64`), or `$fbody` with `$f` bound to its float type (`f32`,
+/// `f64`): the one place a [`DType`] becomes a generic parameter. Both arms are required,
+/// so every UDF says what it does with float data.
 #[macro_export]
 macro_rules! with_pixel_type {
-    ($dtype:expr, $p:ident => $body:expr) => {
+    ($dtype:expr, $p:ident => $body:expr, $f:ident => $fbody:expr) => {
         match $dtype {
             $crate::DType::U8 => {
                 type $p = u8;
@@ -349,8 +351,95 @@ macro_rules! with_pixel_type {
                 type $p = u64;
                 $body
             }
+            $crate::DType::F32 => {
+                type $f = f32;
+                $fbody
+            }
+            $crate::DType::F64 => {
+                type $f = f64;
+                $fbody
+            }
         }
     };
+}
+
+mod sealed_float {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// A floating-point pixel type (`f32`, `f64`): offline data that was processed or
+/// calibrated before it reached stemflow (gain-corrected, dark-subtracted), or signed
+/// integer files read as floats ([`DType::F32`]). Sums accumulate in `f64`; unlike the
+/// integer paths they are not exact, and their last bits depend on the order of the
+/// additions (tiling, partitions, threads). A NaN pixel makes every sum it enters NaN, as
+/// in NumPy.
+pub trait FloatPixel:
+    Copy + Send + Sync + std::fmt::Debug + 'static + sealed_float::Sealed
+{
+    /// The matching [`DType`].
+    const DTYPE: DType;
+    /// The pixels of `p` when they are of this type.
+    fn slice(p: PixelsRef<'_>) -> Option<&[Self]>;
+    /// The value as `f64` (exact).
+    fn to_f64(self) -> f64;
+    /// Sum of `s` in `f64`, eight independent lanes (vectorises; order: lane-wise, then
+    /// the lanes, then the remainder).
+    #[inline]
+    fn sum(s: &[Self]) -> f64 {
+        let mut lanes = [0f64; 8];
+        let mut it = s.chunks_exact(8);
+        for c in &mut it {
+            for (l, &v) in lanes.iter_mut().zip(c) {
+                *l += v.to_f64();
+            }
+        }
+        let rest: f64 = it.remainder().iter().map(|&v| v.to_f64()).sum();
+        lanes.iter().sum::<f64>() + rest
+    }
+    /// Sum of `frame` (`cols` pixels per row) under `spans` ([`crate::mask::Span`]).
+    #[inline]
+    fn spans_sum(frame: &[Self], spans: &[crate::mask::Span], cols: usize) -> f64 {
+        spans.iter().map(|s| Self::sum(&frame[s.range(cols)])).sum()
+    }
+    /// `acc[i] += s[i]` in `f64`.
+    #[inline]
+    fn add_into(acc: &mut [f64], s: &[Self]) {
+        for (a, &v) in acc.iter_mut().zip(s) {
+            *a += v.to_f64();
+        }
+    }
+}
+
+impl FloatPixel for f32 {
+    const DTYPE: DType = DType::F32;
+    #[inline]
+    fn slice(p: PixelsRef<'_>) -> Option<&[Self]> {
+        match p {
+            PixelsRef::F32(s) => Some(s),
+            _ => None,
+        }
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl FloatPixel for f64 {
+    const DTYPE: DType = DType::F64;
+    #[inline]
+    fn slice(p: PixelsRef<'_>) -> Option<&[Self]> {
+        match p {
+            PixelsRef::F64(s) => Some(s),
+            _ => None,
+        }
+    }
+    #[inline]
+    fn to_f64(self) -> f64 {
+        self
+    }
 }
 
 #[cfg(test)]
@@ -392,6 +481,31 @@ mod tests {
     }
 
     #[test]
+    fn float_sums_agree_with_a_plain_sum() {
+        let v: Vec<f32> = (0..1001).map(|i| (i as f32) * 0.25 - 100.0).collect();
+        let want: f64 = v.iter().map(|&x| x as f64).sum();
+        assert!(
+            (f32::sum(&v) - want).abs() < 1e-9,
+            "{} vs {want}",
+            f32::sum(&v)
+        );
+        let spans = [crate::mask::Span {
+            row: 1,
+            start: 2,
+            end: 7,
+        }];
+        let frame: Vec<f64> = (0..20).map(|i| i as f64 - 3.5).collect();
+        assert_eq!(
+            f64::spans_sum(&frame, &spans, 10),
+            (12..17).map(|i| i as f64 - 3.5).sum::<f64>()
+        );
+        let mut acc = vec![1.0; 3];
+        f32::add_into(&mut acc, &[0.5, -1.0, 2.0]);
+        assert_eq!(acc, [1.5, 0.0, 3.0]);
+        assert!(f32::sum(&[1.0, f32::NAN]).is_nan());
+    }
+
+    #[test]
     fn headroom_matches_the_lane_width() {
         // Adding ACC_HEADROOM maximal values must fit; one more must not.
         assert_eq!(u16::ACC_HEADROOM, 65537);
@@ -406,6 +520,16 @@ mod tests {
         let v = [1u16, 2, 3];
         assert_eq!(u16::slice(PixelsRef::U16(&v)), Some(&v[..]));
         assert_eq!(u8::slice(PixelsRef::U16(&v)), None);
-        assert_eq!(with_pixel_type!(DType::U32, P => P::DTYPE), DType::U32);
+        assert_eq!(
+            with_pixel_type!(DType::U32, P => P::DTYPE, F => F::DTYPE),
+            DType::U32
+        );
+        assert_eq!(
+            with_pixel_type!(DType::F32, P => P::DTYPE, F => F::DTYPE),
+            DType::F32
+        );
+        let f = [1.5f32, -2.0];
+        assert_eq!(f32::slice(PixelsRef::F32(&f)), Some(&f[..]));
+        assert_eq!(f64::slice(PixelsRef::F32(&f)), None);
     }
 }

@@ -758,7 +758,14 @@ impl UdfSpec {
                         out
                     }
                 };
-                Box::new(MasksUdf::new(masks).named(&name(&m.name, "virtual")?))
+                let mut udf = MasksUdf::new(masks);
+                // Custom masks keep the file they came from in the UDF's parameters.
+                for ms in m.masks.iter().flatten() {
+                    if let Some(c) = &ms.custom {
+                        udf = udf.with_source(&ms.name, resolve(base_dir, c));
+                    }
+                }
+                Box::new(udf.named(&name(&m.name, "virtual")?))
             }
             UdfSpec::Com(c) => {
                 let p = ComParams {

@@ -155,6 +155,15 @@ pub fn new_results(udf: &dyn Udf, meta: &UdfMeta) -> UdfResults {
             .iter()
             .map(|d| d.new_buffer(meta))
             .collect(),
+        params: params_text(udf),
+    }
+}
+
+/// [`Udf::params`] as JSON text; empty for `null` (no parameters).
+pub fn params_text(udf: &dyn Udf) -> String {
+    match udf.params() {
+        serde_json::Value::Null => String::new(),
+        v => v.to_string(),
     }
 }
 
@@ -227,6 +236,13 @@ pub trait Udf: Send + Sync {
     /// A fresh task for one worker thread (called once per worker per run; allocate the
     /// task's buffers here, not while processing).
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask>;
+    /// The UDF's parameters, its typed params struct serialised to JSON (e.g.
+    /// `{"cx": 128.0, "cy": 128.0, "mask_radius": 40.0, …}`), with every default resolved:
+    /// recorded beside its results (`run.json` → `udfs`) so a result can be traced to the
+    /// settings that produced it. Default: `null`, for a UDF without parameters.
+    fn params(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
 
     /// Which method of the task the engine feeds for a data set of `meta` (default
     /// [`Granularity::Tile`]).

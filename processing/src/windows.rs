@@ -37,8 +37,9 @@ pub struct WindowMask {
 
 impl WindowMask {
     /// The windows of `mask` for pixels of `dtype`; `None` when this build has no window
-    /// kernel (neither AVX-512 BW nor AVX2), for u64 pixels, for frames shorter than one
-    /// window, or when the frame has 2^32 pixels or more.
+    /// kernel (neither AVX-512 BW nor AVX2), for u64 and float pixels (whose sums are not
+    /// exact integers: the virtual detectors add their spans in `f64`), for frames shorter
+    /// than one window, or when the frame has 2^32 pixels or more.
     pub fn new(mask: &SpanMask, dtype: DType) -> Option<Self> {
         // Without a kernel, windows would answer some row bands (empty ones, `Some(0)`) and
         // leave the others to the run kernels, whose bands split the mask differently.
@@ -51,7 +52,7 @@ impl WindowMask {
     /// The windows, whether or not this build has a kernel to sum them.
     fn build(mask: &SpanMask, dtype: DType) -> Option<Self> {
         let lanes = match dtype {
-            DType::U64 => return None,
+            DType::U64 | DType::F32 | DType::F64 => return None,
             d => kernels::WINDOW_BYTES / d.size(),
         };
         let sig = mask.sig_shape();
@@ -158,7 +159,7 @@ mod kernels {
                 DType::U8 => Some(sum_u8(frame, offs, bits)),
                 DType::U16 => Some(sum_u16(frame.cast(), offs, bits)),
                 DType::U32 => Some(sum_u32(frame.cast(), offs, bits)),
-                DType::U64 => None,
+                DType::U64 | DType::F32 | DType::F64 => None,
             }
         }
     }
@@ -247,7 +248,7 @@ mod kernels {
                 DType::U8 => Some(sum_u8(frame, offs, bits)),
                 DType::U16 => Some(sum_u16(frame.cast(), offs, bits)),
                 DType::U32 => Some(sum_u32(frame.cast(), offs, bits)),
-                DType::U64 => None,
+                DType::U64 | DType::F32 | DType::F64 => None,
             }
         }
     }
@@ -493,6 +494,16 @@ mod tests {
                 None
             );
             assert_eq!(WindowMask::new(&m, DType::U16).unwrap().sum(&f8), None);
+        }
+    }
+
+    #[test]
+    fn float_and_u64_pixels_get_no_windows() {
+        let sig = SigShape::new(64, 64);
+        for m in masks(sig) {
+            for dtype in [DType::U64, DType::F32, DType::F64] {
+                assert!(WindowMask::new(&m, dtype).is_none(), "{dtype}");
+            }
         }
     }
 }

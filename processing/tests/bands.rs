@@ -88,6 +88,7 @@ fn check(sig: SigShape, dtype: DType) {
         DType::U16 => PixelsRef::U16(&v16),
         DType::U32 => PixelsRef::U32(&v32),
         DType::U64 => PixelsRef::U64(&raw),
+        DType::F32 | DType::F64 => panic!("integer pixels only in this test"),
     };
     let meta = UdfMeta {
         nav_shape: NavShape::new(1, n),

@@ -30,6 +30,8 @@ fn tile_of(frames: &[Vec<u64>], first: usize, n: usize, sig: SigShape, dtype: DT
         DType::U16 => TileData::U16(flat.map(|v| v as u16).collect()),
         DType::U32 => TileData::U32(flat.map(|v| v as u32).collect()),
         DType::U64 => TileData::U64(flat.collect()),
+        DType::F32 => TileData::F32(flat.map(|v| v as f32).collect()),
+        DType::F64 => TileData::F64(flat.map(|v| v as f64).collect()),
     };
     Tile {
         first_frame: first as u64,
@@ -75,7 +77,8 @@ fn assert_whole_tiles(
         if members.iter().map(|&t| tiles[t].1).sum::<usize>() != n {
             continue;
         }
-        let matches = (0..sum.len()).all(|p| sum[p] == members.iter().map(|&t| sums[t][p]).sum());
+        let matches =
+            (0..sum.len()).all(|p| sum[p] == members.iter().map(|&t| sums[t][p]).sum::<f64>());
         if matches {
             return members;
         }

@@ -615,6 +615,8 @@ impl Writer {
             DType::U16 => create_frames::<u16>(&data, path, spec),
             DType::U32 => create_frames::<u32>(&data, path, spec),
             DType::U64 => create_frames::<u64>(&data, path, spec),
+            DType::F32 => create_frames::<f32>(&data, path, spec),
+            DType::F64 => create_frames::<f64>(&data, path, spec),
         }?;
         set_attr_str(&frames, path, "units", "counts")?;
         set_attr_str(
@@ -668,6 +670,8 @@ impl Writer {
                 TileData::U16(d) => write_block(&self.frames, d, block, self.sig),
                 TileData::U32(d) => write_block(&self.frames, d, block, self.sig),
                 TileData::U64(d) => write_block(&self.frames, d, block, self.sig),
+                TileData::F32(d) => write_block(&self.frames, d, block, self.sig),
+                TileData::F64(d) => write_block(&self.frames, d, block, self.sig),
             };
             r.map_err(|source| {
                 let start = first + block.offset as u64;
@@ -854,6 +858,9 @@ fn write_results(file: &File, p: &Path, results: &[UdfResults]) -> Result<(), Re
             root.create_group(&udf_name)
                 .map_err(h5(p, &udf_path, "creating the UDF's group"))?;
         set_attr_str(&g, p, "NX_class", "NXcollection")?;
+        if !udf.params.is_empty() {
+            set_attr_str(&g, p, "params", &udf.params)?;
+        }
         for buf in &udf.buffers {
             let obj = format!("{udf_path}/{}", layout::link_name(&buf.name));
             let expected: usize = buf.shape.iter().product();

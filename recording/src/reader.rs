@@ -4,7 +4,7 @@
 use crate::error::RecordingError;
 use crate::hdf5::{check_range, h5};
 use crate::layout::{self, Block};
-use hdf5::types::{IntSize, TypeDescriptor, VarLenUnicode};
+use hdf5::types::{FloatSize, IntSize, TypeDescriptor, VarLenUnicode};
 use hdf5::{Dataset, File, H5Type};
 use ndarray::Ix4;
 use std::path::{Path, PathBuf};
@@ -29,7 +29,8 @@ pub struct RecordingReader {
 ///
 /// # Errors
 /// [`RecordingError::Hdf5`] when the file cannot be opened; [`RecordingError::Layout`] when
-/// `/entry/data/frames` is missing, not 4-D or not of an unsigned 8/16/32/64-bit type.
+/// `/entry/data/frames` is missing, not 4-D or not of an unsigned 8/16/32/64-bit or a
+/// 32/64-bit float type.
 pub fn open_recording(path: impl AsRef<Path>) -> Result<RecordingReader, RecordingError> {
     let path = path.as_ref().to_path_buf();
     // Read-only and without an HDF5 file lock, like the writer (crate::hdf5 docs).
@@ -64,11 +65,15 @@ pub fn open_recording(path: impl AsRef<Path>) -> Result<RecordingReader, Recordi
         TypeDescriptor::Unsigned(IntSize::U2) => DType::U16,
         TypeDescriptor::Unsigned(IntSize::U4) => DType::U32,
         TypeDescriptor::Unsigned(IntSize::U8) => DType::U64,
+        TypeDescriptor::Float(FloatSize::U4) => DType::F32,
+        TypeDescriptor::Float(FloatSize::U8) => DType::F64,
         other => {
             return Err(RecordingError::Layout {
                 path,
                 object: layout::FRAMES.into(),
-                detail: format!("pixel type {other:?}; supported: uint8, uint16, uint32, uint64"),
+                detail: format!(
+                    "pixel type {other:?}; supported: uint8, uint16, uint32, uint64, float32, float64"
+                ),
             });
         }
     };
@@ -150,6 +155,8 @@ impl RecordingReader {
                 TileData::U16(d) => read_block(&self.frames, d, b, sig),
                 TileData::U32(d) => read_block(&self.frames, d, b, sig),
                 TileData::U64(d) => read_block(&self.frames, d, b, sig),
+                TileData::F32(d) => read_block(&self.frames, d, b, sig),
+                TileData::F64(d) => read_block(&self.frames, d, b, sig),
             };
             let start = first + b.offset as u64;
             let during = format!("reading frames {start}..{}", start + b.frames() as u64);
@@ -319,7 +326,17 @@ impl RecordingReader {
                     dtype,
                 });
             }
-            out.push(UdfResults { udf, buffers });
+            // Written by recordings since the params attribute exists; older ones have none.
+            let params = g
+                .attr("params")
+                .and_then(|a| a.read_scalar::<VarLenUnicode>())
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            out.push(UdfResults {
+                udf,
+                buffers,
+                params,
+            });
         }
         Ok(out)
     }

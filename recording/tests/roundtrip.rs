@@ -67,6 +67,8 @@ fn round_trip_out_of_order_tiles_crossing_rows() {
         (DType::U16, None, 8),
         (DType::U32, Some(4), 2),
         (DType::U64, Some(1), 0),
+        (DType::F32, Some(4), 0),
+        (DType::F64, None, 2),
     ];
     for (dtype, compression, queue) in cases {
         let path = write_recording(&format!("roundtrip-{dtype}"), dtype, compression, queue);
@@ -110,6 +112,10 @@ fn round_trip_out_of_order_tiles_crossing_rows() {
             (x.kind, x.unit.as_str(), x.shape.as_slice()),
             (BufferKind::Nav, "pixels", &[5, 7][..])
         );
+        // Each UDF's parameters come back as written; none written, none read.
+        assert_eq!(res[0].params, want[1].params);
+        assert_eq!(res[0].params, r#"{"cx":1.5,"mask_radius":4.0}"#);
+        assert_eq!((res[1].params.as_str(), res[2].params.as_str()), ("", ""));
         for (a, b) in x.data.iter().zip(&want[1].buffers[0].data) {
             assert!(a == b || (a.is_nan() && b.is_nan()), "com x {a} != {b}");
         }

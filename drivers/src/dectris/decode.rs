@@ -78,6 +78,12 @@ impl FrameDecoder for DectrisDecoder {
                 PixelsMut::U16(p) => p.iter_mut().for_each(|v| *v = v.swap_bytes()),
                 PixelsMut::U32(p) => p.iter_mut().for_each(|v| *v = v.swap_bytes()),
                 PixelsMut::U64(p) => p.iter_mut().for_each(|v| *v = v.swap_bytes()),
+                PixelsMut::F32(p) => p
+                    .iter_mut()
+                    .for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes())),
+                PixelsMut::F64(p) => p
+                    .iter_mut()
+                    .for_each(|v| *v = f64::from_bits(v.to_bits().swap_bytes())),
                 PixelsMut::U8(_) => {}
             }
         }
@@ -97,6 +103,8 @@ impl Reborrow for PixelsMut<'_> {
             PixelsMut::U16(p) => PixelsMut::U16(p),
             PixelsMut::U32(p) => PixelsMut::U32(p),
             PixelsMut::U64(p) => PixelsMut::U64(p),
+            PixelsMut::F32(p) => PixelsMut::F32(p),
+            PixelsMut::F64(p) => PixelsMut::F64(p),
         }
     }
 }

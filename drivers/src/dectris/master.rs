@@ -510,6 +510,12 @@ impl MasterFile {
                     TileData::U16(v) => self.masked.iter().for_each(|&p| v[base + p as usize] = 0),
                     TileData::U32(v) => self.masked.iter().for_each(|&p| v[base + p as usize] = 0),
                     TileData::U64(v) => self.masked.iter().for_each(|&p| v[base + p as usize] = 0),
+                    TileData::F32(v) => {
+                        self.masked.iter().for_each(|&p| v[base + p as usize] = 0.0)
+                    }
+                    TileData::F64(v) => {
+                        self.masked.iter().for_each(|&p| v[base + p as usize] = 0.0)
+                    }
                 }
             }
         }

@@ -909,6 +909,9 @@ pub fn v2_array_value(
         DType::U8 => 64,
         DType::U16 => 69,
         DType::U32 | DType::U64 => 70,
+        // RFC 8746 §2.1: float32 and float64, little-endian.
+        DType::F32 => 85,
+        DType::F64 => 86,
     };
     let content = match compression {
         None => Value::Bytes(data),

@@ -2,9 +2,18 @@
 //!
 //! | format | opener | notes |
 //! |---|---|---|
-//! | NumPy `.npy` | [`NpyDataSet::open`] | 3-D `(frames, sig_rows, sig_cols)` or 4-D `(nav_rows, nav_cols, sig_rows, sig_cols)`, unsigned integers, either byte order, C order |
-//! | raw binary | [`RawDataSet::open`] | shape, dtype, byte order, offset of the first frame and bytes before each frame given ([`RawSpec`]); reads Merlin `.mib` files too (`frame_header_bytes` = the MQ1 header size) |
-//! | HDF5 | [`Hdf5DataSet::open`] | any 3-D or 4-D unsigned-integer dataset path (default: our recordings' `/entry/data/frames`, then NeXus `/entry/data/data`) |
+//! | NumPy `.npy` | [`NpyDataSet::open`] | 3-D `(frames, sig_rows, sig_cols)` or 4-D `(nav_rows, nav_cols, sig_rows, sig_cols)`, C order, either byte order; `u1` `u2` `u4` `u8` `b1` `f4` `f8` `i1` `i2` `i4` `i8` |
+//! | raw binary | [`RawDataSet::open`], [`RawDataSet::open_as`] | shape, pixel type, byte order, offset of the first frame and bytes before each frame given ([`RawSpec`], [`ElementType`]); reads Merlin `.mib` files too (`frame_header_bytes` = the MQ1 header size) |
+//! | HDF5 | [`Hdf5DataSet::open`] | any 3-D or 4-D dataset path (default: our recordings' `/entry/data/frames`, then NeXus `/entry/data/data`) of uint8…uint64, float32, float64, int8…int64 |
+//!
+//! Pixel types ([`ElementType`]): unsigned integers and float32/float64 are read as they
+//! are (frames of the same [`DType`]). Frames have no signed type, so signed integers are
+//! converted, exactly, as they are read: int8 and int16 → float32, int32 → float64, int64
+//! → float64 while every value lies within ±2^53 ([`F64_EXACT_INT`]; a value beyond is
+//! [`IoError::Inexact`], naming the file, frame, pixel and value). Anything else (complex,
+//! float16, strings, compounds, HDF5 booleans and enums) is refused when the file is
+//! opened, with an [`IoError::Format`] naming the file, the type found and the types
+//! supported.
 //!
 //! Merlin `.hdr`/`.mib` sets are read by the Merlin driver (`stemflow_drivers::merlin::MibFile`),
 //! which the `stemflow` binary adapts to [`DataSet`].
@@ -12,8 +21,13 @@
 //! Files are read in large sequential blocks — one `pread` per partition of
 //! [`crate::engine::partition_frames`] frames (~4 MiB) — straight into tiles that are
 //! allocated once per run and reused ([`run_dataset`]); byte order is fixed in place.
+//! Signed files are read into a scratch block reused by the data set and converted from
+//! there into the tile, one block at a time.
 
+mod element;
 pub mod npy;
+
+pub use element::{ELEMENT_TYPES, ElementType, F64_EXACT_INT};
 
 use crate::engine::{BoxError, ProcessingError, RunConfig, RunSummary, Snapshot, run_reader};
 use crate::sink::TileSink;
@@ -90,6 +104,21 @@ pub enum IoError {
         /// libhdf5's message.
         detail: String,
     },
+    /// An int64 pixel beyond ±2^53, which no float64 holds exactly (int64 files are read
+    /// as float64).
+    #[error(
+        "{path}: frame {frame}, pixel {pixel}: int64 value {value} lies beyond ±2^53 and has no exact float64; int64 files are read as float64 only when every value lies within ±9007199254740992"
+    )]
+    Inexact {
+        /// The file.
+        path: PathBuf,
+        /// The frame (index in the file).
+        frame: u64,
+        /// The pixel, row-major index within the frame.
+        pixel: usize,
+        /// The value stored.
+        value: i64,
+    },
 }
 
 impl IoError {
@@ -102,22 +131,23 @@ impl IoError {
     }
 }
 
-/// Parses a pixel type: `u8`, `u16`, `u32`, `u64` (also `uint16`, `<u2` style).
+/// Parses the pixel type of frames: `u8`, `u16`, `u32`, `u64`, `f32`, `f64` and the other
+/// spellings of [`ElementType::parse_with_order`] (`uint16`, `<u2`, `float32`, `f4`, …;
+/// a byte-order mark is dropped).
 ///
 /// # Errors
-/// A sentence naming the text and the accepted spellings.
+/// A sentence naming the text and the accepted spellings; a signed type (`int16`, …) is
+/// refused, as frames have no signed type — files of signed pixels are read with
+/// [`ElementType::parse`] and [`RawDataSet::open_as`], converted to floats.
 pub fn parse_dtype(s: &str) -> Result<DType, String> {
-    let t = s
-        .trim()
-        .trim_start_matches(['<', '>', '|', '='])
-        .to_ascii_lowercase();
-    match t.as_str() {
-        "u8" | "uint8" | "u1" => Ok(DType::U8),
-        "u16" | "uint16" | "u2" => Ok(DType::U16),
-        "u32" | "uint32" | "u4" => Ok(DType::U32),
-        "u64" | "uint64" => Ok(DType::U64),
-        _ => Err(format!("pixel type `{s}`: expected u8, u16, u32 or u64")),
+    let e = ElementType::parse(s)?;
+    if e.is_converted() {
+        return Err(format!(
+            "pixel type `{s}` is signed ({e}), and frames have no signed type (they are u8, u16, u32, u64, f32 or f64); files of {e} are read with ElementType, converted to {}",
+            e.memory_dtype()
+        ));
     }
+    Ok(e.memory_dtype())
 }
 
 /// Byte order of multi-byte pixels in a file.
@@ -162,6 +192,11 @@ pub trait DataSet: Send {
     fn sig_shape(&self) -> SigShape;
     /// Pixel type of the decoded frames.
     fn dtype(&self) -> DType;
+    /// Pixel type stored in the file, before conversion (e.g. int16 for frames of float32;
+    /// see [`ElementType`]); by default the frames' own type.
+    fn element(&self) -> ElementType {
+        self.dtype().into()
+    }
     /// Frames in the file.
     fn frames(&self) -> u64;
     /// Reads frames `first..first + n` into `out` (resized; its allocation reused when it
@@ -199,6 +234,13 @@ fn bytes_mut(data: &mut TileData) -> &mut [u8] {
         TileData::U64(v) => unsafe {
             std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 8)
         },
+        // SAFETY: as above; every bit pattern is a valid f32/f64.
+        TileData::F32(v) => unsafe {
+            std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 4)
+        },
+        TileData::F64(v) => unsafe {
+            std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), v.len() * 8)
+        },
     }
 }
 
@@ -212,6 +254,12 @@ fn fix_order(data: &mut TileData, order: ByteOrder) {
         TileData::U16(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
         TileData::U32(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
         TileData::U64(v) => v.iter_mut().for_each(|x| *x = x.swap_bytes()),
+        TileData::F32(v) => v
+            .iter_mut()
+            .for_each(|x| *x = f32::from_bits(x.to_bits().swap_bytes())),
+        TileData::F64(v) => v
+            .iter_mut()
+            .for_each(|x| *x = f64::from_bits(x.to_bits().swap_bytes())),
     }
 }
 
@@ -223,7 +271,8 @@ pub struct RawSpec {
     pub nav_shape: NavShape,
     /// Frame shape, pixels.
     pub sig_shape: SigShape,
-    /// Pixel type.
+    /// Pixel type of the frames, stored as such in the file (unsigned integers, float32,
+    /// float64). Files of signed pixels: [`RawDataSet::open_as`].
     pub dtype: DType,
     /// Byte order of the pixels.
     pub byte_order: ByteOrder,
@@ -234,31 +283,56 @@ pub struct RawSpec {
 }
 
 impl RawSpec {
-    /// Bytes from one frame's start to the next.
+    /// Bytes from one frame's start to the next in a file holding pixels of `dtype`
+    /// (for another [`ElementType`]: [`RawSpec::stride_of`]).
     pub fn stride(&self) -> u64 {
-        self.frame_header_bytes + (self.sig_shape.len() * self.dtype.size()) as u64
+        self.stride_of(self.dtype.into())
+    }
+
+    /// Bytes from one frame's start to the next in a file holding pixels of `element`.
+    pub fn stride_of(&self, element: ElementType) -> u64 {
+        self.frame_header_bytes + (self.sig_shape.len() * element.size()) as u64
     }
 }
 
 /// Frames at fixed positions in a file: raw binary, `.npy`, and headered frame files such
 /// as Merlin `.mib` (a per-frame header of fixed size).
+///
+/// Pixel types: any [`ElementType`]. Unsigned integers and floats are read straight into
+/// the tile (byte order fixed in place); signed integers are read into a scratch block
+/// and converted into float frames (int8/int16 → float32, int32/int64 → float64; int64
+/// values beyond ±2^53 are [`IoError::Inexact`]).
 pub struct RawDataSet {
     path: PathBuf,
     file: std::fs::File,
+    /// `spec.dtype` is the frames' type, `element.memory_dtype()`.
     spec: RawSpec,
+    element: ElementType,
     frames: u64,
     size: u64,
-    /// Reused read buffer for files with per-frame headers.
+    /// Reused read buffer for files with per-frame headers or converted pixels.
     scratch: Vec<u8>,
 }
 
 impl RawDataSet {
-    /// Opens `path` laid out as `spec`. The frame count is `nav_shape.len()`; a file too
-    /// short for it is reported when the missing frames are read.
+    /// Opens `path` laid out as `spec`, whose pixels are `spec.dtype` as stored (no
+    /// conversion). The frame count is `nav_shape.len()`; a file too short for it is
+    /// reported when the missing frames are read.
     ///
     /// # Errors
     /// [`IoError::Io`] when the file cannot be opened.
     pub fn open(path: &Path, spec: RawSpec) -> Result<Self, IoError> {
+        Self::open_as(path, spec, spec.dtype.into())
+    }
+
+    /// Opens `path` laid out as `spec` with pixels of `element` in the file (e.g. int16
+    /// read as float32 frames). `spec.dtype` is ignored and replaced by
+    /// `element.memory_dtype()`, the frames' type; offsets and frame strides count
+    /// `element.size()` bytes per pixel.
+    ///
+    /// # Errors
+    /// [`IoError::Io`] when the file cannot be opened.
+    pub fn open_as(path: &Path, spec: RawSpec, element: ElementType) -> Result<Self, IoError> {
         let file = std::fs::File::open(path).map_err(|e| IoError::io(path, "opening", e))?;
         let size = file
             .metadata()
@@ -267,16 +341,25 @@ impl RawDataSet {
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            spec,
+            spec: RawSpec {
+                dtype: element.memory_dtype(),
+                ..spec
+            },
+            element,
             frames: spec.nav_shape.len() as u64,
             size,
             scratch: Vec::new(),
         })
     }
 
-    /// The layout.
+    /// The layout; its `dtype` is the frames' type (see [`RawDataSet::element`]).
     pub fn spec(&self) -> &RawSpec {
         &self.spec
+    }
+
+    /// The pixel type stored in the file.
+    pub fn element(&self) -> ElementType {
+        self.element
     }
 }
 
@@ -293,6 +376,9 @@ impl DataSet for RawDataSet {
     fn dtype(&self) -> DType {
         self.spec.dtype
     }
+    fn element(&self) -> ElementType {
+        self.element
+    }
     fn frames(&self) -> u64 {
         self.frames
     }
@@ -308,8 +394,9 @@ impl DataSet for RawDataSet {
             });
         }
         let s = self.spec;
-        let start = s.offset + first * s.stride();
-        let needed = s.offset + end * s.stride();
+        let stride = s.stride_of(self.element);
+        let start = s.offset + first * stride;
+        let needed = s.offset + end * stride;
         if needed > self.size {
             return Err(IoError::Truncated {
                 path: self.path.clone(),
@@ -320,7 +407,30 @@ impl DataSet for RawDataSet {
             });
         }
         shape_tile(out, first, n, s.sig_shape, s.dtype);
+        if s.sig_shape.is_empty() {
+            // Frames of no pixels: nothing to read (and no chunks to cut).
+            return Ok(());
+        }
         let during = || format!("reading frames {first}..{end}");
+        if self.element.is_converted() {
+            self.scratch.resize((needed - start) as usize, 0);
+            self.file
+                .read_exact_at(&mut self.scratch, start)
+                .map_err(|e| IoError::io(&self.path, &during(), e))?;
+            let (hdr, len) = (s.frame_header_bytes as usize, s.sig_shape.len());
+            for (k, src) in self.scratch.chunks_exact(stride as usize).enumerate() {
+                let dst = out.data.pixels_mut(k * len..(k + 1) * len);
+                element::convert_signed(self.element, s.byte_order, &src[hdr..], dst).map_err(
+                    |e| IoError::Inexact {
+                        path: self.path.clone(),
+                        frame: first + k as u64,
+                        pixel: e.index,
+                        value: e.value,
+                    },
+                )?;
+            }
+            return Ok(());
+        }
         if s.frame_header_bytes == 0 {
             self.file
                 .read_exact_at(bytes_mut(&mut out.data), start)
@@ -335,7 +445,7 @@ impl DataSet for RawDataSet {
             let dst = bytes_mut(&mut out.data);
             for (d, src) in dst
                 .chunks_exact_mut(frame_bytes)
-                .zip(self.scratch.chunks_exact(s.stride() as usize))
+                .zip(self.scratch.chunks_exact(stride as usize))
             {
                 d.copy_from_slice(&src[hdr..]);
             }
@@ -346,8 +456,19 @@ impl DataSet for RawDataSet {
 }
 
 /// A `.npy` file of frames: shape `(frames, sig_rows, sig_cols)` or
-/// `(nav_rows, nav_cols, sig_rows, sig_cols)`, unsigned integers (`u1`, `u2`, `u4`, `u8`,
-/// either byte order; `b1` reads as u8), C order.
+/// `(nav_rows, nav_cols, sig_rows, sig_cols)`, C order, either byte order, of
+///
+/// | `descr` | frames |
+/// |---|---|
+/// | `u1` `u2` `u4` `u8` | uint8 … uint64 |
+/// | `b1` | uint8 (0 or 1) |
+/// | `f4`, `f8` | float32, float64 |
+/// | `i1`, `i2` | float32, converted exactly |
+/// | `i4` | float64, converted exactly |
+/// | `i8` | float64; a value beyond ±2^53 is [`IoError::Inexact`] when its frame is read |
+///
+/// Frames are read in blocks (`pread`), straight into the tile, or through a scratch
+/// block for the converted signed types.
 pub struct NpyDataSet {
     raw: RawDataSet,
 }
@@ -356,8 +477,9 @@ impl NpyDataSet {
     /// Opens `path`.
     ///
     /// # Errors
-    /// [`IoError::Format`] for a header that is not a 3-D or 4-D C-order array of unsigned
-    /// integers; [`IoError::Io`].
+    /// [`IoError::Format`] for a header that is not a 3-D or 4-D C-order array of one of
+    /// the types above (the message names the `descr` found and the types supported);
+    /// [`IoError::Io`].
     pub fn open(path: &Path) -> Result<Self, IoError> {
         let h = npy::read_header(path)?;
         let bad = |detail: String| IoError::Format {
@@ -367,14 +489,20 @@ impl NpyDataSet {
         if h.fortran_order {
             return Err(bad("Fortran-order arrays cannot be read as frames".into()));
         }
-        let dtype = match h.kind {
-            npy::NpyKind::Unsigned(1) | npy::NpyKind::Bool => DType::U8,
-            npy::NpyKind::Unsigned(2) => DType::U16,
-            npy::NpyKind::Unsigned(4) => DType::U32,
-            npy::NpyKind::Unsigned(8) => DType::U64,
+        let element = match h.kind {
+            npy::NpyKind::Unsigned(1) | npy::NpyKind::Bool => ElementType::U8,
+            npy::NpyKind::Unsigned(2) => ElementType::U16,
+            npy::NpyKind::Unsigned(4) => ElementType::U32,
+            npy::NpyKind::Unsigned(8) => ElementType::U64,
+            npy::NpyKind::Signed(1) => ElementType::I8,
+            npy::NpyKind::Signed(2) => ElementType::I16,
+            npy::NpyKind::Signed(4) => ElementType::I32,
+            npy::NpyKind::Signed(8) => ElementType::I64,
+            npy::NpyKind::Float(4) => ElementType::F32,
+            npy::NpyKind::Float(8) => ElementType::F64,
             k => {
                 return Err(bad(format!(
-                    "frames must be unsigned integers (u1, u2, u4, u8), found {k:?}"
+                    "element type {k:?} cannot be read as frames; supported: u1, u2, u4, u8, b1, f4, f8, i1, i2, i4, i8"
                 )));
             }
         };
@@ -391,13 +519,13 @@ impl NpyDataSet {
         let spec = RawSpec {
             nav_shape: nav,
             sig_shape: sig,
-            dtype,
+            dtype: element.memory_dtype(),
             byte_order: h.byte_order,
             offset: h.data_offset,
             frame_header_bytes: 0,
         };
         Ok(Self {
-            raw: RawDataSet::open(path, spec)?,
+            raw: RawDataSet::open_as(path, spec, element)?,
         })
     }
 }
@@ -414,6 +542,9 @@ impl DataSet for NpyDataSet {
     }
     fn dtype(&self) -> DType {
         self.raw.dtype()
+    }
+    fn element(&self) -> ElementType {
+        self.raw.element()
     }
     fn frames(&self) -> u64 {
         self.raw.frames()

@@ -1,10 +1,11 @@
 //! [`ComUdf`]: centre of mass of each frame inside a disk (differential phase contrast).
 
 use crate::mask::{Mask, Span, line_fraction};
-use crate::pixel::{Accum, Pixel};
+use crate::pixel::{Accum, FloatPixel, Pixel};
 use crate::result::ResultBuffer;
 use crate::udf::{BandRead, BufferDecl, PartitionTask, TileView, Udf, UdfMeta, band_read_of_lines};
 use crate::with_pixel_type;
+use serde::{Deserialize, Serialize};
 use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
 
@@ -30,9 +31,19 @@ use stemflow_core::frame::PixelsRef;
 ///
 /// Derivatives are central differences inside the scan and one-sided at its edges (as
 /// NumPy's `gradient`), 0 along a scan axis of length 1, NaN next to a NaN. The shift is
-/// NaN for a frame whose masked sum is zero. The moments Σ I, Σ I·x, Σ I·y
-/// are exact integers; only the final division is floating point, so a frame's values
-/// never depend on how frames were split into tiles.
+/// NaN for a frame whose masked sum is zero.
+///
+/// * Integer pixels (u8–u64): the moments Σ I, Σ I·x, Σ I·y are exact integers; only the
+///   final division is floating point, so a frame's values never depend on how frames
+///   were split into tiles.
+/// * Float pixels (f32, f64): the moments accumulate in `f64` (each mask span in 8 lanes,
+///   the spans in row order, the same whether a frame is fed whole or in row bands), then
+///   go through the same division, flip and rotation as for integers: integer values
+///   stored as floats give the integer path's results bit for bit (below 2^53). Negative
+///   pixels are signed weights: the result is Σ I·x / Σ I with I of either sign, which can
+///   lie outside the disk, and is NaN when Σ I is exactly 0 (and huge when it nearly
+///   cancels). A NaN pixel inside the disk makes that frame's shift NaN (pixels outside
+///   the disk are never read).
 #[derive(Clone, Debug)]
 pub struct ComUdf {
     name: String,
@@ -43,8 +54,10 @@ pub struct ComUdf {
     flip_y: bool,
 }
 
-/// The parameters of [`ComUdf`], in detector pixels and degrees.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The parameters of [`ComUdf`], in detector pixels and degrees; serialised as
+/// `{"cx": …, "cy": …, "mask_radius": …, "scan_rotation_deg": …, "flip_y": …}`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ComParams {
     /// Reference position x (column direction; usually the unscattered beam's centre),
     /// pixels.
@@ -76,6 +89,16 @@ impl ComUdf {
         Self::new(p.cx, p.cy, p.mask_radius)
             .with_scan_rotation(p.scan_rotation_deg)
             .with_flip_y(p.flip_y)
+    }
+    /// The parameters, every one resolved (no rotation: 0 degrees).
+    pub fn to_params(&self) -> ComParams {
+        ComParams {
+            cx: self.cx,
+            cy: self.cy,
+            mask_radius: self.mask_radius,
+            scan_rotation_deg: self.rotation_deg,
+            flip_y: self.flip_y,
+        }
     }
     /// Negates the y component of the shift (detector mounted flipped relative to the
     /// scan) before the scan rotation is applied.
@@ -116,6 +139,9 @@ impl Udf for ComUdf {
             BufferDecl::nav("magnitude", "pixels"),
         ]
     }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self.to_params()).unwrap_or(serde_json::Value::Null)
+    }
     fn get_results(&self, meta: &UdfMeta, merged: &[ResultBuffer]) -> Vec<ResultBuffer> {
         let (rows, cols) = (meta.nav_shape.rows, meta.nav_shape.cols);
         let (x, y) = (&merged[0].data, &merged[1].data);
@@ -150,9 +176,19 @@ impl Udf for ComUdf {
                 self.rotation_deg
             ));
         }
-        // Column sums take at most one pixel per row per frame.
-        let headroom = with_pixel_type!(meta.dtype, P => P::ACC_HEADROOM);
-        if meta.sig_shape.rows as u64 > headroom {
+        // Integer column sums take at most one pixel per row per frame. Float moments
+        // accumulate in f64: no integer lanes to overflow, so no limit on the rows.
+        let headroom: Option<u64> = with_pixel_type!(
+            meta.dtype,
+            P => Some(P::ACC_HEADROOM),
+            F => {
+                debug_assert!(F::DTYPE.is_float());
+                None
+            }
+        );
+        if let Some(headroom) = headroom
+            && meta.sig_shape.rows as u64 > headroom
+        {
             return Err(format!(
                 "frames of {} rows exceed the {} rows CoM can sum exactly for {}",
                 meta.sig_shape.rows, headroom, meta.dtype
@@ -169,18 +205,65 @@ impl Udf for ComUdf {
             meta.sig_shape,
             meta.dtype.size(),
         ));
+        let shift = Shift {
+            x0: cols.start,
+            y0: mask.spans().first().map_or(0, |s| s.row as u64),
+            cx: self.cx,
+            cy: self.cy,
+            rotation: (self.rotation_deg != 0.0).then_some((cos, sin)),
+            flip_y: self.flip_y,
+        };
         with_pixel_type!(meta.dtype, P => Box::new(ComTask::<P> {
             meta: *meta,
             read,
             spans: mask.spans().to_vec(),
             x0: cols.start,
             colsum: vec![Default::default(); cols.len()],
-            cx: self.cx,
-            cy: self.cy,
-            rotation: (self.rotation_deg != 0.0).then_some((cos, sin)),
-            flip_y: self.flip_y,
+            shift,
             band: BandSums::default(),
+        }), F => Box::new(FloatComTask::<F> {
+            meta: *meta,
+            read,
+            spans: mask.spans().to_vec(),
+            xs: (0..cols.len()).map(|k| k as f64).collect(),
+            shift,
+            band: Vec::new(),
+            _pixel: std::marker::PhantomData,
         }))
+    }
+}
+
+/// The post-step both pixel paths share: from a frame's moments to the shift vector.
+#[derive(Clone, Copy, Debug)]
+struct Shift {
+    /// First column of the mask's bounding box: x moments are taken from it.
+    x0: usize,
+    /// Row of the mask's first span: y moments are taken from it.
+    y0: u64,
+    cx: f64,
+    cy: f64,
+    /// `(cos θ, sin θ)` of the scan rotation, `None` for none.
+    rotation: Option<(f64, f64)>,
+    flip_y: bool,
+}
+
+impl Shift {
+    /// `(x, y, magnitude)` from the total `t` and the moments `mx` = Σ I·(x − x0),
+    /// `my` = Σ I·(y − y0) (pixel indices); NaN for `t == 0`.
+    #[inline]
+    fn of(&self, t: f64, mx: f64, my: f64) -> [f64; 3] {
+        if t == 0.0 {
+            return [f64::NAN; 3];
+        }
+        let mut dx = self.x0 as f64 + 0.5 + mx / t - self.cx;
+        let mut dy = self.y0 as f64 + 0.5 + my / t - self.cy;
+        if self.flip_y {
+            dy = -dy;
+        }
+        if let Some((cos, sin)) = self.rotation {
+            (dx, dy) = (dx * cos - dy * sin, dx * sin + dy * cos);
+        }
+        [dx, dy, dx.hypot(dy)]
     }
 }
 
@@ -193,11 +276,8 @@ struct ComTask<P: Pixel> {
     x0: usize,
     /// Masked column sums of the current frame.
     colsum: Vec<P::Acc>,
-    cx: f64,
-    cy: f64,
-    /// `(cos θ, sin θ)` of the scan rotation, `None` for none.
-    rotation: Option<(f64, f64)>,
-    flip_y: bool,
+    /// Reference position, flip and rotation.
+    shift: Shift,
     /// Per frame of the chunk fed in row bands: masked column sums, then `(total, y moment)`.
     band: BandSums<P>,
 }
@@ -242,7 +322,7 @@ fn gradient(f: &[f64], rows: usize, cols: usize, along_rows: bool) -> Vec<f64> {
 impl<P: Pixel> ComTask<P> {
     /// Row of the mask's first span: moments along y are taken from it.
     fn y0(&self) -> u64 {
-        self.spans.first().map_or(0, |s| s.row as u64)
+        self.shift.y0
     }
 
     /// Adds the mask's spans in `spans` of `frame` to the column sums `colsum`; returns
@@ -277,16 +357,8 @@ impl<P: Pixel> ComTask<P> {
             .enumerate()
             .map(|(k, c)| k as u128 * c.to_u64() as u128)
             .sum();
-        let t = total as f64;
-        let mut dx = self.x0 as f64 + 0.5 + moment_x as f64 / t - self.cx;
-        let mut dy = self.y0() as f64 + 0.5 + moment_y as f64 / t - self.cy;
-        if self.flip_y {
-            dy = -dy;
-        }
-        if let Some((cos, sin)) = self.rotation {
-            (dx, dy) = (dx * cos - dy * sin, dx * sin + dy * cos);
-        }
-        [dx, dy, dx.hypot(dy)]
+        self.shift
+            .of(total as f64, moment_x as f64, moment_y as f64)
     }
 
     /// `(x, y, magnitude)` of one frame.
@@ -360,6 +432,124 @@ impl<P: Pixel> PartitionTask for ComTask<P> {
         let cols = tile.sig_shape.cols;
         for (out, frame) in nav.chunks_exact_mut(3).zip(px.chunks_exact(n)) {
             out.copy_from_slice(&self.frame_com(frame, cols));
+        }
+    }
+}
+
+/// CoM on float pixels: per frame the moments `(Σ I, Σ I·(x − x0), Σ I·(y − y0))` in `f64`.
+struct FloatComTask<F: FloatPixel> {
+    meta: UdfMeta,
+    /// From the share of cache lines the mask touches.
+    read: BandRead,
+    spans: Vec<Span>,
+    /// `xs[k] = k`: the x weight of column `x0 + k`.
+    xs: Vec<f64>,
+    shift: Shift,
+    /// Per frame of the chunk fed in row bands: its moments so far.
+    band: Vec<[f64; 3]>,
+    _pixel: std::marker::PhantomData<F>,
+}
+
+/// `(Σ v, Σ v·x)` of a run of pixels `v` with x weights `xs` (`xs.len() == v.len()`), in
+/// eight `f64` lanes (vectorises), then the lanes in order, then the remainder.
+#[inline]
+fn run_moments<F: FloatPixel>(v: &[F], xs: &[f64]) -> (f64, f64) {
+    let mut s = [0f64; 8];
+    let mut m = [0f64; 8];
+    let mut vc = v.chunks_exact(8);
+    let mut xc = xs.chunks_exact(8);
+    for (a, b) in (&mut vc).zip(&mut xc) {
+        for i in 0..8 {
+            let f = a[i].to_f64();
+            s[i] += f;
+            m[i] += f * b[i];
+        }
+    }
+    let (mut ts, mut tm) = (0.0, 0.0);
+    for i in 0..8 {
+        ts += s[i];
+        tm += m[i];
+    }
+    for (&a, &b) in vc.remainder().iter().zip(xc.remainder()) {
+        let f = a.to_f64();
+        ts += f;
+        tm += f * b;
+    }
+    (ts, tm)
+}
+
+impl<F: FloatPixel> FloatComTask<F> {
+    /// Adds the moments of `frame` (a frame of `cols` columns) under `spans` to `acc`, span
+    /// after span: the same additions in the same order whether the spans come all at
+    /// once or band by band.
+    #[inline]
+    fn accumulate(&self, acc: &mut [f64; 3], frame: &[F], spans: &[Span], cols: usize) {
+        let (x0, y0) = (self.shift.x0, self.shift.y0);
+        for s in spans {
+            let k = s.start as usize - x0..s.end as usize - x0;
+            let (t, mx) = run_moments(&frame[s.range(cols)], &self.xs[k]);
+            acc[0] += t;
+            acc[1] += mx;
+            acc[2] += (s.row as u64 - y0) as f64 * t;
+        }
+    }
+}
+
+impl<F: FloatPixel> PartitionTask for FloatComTask<F> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn bands(&self) -> bool {
+        true
+    }
+
+    fn band_read(&self) -> BandRead {
+        self.read
+    }
+
+    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, _nav: &mut [f64]) {
+        let Some(px) = F::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let cols = tile.sig_shape.cols;
+        let frames = tile.n_frames.min(px.len() / n);
+        let mut band = std::mem::take(&mut self.band);
+        if rows.start == 0 {
+            band.clear();
+            band.resize(frames, [0.0; 3]);
+        }
+        let a = self
+            .spans
+            .partition_point(|s| (s.row as usize) < rows.start);
+        let b = a + self.spans[a..].partition_point(|s| (s.row as usize) < rows.end);
+        let spans = &self.spans[a..b];
+        if !spans.is_empty() {
+            for (acc, frame) in band.iter_mut().zip(px.chunks_exact(n)) {
+                self.accumulate(acc, frame, spans, cols);
+            }
+        }
+        self.band = band;
+    }
+
+    fn finish_bands(&mut self, _tile: &TileView<'_>, nav: &mut [f64]) {
+        for (out, &[t, mx, my]) in nav.chunks_exact_mut(3).zip(&self.band) {
+            out.copy_from_slice(&self.shift.of(t, mx, my));
+        }
+    }
+
+    fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
+        let Some(px) = F::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let cols = tile.sig_shape.cols;
+        for (out, frame) in nav.chunks_exact_mut(3).zip(px.chunks_exact(n)) {
+            let mut acc = [0.0; 3];
+            self.accumulate(&mut acc, frame, &self.spans, cols);
+            let [t, mx, my] = acc;
+            out.copy_from_slice(&self.shift.of(t, mx, my));
         }
     }
 }

@@ -1,7 +1,7 @@
 //! [`MasksUdf`]: virtual detectors — several binary masks applied to each frame in one pass.
 
-use crate::mask::{Mask, SpanMask, line_fraction};
-use crate::pixel::Pixel;
+use crate::mask::{Mask, MasksParams, NamedMask, Span, SpanMask, line_fraction};
+use crate::pixel::{FloatPixel, Pixel};
 use crate::udf::{
     BandRead, BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta, band_read_of_lines,
 };
@@ -9,6 +9,7 @@ use crate::windows::WindowMask;
 use crate::with_pixel_type;
 use std::marker::PhantomData;
 use std::ops::Range;
+use std::path::PathBuf;
 use std::sync::Arc;
 use stemflow_core::frame::PixelsRef;
 
@@ -20,23 +21,73 @@ use stemflow_core::frame::PixelsRef;
 /// [`Mask::Ring`], [`Mask::Rectangle`], [`Mask::Polygon`] and [`Mask::Custom`] (e.g. from a
 /// `.npy` file, [`crate::mask::CustomMask::from_npy`]); names unique.
 ///
+/// All at once, serialisable: [`MasksParams`] ([`MasksUdf::from_params`],
+/// [`Udf::params`]).
+///
 /// Output: one nav buffer per mask, named by the mask (e.g. `bf`, `adf`), shape
-/// `[nav_rows, nav_cols]`, unit `counts`, dtype u64 — the exact integer sum under the mask
-/// as `f64`. Geometry and pixel convention: [`crate::mask`]. Masks are held as row spans
-/// (run-length, sparse): only pixels under some mask are read, every mask while the frame
-/// is in cache.
+/// `[nav_rows, nav_cols]`, unit `counts`. Geometry and pixel convention: [`crate::mask`].
+/// Masks are binary (every pixel in a mask weighs 1) and held as row spans (run-length,
+/// sparse): only pixels under some mask are read, every mask while the frame is in cache.
+///
+/// * Integer pixels (u8–u64): dtype u64 — the exact integer sum under the mask as `f64`.
+/// * Float pixels (f32, f64): dtype float64 — the sum in `f64` (each span in 8 lanes, the
+///   spans in row order), negative values included. Not exact: it differs from a plain
+///   f64 sum by rounding only (its last bits; the tests allow 1e-12 of the sum of the
+///   magnitudes), and is the same for a frame whether it was fed whole or in row bands. A NaN pixel makes the sum of every mask containing it NaN
+///   (as NumPy); masks not containing it are unaffected.
 #[derive(Clone, Debug)]
 pub struct MasksUdf {
     name: String,
     masks: Vec<(String, Mask)>,
+    /// Per mask: the file a custom mask was read from, for [`Udf::params`].
+    sources: Vec<Option<PathBuf>>,
 }
 
 impl MasksUdf {
     /// Virtual detectors named `masks`, one per `(buffer name, mask)`.
     pub fn new<S: Into<String>>(masks: impl IntoIterator<Item = (S, Mask)>) -> Self {
+        let masks: Vec<(String, Mask)> = masks.into_iter().map(|(n, m)| (n.into(), m)).collect();
         Self {
             name: "masks".into(),
-            masks: masks.into_iter().map(|(n, m)| (n.into(), m)).collect(),
+            sources: vec![None; masks.len()],
+            masks,
+        }
+    }
+    /// Virtual detectors named `masks` from their parameters (each mask's `source` kept
+    /// for [`Udf::params`]). Checked, like [`MasksUdf::new`], when a run starts.
+    pub fn from_params(p: MasksParams) -> Self {
+        let (masks, sources) = p
+            .masks
+            .into_iter()
+            .map(|m| ((m.name, m.mask), m.source))
+            .unzip();
+        Self {
+            name: "masks".into(),
+            masks,
+            sources,
+        }
+    }
+    /// Records that the mask named `mask_name` (a [`Mask::Custom`]) was read from `path`,
+    /// so that [`Udf::params`] names the file; no effect when no mask has that name.
+    pub fn with_source(mut self, mask_name: &str, path: impl Into<PathBuf>) -> Self {
+        if let Some(i) = self.masks.iter().position(|(n, _)| n == mask_name) {
+            self.sources[i] = Some(path.into());
+        }
+        self
+    }
+    /// The parameters: every mask with its name and source, in buffer order.
+    pub fn to_params(&self) -> MasksParams {
+        MasksParams {
+            masks: self
+                .masks
+                .iter()
+                .zip(&self.sources)
+                .map(|((name, mask), source)| NamedMask {
+                    name: name.clone(),
+                    mask: mask.clone(),
+                    source: source.clone(),
+                })
+                .collect(),
         }
     }
     /// The same UDF under another name (names are unique within a run).
@@ -54,11 +105,19 @@ impl Udf for MasksUdf {
     fn name(&self) -> &str {
         &self.name
     }
-    fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
+    fn buffers(&self, meta: &UdfMeta) -> Vec<BufferDecl> {
+        let dtype = if meta.dtype.is_float() {
+            ResultDType::F64
+        } else {
+            ResultDType::U64
+        };
         self.masks
             .iter()
-            .map(|(n, _)| BufferDecl::nav(n, "counts").with_dtype(ResultDType::U64))
+            .map(|(n, _)| BufferDecl::nav(n, "counts").with_dtype(dtype))
             .collect()
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self.to_params()).unwrap_or(serde_json::Value::Null)
     }
     fn check(&self, meta: &UdfMeta) -> Result<(), String> {
         if self.masks.is_empty() {
@@ -96,7 +155,74 @@ impl Udf for MasksUdf {
             spans: Arc::clone(&spans),
             windows: Arc::clone(&windows),
             _pixel: PhantomData,
+        }), F => Box::new(FloatMasksTask::<F> {
+            meta: *meta,
+            read,
+            spans: Arc::clone(&spans),
+            _pixel: PhantomData,
         }))
+    }
+}
+
+/// The virtual detectors on float pixels: f64 sums over each mask's spans.
+struct FloatMasksTask<F: FloatPixel> {
+    meta: UdfMeta,
+    /// From the share of cache lines the masks touch.
+    read: BandRead,
+    spans: Arc<[SpanMask]>,
+    _pixel: PhantomData<F>,
+}
+
+/// Adds the sums of `frame`'s pixels under `spans` (a frame of `cols` columns) to `acc`,
+/// one span after another in order: the same additions, in the same order, whether the
+/// spans come all at once or band by band, so a frame's sum does not depend on the bands.
+#[inline]
+fn add_spans<F: FloatPixel>(acc: &mut f64, frame: &[F], spans: &[Span], cols: usize) {
+    for s in spans {
+        *acc += F::sum(&frame[s.range(cols)]);
+    }
+}
+
+impl<F: FloatPixel> PartitionTask for FloatMasksTask<F> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn bands(&self) -> bool {
+        true
+    }
+
+    fn band_read(&self) -> BandRead {
+        self.read
+    }
+
+    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, nav: &mut [f64]) {
+        let Some(px) = F::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let cols = tile.sig_shape.cols;
+        let width = self.spans.len().max(1);
+        for (out, frame) in nav.chunks_exact_mut(width).zip(px.chunks_exact(n)) {
+            for (o, mask) in out.iter_mut().zip(self.spans.iter()) {
+                add_spans(o, frame, mask.spans_in_rows(rows.clone()), cols);
+            }
+        }
+    }
+
+    fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
+        let Some(px) = F::slice(tile.pixels) else {
+            return;
+        };
+        let n = tile.sig_shape.len().max(1);
+        let cols = tile.sig_shape.cols;
+        let width = self.spans.len().max(1);
+        for (out, frame) in nav.chunks_exact_mut(width).zip(px.chunks_exact(n)) {
+            for (o, mask) in out.iter_mut().zip(self.spans.iter()) {
+                *o = 0.0;
+                add_spans(o, frame, mask.spans(), cols);
+            }
+        }
     }
 }
 

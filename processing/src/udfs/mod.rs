@@ -22,11 +22,12 @@ mod stats;
 mod sum;
 mod sum_sig;
 
+pub use crate::mask::{MasksParams, NamedMask};
 pub use com::{ComParams, ComUdf};
 pub use masks::MasksUdf;
-pub use pick::{PartitionMonitorUdf, PickUdf, SignalMonitorUdf};
+pub use pick::{PartitionMonitorUdf, PickParams, PickUdf, SignalMonitorUdf};
 pub use radial::{RadialProfileParams, RadialProfileUdf};
-pub use record::RecordUdf;
+pub use record::{RecordParams, RecordUdf};
 pub use stats::StatsUdf;
 pub use sum::SumUdf;
 pub use sum_sig::SumSigUdf;

@@ -1,16 +1,19 @@
 //! [`RadialProfileUdf`]: the azimuthal average of each frame around a centre.
 
-use crate::pixel::Pixel;
+use crate::pixel::{FloatPixel, Pixel};
 use crate::result::ResultBuffer;
 use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use stemflow_core::SigShape;
 use stemflow_core::frame::PixelsRef;
 
 /// Parameters of [`RadialProfileUdf`], in detector pixels (pixel convention of
-/// [`crate::mask`]: pixel `(x, y)` has its centre at `(x + 0.5, y + 0.5)`).
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// [`crate::mask`]: pixel `(x, y)` has its centre at `(x + 0.5, y + 0.5)`); serialised as
+/// `{"cx": …, "cy": …, "bin_width": …, "n_bins": …}`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RadialProfileParams {
     /// Centre x (column direction), pixels.
     pub cx: f64,
@@ -31,7 +34,11 @@ pub struct RadialProfileParams {
 /// * single `radius`, shape `[n_bins]`, pixels: each bin's centre radius;
 /// * single `pixels`, shape `[n_bins]`: the number of detector pixels in each bin.
 ///
-/// Bin sums are exact integers; the mean is one division.
+/// * Integer pixels (u8–u64): bin sums are exact integers; the mean is one division.
+/// * Float pixels (f32, f64): bin sums accumulate in `f64`, pixel by pixel in row-major
+///   order (the same bins as for integers), then one division; negative values are
+///   averaged as they are. A NaN pixel makes its own bin's mean NaN for that frame, and no
+///   other bin (pixels in no bin are never added).
 #[derive(Clone, Debug)]
 pub struct RadialProfileUdf {
     name: String,
@@ -45,6 +52,14 @@ impl RadialProfileUdf {
             name: "radial".into(),
             p,
         }
+    }
+    /// A radial profile named `radial` (the same as [`RadialProfileUdf::new`]).
+    pub fn from_params(p: RadialProfileParams) -> Self {
+        Self::new(p)
+    }
+    /// The parameters.
+    pub fn to_params(&self) -> RadialProfileParams {
+        self.p
     }
     /// The same UDF under another name (names are unique within a run).
     pub fn named(mut self, name: &str) -> Self {
@@ -83,6 +98,9 @@ impl Udf for RadialProfileUdf {
             BufferDecl::single("radius", vec![self.p.n_bins], "pixels"),
             BufferDecl::single("pixels", vec![self.p.n_bins], "pixels"),
         ]
+    }
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(self.p).unwrap_or(serde_json::Value::Null)
     }
     fn check(&self, meta: &UdfMeta) -> Result<(), String> {
         let p = &self.p;
@@ -134,7 +152,45 @@ impl Udf for RadialProfileUdf {
             counts: counts.clone(),
             sums: vec![0; counts.len()],
             _p: std::marker::PhantomData,
+        }), F => Box::new(FloatRadialTask::<F> {
+            idx: Arc::clone(&idx),
+            counts: counts.clone(),
+            sums: vec![0.0; counts.len()],
+            _p: std::marker::PhantomData,
         }))
+    }
+}
+
+/// The radial profile on float pixels: `f64` bin sums.
+struct FloatRadialTask<F: FloatPixel> {
+    idx: Arc<[u32]>,
+    counts: Vec<u64>,
+    sums: Vec<f64>,
+    _p: std::marker::PhantomData<F>,
+}
+
+impl<F: FloatPixel> PartitionTask for FloatRadialTask<F> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        let sig = SigShape::new(1, self.idx.len());
+        self.process_tile(&TileView::single(frame, sig, pixels), nav);
+    }
+    fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
+        let Some(px) = F::slice(tile.pixels) else {
+            return;
+        };
+        let n = self.idx.len().max(1);
+        let bins = self.sums.len().max(1);
+        for (out, frame) in nav.chunks_exact_mut(bins).zip(px.chunks_exact(n)) {
+            self.sums.fill(0.0);
+            for (&k, &v) in self.idx.iter().zip(frame) {
+                if let Some(s) = self.sums.get_mut(k as usize) {
+                    *s += v.to_f64();
+                }
+            }
+            for ((o, &s), &c) in out.iter_mut().zip(&self.sums).zip(&self.counts) {
+                *o = if c == 0 { f64::NAN } else { s / c as f64 };
+            }
+        }
     }
 }
 

@@ -9,10 +9,21 @@ use std::sync::{Arc, Mutex};
 use stemflow_core::DType;
 use stemflow_core::frame::PixelsRef;
 
-/// Records frames to a NumPy `.npy` file of shape `(nav_rows, nav_cols, sig_rows,
-/// sig_cols)` and the run's pixel type, little-endian (`<u1`, `<u2`, `<u4`, `<u8`).
+/// The parameters of [`RecordUdf`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordParams {
+    /// The `.npy` file to write, created (or truncated) when the run starts; serialised as
+    /// a string (a path that is not UTF-8 is shown lossily by [`Udf::params`]).
+    pub path: PathBuf,
+}
+
+/// Records frames to a NumPy `.npy` file (format version 1.0) of shape `(nav_rows,
+/// nav_cols, sig_rows, sig_cols)`, C order, and the run's pixel type, little-endian:
+/// descr `|u1`, `<u2`, `<u4`, `<u8`, or `<f4`, `<f8` for float frames (written bit for
+/// bit, NaN and negative values included).
 ///
-/// Parameter: `path` — the file, created (or truncated) when the run starts. Each frame
+/// Parameters: [`RecordParams`] — `path`, the file, created (or truncated) when the run
+/// starts; [`Udf::params`] gives `{"path": "…"}`. Each frame
 /// is written at its scan position by the worker that processed it (one positioned write
 /// per partition), so the file is complete when the run ends; positions never processed
 /// (outside the ROI, lost, damaged, or after a cancel) hold zeros.
@@ -39,6 +50,10 @@ impl RecordUdf {
             error: Arc::new(Mutex::new(None)),
         }
     }
+    /// Records to the file of `p`; named `record`.
+    pub fn from_params(p: RecordParams) -> Self {
+        Self::new(p.path)
+    }
     /// The same UDF under another name (names are unique within a run).
     pub fn named(mut self, name: &str) -> Self {
         self.name = name.to_string();
@@ -60,12 +75,22 @@ fn descr(dtype: DType) -> &'static str {
         DType::U16 => "<u2",
         DType::U32 => "<u4",
         DType::U64 => "<u8",
+        DType::F32 => "<f4",
+        DType::F64 => "<f8",
     }
 }
 
 impl Udf for RecordUdf {
     fn name(&self) -> &str {
         &self.name
+    }
+    fn params(&self) -> serde_json::Value {
+        let p = RecordParams {
+            path: self.path.clone(),
+        };
+        // serde refuses a path that is not UTF-8: show it lossily rather than not at all.
+        serde_json::to_value(&p)
+            .unwrap_or_else(|_| serde_json::json!({ "path": self.path.to_string_lossy() }))
     }
     fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
         vec![BufferDecl::single("frames_written", vec![], "frames").with_dtype(ResultDType::U64)]
@@ -140,6 +165,8 @@ impl PartitionTask for RecordTask {
             PixelsRef::U16(s) => s.iter().for_each(|v| self.scratch.extend(v.to_le_bytes())),
             PixelsRef::U32(s) => s.iter().for_each(|v| self.scratch.extend(v.to_le_bytes())),
             PixelsRef::U64(s) => s.iter().for_each(|v| self.scratch.extend(v.to_le_bytes())),
+            PixelsRef::F32(s) => s.iter().for_each(|v| self.scratch.extend(v.to_le_bytes())),
+            PixelsRef::F64(s) => s.iter().for_each(|v| self.scratch.extend(v.to_le_bytes())),
         }
         let at = self.offset + tile.first_frame * self.frame_bytes;
         match file.write_all_at(&self.scratch, at) {

@@ -1,20 +1,31 @@
 //! [`SumUdf`]: the sum of all frames (the mean diffraction pattern times the frame count).
 
-use crate::pixel::{Accum, Pixel};
+use crate::pixel::{Accum, FloatPixel, Pixel};
 use crate::result::ResultBuffer;
-use crate::udf::{BandRead, BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::udf::{BandRead, BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
 
 /// Sums all processed frames pixel by pixel.
 ///
-/// Output: sig buffer `intensity`, shape `[sig_rows, sig_cols]`, unit `counts`.
+/// No parameters besides the name ([`Udf::params`] is `null`).
 ///
-/// Accumulation is exact: u8/u16 frames are added into `u32` lanes, flushed to `u64`
-/// before a lane could overflow (every 65 537 u16 frames); u32/u64 frames into `u64`. The
-/// merged `f64` sums are exact while a pixel's total stays below 2^53 counts, so the result
-/// does not depend on how frames were split or in which order partitions merged.
+/// Output: sig buffer `intensity`, shape `[sig_rows, sig_cols]`, unit `counts`, dtype
+/// float64 for every pixel type.
+///
+/// Integer frames: accumulation is exact: u8/u16 frames are added into `u32` lanes,
+/// flushed to `u64` before a lane could overflow (every 65 537 u16 frames); u32/u64 frames
+/// into `u64`. The merged `f64` sums are exact while a pixel's total stays below 2^53
+/// counts, so the result does not depend on how frames were split or in which order
+/// partitions merged.
+///
+/// Float frames (f32, f64): each pixel is summed in `f64`, per worker, then the workers'
+/// sums are added at each merge. Not exact: the last bits depend on the order of the
+/// additions (tiling, partitions, threads) — agreement with a plain f64 sum is to about
+/// 1e-12 of the magnitude of the sum of |x| for ordinary frame counts. Negative values are
+/// summed as they are; a NaN pixel in any frame makes that pixel's sum NaN (as
+/// `numpy.sum`), and ±∞ propagate as in IEEE arithmetic.
 #[derive(Clone, Debug)]
 pub struct SumUdf {
     name: String,
@@ -43,10 +54,14 @@ impl Udf for SumUdf {
         &self.name
     }
     fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
-        vec![BufferDecl::sig("intensity", "counts")]
+        // float64 whatever `meta.dtype`: integer frames give exact counts below 2^53, float
+        // frames an `f64` sum (never an integer dtype, which could not hold fractions).
+        vec![BufferDecl::sig("intensity", "counts").with_dtype(ResultDType::F64)]
     }
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
-        with_pixel_type!(meta.dtype, P => Box::new(SumTask::<P>::new(meta)))
+        with_pixel_type!(meta.dtype,
+            P => Box::new(SumTask::<P>::new(meta)),
+            F => Box::new(FloatSumTask::<F>::new(meta)))
     }
 }
 
@@ -191,6 +206,87 @@ impl<P: Pixel> PartitionTask for SumTask<P> {
             }
         }
         self.frames_in_acc = 0;
+    }
+}
+
+/// `acc[i] += frame[e0 + i]` in `f64` for the first `frames` frames of `n` pixels in `px`
+/// (`acc` covers pixels `e0..e0 + acc.len()`), block by block so that a block of the
+/// accumulator stays in L1 while the frames stream past it.
+fn add_float_frames<F: FloatPixel>(acc: &mut [f64], px: &[F], n: usize, e0: usize, frames: usize) {
+    let len = acc.len();
+    for b0 in (0..len).step_by(BLOCK) {
+        let b1 = (b0 + BLOCK).min(len);
+        let acc = &mut acc[b0..b1];
+        for f in 0..frames {
+            F::add_into(acc, &px[f * n + e0 + b0..f * n + e0 + b1]);
+        }
+    }
+}
+
+/// Per-worker sum of float frames: one `f64` per pixel since the last merge.
+struct FloatSumTask<F: FloatPixel> {
+    meta: UdfMeta,
+    acc: Vec<f64>,
+    _pixel: std::marker::PhantomData<F>,
+}
+
+impl<F: FloatPixel> FloatSumTask<F> {
+    fn new(meta: &UdfMeta) -> Self {
+        Self {
+            meta: *meta,
+            acc: vec![0.0; meta.sig_shape.len()],
+            _pixel: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<F: FloatPixel> PartitionTask for FloatSumTask<F> {
+    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
+    }
+
+    fn process_tile(&mut self, tile: &TileView<'_>, _nav: &mut [f64]) {
+        let Some(px) = F::slice(tile.pixels) else {
+            return;
+        };
+        let n = self.acc.len();
+        if n == 0 {
+            return;
+        }
+        let frames = tile.n_frames.min(px.len() / n);
+        add_float_frames::<F>(&mut self.acc, px, n, 0, frames);
+    }
+
+    fn bands(&self) -> bool {
+        true
+    }
+
+    fn band_read(&self) -> BandRead {
+        BandRead::Stream
+    }
+
+    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, _nav: &mut [f64]) {
+        let Some(px) = F::slice(tile.pixels) else {
+            return;
+        };
+        let n = self.acc.len();
+        if n == 0 {
+            return;
+        }
+        let frames = tile.n_frames.min(px.len() / n);
+        let cols = self.meta.sig_shape.cols;
+        let (e0, e1) = ((rows.start * cols).min(n), (rows.end * cols).min(n));
+        add_float_frames::<F>(&mut self.acc[e0..e1], px, n, e0, frames);
+    }
+
+    fn merge_into(&mut self, global: &mut [ResultBuffer]) {
+        let Some(out) = global.first_mut() else {
+            return;
+        };
+        for (g, a) in out.data.iter_mut().zip(self.acc.iter_mut()) {
+            *g += *a;
+            *a = 0.0;
+        }
     }
 }
 

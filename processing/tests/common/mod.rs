@@ -47,6 +47,8 @@ pub fn tiles(frames: &[Vec<u64>], per_tile: usize, sig: SigShape, dtype: DType) 
                 DType::U16 => TileData::U16(flat.map(|v| v as u16).collect()),
                 DType::U32 => TileData::U32(flat.map(|v| v as u32).collect()),
                 DType::U64 => TileData::U64(flat.collect()),
+                DType::F32 => TileData::F32(flat.map(|v| v as f32).collect()),
+                DType::F64 => TileData::F64(flat.map(|v| v as f64).collect()),
             };
             Tile {
                 first_frame: (k * per_tile) as u64,

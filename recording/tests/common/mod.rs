@@ -51,6 +51,8 @@ pub fn expected(frame: u64, i: usize, dtype: DType) -> u64 {
         DType::U16 => v as u16 as u64,
         DType::U32 => v as u32 as u64,
         DType::U64 => v,
+        DType::F32 => v as f32 as u64,
+        DType::F64 => v as f64 as u64,
     }
 }
 
@@ -68,6 +70,8 @@ pub fn tile(first: u64, n: usize, dtype: DType) -> Tile {
                 TileData::U16(d) => d[k] = v as u16,
                 TileData::U32(d) => d[k] = v as u32,
                 TileData::U64(d) => d[k] = v,
+                TileData::F32(d) => d[k] = v as f32,
+                TileData::F64(d) => d[k] = v as f64,
             }
         }
     }
@@ -99,6 +103,7 @@ pub fn results() -> Vec<UdfResults> {
     vec![
         UdfResults {
             udf: "sum/sig".into(),
+            params: String::new(),
             buffers: vec![
                 ResultBuffer {
                     name: "intensity".into(),
@@ -121,6 +126,7 @@ pub fn results() -> Vec<UdfResults> {
         },
         UdfResults {
             udf: "com".into(),
+            params: r#"{"cx":1.5,"mask_radius":4.0}"#.into(),
             buffers: vec![
                 ResultBuffer {
                     name: "x".into(),
@@ -142,6 +148,7 @@ pub fn results() -> Vec<UdfResults> {
         },
         UdfResults {
             udf: "sum".into(),
+            params: String::new(),
             buffers: vec![
                 ResultBuffer {
                     name: "frame_sum".into(),

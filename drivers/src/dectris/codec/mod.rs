@@ -366,6 +366,20 @@ pub fn decode_pixels(enc: &Encoding, blob: &[u8], out: PixelsMut<'_>) -> Result<
             p.iter_mut().for_each(|v| *v = u64::from_le(*v));
             Ok(n)
         }
+        PixelsMut::F32(p) => {
+            let n = decode_into(enc, blob, as_bytes_mut(p))?;
+            #[cfg(target_endian = "big")]
+            p.iter_mut()
+                .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+            Ok(n)
+        }
+        PixelsMut::F64(p) => {
+            let n = decode_into(enc, blob, as_bytes_mut(p))?;
+            #[cfg(target_endian = "big")]
+            p.iter_mut()
+                .for_each(|v| *v = f64::from_bits(u64::from_le(v.to_bits())));
+            Ok(n)
+        }
     }
 }
 
@@ -394,19 +408,35 @@ pub fn decode_hdf5_lz4_pixels(blob: &[u8], out: PixelsMut<'_>) -> Result<usize, 
             p.iter_mut().for_each(|v| *v = u64::from_le(*v));
             Ok(n)
         }
+        PixelsMut::F32(p) => {
+            let n = decode_hdf5_lz4_into(blob, as_bytes_mut(p))?;
+            #[cfg(target_endian = "big")]
+            p.iter_mut()
+                .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+            Ok(n)
+        }
+        PixelsMut::F64(p) => {
+            let n = decode_hdf5_lz4_into(blob, as_bytes_mut(p))?;
+            #[cfg(target_endian = "big")]
+            p.iter_mut()
+                .for_each(|v| *v = f64::from_bits(u64::from_le(v.to_bits())));
+            Ok(n)
+        }
     }
 }
 
-/// Unsigned pixel types whose memory can be viewed as bytes.
+/// Pixel types whose memory can be viewed as bytes (no padding, every bit pattern valid).
 trait Plain: Copy {}
 impl Plain for u16 {}
 impl Plain for u32 {}
 impl Plain for u64 {}
+impl Plain for f32 {}
+impl Plain for f64 {}
 
 /// The bytes of a pixel slice.
 fn as_bytes_mut<T: Plain>(p: &mut [T]) -> &mut [u8] {
     let len = std::mem::size_of_val(p);
-    // SAFETY: T is an unsigned integer (no padding, every bit pattern valid); u8 has
+    // SAFETY: T is an unsigned integer or a float (no padding, every bit pattern valid); u8 has
     // alignment 1; the borrow of `p` is moved into the result.
     unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr().cast::<u8>(), len) }
 }

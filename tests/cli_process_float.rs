@@ -1,0 +1,288 @@
+//! `stemflow process` on float and signed-integer files, as a user runs it: a float32
+//! `.npy`, a big-endian int16 `.npy` and a big-endian int16 raw file of a 4 × 4 scan of
+//! 32 × 32 frames holding negative values (and fractions, for float32). The run must end
+//! with exit status 0; the per-frame sums over the signal (`sum_sig`) and the per-pixel sums
+//! over the scan (`sum`) in `processed.h5` must equal a reference computed here; the frames
+//! copied into `processed.h5` must be the file's values (float32 frames); `run.json` must
+//! report a completed run of 16 frames with float64 results.
+//!
+//! Every child process runs under a deadline and is killed (with its process group) when
+//! its guard drops.
+
+mod common;
+
+use common::process::ChildGuard;
+use common::scratch::{ScratchDir, tail};
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
+use stemflow_core::frame::PixelsRef;
+use stemflow_core::result::UdfResults;
+use stemflow_core::{DType, SigShape};
+use stemflow_recording::reader::open_recording;
+
+/// Limit for one `stemflow` command in these tests (debug build, two shared cores).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Scan 4 × 4, frames 32 × 32.
+const NAV: (usize, usize) = (4, 4);
+const SIG: (usize, usize) = (32, 32);
+const FRAMES: usize = NAV.0 * NAV.1;
+const PIXELS: usize = SIG.0 * SIG.1;
+
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Finished {
+    fn describe(&self) -> String {
+        format!(
+            "exit status {}\nstdout ends:\n{}\nstderr ends:\n{}",
+            self.status,
+            tail(&self.stdout, 4000),
+            tail(&self.stderr, 4000)
+        )
+    }
+}
+
+/// Runs `stemflow ARGS` to completion (at most [`COMMAND_TIMEOUT`]), output kept in files.
+fn stemflow(args: &[&str], scratch: &Path) -> Finished {
+    let out = scratch.join("stdout.log");
+    let err = scratch.join("stderr.log");
+    let file =
+        |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::from(file(&out)))
+        .stderr(Stdio::from(file(&err)));
+    let mut child = ChildGuard::spawn(&format!("stemflow {}", args.join(" ")), &mut cmd);
+    let status = child.wait_timeout(COMMAND_TIMEOUT);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let Some(status) = status else {
+        panic!(
+            "`stemflow {}` still running after {COMMAND_TIMEOUT:?}\nstderr ends:\n{}",
+            args.join(" "),
+            tail(&read(&err), 4000)
+        );
+    };
+    Finished {
+        status,
+        stdout: read(&out),
+        stderr: read(&err),
+    }
+}
+
+fn arg(p: &Path) -> &str {
+    p.to_str()
+        .unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
+}
+
+/// Float32 pixels: multiples of 1/16 in -5.4375..=5.0625 (so every sum here is exact in
+/// float64, whatever the order of summation), about half of them negative.
+fn float_frames() -> Vec<Vec<f32>> {
+    (0..FRAMES)
+        .map(|f| {
+            (0..PIXELS)
+                .map(|i| ((f * 37 + i * 11) % 29) as f32 * 0.375 - 5.4375)
+                .collect()
+        })
+        .collect()
+}
+
+/// Int16 pixels in -1501..=1400, about half of them negative, frame 5 all negative.
+fn int16_frames() -> Vec<Vec<i16>> {
+    (0..FRAMES)
+        .map(|f| {
+            (0..PIXELS)
+                .map(|i| {
+                    let v = ((f * 131 + i * 17) % 30) as i16 * 100 - 1500;
+                    if f == 5 { -v.abs() - 1 } else { v }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes a 4-D `.npy` of shape (4, 4, 32, 32) with element `descr` and data `data`.
+fn write_npy(path: &Path, descr: &str, data: &[u8]) {
+    let mut bytes =
+        stemflow_processing::io::npy::header_bytes(descr, &[NAV.0, NAV.1, SIG.0, SIG.1]);
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+fn buffer<'a>(results: &'a [UdfResults], udf: &str, buf: &str) -> &'a [f64] {
+    &results
+        .iter()
+        .find(|r| r.udf == udf)
+        .and_then(|r| r.buffer(buf))
+        .unwrap_or_else(|| panic!("no result {udf}/{buf}"))
+        .data
+}
+
+/// `got` equals `want` to 1e-12 of its magnitude (exact here: see [`float_frames`]).
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-12 * w.abs().max(1.0),
+            "{what} at {i}: got {g}, expected {w}"
+        );
+    }
+}
+
+/// Runs `stemflow process` with `args` and checks the outputs in `out` against `frames`
+/// (the file's pixels as f64): exit 0, `sum_sig` and `sum` equal to the naive sums, the
+/// recorded frames float32 and equal to the pixels, `run.json` complete.
+fn process_and_check(args: &[&str], out: &Path, scratch: &Path, frames: &[Vec<f64>]) {
+    let run = stemflow(args, scratch);
+    assert!(
+        run.status.success(),
+        "`stemflow {}` failed: {}",
+        args.join(" "),
+        run.describe()
+    );
+    assert!(
+        run.stdout.contains("float32"),
+        "the summary line should name the frames' dtype float32: {}",
+        run.describe()
+    );
+    let h5 = out.join("processed.h5");
+    let rec = open_recording(&h5).unwrap_or_else(|e| panic!("{}: {e}", h5.display()));
+    // The reference has negative frame totals and pixel sums, which must survive.
+    let per_frame: Vec<f64> = frames.iter().map(|f| f.iter().sum()).collect();
+    let per_pixel: Vec<f64> = (0..PIXELS)
+        .map(|i| frames.iter().map(|f| f[i]).sum())
+        .collect();
+    assert!(per_frame.iter().any(|&v| v < 0.0) && per_pixel.iter().any(|&v| v < 0.0));
+    let results = rec
+        .results()
+        .unwrap_or_else(|e| panic!("results of {}: {e}", h5.display()));
+    assert_close(
+        "sum_sig",
+        buffer(&results, "sum_sig", "intensity"),
+        &per_frame,
+    );
+    assert_close("sum", buffer(&results, "sum", "intensity"), &per_pixel);
+    // The frames as recorded: float32, the file's values exactly.
+    assert_eq!(rec.dtype(), DType::F32);
+    assert_eq!(rec.sig_shape(), SigShape::new(SIG.0, SIG.1));
+    let tile = rec
+        .read_tile(0, FRAMES)
+        .unwrap_or_else(|e| panic!("frames of {}: {e}", h5.display()));
+    let PixelsRef::F32(px) = tile.data.view() else {
+        panic!("recorded frames are {}", tile.data.dtype());
+    };
+    let want: Vec<f32> = frames.iter().flatten().map(|&v| v as f32).collect();
+    assert_eq!(
+        px,
+        &want[..],
+        "recorded frames differ from the file's pixels"
+    );
+    // run.json: a completed run of every frame, results float64.
+    let json = std::fs::read_to_string(out.join("run.json")).expect("run.json");
+    let record: Value = serde_json::from_str(&json).expect("run.json is JSON");
+    assert_eq!(record["exit_status"], "completed", "{json}");
+    assert_eq!(record["frames_processed"], FRAMES, "{json}");
+    let sum_sig = record["results"]
+        .as_array()
+        .and_then(|a| {
+            a.iter()
+                .find(|r| r["udf"] == "sum_sig" && r["buffer"] == "intensity")
+        })
+        .unwrap_or_else(|| panic!("no sum_sig in run.json: {json}"));
+    assert_eq!(sum_sig["dtype"], "float64", "{json}");
+    assert_eq!(sum_sig["finite"], FRAMES, "{json}");
+}
+
+/// A float32 `.npy` (fractions, negative values) is processed like a detector's frames.
+#[test]
+fn process_float32_npy() {
+    let dir = ScratchDir::new("cli-process-f32");
+    let frames = float_frames();
+    let npy = dir.path().join("frames.npy");
+    let data: Vec<u8> = frames
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    write_npy(&npy, "<f4", &data);
+    let out = dir.path().join("out");
+    let want: Vec<Vec<f64>> = frames
+        .iter()
+        .map(|f| f.iter().map(|&v| f64::from(v)).collect())
+        .collect();
+    process_and_check(
+        &["process", arg(&npy), "--out", arg(&out)],
+        &out,
+        dir.path(),
+        &want,
+    );
+}
+
+/// A big-endian int16 `.npy` is read as float32 frames, exactly, and processed.
+#[test]
+fn process_int16_npy() {
+    let dir = ScratchDir::new("cli-process-i16-npy");
+    let frames = int16_frames();
+    let npy = dir.path().join("frames.npy");
+    let data: Vec<u8> = frames
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_be_bytes())
+        .collect();
+    write_npy(&npy, ">i2", &data);
+    let out = dir.path().join("out");
+    let want: Vec<Vec<f64>> = frames
+        .iter()
+        .map(|f| f.iter().map(|&v| f64::from(v)).collect())
+        .collect();
+    process_and_check(
+        &["process", arg(&npy), "--out", arg(&out)],
+        &out,
+        dir.path(),
+        &want,
+    );
+}
+
+/// A big-endian int16 raw file after a 64-byte header (`--dtype int16`) is read as float32
+/// frames, exactly, and processed.
+#[test]
+fn process_int16_raw() {
+    let dir = ScratchDir::new("cli-process-i16-raw");
+    let frames = int16_frames();
+    let raw = dir.path().join("frames.raw");
+    let mut data = vec![0x7Fu8; 64];
+    data.extend(frames.iter().flatten().flat_map(|v| v.to_be_bytes()));
+    std::fs::write(&raw, data).unwrap_or_else(|e| panic!("{}: {e}", raw.display()));
+    let out = dir.path().join("out");
+    let want: Vec<Vec<f64>> = frames
+        .iter()
+        .map(|f| f.iter().map(|&v| f64::from(v)).collect())
+        .collect();
+    process_and_check(
+        &[
+            "process",
+            arg(&raw),
+            "--nav-shape",
+            "4x4",
+            "--sig-shape",
+            "32x32",
+            "--dtype",
+            "int16",
+            "--byte-order",
+            "big",
+            "--offset",
+            "64",
+            "--out",
+            arg(&out),
+        ],
+        &out,
+        dir.path(),
+        &want,
+    );
+}
