@@ -363,6 +363,41 @@ macro_rules! with_pixel_type {
     };
 }
 
+/// Any pixel type, integer or float, for UDFs whose work is the same for both (a frame
+/// total, a copy of a frame): the view of a [`PixelsRef`], a value as `f64` and a frame's
+/// total as `f64` (integers: the exact sum of [`Pixel::sum`], converted once, exact below
+/// 2^53; floats: [`FloatPixel::sum`]).
+pub trait AnyPixel: Copy + Send + Sync + std::fmt::Debug + 'static {
+    /// The pixels of `p` when they are of this type.
+    fn any_slice(p: PixelsRef<'_>) -> Option<&[Self]>;
+    /// The value as `f64` (exact for every type but u64 above 2^53).
+    fn any_f64(self) -> f64;
+    /// The sum of `s` as `f64`.
+    fn any_total(s: &[Self]) -> f64;
+}
+
+macro_rules! any_pixel {
+    ($trait:ident: $($t:ty),*) => {$(
+        impl AnyPixel for $t {
+            #[inline]
+            fn any_slice(p: PixelsRef<'_>) -> Option<&[Self]> {
+                <$t as $trait>::slice(p)
+            }
+            #[inline]
+            fn any_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline]
+            fn any_total(s: &[Self]) -> f64 {
+                <$t as $trait>::sum(s) as f64
+            }
+        }
+    )*};
+}
+
+any_pixel!(Pixel: u8, u16, u32, u64);
+any_pixel!(FloatPixel: f32, f64);
+
 mod sealed_float {
     pub trait Sealed {}
     impl Sealed for f32 {}

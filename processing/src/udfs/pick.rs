@@ -2,7 +2,7 @@
 //! [`SignalMonitorUdf`] (the latest frame), [`PartitionMonitorUdf`] (the sum of the latest
 //! partition).
 
-use crate::pixel::{FloatPixel, Pixel};
+use crate::pixel::{AnyPixel, FloatPixel, Pixel};
 use crate::result::ResultBuffer;
 use crate::udf::{BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
@@ -96,17 +96,8 @@ impl Udf for PickUdf {
     }
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
         let target = (self.row * meta.nav_shape.cols + self.col) as u64;
-        with_pixel_type!(meta.dtype, P => Box::new(FrameKeeper::<P> {
-            frame: vec![0; meta.sig_shape.len()],
-            index: None,
-            rule: Rule::Exactly(target),
-            _p: std::marker::PhantomData,
-        }), F => Box::new(FloatFrameKeeper::<F> {
-            frame: vec![0.0; meta.sig_shape.len()],
-            index: None,
-            rule: Rule::Exactly(target),
-            _p: std::marker::PhantomData,
-        }))
+        with_pixel_type!(meta.dtype, P => Box::new(FrameKeeper::<P>::fresh(meta, Rule::Exactly(target))),
+            F => Box::new(FrameKeeper::<F>::fresh(meta, Rule::Exactly(target))))
     }
 }
 
@@ -155,15 +146,27 @@ impl Rule {
     }
 }
 
-/// Keeps one frame's pixels; merges by assigning.
-struct FrameKeeper<P: Pixel> {
-    frame: Vec<u64>,
+/// Keeps one frame's pixels as `f64` (exact for every pixel type but u64 above 2^53, which
+/// the merged results hold as `f64` anyway); merges by assigning.
+struct FrameKeeper<P: AnyPixel> {
+    frame: Vec<f64>,
     index: Option<u64>,
     rule: Rule,
     _p: std::marker::PhantomData<P>,
 }
 
-impl<P: Pixel> PartitionTask for FrameKeeper<P> {
+impl<P: AnyPixel> FrameKeeper<P> {
+    fn fresh(meta: &UdfMeta, rule: Rule) -> Self {
+        Self {
+            frame: vec![0.0; meta.sig_shape.len()],
+            index: None,
+            rule,
+            _p: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<P: AnyPixel> PartitionTask for FrameKeeper<P> {
     fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
         let sig = SigShape::new(1, self.frame.len());
         self.process_tile(&TileView::single(frame, sig, pixels), nav);
@@ -173,54 +176,11 @@ impl<P: Pixel> PartitionTask for FrameKeeper<P> {
             return;
         };
         let n = self.frame.len();
-        let Some(px) = P::slice(tile.pixels) else {
-            return;
-        };
-        for (d, &v) in self.frame.iter_mut().zip(&px[i * n..(i + 1) * n]) {
-            *d = v.widen();
-        }
-        self.index = Some(tile.first_frame + i as u64);
-    }
-    fn merge_into(&mut self, global: &mut [ResultBuffer]) {
-        let Some(index) = self.index.take() else {
-            return;
-        };
-        let (img, flag) = global.split_at_mut(1);
-        if !self.rule.claim(index, &mut flag[0]) {
-            return;
-        }
-        for (g, &v) in img[0].data.iter_mut().zip(&self.frame) {
-            *g = v as f64;
-        }
-    }
-}
-
-/// [`FrameKeeper`] for float frames: keeps the pixels as `f64` (exact for f32 and f64).
-struct FloatFrameKeeper<F: FloatPixel> {
-    frame: Vec<f64>,
-    index: Option<u64>,
-    rule: Rule,
-    _p: std::marker::PhantomData<F>,
-}
-
-impl<F: FloatPixel> PartitionTask for FloatFrameKeeper<F> {
-    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
-        let sig = SigShape::new(1, self.frame.len());
-        self.process_tile(&TileView::single(frame, sig, pixels), nav);
-    }
-    fn process_tile(&mut self, tile: &TileView<'_>, _nav: &mut [f64]) {
-        let Some(i) = self.rule.pick(self.index, tile) else {
-            return;
-        };
-        let n = self.frame.len();
-        let Some(px) = F::slice(tile.pixels) else {
-            return;
-        };
-        let Some(src) = px.get(i * n..(i + 1) * n) else {
+        let Some(src) = P::any_slice(tile.pixels).and_then(|px| px.get(i * n..(i + 1) * n)) else {
             return;
         };
         for (d, &v) in self.frame.iter_mut().zip(src) {
-            *d = v.to_f64();
+            *d = v.any_f64();
         }
         self.index = Some(tile.first_frame + i as u64);
     }
@@ -282,17 +242,8 @@ impl Udf for SignalMonitorUdf {
         Ok(())
     }
     fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
-        with_pixel_type!(meta.dtype, P => Box::new(FrameKeeper::<P> {
-            frame: vec![0; meta.sig_shape.len()],
-            index: None,
-            rule: Rule::Latest,
-            _p: std::marker::PhantomData,
-        }), F => Box::new(FloatFrameKeeper::<F> {
-            frame: vec![0.0; meta.sig_shape.len()],
-            index: None,
-            rule: Rule::Latest,
-            _p: std::marker::PhantomData,
-        }))
+        with_pixel_type!(meta.dtype, P => Box::new(FrameKeeper::<P>::fresh(meta, Rule::Latest)),
+            F => Box::new(FrameKeeper::<F>::fresh(meta, Rule::Latest)))
     }
 }
 

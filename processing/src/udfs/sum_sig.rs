@@ -1,6 +1,6 @@
 //! [`SumSigUdf`]: the total intensity of each frame (sum over the signal dimensions).
 
-use crate::pixel::{FloatPixel, Pixel};
+use crate::pixel::AnyPixel;
 use crate::udf::{BandRead, BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use std::marker::PhantomData;
@@ -55,19 +55,20 @@ impl Udf for SumSigUdf {
         with_pixel_type!(meta.dtype, P => Box::new(SumSigTask::<P> {
             meta: *meta,
             _pixel: PhantomData,
-        }), F => Box::new(FloatSumSigTask::<F> {
+        }), F => Box::new(SumSigTask::<F> {
             meta: *meta,
             _pixel: PhantomData,
         }))
     }
 }
 
-struct SumSigTask<P: Pixel> {
+/// Integer frames: exact sums converted once per frame; float frames: `f64` sums.
+struct SumSigTask<P: AnyPixel> {
     meta: UdfMeta,
     _pixel: PhantomData<P>,
 }
 
-impl<P: Pixel> PartitionTask for SumSigTask<P> {
+impl<P: AnyPixel> PartitionTask for SumSigTask<P> {
     fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
         self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
     }
@@ -81,66 +82,24 @@ impl<P: Pixel> PartitionTask for SumSigTask<P> {
     }
 
     fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, nav: &mut [f64]) {
-        let Some(px) = P::slice(tile.pixels) else {
+        let Some(px) = P::any_slice(tile.pixels) else {
             return;
         };
         let n = tile.sig_shape.len().max(1);
         let cols = tile.sig_shape.cols;
         let band = (rows.start * cols).min(n)..(rows.end * cols).min(n);
         for (out, frame) in nav.iter_mut().zip(px.chunks_exact(n)) {
-            *out += P::sum(&frame[band.clone()]) as f64;
+            *out += P::any_total(&frame[band.clone()]);
         }
     }
 
     fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
-        let Some(px) = P::slice(tile.pixels) else {
+        let Some(px) = P::any_slice(tile.pixels) else {
             return;
         };
         let n = tile.sig_shape.len().max(1);
         for (out, frame) in nav.iter_mut().zip(px.chunks_exact(n)) {
-            *out = P::sum(frame) as f64;
-        }
-    }
-}
-
-/// Sum over signal of float frames, in `f64`.
-struct FloatSumSigTask<F: FloatPixel> {
-    meta: UdfMeta,
-    _pixel: PhantomData<F>,
-}
-
-impl<F: FloatPixel> PartitionTask for FloatSumSigTask<F> {
-    fn process_frame(&mut self, frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
-        self.process_tile(&TileView::single(frame, self.meta.sig_shape, pixels), nav);
-    }
-
-    fn bands(&self) -> bool {
-        true
-    }
-
-    fn band_read(&self) -> BandRead {
-        BandRead::Stream
-    }
-
-    fn process_band(&mut self, tile: &TileView<'_>, rows: Range<usize>, nav: &mut [f64]) {
-        let Some(px) = F::slice(tile.pixels) else {
-            return;
-        };
-        let n = tile.sig_shape.len().max(1);
-        let cols = tile.sig_shape.cols;
-        let band = (rows.start * cols).min(n)..(rows.end * cols).min(n);
-        for (out, frame) in nav.iter_mut().zip(px.chunks_exact(n)) {
-            *out += F::sum(&frame[band.clone()]);
-        }
-    }
-
-    fn process_tile(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
-        let Some(px) = F::slice(tile.pixels) else {
-            return;
-        };
-        let n = tile.sig_shape.len().max(1);
-        for (out, frame) in nav.iter_mut().zip(px.chunks_exact(n)) {
-            *out = F::sum(frame);
+            *out = P::any_total(frame);
         }
     }
 }
