@@ -14,11 +14,12 @@
 
 mod common;
 
+use common::command::{self, Finished, buffer, path_arg};
 use common::process::ChildGuard;
-use common::scratch::{ScratchDir, shared_data, tail};
+use common::scratch::{ScratchDir, shared_data};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use stemflow_core::result::UdfResults;
 use stemflow_drivers::merlin::MerlinControl;
@@ -26,72 +27,13 @@ use stemflow_recording::reader::{RecordingReader, open_recording};
 use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
 use stemflow_simulators::specimen::Specimen;
 
-/// Limit for one `stemflow` command in these tests (debug build, two shared cores).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-
 fn recording(stem: &str) -> PathBuf {
     shared_data().join(format!("merlin/Merlin_Single_Quad/{stem}.hdr"))
 }
 
-/// A finished `stemflow` command.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    took: Duration,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "exit status {} after {:.1} s\nstdout ends:\n{}\nstderr ends:\n{}",
-            self.status,
-            self.took.as_secs_f64(),
-            tail(&self.stdout, 4000),
-            tail(&self.stderr, 4000)
-        )
-    }
-
-    fn assert_success(&self, what: &str) {
-        assert!(self.status.success(), "{what} failed: {}", self.describe());
-    }
-}
-
-/// Runs `stemflow ARGS` to completion (at most [`COMMAND_TIMEOUT`]), output kept in files.
+/// Runs `stemflow ARGS` to completion, its logs named after the subcommand.
 fn stemflow(args: &[&str], scratch: &Path) -> Finished {
-    let out = scratch.join(format!("stdout-{}.log", args.first().unwrap_or(&"run")));
-    let err = scratch.join(format!("stderr-{}.log", args.first().unwrap_or(&"run")));
-    let file =
-        |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
-    cmd.args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(file(&out)))
-        .stderr(Stdio::from(file(&err)));
-    let t0 = Instant::now();
-    let mut child = ChildGuard::spawn(&format!("stemflow {}", args.join(" ")), &mut cmd);
-    let status = child.wait_timeout(COMMAND_TIMEOUT);
-    let took = t0.elapsed();
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let Some(status) = status else {
-        panic!(
-            "`stemflow {}` still running after {COMMAND_TIMEOUT:?}\nstdout ends:\n{}\nstderr ends:\n{}",
-            args.join(" "),
-            tail(&read(&out), 4000),
-            tail(&read(&err), 4000)
-        );
-    };
-    Finished {
-        status,
-        stdout: read(&out),
-        stderr: read(&err),
-        took,
-    }
-}
-
-fn path_arg(p: &Path) -> &str {
-    p.to_str()
-        .unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
+    command::stemflow(args, scratch, args.first().unwrap_or(&"run"))
 }
 
 fn open(path: &Path) -> RecordingReader {
@@ -101,15 +43,6 @@ fn open(path: &Path) -> RecordingReader {
 fn results(r: &RecordingReader) -> Vec<UdfResults> {
     r.results()
         .unwrap_or_else(|e| panic!("results of {}: {e}", r.path().display()))
-}
-
-fn buffer<'a>(results: &'a [UdfResults], udf: &str, buf: &str) -> &'a [f64] {
-    &results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(buf))
-        .unwrap_or_else(|| panic!("no result {udf}/{buf}"))
-        .data
 }
 
 /// Width and height from a PNG's IHDR chunk (PNG spec §11.2.2), after checking the signature.

@@ -11,75 +11,19 @@
 
 mod common;
 
-use common::process::ChildGuard;
-use common::scratch::{ScratchDir, tail};
+use common::command::{buffer, path_arg as arg, stemflow};
+use common::scratch::ScratchDir;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::Duration;
 use stemflow_core::frame::PixelsRef;
-use stemflow_core::result::UdfResults;
 use stemflow_core::{DType, SigShape};
 use stemflow_recording::reader::open_recording;
-
-/// Limit for one `stemflow` command in these tests (debug build, two shared cores).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Scan 4 × 4, frames 32 × 32.
 const NAV: (usize, usize) = (4, 4);
 const SIG: (usize, usize) = (32, 32);
 const FRAMES: usize = NAV.0 * NAV.1;
 const PIXELS: usize = SIG.0 * SIG.1;
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "exit status {}\nstdout ends:\n{}\nstderr ends:\n{}",
-            self.status,
-            tail(&self.stdout, 4000),
-            tail(&self.stderr, 4000)
-        )
-    }
-}
-
-/// Runs `stemflow ARGS` to completion (at most [`COMMAND_TIMEOUT`]), output kept in files.
-fn stemflow(args: &[&str], scratch: &Path) -> Finished {
-    let out = scratch.join("stdout.log");
-    let err = scratch.join("stderr.log");
-    let file =
-        |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
-    cmd.args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(file(&out)))
-        .stderr(Stdio::from(file(&err)));
-    let mut child = ChildGuard::spawn(&format!("stemflow {}", args.join(" ")), &mut cmd);
-    let status = child.wait_timeout(COMMAND_TIMEOUT);
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let Some(status) = status else {
-        panic!(
-            "`stemflow {}` still running after {COMMAND_TIMEOUT:?}\nstderr ends:\n{}",
-            args.join(" "),
-            tail(&read(&err), 4000)
-        );
-    };
-    Finished {
-        status,
-        stdout: read(&out),
-        stderr: read(&err),
-    }
-}
-
-fn arg(p: &Path) -> &str {
-    p.to_str()
-        .unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
-}
 
 /// Float32 pixels: multiples of 1/16 in -5.4375..=5.0625 (so every sum here is exact in
 /// float64, whatever the order of summation), about half of them negative.
@@ -115,15 +59,6 @@ fn write_npy(path: &Path, descr: &str, data: &[u8]) {
     std::fs::write(path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
-fn buffer<'a>(results: &'a [UdfResults], udf: &str, buf: &str) -> &'a [f64] {
-    &results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(buf))
-        .unwrap_or_else(|| panic!("no result {udf}/{buf}"))
-        .data
-}
-
 /// `got` equals `want` to 1e-12 of its magnitude (exact here: see [`float_frames`]).
 fn assert_close(what: &str, got: &[f64], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{what}: length");
@@ -139,7 +74,7 @@ fn assert_close(what: &str, got: &[f64], want: &[f64]) {
 /// (the file's pixels as f64): exit 0, `sum_sig` and `sum` equal to the naive sums, the
 /// recorded frames float32 and equal to the pixels, `run.json` complete.
 fn process_and_check(args: &[&str], out: &Path, scratch: &Path, frames: &[Vec<f64>]) {
-    let run = stemflow(args, scratch);
+    let run = stemflow(args, scratch, "process");
     assert!(
         run.status.success(),
         "`stemflow {}` failed: {}",
@@ -199,53 +134,50 @@ fn process_and_check(args: &[&str], out: &Path, scratch: &Path, frames: &[Vec<f6
     assert_eq!(sum_sig["finite"], FRAMES, "{json}");
 }
 
-/// A float32 `.npy` (fractions, negative values) is processed like a detector's frames.
-#[test]
-fn process_float32_npy() {
-    let dir = ScratchDir::new("cli-process-f32");
-    let frames = float_frames();
+/// The pixels of `frames` as f64 (exactly: f32 and i16 widen without rounding).
+fn widened<T: Copy + Into<f64>>(frames: &[Vec<T>]) -> Vec<Vec<f64>> {
+    frames
+        .iter()
+        .map(|f| f.iter().map(|&v| v.into()).collect())
+        .collect()
+}
+
+/// Writes `frames` as a `.npy` of element `descr` (each pixel encoded by `encode`) in a
+/// scratch directory named after `prefix`, then runs `stemflow process FILE` on it and
+/// checks the outputs ([`process_and_check`]).
+fn process_npy<T: Copy + Into<f64>, const N: usize>(
+    prefix: &str,
+    descr: &str,
+    frames: &[Vec<T>],
+    encode: fn(T) -> [u8; N],
+) {
+    let dir = ScratchDir::new(prefix);
     let npy = dir.path().join("frames.npy");
-    let data: Vec<u8> = frames
-        .iter()
-        .flatten()
-        .flat_map(|v| v.to_le_bytes())
-        .collect();
-    write_npy(&npy, "<f4", &data);
+    let data: Vec<u8> = frames.iter().flatten().flat_map(|&v| encode(v)).collect();
+    write_npy(&npy, descr, &data);
     let out = dir.path().join("out");
-    let want: Vec<Vec<f64>> = frames
-        .iter()
-        .map(|f| f.iter().map(|&v| f64::from(v)).collect())
-        .collect();
     process_and_check(
         &["process", arg(&npy), "--out", arg(&out)],
         &out,
         dir.path(),
-        &want,
+        &widened(frames),
     );
+}
+
+/// A float32 `.npy` (fractions, negative values) is processed like a detector's frames.
+#[test]
+fn process_float32_npy() {
+    process_npy("cli-process-f32", "<f4", &float_frames(), f32::to_le_bytes);
 }
 
 /// A big-endian int16 `.npy` is read as float32 frames, exactly, and processed.
 #[test]
 fn process_int16_npy() {
-    let dir = ScratchDir::new("cli-process-i16-npy");
-    let frames = int16_frames();
-    let npy = dir.path().join("frames.npy");
-    let data: Vec<u8> = frames
-        .iter()
-        .flatten()
-        .flat_map(|v| v.to_be_bytes())
-        .collect();
-    write_npy(&npy, ">i2", &data);
-    let out = dir.path().join("out");
-    let want: Vec<Vec<f64>> = frames
-        .iter()
-        .map(|f| f.iter().map(|&v| f64::from(v)).collect())
-        .collect();
-    process_and_check(
-        &["process", arg(&npy), "--out", arg(&out)],
-        &out,
-        dir.path(),
-        &want,
+    process_npy(
+        "cli-process-i16-npy",
+        ">i2",
+        &int16_frames(),
+        i16::to_be_bytes,
     );
 }
 
@@ -260,10 +192,6 @@ fn process_int16_raw() {
     data.extend(frames.iter().flatten().flat_map(|v| v.to_be_bytes()));
     std::fs::write(&raw, data).unwrap_or_else(|e| panic!("{}: {e}", raw.display()));
     let out = dir.path().join("out");
-    let want: Vec<Vec<f64>> = frames
-        .iter()
-        .map(|f| f.iter().map(|&v| f64::from(v)).collect())
-        .collect();
     process_and_check(
         &[
             "process",
@@ -283,6 +211,6 @@ fn process_int16_raw() {
         ],
         &out,
         dir.path(),
-        &want,
+        &widened(&frames),
     );
 }

@@ -9,73 +9,20 @@
 
 mod common;
 
+use common::command::{path_arg as arg, result_buffer as buffer, stemflow};
 use common::process::ChildGuard;
-use common::scratch::{ScratchDir, shared_data, tail};
+use common::scratch::{ScratchDir, shared_data};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 use stemflow_core::frame::Tile;
 use stemflow_core::result::UdfResults;
 use stemflow_drivers::merlin::MibFile;
 use stemflow_recording::reader::open_recording;
 
-/// Limit for one `stemflow` command in these tests (debug build, two shared cores).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// 9 frames of 256 × 256 12-bit counts (→ u16), scanned here as 3 × 3.
 const STEM: &str = "Single_9_Frame_CounterDepth_12_Rows_256";
-
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "exit status {}\nstdout ends:\n{}\nstderr ends:\n{}",
-            self.status,
-            tail(&self.stdout, 4000),
-            tail(&self.stderr, 4000)
-        )
-    }
-}
-
-/// Runs `stemflow ARGS` to completion (at most [`COMMAND_TIMEOUT`]), output kept in files.
-fn stemflow(args: &[&str], scratch: &Path, tag: &str) -> Finished {
-    let out = scratch.join(format!("stdout-{tag}.log"));
-    let err = scratch.join(format!("stderr-{tag}.log"));
-    let file =
-        |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
-    cmd.args(args)
-        .stdout(Stdio::from(file(&out)))
-        .stderr(Stdio::from(file(&err)));
-    let t0 = Instant::now();
-    let mut child = ChildGuard::spawn(&format!("stemflow {}", args.join(" ")), &mut cmd);
-    let status = child.wait_timeout(COMMAND_TIMEOUT);
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let Some(status) = status else {
-        panic!(
-            "`stemflow {}` still running after {:?}\nstderr ends:\n{}",
-            args.join(" "),
-            t0.elapsed(),
-            tail(&read(&err), 4000)
-        );
-    };
-    Finished {
-        status,
-        stdout: read(&out),
-        stderr: read(&err),
-    }
-}
-
-fn arg(p: &Path) -> &str {
-    p.to_str()
-        .unwrap_or_else(|| panic!("non-UTF-8 path {}", p.display()))
-}
 
 fn results(h5: &Path) -> Vec<UdfResults> {
     open_recording(h5)
@@ -88,18 +35,6 @@ fn udf_names(results: &[UdfResults]) -> Vec<&str> {
     let mut names: Vec<&str> = results.iter().map(|r| r.udf.as_str()).collect();
     names.sort_unstable();
     names
-}
-
-fn buffer<'a>(
-    results: &'a [UdfResults],
-    udf: &str,
-    buf: &str,
-) -> &'a stemflow_core::result::ResultBuffer {
-    results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(buf))
-        .unwrap_or_else(|| panic!("no result {udf}/{buf}"))
 }
 
 /// Writes a 2-D `uint8` `.npy` array.

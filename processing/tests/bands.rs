@@ -4,16 +4,13 @@
 
 mod common;
 
-use common::{random_frames, tiles};
-use std::convert::Infallible;
-use std::sync::atomic::AtomicBool;
+use common::{config, random_frames, run_on_tiles, tiles};
 use stemflow_core::frame::PixelsRef;
 use stemflow_core::result::UdfResults;
 use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::udf::{TileView, UdfMeta, nav_width};
 use stemflow_processing::{
-    BandRead, ComUdf, Mask, MasksUdf, RunConfig, SumSigUdf, SumUdf, Udf, line_fraction,
-    new_results, run_tiles,
+    BandRead, ComUdf, Mask, MasksUdf, SumSigUdf, SumUdf, Udf, line_fraction, new_results,
 };
 
 fn udfs(sig: SigShape) -> Vec<Box<dyn Udf>> {
@@ -279,19 +276,12 @@ fn run_set(
     dtype: DType,
     udfs: &[Box<dyn Udf>],
 ) -> Vec<UdfResults> {
-    let mut cfg = RunConfig::new(NavShape::new(frames.len() / 8, 8), sig, dtype);
-    cfg.threads = Some(2);
-    run_tiles(
-        tiles(frames, 8, sig, dtype)
-            .into_iter()
-            .map(Ok::<_, Infallible>),
+    let nav = NavShape::new(frames.len() / 8, 8);
+    run_on_tiles(
+        tiles(frames, 8, sig, dtype),
+        &config(nav, sig, dtype, 2),
         udfs,
-        &cfg,
-        None,
-        &mut |_| {},
-        &AtomicBool::new(false),
     )
-    .expect("run succeeds")
     .results
 }
 

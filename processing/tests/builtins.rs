@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{buffer, random_frames, tiles};
+use common::{buffer, config, random_frames, run_on_tiles, tiles};
 use std::convert::Infallible;
 use std::sync::atomic::AtomicBool;
 use stemflow_core::{DType, NavShape, SigShape};
@@ -27,18 +27,11 @@ fn run(
     dtype: DType,
     udfs: &[Box<dyn Udf>],
 ) -> RunSummary {
-    let mut cfg = RunConfig::new(nav, sig, dtype);
-    cfg.threads = Some(2);
-    let t = tiles(frames, 4, sig, dtype);
-    run_tiles(
-        t.into_iter().map(Ok::<_, Infallible>),
+    run_on_tiles(
+        tiles(frames, 4, sig, dtype),
+        &config(nav, sig, dtype, 2),
         udfs,
-        &cfg,
-        None,
-        &mut |_| {},
-        &AtomicBool::new(false),
     )
-    .expect("run succeeds")
 }
 
 /// The distance from `(cx, cy)` to the centre of pixel `(x, y)`.

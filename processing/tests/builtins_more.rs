@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{buffer, random_frames, tiles};
+use common::{buffer, config, random_frames, run_on_tiles, tiles};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -29,18 +29,11 @@ fn run(
     dtype: DType,
     udfs: &[Box<dyn Udf>],
 ) -> RunSummary {
-    let mut cfg = RunConfig::new(nav, sig, dtype);
-    cfg.threads = Some(2);
-    let t = tiles(frames, 3, sig, dtype);
-    run_tiles(
-        t.into_iter().map(Ok::<_, Infallible>),
+    run_on_tiles(
+        tiles(frames, 3, sig, dtype),
+        &config(nav, sig, dtype, 2),
         udfs,
-        &cfg,
-        None,
-        &mut |_| {},
-        &AtomicBool::new(false),
     )
-    .expect("run succeeds")
 }
 
 #[test]
@@ -108,19 +101,8 @@ fn statistics_stay_exact_when_the_sum_of_squares_passes_2_to_the_53() {
         assert_eq!(buffer(&s, "stats", "var")[p], want, "pixel {p}");
     }
     // One frame per tile: another split and merge order, the same bits.
-    let mut cfg = RunConfig::new(nav, sig, DType::U32);
-    cfg.threads = Some(2);
-    let single = run_tiles(
-        tiles(&frames, 1, sig, DType::U32)
-            .into_iter()
-            .map(Ok::<_, Infallible>),
-        &stats(),
-        &cfg,
-        None,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .expect("run succeeds");
+    let cfg = config(nav, sig, DType::U32, 2);
+    let single = run_on_tiles(tiles(&frames, 1, sig, DType::U32), &cfg, &stats());
     for name in ["mean", "var", "std", "sum"] {
         let (a, b) = (buffer(&s, "stats", name), buffer(&single, "stats", name));
         assert!(

@@ -5,16 +5,14 @@
 
 mod common;
 
-use common::{Rng, buffer, config, random_frames, tiles};
-use std::convert::Infallible;
+use common::{Rng, buffer, config, float_tiles, random_frames, run_on_tiles, tiles};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
-use stemflow_core::frame::{Tile, TileData};
+use stemflow_core::frame::Tile;
 use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::udf::{TileView, Udf, UdfMeta};
 use stemflow_processing::{
     ComParams, ComUdf, CustomMask, Mask, MasksUdf, RadialProfileParams, RadialProfileUdf,
-    ResultDType, RunSummary, run_tiles,
+    ResultDType, RunSummary,
 };
 
 const FLOATS: [DType; 2] = [DType::F32, DType::F64];
@@ -39,28 +37,6 @@ fn float_frames(n: usize, sig: SigShape, dtype: DType, seed: u64) -> Vec<Vec<f64
         .collect()
 }
 
-/// Frames packed into tiles of `per_tile` frames of `dtype` (F32 or F64).
-fn float_tiles(frames: &[Vec<f64>], per_tile: usize, sig: SigShape, dtype: DType) -> Vec<Tile> {
-    frames
-        .chunks(per_tile)
-        .enumerate()
-        .map(|(k, chunk)| {
-            let flat = chunk.iter().flatten().copied();
-            let data = match dtype {
-                DType::F32 => TileData::F32(flat.map(|v| v as f32).collect()),
-                DType::F64 => TileData::F64(flat.collect()),
-                d => panic!("float_tiles: {d} is not a float type"),
-            };
-            Tile {
-                first_frame: (k * per_tile) as u64,
-                n_frames: chunk.len(),
-                sig_shape: sig,
-                data,
-            }
-        })
-        .collect()
-}
-
 /// Runs `udfs` over `t` on 2 threads.
 fn run(
     t: Vec<Tile>,
@@ -69,15 +45,7 @@ fn run(
     dtype: DType,
     udfs: &[Box<dyn Udf>],
 ) -> RunSummary {
-    run_tiles(
-        t.into_iter().map(Ok::<_, Infallible>),
-        udfs,
-        &config(nav, sig, dtype, 2),
-        None,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .expect("run succeeds")
+    run_on_tiles(t, &config(nav, sig, dtype, 2), udfs)
 }
 
 /// Runs `udfs` over float `frames` in tiles of 3 on 2 threads.
@@ -89,6 +57,20 @@ fn run_floats(
     udfs: &[Box<dyn Udf>],
 ) -> RunSummary {
     run(float_tiles(frames, 3, sig, dtype), nav, sig, dtype, udfs)
+}
+
+/// Runs `udf()` over the integer `frames` as u16 (tiles of 4) and as each float type (tiles
+/// of 3), on 2 threads: the u16 summary, and each float type's.
+fn int_and_float_runs(
+    frames: &[Vec<u64>],
+    nav: NavShape,
+    sig: SigShape,
+    udf: impl Fn() -> Box<dyn Udf>,
+) -> (RunSummary, [(DType, RunSummary); 2]) {
+    let u16 = DType::U16;
+    let ints = run(tiles(frames, 4, sig, u16), nav, sig, u16, &[udf()]);
+    let floats = FLOATS.map(|t| (t, run(tiles(frames, 3, sig, t), nav, sig, t, &[udf()])));
+    (ints, floats)
 }
 
 /// The distance from `(cx, cy)` to the centre of pixel `(x, y)`.
@@ -267,15 +249,8 @@ fn masks_on_small_integers_as_floats_equal_the_integer_path() {
             shapes.iter().map(|(n, m, _)| (*n, m.clone())),
         ))
     };
-    let ints = run(
-        tiles(&frames, 4, sig, DType::U16),
-        nav,
-        sig,
-        DType::U16,
-        &[udf()],
-    );
-    for dtype in FLOATS {
-        let fl = run(tiles(&frames, 3, sig, dtype), nav, sig, dtype, &[udf()]);
+    let (ints, floats) = int_and_float_runs(&frames, nav, sig, udf);
+    for (dtype, fl) in floats {
         for (name, _, _) in &shapes {
             // Sums of integers below 2^53 are exact in f64: equal, not just close.
             assert_eq!(
@@ -482,15 +457,8 @@ fn com_of_integer_and_float_frames_agree_in_every_output() {
                 .with_flip_y(true),
         )
     };
-    let ints = run(
-        tiles(&frames, 4, sig, DType::U16),
-        nav,
-        sig,
-        DType::U16,
-        &[com()],
-    );
-    for dtype in FLOATS {
-        let fl = run(tiles(&frames, 3, sig, dtype), nav, sig, dtype, &[com()]);
+    let (ints, floats) = int_and_float_runs(&frames, nav, sig, com);
+    for (dtype, fl) in floats {
         for name in ["x", "y", "magnitude", "divergence", "curl"] {
             let (f, i) = (buffer(&fl, "com", name), buffer(&ints, "com", name));
             // Derivatives at a position use its neighbours only (central differences).

@@ -6,17 +6,14 @@
 
 mod common;
 
-use common::{Rng, buffer};
+use common::{Rng, buffer, config, float_tiles, result_buffer, run_on_tiles};
 use serde_json::json;
-use std::convert::Infallible;
-use std::sync::atomic::AtomicBool;
 use stemflow_core::frame::PixelsRef;
-use stemflow_core::frame::{Tile, TileData};
 use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::udf::{ResultDType, TileView, Udf, UdfMeta, new_results};
 use stemflow_processing::{
-    PartitionMonitorUdf, PickUdf, RecordUdf, RunConfig, RunSummary, SignalMonitorUdf, StatsUdf,
-    SumSigUdf, SumUdf, run_tiles,
+    PartitionMonitorUdf, PickUdf, RecordUdf, RunSummary, SignalMonitorUdf, StatsUdf, SumSigUdf,
+    SumUdf,
 };
 
 const FLOATS: [DType; 2] = [DType::F32, DType::F64];
@@ -54,49 +51,23 @@ fn float_frames(
         .collect()
 }
 
-/// Frames packed into tiles of `per_tile` frames of float `dtype`.
-fn float_tiles(frames: &[Vec<f64>], per_tile: usize, sig: SigShape, dtype: DType) -> Vec<Tile> {
-    frames
-        .chunks(per_tile)
-        .enumerate()
-        .map(|(k, chunk)| {
-            let flat = chunk.iter().flatten().copied();
-            let data = match dtype {
-                DType::F32 => TileData::F32(flat.map(|v| v as f32).collect()),
-                DType::F64 => TileData::F64(flat.collect()),
-                other => panic!("float_tiles: {other} is not a float dtype"),
-            };
-            Tile {
-                first_frame: (k * per_tile) as u64,
-                n_frames: chunk.len(),
-                sig_shape: sig,
-                data,
-            }
-        })
-        .collect()
+/// Boxes UDFs into the slice that [`run`] takes.
+macro_rules! udfs {
+    ($($udf:expr),+ $(,)?) => {
+        &[$(Box::new($udf) as Box<dyn Udf>),+]
+    };
 }
 
-/// Runs `udfs` offline over `frames` in tiles of `per_tile` on `threads` workers.
+/// Runs `udfs` offline over `frames` (scan `nav` of frames `sig`, pixels of `dtype`) in tiles
+/// of `per_tile` on `threads` workers.
 fn run(
     frames: &[Vec<f64>],
-    nav: NavShape,
-    sig: SigShape,
-    dtype: DType,
+    (nav, sig, dtype): (NavShape, SigShape, DType),
     (per_tile, threads): (usize, usize),
     udfs: &[Box<dyn Udf>],
 ) -> RunSummary {
-    let mut cfg = RunConfig::new(nav, sig, dtype);
-    cfg.threads = Some(threads);
     let t = float_tiles(frames, per_tile, sig, dtype);
-    run_tiles(
-        t.into_iter().map(Ok::<_, Infallible>),
-        udfs,
-        &cfg,
-        None,
-        &mut |_| {},
-        &AtomicBool::new(false),
-    )
-    .expect("run succeeds")
+    run_on_tiles(t, &config(nav, sig, dtype, threads), udfs)
 }
 
 /// Two different splits: tiles of 3 frames on 1 worker, tiles of 16 on 3 workers.
@@ -117,12 +88,7 @@ fn assert_close(got: f64, want: f64, rel: f64, scale: f64, what: &str) {
 
 /// The dtype a result buffer declares.
 fn dtype_of(s: &RunSummary, udf: &str, name: &str) -> ResultDType {
-    s.results
-        .iter()
-        .find(|r| r.udf == udf)
-        .and_then(|r| r.buffer(name))
-        .unwrap_or_else(|| panic!("no buffer {udf}/{name}"))
-        .dtype
+    result_buffer(s, udf, name).dtype
 }
 
 #[test]
@@ -136,11 +102,9 @@ fn sum_and_sum_sig_match_a_naive_f64_sum_for_any_split() {
         for split in SPLITS {
             let s = run(
                 &frames,
-                nav,
-                sig,
-                dtype,
+                (nav, sig, dtype),
                 split,
-                &[Box::new(SumUdf::new()), Box::new(SumSigUdf::new())],
+                udfs![SumUdf::new(), SumSigUdf::new()],
             );
             assert_eq!(s.frames_processed, nav.len() as u64);
             let got = buffer(&s, "sum", "intensity");
@@ -195,15 +159,9 @@ fn small_binary_fractions_sum_exactly() {
         for split in SPLITS {
             let s = run(
                 &frames,
-                nav,
-                sig,
-                dtype,
+                (nav, sig, dtype),
                 split,
-                &[
-                    Box::new(SumUdf::new()),
-                    Box::new(SumSigUdf::new()),
-                    Box::new(StatsUdf::new()),
-                ],
+                udfs![SumUdf::new(), SumSigUdf::new(), StatsUdf::new()],
             );
             let want: Vec<f64> = (0..sig.len())
                 .map(|p| frames.iter().map(|f| f[p]).sum())
@@ -263,14 +221,7 @@ fn stats_match_a_two_pass_reference_at_a_large_offset() {
 
         let mut vars = Vec::new();
         for split in SPLITS {
-            let s = run(
-                &frames,
-                nav,
-                sig,
-                dtype,
-                split,
-                &[Box::new(StatsUdf::new())],
-            );
+            let s = run(&frames, (nav, sig, dtype), split, udfs![StatsUdf::new()]);
             let (mean, var, std) = (
                 buffer(&s, "stats", "mean"),
                 buffer(&s, "stats", "var"),
@@ -401,14 +352,7 @@ fn stats_of_signed_values_and_of_a_single_frame() {
         // Values around zero, negative included, 2 frames per tile.
         let nav = NavShape::new(4, 5);
         let frames = float_frames(nav.len(), sig, -3.0, 2.0, dtype, 5);
-        let s = run(
-            &frames,
-            nav,
-            sig,
-            dtype,
-            (2, 2),
-            &[Box::new(StatsUdf::new())],
-        );
+        let s = run(&frames, (nav, sig, dtype), (2, 2), udfs![StatsUdf::new()]);
         for p in 0..sig.len() {
             let (m, v) = two_pass(&frames, p);
             assert_close(buffer(&s, "stats", "mean")[p], m, 1e-12, 3.0, "mean");
@@ -418,11 +362,9 @@ fn stats_of_signed_values_and_of_a_single_frame() {
         let one = &frames[..1];
         let s = run(
             one,
-            NavShape::new(1, 1),
-            sig,
-            dtype,
+            (NavShape::new(1, 1), sig, dtype),
             (1, 1),
-            &[Box::new(StatsUdf::new())],
+            udfs![StatsUdf::new()],
         );
         assert_eq!(buffer(&s, "stats", "mean"), &one[0][..]);
         assert_eq!(buffer(&s, "stats", "min"), &one[0][..]);
@@ -445,15 +387,9 @@ fn a_nan_pixel_propagates_into_sums_and_min_max() {
         for split in SPLITS {
             let s = run(
                 &frames,
-                nav,
-                sig,
-                dtype,
+                (nav, sig, dtype),
                 split,
-                &[
-                    Box::new(SumUdf::new()),
-                    Box::new(SumSigUdf::new()),
-                    Box::new(StatsUdf::new()),
-                ],
+                udfs![SumUdf::new(), SumSigUdf::new(), StatsUdf::new()],
             );
             let what = format!("{dtype} {split:?}");
             for p in 0..sig.len() {
@@ -491,11 +427,9 @@ fn infinities_follow_numpy() {
         for split in SPLITS {
             let s = run(
                 &frames,
-                nav,
-                sig,
-                dtype,
+                (nav, sig, dtype),
                 split,
-                &[Box::new(SumUdf::new()), Box::new(StatsUdf::new())],
+                udfs![SumUdf::new(), StatsUdf::new()],
             );
             let what = format!("{dtype} {split:?}");
             let inf = f64::INFINITY;
@@ -542,14 +476,9 @@ fn pick_and_signal_monitor_copy_float_frames_exactly() {
         for split in SPLITS {
             let s = run(
                 &frames,
-                nav,
-                sig,
-                dtype,
+                (nav, sig, dtype),
                 split,
-                &[
-                    Box::new(PickUdf::new(2, 3)),
-                    Box::new(SignalMonitorUdf::new()),
-                ],
+                udfs![PickUdf::new(2, 3), SignalMonitorUdf::new()],
             );
             let picked = buffer(&s, "pick", "intensity");
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -575,11 +504,9 @@ fn partition_monitor_sums_the_latest_partition() {
         for split in SPLITS {
             let s = run(
                 &frames,
-                nav,
-                sig,
-                dtype,
+                (nav, sig, dtype),
                 split,
-                &[Box::new(PartitionMonitorUdf::new())],
+                udfs![PartitionMonitorUdf::new()],
             );
             let k = buffer(&s, "partition_monitor", "frames")[0];
             assert!(
@@ -636,11 +563,9 @@ fn record_writes_float_npy_files() {
         let path = dir.join(format!("floats_sum_stats_record_{dtype}.npy"));
         let s = run(
             &frames,
-            nav,
-            sig,
-            dtype,
+            (nav, sig, dtype),
             (3, 2),
-            &[Box::new(RecordUdf::new(&path))],
+            udfs![RecordUdf::new(&path)],
         );
         assert_eq!(buffer(&s, "record", "frames_written"), &[nav.len() as f64]);
         let bytes = std::fs::read(&path).expect("record file");

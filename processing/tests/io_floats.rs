@@ -145,29 +145,35 @@ fn f64_bits(blocks: Vec<PixelsOwned>) -> Vec<u64> {
         .collect()
 }
 
-/// Reads `ds` in blocks of 1, 4 and all frames; each read gives `want` (bits).
-fn assert_reads_f32(ds: &mut dyn DataSet, want: &[u32], what: &str) {
-    assert_eq!(ds.dtype(), DType::F32, "{what}");
-    assert_eq!((ds.nav_shape(), ds.sig_shape()), (NAV, SIG), "{what}");
+/// Reads `ds` in blocks of 1, 4 and all frames; each read, as `bits`, gives `want`. The
+/// frames must be of `dtype`; the data set's scan and frame shapes must be [`NAV`] and
+/// [`SIG`] when `four_d`, else only its frame count is checked (scan shape 1 × frames).
+fn assert_reads<T: PartialEq + std::fmt::Debug>(
+    ds: &mut dyn DataSet,
+    (dtype, four_d): (DType, bool),
+    bits: fn(Vec<PixelsOwned>) -> Vec<T>,
+    want: &[T],
+    what: &str,
+) {
+    assert_eq!(ds.dtype(), dtype, "{what}");
+    if four_d {
+        assert_eq!((ds.nav_shape(), ds.sig_shape()), (NAV, SIG), "{what}");
+    } else {
+        assert_eq!(ds.frames(), NAV.len() as u64, "{what}");
+    }
     for block in [1, 4, NAV.len()] {
-        assert_eq!(
-            f32_bits(read_all(ds, block)),
-            want,
-            "{what}, blocks of {block}"
-        );
+        assert_eq!(bits(read_all(ds, block)), want, "{what}, blocks of {block}");
     }
 }
 
+/// [`assert_reads`] for float32 frames of a 4-D data set.
+fn assert_reads_f32(ds: &mut dyn DataSet, want: &[u32], what: &str) {
+    assert_reads(ds, (DType::F32, true), f32_bits, want, what);
+}
+
+/// [`assert_reads`] for float64 frames of a 4-D data set.
 fn assert_reads_f64(ds: &mut dyn DataSet, want: &[u64], what: &str) {
-    assert_eq!(ds.dtype(), DType::F64, "{what}");
-    assert_eq!((ds.nav_shape(), ds.sig_shape()), (NAV, SIG), "{what}");
-    for block in [1, 4, NAV.len()] {
-        assert_eq!(
-            f64_bits(read_all(ds, block)),
-            want,
-            "{what}, blocks of {block}"
-        );
-    }
+    assert_reads(ds, (DType::F64, true), f64_bits, want, what);
 }
 
 /// `.npy` float32 and float64 in both byte orders read natively, bit for bit (NaN,
@@ -483,17 +489,9 @@ fn hdf5_floats_and_signed_integers() {
     assert_reads_f64(&mut ds, &as64(&i64v), "h5 i64 4-D");
 }
 
-/// As [`assert_reads_f32`], for a 3-D dataset (scan shape 1 × frames).
+/// [`assert_reads`] for float32 frames of a 3-D dataset (scan shape 1 × frames).
 fn assert_reads_f32_any_nav(ds: &mut dyn DataSet, want: &[u32], what: &str) {
-    assert_eq!(ds.dtype(), DType::F32, "{what}");
-    assert_eq!(ds.frames(), NAV.len() as u64, "{what}");
-    for block in [1, 4, NAV.len()] {
-        assert_eq!(
-            f32_bits(read_all(ds, block)),
-            want,
-            "{what}, blocks of {block}"
-        );
-    }
+    assert_reads(ds, (DType::F32, false), f32_bits, want, what);
 }
 
 /// HDF5: an int64 beyond 2^53 fails naming file, frame and value; unsupported types (bool,

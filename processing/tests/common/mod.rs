@@ -1,6 +1,6 @@
 //! Helpers shared by the processing tests: synthetic frames, a big-endian u16 decoder, raw
-//! stacks, tiles, the shared data, runs over data sets, result lookup, and a bitwise
-//! comparison of results.
+//! stacks, tiles (integer and float frames), the shared data, runs over data sets and tiles,
+//! result lookup, and a bitwise comparison of results.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use stemflow_core::frame::{
     DecodeError, FrameDecoder, PixelsMut, RawFrameRef, RawStack, Tile, TileData,
 };
 use stemflow_core::pool::Pooled;
-use stemflow_core::result::UdfResults;
+use stemflow_core::result::{ResultBuffer, UdfResults};
 use stemflow_core::{DType, SigShape};
 
 /// Deterministic pseudo-random numbers (xorshift64).
@@ -37,25 +37,48 @@ pub fn random_frames(n: usize, sig: SigShape, max: u64, seed: u64) -> Vec<Vec<u6
 
 /// Frames packed into tiles of `per_tile` frames of `dtype`.
 pub fn tiles(frames: &[Vec<u64>], per_tile: usize, sig: SigShape, dtype: DType) -> Vec<Tile> {
+    pack(frames, per_tile, sig, |chunk| {
+        let flat = chunk.iter().flatten().copied();
+        match dtype {
+            DType::U8 => TileData::U8(flat.map(|v| v as u8).collect()),
+            DType::U16 => TileData::U16(flat.map(|v| v as u16).collect()),
+            DType::U32 => TileData::U32(flat.map(|v| v as u32).collect()),
+            DType::U64 => TileData::U64(flat.collect()),
+            DType::F32 => TileData::F32(flat.map(|v| v as f32).collect()),
+            DType::F64 => TileData::F64(flat.map(|v| v as f64).collect()),
+        }
+    })
+}
+
+/// Float frames packed into tiles of `per_tile` frames of `dtype` (F32, each value rounded
+/// to f32, or F64); panics on an integer `dtype`.
+pub fn float_tiles(frames: &[Vec<f64>], per_tile: usize, sig: SigShape, dtype: DType) -> Vec<Tile> {
+    pack(frames, per_tile, sig, |chunk| {
+        let flat = chunk.iter().flatten().copied();
+        match dtype {
+            DType::F32 => TileData::F32(flat.map(|v| v as f32).collect()),
+            DType::F64 => TileData::F64(flat.collect()),
+            other => panic!("float_tiles: {other} is not a float dtype"),
+        }
+    })
+}
+
+/// Consecutive chunks of `per_tile` frames as tiles, numbered from frame 0, their pixels
+/// made by `data`.
+fn pack<T>(
+    frames: &[Vec<T>],
+    per_tile: usize,
+    sig: SigShape,
+    data: impl Fn(&[Vec<T>]) -> TileData,
+) -> Vec<Tile> {
     frames
         .chunks(per_tile)
         .enumerate()
-        .map(|(k, chunk)| {
-            let flat = chunk.iter().flatten().copied();
-            let data = match dtype {
-                DType::U8 => TileData::U8(flat.map(|v| v as u8).collect()),
-                DType::U16 => TileData::U16(flat.map(|v| v as u16).collect()),
-                DType::U32 => TileData::U32(flat.map(|v| v as u32).collect()),
-                DType::U64 => TileData::U64(flat.collect()),
-                DType::F32 => TileData::F32(flat.map(|v| v as f32).collect()),
-                DType::F64 => TileData::F64(flat.map(|v| v as f64).collect()),
-            };
-            Tile {
-                first_frame: (k * per_tile) as u64,
-                n_frames: chunk.len(),
-                sig_shape: sig,
-                data,
-            }
+        .map(|(k, chunk)| Tile {
+            first_frame: (k * per_tile) as u64,
+            n_frames: chunk.len(),
+            sig_shape: sig,
+            data: data(chunk),
         })
         .collect()
 }
@@ -186,14 +209,22 @@ impl HasResults for Vec<UdfResults> {
     }
 }
 
-/// The values of buffer `name` of UDF `udf`; panics naming both when there is none.
-pub fn buffer<'a, R: HasResults + ?Sized>(r: &'a R, udf: &str, name: &str) -> &'a [f64] {
-    &r.udf_results()
+/// Buffer `name` of UDF `udf`; panics naming both when there is none.
+pub fn result_buffer<'a, R: HasResults + ?Sized>(
+    r: &'a R,
+    udf: &str,
+    name: &str,
+) -> &'a ResultBuffer {
+    r.udf_results()
         .iter()
         .find(|x| x.udf == udf)
         .and_then(|x| x.buffer(name))
         .unwrap_or_else(|| panic!("no buffer {udf}/{name}"))
-        .data
+}
+
+/// The values of buffer `name` of UDF `udf`; panics naming both when there is none.
+pub fn buffer<'a, R: HasResults + ?Sized>(r: &'a R, udf: &str, name: &str) -> &'a [f64] {
+    &result_buffer(r, udf, name).data
 }
 
 /// A run configuration on `threads` workers.
@@ -223,4 +254,21 @@ pub fn run_on(
         &std::sync::atomic::AtomicBool::new(false),
     )
     .expect("run")
+}
+
+/// Runs `udfs` offline over the tiles `t`; panics when the run fails.
+pub fn run_on_tiles(
+    t: Vec<Tile>,
+    cfg: &stemflow_processing::RunConfig,
+    udfs: &[Box<dyn stemflow_processing::udf::Udf>],
+) -> stemflow_processing::RunSummary {
+    stemflow_processing::run_tiles(
+        t.into_iter().map(Ok::<_, std::convert::Infallible>),
+        udfs,
+        cfg,
+        None,
+        &mut |_| {},
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .expect("run succeeds")
 }
