@@ -316,6 +316,7 @@ fn run(
             frames_processed: summary.frames_processed,
             damaged: summary.damaged,
             cancelled: summary.outcome == Outcome::Cancelled,
+            unprocessed_from: summary.unprocessed_from,
             recording,
         })
     })

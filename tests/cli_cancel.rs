@@ -240,6 +240,8 @@ fn ctrl_c_cancels_a_live_simulated_scan() {
     );
     let run = read_json(&out.join("run.json"));
     assert_eq!(run["exit_status"], "cancelled", "{run:#}");
+    // The disarm ended the acquisition, not the receiver's inactivity deadline (2 s).
+    assert_eq!(run["end_reason"], "Disarmed", "{run:#}");
     assert_eq!(run["frames_expected"], frames, "{run:#}");
     let done = run["frames_processed"].as_u64().expect("frames_processed");
     assert!(done < frames, "all {done} frames processed: not cancelled");
@@ -355,7 +357,8 @@ fn a_zero_snapshot_interval_is_refused() {
 }
 
 /// A pipeline that counts frames and honours the cancel flag within 10 ms, as the engine
-/// does.
+/// does. After the cancel it lingers 100 ms while the scan goes on, so stacks queue up, and
+/// reports the first frame of those it drops unprocessed, as the engine does.
 fn cancellable_counting_pipeline() -> stemflow_actors::orchestrator::PipelineBuilder {
     use crossbeam_channel::RecvTimeoutError;
     use std::sync::atomic::Ordering;
@@ -378,6 +381,12 @@ fn cancellable_counting_pipeline() -> stemflow_actors::orchestrator::PipelineBui
                 frames_processed: frames,
                 damaged: Vec::new(),
                 cancelled,
+                unprocessed_from: if cancelled {
+                    std::thread::sleep(Duration::from_millis(100));
+                    inputs.stacks.try_iter().map(|s| s.first_frame).min()
+                } else {
+                    None
+                },
                 recording: inputs.recording,
             })
         })
@@ -466,8 +475,19 @@ fn a_cancelled_acquisition_leaves_the_instrument_usable() {
             first.frames_processed > 0 && first.frames_processed < frames,
             "{first:?}"
         );
-        // 1 s, then the receiver's 2 s inactivity deadline after the disarm, plus margin.
+        // The disarm ends the receiver's acquisition once the stream is quiet, not at its
+        // 2 s inactivity deadline.
+        assert_eq!(first.end_reason, "Disarmed", "{first:?}");
         assert!(took < Duration::from_secs(5), "cancel took {took:?}");
+        // The frames queued after the cancel and dropped are not counted received: every
+        // position is processed, not acquired, or (on loopback, none) lost.
+        assert_eq!(first.frames_received, first.frames_processed, "{first:?}");
+        assert_eq!(first.frames_lost, 0, "{first:?}");
+        assert_eq!(
+            first.frames_received + first.frames_not_acquired,
+            frames,
+            "{first:?}"
+        );
         assert!(
             !handle.is_requested(),
             "the cancel request was not consumed"

@@ -8,17 +8,14 @@
 
 mod common;
 
+use common::command::{COMMAND_TIMEOUT, command, stemflow};
 use common::process::ChildGuard;
-use common::scratch::{ScratchDir, tail};
+use common::scratch::ScratchDir;
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Limit for one `stemflow` command (debug build, two shared cores).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sequences/examples")
@@ -29,54 +26,6 @@ fn profile() -> String {
         .join("small-sim-profile.toml")
         .display()
         .to_string()
-}
-
-struct Finished {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Finished {
-    fn describe(&self) -> String {
-        format!(
-            "stdout ends:\n{}\nstderr ends:\n{}",
-            tail(&self.stdout, 4000),
-            tail(&self.stderr, 4000)
-        )
-    }
-}
-
-fn command(args: &[&str], scratch: &Path, tag: &str) -> (Command, PathBuf, PathBuf) {
-    let out = scratch.join(format!("stdout-{tag}.log"));
-    let err = scratch.join(format!("stderr-{tag}.log"));
-    let file =
-        |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
-    cmd.args(args)
-        .stdout(Stdio::from(file(&out)))
-        .stderr(Stdio::from(file(&err)));
-    (cmd, out, err)
-}
-
-/// Runs `stemflow ARGS` to completion (at most [`COMMAND_TIMEOUT`]).
-fn stemflow(args: &[&str], scratch: &Path, tag: &str) -> Finished {
-    let (mut cmd, out, err) = command(args, scratch, tag);
-    let mut child = ChildGuard::spawn(&format!("stemflow {}", args.join(" ")), &mut cmd);
-    let status = child.wait_timeout(COMMAND_TIMEOUT);
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    let f = Finished {
-        ok: status.is_some_and(|s| s.success()),
-        stdout: read(&out),
-        stderr: read(&err),
-    };
-    assert!(
-        status.is_some(),
-        "`stemflow {}` still running after {COMMAND_TIMEOUT:?}\n{}",
-        args.join(" "),
-        f.describe()
-    );
-    f
 }
 
 /// A local webhook receiver: collects request bodies until one contains `last` or the
@@ -144,7 +93,7 @@ fn dry_runs_print_steps_settings_duration_and_volume_and_touch_nothing() {
         s.path(),
         "dry-plan",
     );
-    assert!(f.ok, "{}", f.describe());
+    assert!(f.status.success(), "{}", f.describe());
     for want in [
         "microscope: defocus -40.0 nm",
         "scan engine: 8x8 positions, dwell 500.0 µs",
@@ -173,7 +122,7 @@ fn dry_runs_print_steps_settings_duration_and_volume_and_touch_nothing() {
         s.path(),
         "dry-queue",
     );
-    assert!(f.ok, "{}", f.describe());
+    assert!(f.status.success(), "{}", f.describe());
     assert!(
         f.stdout.contains("queue overnight (7 units)"),
         "{}",
@@ -204,7 +153,7 @@ fn dry_runs_print_steps_settings_duration_and_volume_and_touch_nothing() {
         s.path(),
         "bad",
     );
-    assert!(!f.ok);
+    assert!(!f.status.success());
     assert!(
         f.stderr.contains("bad.toml") && f.stderr.contains("`repeats`") && f.stderr.contains("≥ 1"),
         "{}",
@@ -226,7 +175,7 @@ fn dry_runs_print_steps_settings_duration_and_volume_and_touch_nothing() {
         s.path(),
         "badq",
     );
-    assert!(!f.ok);
+    assert!(!f.status.success());
     assert!(
         f.stderr
             .contains("badq.toml: key `item[1] \"x\".dwell_time_s`"),
@@ -259,7 +208,7 @@ fn example_plans_and_script_run_on_the_simulated_instrument() {
             s.path(),
             file,
         );
-        assert!(f.ok, "{file}: {}", f.describe());
+        assert!(f.status.success(), "{file}: {}", f.describe());
         let runs: Vec<&str> = f
             .stdout
             .lines()
@@ -297,7 +246,7 @@ fn example_queues_run_and_journal_every_unit() {
             s.path(),
             file,
         );
-        assert!(f.ok, "{file}: {}", f.describe());
+        assert!(f.status.success(), "{file}: {}", f.describe());
         let j = journal(&out);
         assert_eq!(ends(&j, "completed").len(), units, "{file}: {j:?}");
         let runs: usize = j
@@ -366,7 +315,7 @@ fn a_microscope_setting_that_does_not_take_fails_the_item_per_its_policy() {
         "stuck",
     );
     assert!(
-        !f.ok,
+        !f.status.success(),
         "the abort policy must fail the command: {}",
         f.describe()
     );
@@ -486,13 +435,13 @@ fn a_queue_killed_mid_way_resumes_from_the_first_unfinished_unit() {
         "other",
     );
     assert!(
-        !f.ok && f.stderr.contains("belongs to queue"),
+        !f.status.success() && f.stderr.contains("belongs to queue"),
         "{}",
         f.describe()
     );
 
     let f = stemflow(&[&args[..], &["--resume"]].concat(), s.path(), "resumed");
-    assert!(f.ok, "{}", f.describe());
+    assert!(f.status.success(), "{}", f.describe());
     assert!(
         f.stdout
             .contains(&format!("{} already done", done_before.len())),
@@ -590,7 +539,7 @@ fn a_control_file_pauses_resumes_and_stops_a_running_queue() {
 
     // The stopped unit runs again on resume; the stale `stop` word is cleared.
     let f = stemflow(&[&args[..], &["--resume"]].concat(), s.path(), "resumed");
-    assert!(f.ok, "{}", f.describe());
+    assert!(f.status.success(), "{}", f.describe());
     let j = journal(&out);
     assert_eq!(ends(&j, "completed").len(), 5, "{j:?}");
 }
@@ -624,7 +573,7 @@ fn a_suspender_holds_the_queue_while_the_beam_current_is_low() {
         s.path(),
         "suspend",
     );
-    assert!(f.ok, "{}", f.describe());
+    assert!(f.status.success(), "{}", f.describe());
     assert!(
         t0.elapsed() >= Duration::from_millis(1700),
         "the dip was waited out"

@@ -872,6 +872,17 @@ impl Instrument {
             end.validity.mark(i, FrameStatus::Damaged);
         }
         if output.cancelled {
+            // Frames received but dropped unprocessed by the cancelled pipeline are in no
+            // result and not recorded: not received.
+            if let Some(from) = output.unprocessed_from {
+                for i in from..end.validity.len() as u64 {
+                    if end.validity.status(i as usize) == FrameStatus::Received {
+                        end.validity.mark(i, FrameStatus::Missing);
+                        end.received = end.received.saturating_sub(1);
+                        end.lost += 1;
+                    }
+                }
+            }
             // Stopped before the scan ended: the positions after the last frame that arrived
             // were never acquired, so they are not lost; gaps before it are.
             ctx.not_acquired = end.validity.mark_not_acquired_after_last() as u64;

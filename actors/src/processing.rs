@@ -22,6 +22,10 @@ pub struct PipelineOutput {
     pub damaged: Vec<u64>,
     /// True when the run was cancelled before the stream ended.
     pub cancelled: bool,
+    /// After a cancel: the lowest frame index of the stacks that were received but dropped
+    /// unprocessed (still queued when the cancel came); the orchestrator then counts no
+    /// frame from there on as received. `None` when every received frame was processed.
+    pub unprocessed_from: Option<u64>,
     /// The recording the pipeline wrote raw frames into, to be finished by the recorder.
     pub recording: Option<Box<dyn crate::recorder::Recording>>,
 }

@@ -135,6 +135,7 @@ fn pipeline(panic_flag: Arc<AtomicBool>) -> PipelineBuilder {
                 frames_processed: n,
                 damaged: vec![],
                 cancelled: false,
+                unprocessed_from: None,
                 recording: None,
             })
         })

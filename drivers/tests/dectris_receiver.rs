@@ -285,6 +285,44 @@ fn a_missing_frame_is_counted_lost_and_the_series_continues() {
     assert_frames_match(&decoded, &reference());
 }
 
+/// A consumer that drops its stacks receiver after the first stack (a cancelled pipeline):
+/// the frames read after that are discarded and counted lost, never received, so the
+/// validity map matches what was processed.
+#[test]
+fn frames_the_consumer_no_longer_takes_are_not_counted_received() {
+    let c = capture();
+    let msgs = sim_messages(&c);
+    let n = c.frames.len() as u64;
+    let (push, rx) = connect(|_| {});
+    let sender = send_all(push, msgs);
+    let until = Instant::now() + TIMEOUT;
+    let stacks = match rx.events().recv_deadline(until) {
+        Ok(ReceiverEvent::Armed { stacks, .. }) => stacks,
+        other => panic!("expected Armed, got {other:?}"),
+    };
+    let first = stacks.recv_deadline(until).expect("a first stack");
+    let taken = first.len() as u64;
+    drop(stacks);
+    let summary = loop {
+        match rx.events().recv_deadline(until) {
+            Ok(ReceiverEvent::Finished { summary, .. }) => break summary,
+            Ok(ReceiverEvent::FirstFrame { .. }) => {}
+            other => panic!("expected Finished, got {other:?}"),
+        }
+    };
+    sender.join().unwrap();
+    assert!(taken < n, "the whole series fitted one stack");
+    assert_eq!(
+        (summary.received, summary.lost, summary.damaged),
+        (taken, n - taken, 0)
+    );
+    assert_eq!(summary.validity.received() as u64, taken);
+    assert_eq!(
+        summary.validity.status(taken as usize),
+        FrameStatus::Missing
+    );
+}
+
 #[test]
 fn a_missing_frame_aborts_the_series_when_the_policy_says_so() {
     let c = capture();

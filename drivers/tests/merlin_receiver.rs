@@ -516,6 +516,98 @@ fn inactivity_deadline_ends_a_stalled_acquisition() {
     server.join().unwrap();
 }
 
+/// The detector actor's disarm (`end_acquisition`) ends an acquisition whose stream went
+/// quiet as `Disarmed` at once, not at the 5 s inactivity deadline: the frames received
+/// are kept, the rest lost. The connection stays up: a frame of the stopped acquisition
+/// that comes late is skipped as stale, and the next acquisition is received whole.
+#[test]
+fn end_acquisition_ends_a_quiet_acquisition_and_the_next_one_runs() {
+    let rec = recording("Single_9_Frame_CounterDepth_6_Rows_256");
+    let mut first = mpx(&rec.hdr);
+    for f in &rec.frames[..3] {
+        first.extend(mpx(f));
+    }
+    // Frame 4 arrives late; without the end request it would still belong to the first
+    // acquisition, which would then end on the new HDR.
+    let mut later = mpx(&rec.frames[3]);
+    later.extend(acquisition_bytes(&rec));
+    let (addr, server) = serve(vec![
+        Step::Send(first),
+        Step::Sleep(Duration::from_millis(1500)),
+        Step::Send(later),
+        Step::Hold,
+    ]);
+    let mut cfg = config(addr);
+    cfg.frame_timeout = Duration::from_secs(5);
+    let rx = MerlinReceiver::start(cfg).unwrap();
+    let mut asked: Option<Instant> = None;
+    let mut ended_after: Option<Duration> = None;
+    let out = collect(&rx, Duration::from_secs(8), |o| {
+        if asked.is_none() && o.acqs.first().is_some_and(|a| a.frames.len() == 3) {
+            rx.end_acquisition();
+            asked = Some(Instant::now());
+        }
+        if ended_after.is_none() && o.acqs.first().is_some_and(|a| a.summary.is_some()) {
+            ended_after = asked.map(|t| t.elapsed());
+        }
+        o.acqs.get(1).is_some_and(|a| a.summary.is_some())
+    });
+    let s0 = out.acqs[0]
+        .summary
+        .as_ref()
+        .expect("first acquisition ended");
+    assert_eq!((s0.received, s0.lost, s0.end), (3, 6, EndReason::Disarmed));
+    assert_eq!(s0.to_acquisition_end(None).reason, "disarmed");
+    let took = ended_after.expect("ended after the request");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(out.acqs.len(), 2, "{:?}", out.error);
+    let s1 = out.acqs[1].summary.as_ref().unwrap();
+    assert_eq!((s1.received, s1.lost, s1.end), (9, 0, EndReason::AllFrames));
+    let sums: Vec<u64> = out.acqs[1].frames.iter().map(|&(_, s)| s).collect();
+    assert_eq!(sums, rec.per_frame_sums);
+    drop(rx);
+    server.join().unwrap();
+}
+
+/// A consumer that drops its stacks receiver after the first stack (a cancelled pipeline):
+/// the frames read after that are discarded and counted lost, never received, so the
+/// validity map matches what was processed.
+#[test]
+fn frames_the_consumer_no_longer_takes_are_not_counted_received() {
+    let rec = recording("Single_9_Frame_CounterDepth_6_Rows_256");
+    let (addr, server) = serve(vec![Step::Send(acquisition_bytes(&rec)), Step::Hold]);
+    let rx = MerlinReceiver::start(config(addr)).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    let stacks = loop {
+        match rx.events().recv_deadline(until) {
+            Ok(ReceiverEvent::Armed { stacks, .. }) => break stacks,
+            Ok(ReceiverEvent::FirstFrame { .. }) => {}
+            other => panic!("expected Armed, got {other:?}"),
+        }
+    };
+    let first = stacks.recv_deadline(until).expect("a first stack");
+    let taken = first.len() as u64;
+    drop(stacks);
+    let summary = loop {
+        match rx.events().recv_deadline(until) {
+            Ok(ReceiverEvent::Finished { summary, .. }) => break summary,
+            Ok(ReceiverEvent::FirstFrame { .. }) => {}
+            other => panic!("expected Finished, got {other:?}"),
+        }
+    };
+    assert!(taken < 9, "the whole acquisition fitted one stack");
+    assert_eq!(
+        (summary.received, summary.lost, summary.damaged, summary.end),
+        (taken, 9 - taken, 0, EndReason::AllFrames)
+    );
+    assert_eq!(
+        summary.validity.status(taken as usize),
+        FrameStatus::Missing
+    );
+    drop(rx);
+    server.join().unwrap();
+}
+
 /// An HDR, then no frame within the first-frame timeout: every frame lost.
 #[test]
 fn first_frame_timeout_loses_every_frame() {

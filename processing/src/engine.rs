@@ -194,6 +194,11 @@ pub struct RunSummary {
     pub outside_roi: u64,
     /// Completed or cancelled.
     pub outcome: Outcome,
+    /// After a cancelled live run ([`run_live`]): the lowest acquisition frame index of the
+    /// stacks still queued, which were dropped unprocessed. Their frames were received but
+    /// are in no result and were not passed to the sink, so the caller must not count them
+    /// as received. `None` when nothing was queued, and for offline runs.
+    pub unprocessed_from: Option<u64>,
     /// Final results (after [`Udf::postprocess`] and [`Udf::get_results`]), one entry per
     /// UDF in the order given.
     pub results: Vec<UdfResults>,
@@ -361,8 +366,15 @@ pub fn run_live(
         co.drain();
         outcome
     });
+    // Dropping the queued stacks returns their buffers to the receiver's pool at once.
+    let unprocessed_from = match outcome {
+        Outcome::Cancelled => stacks.try_iter().map(|s| s.first_frame).min(),
+        Outcome::Completed => None,
+    };
     let tally = co.finish();
-    summarize(shared, tally, outcome)
+    let mut summary = summarize(shared, tally, outcome)?;
+    summary.unprocessed_from = unprocessed_from;
+    Ok(summary)
 }
 
 /// Runs `udfs` on decoded tiles (e.g. read from a file), processing tiles in parallel, with
@@ -1404,6 +1416,7 @@ fn summarize(
         out_of_range: tally.out_of_range,
         outside_roi: tally.outside_roi,
         outcome,
+        unprocessed_from: None,
         results: tally.results,
     })
 }

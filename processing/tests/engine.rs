@@ -339,9 +339,37 @@ fn cancel_ends_a_stream_that_never_ends() {
     let s = r.unwrap();
     assert_eq!(s.outcome, Outcome::Cancelled);
     assert_eq!(s.frames_processed, 40);
+    assert_eq!(s.unprocessed_from, None, "nothing was queued");
     assert!(snaps >= 2, "a progress snapshot and the final one");
     runner.join().unwrap();
     feeder.join().unwrap();
+}
+
+/// A cancel with stacks still queued: they are dropped unprocessed, and the summary names
+/// the first frame they held, so the caller does not count them as received.
+#[test]
+fn a_cancel_reports_the_first_frame_of_the_stacks_left_unprocessed() {
+    let sig = SigShape::new(8, 8);
+    let nav = NavShape::new(4, 10);
+    let frames = random_frames(40, sig, 100, 3);
+    let (tx, rx) = bounded(16);
+    // Stacks from frame 8 on (frames 0..8 never came): all queued before the run starts.
+    for s in raw_stacks(&frames[8..], 8, 4, sig, &[]) {
+        tx.send(s).unwrap();
+    }
+    let s = run_live(
+        rx,
+        &all_udfs(sig),
+        &cfg(nav, sig, 2),
+        None,
+        &mut |_| {},
+        &AtomicBool::new(true),
+    )
+    .unwrap();
+    assert_eq!(s.outcome, Outcome::Cancelled);
+    assert_eq!(s.frames_processed, 0);
+    assert_eq!(s.unprocessed_from, Some(8));
+    assert!(tx.is_empty(), "the queued stacks were dropped");
 }
 
 #[test]

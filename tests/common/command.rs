@@ -3,7 +3,7 @@
 
 use super::process::ChildGuard;
 use super::scratch::tail;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use stemflow_core::result::{ResultBuffer, UdfResults};
@@ -39,6 +39,24 @@ impl Finished {
     }
 }
 
+/// `stemflow ARGS` as a command, its output going to `scratch/stdout-<tag>.log` and
+/// `scratch/stderr-<tag>.log` (returned in that order), for a test that starts it itself
+/// (e.g. to kill it mid-way).
+///
+/// # Panics
+/// When a log file cannot be created.
+pub fn command(args: &[&str], scratch: &Path, tag: &str) -> (Command, PathBuf, PathBuf) {
+    let out = scratch.join(format!("stdout-{tag}.log"));
+    let err = scratch.join(format!("stderr-{tag}.log"));
+    let file =
+        |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
+    cmd.args(args)
+        .stdout(Stdio::from(file(&out)))
+        .stderr(Stdio::from(file(&err)));
+    (cmd, out, err)
+}
+
 /// Runs `stemflow ARGS` to completion (at most [`COMMAND_TIMEOUT`]), its output kept in
 /// `scratch/stdout-<tag>.log` and `scratch/stderr-<tag>.log`.
 ///
@@ -46,15 +64,7 @@ impl Finished {
 /// When the command cannot be started or is still running at the deadline (it is then
 /// killed with its process group), with the ends of its output.
 pub fn stemflow(args: &[&str], scratch: &Path, tag: &str) -> Finished {
-    let out = scratch.join(format!("stdout-{tag}.log"));
-    let err = scratch.join(format!("stderr-{tag}.log"));
-    let file =
-        |p: &Path| std::fs::File::create(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
-    cmd.args(args)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::from(file(&out)))
-        .stderr(Stdio::from(file(&err)));
+    let (mut cmd, out, err) = command(args, scratch, tag);
     let t0 = Instant::now();
     let mut child = ChildGuard::spawn(&format!("stemflow {}", args.join(" ")), &mut cmd);
     let status = child.wait_timeout(COMMAND_TIMEOUT);

@@ -35,6 +35,7 @@ pub fn counting_pipeline() -> PipelineBuilder {
                 frames_processed: frames,
                 damaged: Vec::new(),
                 cancelled: false,
+                unprocessed_from: None,
                 recording: inputs.recording,
             })
         })

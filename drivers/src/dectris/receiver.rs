@@ -291,7 +291,8 @@ pub struct AcquisitionSummary {
     pub expected: u64,
     /// Frames received intact (delivered in stacks).
     pub received: u64,
-    /// Frames never received (gaps, and frames after the last one received).
+    /// Frames never received (gaps, and frames after the last one received), and frames
+    /// read after the consumer had dropped its stacks channel (they were discarded).
     pub lost: u64,
     /// Frames received but unusable (bad `dimage_d`, size or framing).
     pub damaged: u64,
@@ -580,6 +581,10 @@ struct Acquisition {
     codes: Vec<u8>,
     received: u64,
     damaged: u64,
+    /// First frame of the first stack the consumer did not take (it had dropped its
+    /// receiver, e.g. a cancelled pipeline): this frame and every later one were read and
+    /// discarded, so none counts as received.
+    discarded_from: Option<u64>,
 }
 
 impl Acquisition {
@@ -604,19 +609,21 @@ impl Acquisition {
             self.codes.len() as u64
         };
         let mut validity = FrameValidity::new(total as usize);
+        let discarded_from = self.discarded_from.unwrap_or(u64::MAX);
         for (i, &c) in self.codes.iter().enumerate() {
             match c {
-                1 => validity.mark(i as u64, FrameStatus::Received),
+                1 if (i as u64) < discarded_from => validity.mark(i as u64, FrameStatus::Received),
                 2 => validity.mark(i as u64, FrameStatus::Damaged),
                 _ => true,
             };
         }
+        let (received, damaged) = (validity.received() as u64, validity.damaged() as u64);
         AcquisitionSummary {
             series: self.series,
             expected: self.expected,
-            received: self.received,
-            lost: total - self.received - self.damaged,
-            damaged: self.damaged,
+            received,
+            lost: total - received - damaged,
+            damaged,
             validity,
             end,
         }
@@ -1108,6 +1115,7 @@ impl Worker {
             codes: Vec::with_capacity(expected.min(1 << 24) as usize),
             received: 0,
             damaged: 0,
+            discarded_from: None,
         };
         let first_deadline = Instant::now() + self.cfg.first_frame_timeout;
         loop {
@@ -1478,6 +1486,7 @@ impl Worker {
         let Some(tx) = &acq.stacks else {
             return Ok(());
         };
+        let first = open.first_frame;
         let mut stack = RawStack {
             first_frame: open.first_frame,
             frames: open.frames,
@@ -1492,6 +1501,7 @@ impl Worker {
                 Err(SendTimeoutError::Disconnected(_)) => {
                     tracing::debug!(device = %self.cfg.device, "stack consumer gone; discarding frames");
                     acq.stacks = None;
+                    acq.discarded_from = Some(first);
                     return Ok(());
                 }
                 Err(SendTimeoutError::Timeout(s)) => {

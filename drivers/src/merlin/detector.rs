@@ -421,9 +421,15 @@ impl Detector for MerlinDetector {
             return Ok(());
         }
         match self.with_control("CMD STOPACQUISITION", |c| c.cmd("STOPACQUISITION")) {
-            Ok(()) => Ok(()),
             // A detector that is already idle may refuse the stop; that is what we wanted.
-            Err(DeviceError::Rejected { .. }) => Ok(()),
+            Ok(()) | Err(DeviceError::Rejected { .. }) => {
+                // No frame follows the stop, and the stream has no end marker: the receiver
+                // ends the acquisition once it is quiet, not at its inactivity deadline.
+                if let Some(r) = &self.receiver {
+                    r.end_acquisition();
+                }
+                Ok(())
+            }
             Err(e) => Err(e),
         }
     }

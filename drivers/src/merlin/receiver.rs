@@ -16,8 +16,10 @@
 //!    the MPX length against the first frame's, the MQ1 magic, the data offset and the
 //!    sequence number;
 //! 5. ends the acquisition after the expected frame count, at the inactivity deadline, on a
-//!    new `HDR`, on stop, or on disconnect, closes its stack channel and reports
-//!    [`ReceiverEvent::Finished`] with counts and the validity map; then goes back to 2.
+//!    new `HDR`, once the stream is quiet after [`end_acquisition`](MerlinReceiver::end_acquisition)
+//!    (the detector was told to stop), on stop, or on disconnect, closes its stack channel
+//!    and reports [`ReceiverEvent::Finished`] with counts and the validity map; then goes
+//!    back to 2.
 //!
 //! A sequence gap closes the current stack (stacks hold consecutive frames) and marks the
 //! skipped frames lost. Any protocol violation ends the connection with
@@ -56,6 +58,15 @@ const MAX_HEADER_LEN: u64 = 1 << 20;
 
 /// Silence that ends the drain of stale bytes after connecting (LiberTEM's value, §1.4).
 const DRAIN_SILENCE: Duration = Duration::from_millis(100);
+
+/// Silence after [`MerlinReceiver::end_acquisition`] (and after the last byte) that ends
+/// the acquisition. The stream has no end marker (§1.5), so a frame still on its way when
+/// the detector acknowledged `STOPACQUISITION` is waited for this long; one that comes
+/// later is skipped as stale before the next `HDR`.
+const END_QUIET: Duration = Duration::from_millis(100);
+
+/// Longest wait for a message start before the receiver looks at an end request again.
+const END_POLL: Duration = Duration::from_millis(20);
 
 /// Settings of one receiver connection. Times are deadlines; see each field.
 #[derive(Clone, Debug)]
@@ -123,6 +134,9 @@ pub enum EndReason {
     NewHeader,
     /// [`MerlinReceiver::stop`] was called.
     Stopped,
+    /// [`MerlinReceiver::end_acquisition`] was called (the detector was disarmed) and the
+    /// stream then stayed quiet; frames not received are lost.
+    Disarmed,
     /// The detector closed the connection between frames.
     Disconnected,
     /// A fatal error ended it (reported in [`ReceiverEvent::Error`]).
@@ -137,6 +151,7 @@ impl EndReason {
             Self::InactivityDeadline => "inactivity deadline",
             Self::NewHeader => "new acquisition header",
             Self::Stopped => "stopped",
+            Self::Disarmed => "disarmed",
             Self::Disconnected => "disconnected",
             Self::Failed => "failed",
         }
@@ -157,7 +172,8 @@ pub struct AcquisitionSummary {
     /// Frames received intact (delivered in stacks).
     pub received: u64,
     /// Frames never received (sequence gaps, and for a finite acquisition every frame after
-    /// the last one received).
+    /// the last one received), and frames read after the consumer had dropped its stacks
+    /// channel (they were discarded).
     pub lost: u64,
     /// Frames partly received (cut by a truncated or stalled stream, or of the wrong size).
     pub damaged: u64,
@@ -239,6 +255,7 @@ pub struct MerlinReceiver {
     device: String,
     events: Receiver<ReceiverEvent>,
     stop: Arc<AtomicBool>,
+    end: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -273,9 +290,11 @@ impl MerlinReceiver {
         let conn = DataStream::new(stream, Arc::clone(&stop))
             .map_err(io_err("setting up the data socket"))?;
         let (tx, events) = unbounded();
+        let end = Arc::new(AtomicBool::new(false));
         let worker = Worker {
             cfg,
             conn,
+            end: Arc::clone(&end),
             events: tx,
             pool: None,
             acquisitions: 0,
@@ -290,6 +309,7 @@ impl MerlinReceiver {
             device,
             events,
             stop,
+            end,
             thread: Some(thread),
         })
     }
@@ -316,6 +336,18 @@ impl MerlinReceiver {
     /// received.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends the acquisition in progress once the stream has been quiet for 100 ms
+    /// ([`END_QUIET`], counted from this call and from the last byte), reported `Finished`
+    /// with [`EndReason::Disarmed`]; the connection stays open for the next acquisition.
+    /// For the detector actor after `STOPACQUISITION`: the data stream has no end marker
+    /// (protocols.md §1.5), so without this call a stopped acquisition ends only at the
+    /// inactivity deadline (`frame_timeout`). Frames that arrive before the silence are
+    /// kept; later ones are skipped as stale before the next `HDR`. A request made while no
+    /// acquisition runs lapses when the next one starts (its `HDR` arrives).
+    pub fn end_acquisition(&self) {
+        self.end.store(true, Ordering::SeqCst);
     }
 
     /// Waits for the connection thread to end (after [`stop`](Self::stop), a disconnect or
@@ -380,6 +412,10 @@ struct Acquisition {
     gaps: Vec<(u64, u64)>,
     /// Indices of damaged frames.
     damaged: Vec<u64>,
+    /// First frame of the first stack the consumer did not take (it had dropped its
+    /// receiver, e.g. a cancelled pipeline): this frame and every later one were read and
+    /// discarded, so none counts as received.
+    discarded_from: Option<u64>,
 }
 
 impl Acquisition {
@@ -403,6 +439,13 @@ impl Acquisition {
         validity.mark_range_received(pos, seen.saturating_sub(pos) as usize);
         for &d in &self.damaged {
             validity.mark(d, FrameStatus::Damaged);
+        }
+        if let Some(from) = self.discarded_from {
+            for i in from..seen {
+                if validity.status(i as usize) == FrameStatus::Received {
+                    validity.mark(i, FrameStatus::Missing);
+                }
+            }
         }
         AcquisitionSummary {
             expected: self.expected,
@@ -459,6 +502,8 @@ impl From<MerlinError> for Box<Fatal> {
 struct Worker {
     cfg: MerlinReceiverConfig,
     conn: DataStream,
+    /// Set by [`MerlinReceiver::end_acquisition`]; cleared when an acquisition starts.
+    end: Arc<AtomicBool>,
     events: Sender<ReceiverEvent>,
     pool: Option<StackPool>,
     acquisitions: u64,
@@ -775,6 +820,7 @@ impl Worker {
             return Ok(());
         };
         let decoder: Arc<dyn FrameDecoder> = Arc::clone(&format.decoder) as Arc<dyn FrameDecoder>;
+        let first = open.first_frame;
         let stack = RawStack {
             first_frame: open.first_frame,
             frames: open.frames,
@@ -787,6 +833,7 @@ impl Worker {
             Err(SendTimeoutError::Disconnected(_)) => {
                 tracing::warn!(device = %self.cfg.device, acquisition = acq.id, "consumer dropped the stacks channel; frames are discarded");
                 acq.stacks = None;
+                acq.discarded_from = Some(first);
                 Ok(())
             }
             Err(SendTimeoutError::Timeout(_)) => Err(MerlinError::Pool {
@@ -879,6 +926,10 @@ impl Worker {
             .into());
         }
         let (tx, rx) = bounded(self.cfg.pool_stacks.max(1));
+        // Before `Armed`: a detector disarms only after its arm saw `Armed`, so an end
+        // request from an earlier acquisition lapses here and a new one is never missed.
+        self.end.store(false, Ordering::SeqCst);
+        let mut end_requested: Option<Instant> = None;
         self.emit(ReceiverEvent::Armed {
             acquisition: id,
             header: header.clone(),
@@ -894,6 +945,7 @@ impl Worker {
             next_seq: 1,
             gaps: Vec::new(),
             damaged: Vec::new(),
+            discarded_from: None,
         };
         let first_deadline = Instant::now() + self.cfg.first_frame_timeout;
         loop {
@@ -901,15 +953,31 @@ impl Worker {
                 None => first_deadline,
                 Some(_) => self.conn.last_activity() + self.cfg.frame_timeout,
             };
-            let (start, prefix) = match self.read_start(Some(deadline)) {
+            // Waits in slices, so that an end request is seen while the stream is quiet.
+            let slice = deadline.min(Instant::now() + END_POLL);
+            let (start, prefix) = match self.read_start(Some(slice)) {
                 Ok(Ok(s)) => s,
                 Ok(Err(Fill::Stopped(_))) => {
                     self.finish(acq, EndReason::Stopped);
                     return Ok(Next::Exit);
                 }
                 Ok(Err(Fill::TimedOut(_))) => {
-                    self.finish(acq, EndReason::InactivityDeadline);
-                    return Ok(Next::Wait);
+                    let now = Instant::now();
+                    if now >= deadline {
+                        self.finish(acq, EndReason::InactivityDeadline);
+                        return Ok(Next::Wait);
+                    }
+                    if end_requested.is_none() && self.end.load(Ordering::SeqCst) {
+                        end_requested = Some(now);
+                    }
+                    if let Some(at) = end_requested
+                        && now >= at.max(self.conn.last_activity()) + END_QUIET
+                    {
+                        self.end.store(false, Ordering::SeqCst);
+                        self.finish(acq, EndReason::Disarmed);
+                        return Ok(Next::Wait);
+                    }
+                    continue;
                 }
                 Ok(Err(_)) => {
                     self.finish(acq, EndReason::Disconnected);
