@@ -60,7 +60,7 @@ const MAX_HEADER_LEN: u64 = 1 << 20;
 const DRAIN_SILENCE: Duration = Duration::from_millis(100);
 
 /// Silence after [`MerlinReceiver::end_acquisition`] (and after the last byte) that ends
-/// the acquisition. The stream has no end marker (§1.5), so a frame still on its way when
+/// the acquisition. The stream has no end marker (protocols.md §1.4), so a frame still on its way when
 /// the detector acknowledged `STOPACQUISITION` is waited for this long; one that comes
 /// later is skipped as stale before the next `HDR`.
 const END_QUIET: Duration = Duration::from_millis(100);
@@ -338,11 +338,11 @@ impl MerlinReceiver {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    /// Ends the acquisition in progress once the stream has been quiet for 100 ms
-    /// ([`END_QUIET`], counted from this call and from the last byte), reported `Finished`
+    /// Ends the acquisition in progress once the stream has been quiet for 100 ms (counted
+    /// from this call and from the last byte), reported `Finished`
     /// with [`EndReason::Disarmed`]; the connection stays open for the next acquisition.
     /// For the detector actor after `STOPACQUISITION`: the data stream has no end marker
-    /// (protocols.md §1.5), so without this call a stopped acquisition ends only at the
+    /// (protocols.md §0 and §1.4), so without this call a stopped acquisition ends only at the
     /// inactivity deadline (`frame_timeout`). Frames that arrive before the silence are
     /// kept; later ones are skipped as stale before the next `HDR`. A request made while no
     /// acquisition runs lapses when the next one starts (its `HDR` arrives).
