@@ -358,7 +358,7 @@ fn a_zero_snapshot_interval_is_refused() {
 
 /// A pipeline that counts frames and honours the cancel flag within 10 ms, as the engine
 /// does. After the cancel it lingers 100 ms while the scan goes on, so stacks queue up, and
-/// reports the first frame of those it drops unprocessed, as the engine does.
+/// reports where the frames it did not count begin, as the engine does.
 fn cancellable_counting_pipeline() -> stemflow_actors::orchestrator::PipelineBuilder {
     use crossbeam_channel::RecvTimeoutError;
     use std::sync::atomic::Ordering;
@@ -366,12 +366,16 @@ fn cancellable_counting_pipeline() -> stemflow_actors::orchestrator::PipelineBui
     Arc::new(|inputs| {
         Box::new(move |cancel, _snaps| {
             let mut frames = 0u64;
+            let mut taken_until = 0u64;
             let cancelled = loop {
                 if cancel.load(Ordering::SeqCst) {
                     break true;
                 }
                 match inputs.stacks.recv_timeout(Duration::from_millis(10)) {
-                    Ok(stack) => frames += stack.frames.len() as u64,
+                    Ok(stack) => {
+                        frames += stack.frames.len() as u64;
+                        taken_until = stack.first_frame + stack.frames.len() as u64;
+                    }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break false,
                 }
@@ -381,12 +385,10 @@ fn cancellable_counting_pipeline() -> stemflow_actors::orchestrator::PipelineBui
                 frames_processed: frames,
                 damaged: Vec::new(),
                 cancelled,
-                unprocessed_from: if cancelled {
+                unprocessed_from: cancelled.then(|| {
                     std::thread::sleep(Duration::from_millis(100));
-                    inputs.stacks.try_iter().map(|s| s.first_frame).min()
-                } else {
-                    None
-                },
+                    taken_until
+                }),
                 recording: inputs.recording,
             })
         })

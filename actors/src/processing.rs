@@ -22,9 +22,11 @@ pub struct PipelineOutput {
     pub damaged: Vec<u64>,
     /// True when the run was cancelled before the stream ended.
     pub cancelled: bool,
-    /// After a cancel: the lowest frame index of the stacks that were received but dropped
-    /// unprocessed (still queued when the cancel came); the orchestrator then counts no
-    /// frame from there on as received. `None` when every received frame was processed.
+    /// After a cancel: the frame index from which no frame was processed (just after the
+    /// last frame the pipeline took; frames still queued or arriving later were dropped);
+    /// the orchestrator then counts no frame from there on as received. `None` when every
+    /// frame received was processed (a completed run, or a pipeline that drained its
+    /// stream).
     pub unprocessed_from: Option<u64>,
     /// The recording the pipeline wrote raw frames into, to be finished by the recorder.
     pub recording: Option<Box<dyn crate::recorder::Recording>>,

@@ -285,24 +285,33 @@ fn a_missing_frame_is_counted_lost_and_the_series_continues() {
     assert_frames_match(&decoded, &reference());
 }
 
-/// A consumer that drops its stacks receiver after the first stack (a cancelled pipeline):
-/// the frames read after that are discarded and counted lost, never received, so the
-/// validity map matches what was processed.
+/// A consumer that drops its stacks receiver after taking the first 32 frames (a cancelled
+/// pipeline): the frames sent after that are read and discarded, counted lost and never
+/// received, so the validity map matches what was processed.
 #[test]
 fn frames_the_consumer_no_longer_takes_are_not_counted_received() {
     let c = capture();
-    let msgs = sim_messages(&c);
+    let mut msgs = sim_messages(&c);
     let n = c.frames.len() as u64;
-    let (push, rx) = connect(|_| {});
-    let sender = send_all(push, msgs);
+    let rest = msgs.split_off(2 + 32);
+    let (push, rx) = connect(|cfg| cfg.frames_per_stack = 32);
+    let (go, gate) = crossbeam_channel::bounded::<()>(1);
+    let sender = std::thread::spawn(move || {
+        let push = send_all(push, msgs).join().unwrap();
+        let _ = gate.recv_timeout(TIMEOUT);
+        send_all(push, rest).join().unwrap()
+    });
     let until = Instant::now() + TIMEOUT;
     let stacks = match rx.events().recv_deadline(until) {
         Ok(ReceiverEvent::Armed { stacks, .. }) => stacks,
         other => panic!("expected Armed, got {other:?}"),
     };
-    let first = stacks.recv_deadline(until).expect("a first stack");
-    let taken = first.len() as u64;
+    let mut taken = 0;
+    while taken < 32 {
+        taken += stacks.recv_deadline(until).expect("the first frames").len();
+    }
     drop(stacks);
+    go.send(()).unwrap();
     let summary = loop {
         match rx.events().recv_deadline(until) {
             Ok(ReceiverEvent::Finished { summary, .. }) => break summary,
@@ -311,16 +320,13 @@ fn frames_the_consumer_no_longer_takes_are_not_counted_received() {
         }
     };
     sender.join().unwrap();
-    assert!(taken < n, "the whole series fitted one stack");
     assert_eq!(
         (summary.received, summary.lost, summary.damaged),
-        (taken, n - taken, 0)
+        (32, n - 32, 0)
     );
-    assert_eq!(summary.validity.received() as u64, taken);
-    assert_eq!(
-        summary.validity.status(taken as usize),
-        FrameStatus::Missing
-    );
+    assert_eq!(summary.validity.received(), 32);
+    assert_eq!(summary.validity.status(31), FrameStatus::Received);
+    assert_eq!(summary.validity.status(32), FrameStatus::Missing);
 }
 
 #[test]

@@ -194,10 +194,11 @@ pub struct RunSummary {
     pub outside_roi: u64,
     /// Completed or cancelled.
     pub outcome: Outcome,
-    /// After a cancelled live run ([`run_live`]): the lowest acquisition frame index of the
-    /// stacks still queued, which were dropped unprocessed. Their frames were received but
-    /// are in no result and were not passed to the sink, so the caller must not count them
-    /// as received. `None` when nothing was queued, and for offline runs.
+    /// After a cancelled live run ([`run_live`]): the acquisition index just after the last
+    /// frame of the stacks the run took (stacks arrive in order, and every stack taken is
+    /// processed to its end). Frames from there on (still queued, in flight, or sent after
+    /// the cancel) are in no result and were not passed to the sink, so the caller must not
+    /// count them as received. `None` for completed runs and offline runs.
     pub unprocessed_from: Option<u64>,
     /// Final results (after [`Udf::postprocess`] and [`Udf::get_results`]), one entry per
     /// UDF in the order given.
@@ -321,6 +322,8 @@ pub fn run_live(
     co.free = (0..cap)
         .map(|_| Tile::zeros(0, 0, cfg.sig_shape, cfg.dtype))
         .collect();
+    // Acquisition index after the last frame of the stacks taken so far.
+    let mut taken_until = 0u64;
     let done_rx = co.done_rx.clone();
     let outcome = pool.in_place_scope(|s| {
         let mut disconnected = false;
@@ -336,6 +339,7 @@ pub fn run_live(
                 select! {
                     recv(stacks) -> msg => match msg {
                         Ok(raw) => {
+                            taken_until = taken_until.max(raw.first_frame + raw.len() as u64);
                             let tile = co.free.pop().unwrap_or_else(|| {
                                 Tile::zeros(0, 0, cfg.sig_shape, cfg.dtype)
                             });
@@ -366,9 +370,12 @@ pub fn run_live(
         co.drain();
         outcome
     });
-    // Dropping the queued stacks returns their buffers to the receiver's pool at once.
     let unprocessed_from = match outcome {
-        Outcome::Cancelled => stacks.try_iter().map(|s| s.first_frame).min(),
+        Outcome::Cancelled => {
+            // Dropping the queued stacks returns their buffers to the receiver's pool at once.
+            stacks.try_iter().for_each(drop);
+            Some(taken_until)
+        }
         Outcome::Completed => None,
     };
     let tally = co.finish();

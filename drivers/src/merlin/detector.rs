@@ -178,7 +178,14 @@ impl MerlinDetector {
             .map_err(|e| control_err(&self.name, "connect control port", e))?;
             self.control = Some(c);
         }
-        Ok(self.control.as_mut().expect("set above"))
+        match self.control.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(DeviceError::State {
+                device: self.name.clone(),
+                action: "send a control request".into(),
+                state: "the control port is not connected".into(),
+            }),
+        }
     }
 
     /// Runs a control request; a failed connection is dropped so the next call reconnects.
@@ -291,12 +298,15 @@ impl Detector for MerlinDetector {
         if mode == ArmMode::Active {
             self.with_control("CMD STARTACQUISITION", |c| c.cmd("STARTACQUISITION"))?;
         }
-        let events = self
-            .receiver
-            .as_ref()
-            .expect("ensured above")
-            .events()
-            .clone();
+        let Some(receiver) = self.receiver.as_ref() else {
+            // `ensure_receiver` either connected one or returned its error above.
+            return Err(DeviceError::State {
+                device: self.name.clone(),
+                action: "arm".into(),
+                state: "the data port is not connected".into(),
+            });
+        };
+        let events = receiver.events().clone();
         let until = Instant::now() + deadline;
         let (header, stacks) = loop {
             match events.recv_deadline(until) {
