@@ -539,7 +539,7 @@ fn end_acquisition_ends_a_quiet_acquisition_and_the_next_one_runs() {
     later.extend(acquisition_bytes(&rec));
     let (addr, server) = serve(vec![
         Step::Send(first),
-        Step::Sleep(Duration::from_millis(1500)),
+        Step::Sleep(Duration::from_secs(3)),
         Step::Send(later),
         Step::Hold,
     ]);
@@ -548,7 +548,7 @@ fn end_acquisition_ends_a_quiet_acquisition_and_the_next_one_runs() {
     let rx = MerlinReceiver::start(cfg).unwrap();
     let mut asked: Option<Instant> = None;
     let mut ended_after: Option<Duration> = None;
-    let out = collect(&rx, Duration::from_secs(8), |o| {
+    let out = collect(&rx, Duration::from_secs(10), |o| {
         if asked.is_none() && o.acqs.first().is_some_and(|a| a.frames.len() == 3) {
             rx.end_acquisition();
             asked = Some(Instant::now());
@@ -565,7 +565,7 @@ fn end_acquisition_ends_a_quiet_acquisition_and_the_next_one_runs() {
     assert_eq!((s0.received, s0.lost, s0.end), (3, 6, EndReason::Disarmed));
     assert_eq!(s0.to_acquisition_end(None).reason, "disarmed");
     let took = ended_after.expect("ended after the request");
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
     assert_eq!(out.acqs.len(), 2, "{:?}", out.error);
     let s1 = out.acqs[1].summary.as_ref().unwrap();
     assert_eq!((s1.received, s1.lost, s1.end), (9, 0, EndReason::AllFrames));
