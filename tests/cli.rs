@@ -559,7 +559,8 @@ fn process_truncated_recording_names_file_frame_and_sizes() {
 }
 
 /// `stemflow bench all` on small sizes: every figure the issue asks for is printed and in
-/// the JSON line — ceilings, in-memory sum and full set for 256²/512² × u8/u16/u32, end to
+/// the JSON line — ceilings, in-memory sum and full set for 256²/512² × u8/u16/u32 (and the
+/// u16 full set with the engine's fused pass off), end to
 /// end with no frame lost, latency at both snapshot intervals. Figures are not judged here
 /// (timing belongs to benchmarks), only their presence and sanity.
 #[test]
@@ -594,7 +595,27 @@ fn bench_all_reports_every_figure() {
         assert!(ceilings[key].as_f64().unwrap_or(0.0) > 0.0, "{key}: {json}");
     }
     let mem = json["in_memory"].as_array().expect("in_memory");
-    assert_eq!(mem.len(), 12, "2 shapes x 3 dtypes x 2 sets: {json}");
+    assert_eq!(
+        mem.len(),
+        14,
+        "2 shapes x 3 dtypes x 2 sets, and the u16 full set with the fused pass off: {json}"
+    );
+    let off: Vec<_> = mem
+        .iter()
+        .filter(|m| {
+            m["set"]
+                .as_str()
+                .is_some_and(|s| s.ends_with("fused pass off"))
+        })
+        .map(|m| (m["sig_shape"].as_str(), m["dtype"].as_str()))
+        .collect();
+    assert_eq!(
+        off,
+        [
+            (Some("256x256"), Some("uint16")),
+            (Some("512x512"), Some("uint16"))
+        ]
+    );
     for m in mem {
         let frac = m["fraction_of_memory_bandwidth"].as_f64().unwrap_or(-1.0);
         assert!(

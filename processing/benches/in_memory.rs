@@ -28,6 +28,7 @@ fn main() {
                 frames_per_tile: partition_frames(sig, dtype, cores, nav.len()),
                 threads: None,
                 passes: 3,
+                fused: true,
             };
             let sum: Vec<Box<dyn Udf>> = vec![Box::new(SumUdf::new())];
             for (name, udfs) in [("sum", sum), ("sum+sum_sig+4 masks+com", full_set(sig))] {

@@ -1,6 +1,7 @@
 //! Prints the UDF engine's in-memory throughput beside the machine's memory read
 //! bandwidth: 256 × 256 frames of u16 (or the dtype given) held in memory, sum alone and
-//! sum + sum over signal + 4 masks + CoM, on all cores and on one; the live path
+//! sum + sum over signal + 4 masks + CoM, on all cores (with and without the engine's
+//! fused pass) and on one; the live path
 //! (big-endian raw stacks, decoded by the workers); then each UDF alone on one thread, to
 //! see where the time goes.
 //!
@@ -41,6 +42,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let f = bench_udfs(&full, &cfg)?;
     println!(
         "full set:\n  {f}\n  {:.0} % of memory bandwidth",
+        100.0 * f.gb_per_s / bw
+    );
+    let bands = BenchConfig {
+        fused: false,
+        ..cfg
+    };
+    let f = bench_udfs(&full, &bands)?;
+    println!(
+        "full set, the engine's fused pass off (row bands only):\n  {f}\n  {:.0} % of memory bandwidth",
         100.0 * f.gb_per_s / bw
     );
     let one = BenchConfig {

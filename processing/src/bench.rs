@@ -10,8 +10,8 @@ use crate::mask::Mask;
 use crate::udf::Udf;
 use crate::udfs::{ComUdf, MasksUdf, SumSigUdf, SumUdf, standard_udfs};
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 use stemflow_core::frame::{
     DecodeError, FrameDecoder, PixelsMut, RawFrameRef, RawStack, Tile, TileData,
@@ -36,6 +36,9 @@ pub struct BenchConfig {
     pub threads: Option<usize>,
     /// Passes over the frames; the fastest counts (default 3).
     pub passes: usize,
+    /// Whether the engine may run its fused pass ([`crate::fused`]; default true); false
+    /// measures the band path ([`RunConfig::fused`]).
+    pub fused: bool,
 }
 
 impl Default for BenchConfig {
@@ -47,6 +50,7 @@ impl Default for BenchConfig {
             frames_per_tile: 16,
             threads: None,
             passes: 3,
+            fused: true,
         }
     }
 }
@@ -143,8 +147,14 @@ pub fn full_set(sig: SigShape) -> Vec<Box<dyn Udf>> {
 
 /// The machine's memory read bandwidth, GB/s (10^9 bytes): `threads` threads (`None`: all
 /// cores) each sum their share of a `bytes`-byte buffer of u64 words (written once first,
-/// so the pages exist); the fastest of `passes` passes. Take `bytes` far above the caches
-/// (≥ 256 MiB) for a memory figure.
+/// so the pages exist), all at once; the fastest of `passes` passes and of three read
+/// kernels. Take `bytes` far above the caches (≥ 256 MiB) for a memory figure.
+///
+/// Each pass starts the threads together at a barrier and counts from the first thread's
+/// start to the last thread's end: the aggregate rate of all threads reading at the same
+/// time. (Timing each thread's own kernel instead let one thread's fast kernel run while
+/// the other was still in a slow one that barely loads memory, so the figure read up to
+/// 1.6 times too high, and varied by as much from run to run; decision 0009.)
 pub fn memory_read_bandwidth(bytes: usize, threads: Option<usize>, passes: usize) -> f64 {
     let threads = threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -154,44 +164,67 @@ pub fn memory_read_bandwidth(bytes: usize, threads: Option<usize>, passes: usize
     stemflow_core::mem::advise_huge_pages(words.as_ptr().cast(), words.capacity() * 8);
     words.extend((0..bytes / 8).map(|i| i as u64));
     let share = words.len().div_ceil(threads).max(1);
+    // Three kernels, the fastest counts: how well a loop vectorises depends on the target
+    // features, and the ceiling must not.
+    let kernels: [fn(&[u64]) -> u64; 3] = [
+        // A plain reduction, which the compiler unrolls and vectorises.
+        |part| {
+            std::hint::black_box(part)
+                .iter()
+                .fold(0u64, |a, &w| a.wrapping_add(w))
+        },
+        // Eight independent lanes: the adds keep pace with the loads.
+        |part| {
+            let mut lanes = [0u64; 8];
+            for c in part.chunks_exact(8) {
+                for (l, &w) in lanes.iter_mut().zip(c) {
+                    *l = l.wrapping_add(w);
+                }
+            }
+            lanes.iter().fold(0u64, |a, &l| a.wrapping_add(l))
+        },
+        // Four 64-byte lines per step into four sets of lanes: more loads in flight.
+        |part| {
+            let mut lanes = [[0u64; 8]; 4];
+            for c in part.chunks_exact(32) {
+                for (set, line) in lanes.iter_mut().zip(c.chunks_exact(8)) {
+                    for (l, &w) in set.iter_mut().zip(line) {
+                        *l = l.wrapping_add(w);
+                    }
+                }
+            }
+            lanes.iter().flatten().fold(0u64, |a, &l| a.wrapping_add(l))
+        },
+    ];
     let mut best = f64::INFINITY;
     let mut check = 0u64;
-    for _ in 0..passes.max(1) {
-        let (total, secs) = std::thread::scope(|s| {
-            let parts: Vec<_> = words
-                .chunks(share)
-                .map(|part| {
-                    s.spawn(move || {
-                        // Two kernels, the faster counts: how well a loop vectorises
-                        // depends on the target features, and the ceiling must not.
-                        // Eight independent lanes: the adds keep pace with the loads.
-                        let t = Instant::now();
-                        let mut lanes = [0u64; 8];
-                        for c in part.chunks_exact(8) {
-                            for (l, &w) in lanes.iter_mut().zip(c) {
-                                *l = l.wrapping_add(w);
-                            }
-                        }
-                        let a = lanes.iter().fold(0u64, |a, &l| a.wrapping_add(l));
-                        let lanes_s = t.elapsed().as_secs_f64();
-                        // A plain reduction, which the compiler unrolls and vectorises.
-                        let t = Instant::now();
-                        let b = std::hint::black_box(part)
-                            .iter()
-                            .fold(0u64, |a, &w| a.wrapping_add(w));
-                        let fold_s = t.elapsed().as_secs_f64();
-                        (a.wrapping_add(b), lanes_s.min(fold_s))
+    for kernel in kernels {
+        for _ in 0..passes.max(1) {
+            let barrier = Barrier::new(words.chunks(share).len());
+            let spans: Vec<(u64, Instant, Instant)> = std::thread::scope(|s| {
+                let parts: Vec<_> = words
+                    .chunks(share)
+                    .map(|part| {
+                        let barrier = &barrier;
+                        s.spawn(move || {
+                            barrier.wait();
+                            let t0 = Instant::now();
+                            let sum = kernel(part);
+                            (sum, t0, Instant::now())
+                        })
                     })
-                })
-                .collect();
-            // Threads run side by side: the slowest one's time is the pass's.
-            parts
-                .into_iter()
-                .map(|h| h.join().unwrap_or((0, f64::INFINITY)))
-                .fold((0u64, 0f64), |(c, t), (x, s)| (c.wrapping_add(x), t.max(s)))
-        });
-        best = best.min(secs);
-        check = check.wrapping_add(total);
+                    .collect();
+                parts.into_iter().filter_map(|h| h.join().ok()).collect()
+            });
+            let (Some(start), Some(end)) = (
+                spans.iter().map(|s| s.1).min(),
+                spans.iter().map(|s| s.2).max(),
+            ) else {
+                continue;
+            };
+            best = best.min(end.duration_since(start).as_secs_f64());
+            check = spans.iter().fold(check, |c, s| c.wrapping_add(s.0));
+        }
     }
     // Keeps the sums observable so the reads cannot be optimised away.
     std::hint::black_box(check);
@@ -322,6 +355,7 @@ pub fn bench_udfs(
     let tiles = synthetic_tiles(cfg);
     let mut run = RunConfig::new(cfg.nav_shape, cfg.sig_shape, cfg.dtype);
     run.threads = cfg.threads;
+    run.fused = cfg.fused;
     let cancel = AtomicBool::new(false);
     let mut best = f64::INFINITY;
     for _ in 0..cfg.passes.max(1) {
@@ -381,6 +415,7 @@ pub fn bench_live_in_memory(cfg: &BenchConfig) -> Result<BenchFigures, Processin
     let decoder: Arc<dyn FrameDecoder> = Arc::new(BigEndianU16 { sig });
     let mut run = RunConfig::new(cfg.nav_shape, sig, DType::U16);
     run.threads = cfg.threads;
+    run.fused = cfg.fused;
     let cancel = AtomicBool::new(false);
     let mut best = f64::INFINITY;
     for _ in 0..cfg.passes.max(1) {

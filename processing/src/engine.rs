@@ -35,6 +35,7 @@
 //! whose index lies beyond the scan are dropped and counted
 //! ([`RunSummary::out_of_range`]). Frames that never arrive are the receiver's to count.
 
+use crate::fused::{Fusable, FusedPlan, LinearTerms, Scratch};
 use crate::result::UdfResults;
 use crate::roi::Roi;
 use crate::sink::{SinkError, TileSink};
@@ -115,6 +116,10 @@ pub struct RunConfig {
     /// Region of interest: only frames inside it are given to the UDFs (the sink still
     /// gets every frame); `None`: the whole scan. Must be defined on `nav_shape`.
     pub roi: Option<Arc<Roi>>,
+    /// Whether the engine may run its fused pass ([`crate::fused`]) where it applies
+    /// (default true); false feeds every band-capable task its bands. The results are the
+    /// same bit for bit; false is for comparing and measuring the two.
+    pub fused: bool,
 }
 
 impl RunConfig {
@@ -128,6 +133,7 @@ impl RunConfig {
             snapshot_interval: Duration::from_millis(100),
             threads: None,
             roi: None,
+            fused: true,
         }
     }
     /// The same configuration with a region of interest.
@@ -627,12 +633,20 @@ struct Worker {
     tasks: Vec<Box<dyn PartitionTask>>,
     /// Per UDF: fed in row bands ([`PartitionTask::bands`], tile granularity).
     banded: Vec<bool>,
-    /// The banded tasks in the order each band goes through them: the best reader
-    /// ([`PartitionTask::band_read`]) first, so it pulls the band in from memory.
+    /// The banded tasks the fused pass does not take, in the order each band goes
+    /// through them: the best reader ([`PartitionTask::band_read`]) first, so it pulls the
+    /// band in from memory.
     band_order: Vec<usize>,
-    /// True when the best reader among the banded tasks is [`BandRead::Scattered`]: the
-    /// engine then reads each band once itself before them ([`touch`]).
+    /// As `band_order`, for all banded tasks: a chunk the fused pass could not take.
+    band_order_all: Vec<usize>,
+    /// The fused pass over u16 chunks, when the run has fusable tasks ([`crate::fused`]).
+    fused: Option<FusedTasks>,
+    /// True when the best reader among the banded tasks of `band_order` is
+    /// [`BandRead::Scattered`]: the engine then reads each band once itself before them
+    /// ([`touch`]).
     touch_bands: bool,
+    /// As `touch_bands`, for `band_order_all`.
+    touch_bands_all: bool,
     /// Rows per band (≥ 1).
     band_rows: usize,
     /// Frames per `process_tile` call for tasks not fed in bands: ~[`CHUNK_BYTES`].
@@ -672,7 +686,7 @@ impl Worker {
             let chunk = view.frames(f..f + m);
             let in_bands = m <= MAX_BAND_FRAMES;
             if in_bands {
-                self.bands(&chunk, f, layouts);
+                self.bands(view, f, &chunk, layouts);
             }
             // The other tile tasks take cache-sized pieces of the chunk.
             let mut g = 0;
@@ -697,7 +711,15 @@ impl Worker {
     /// Feeds the band-capable tasks `chunk` (frames `f..` of the current view) band by
     /// band: every such task reads a band while it is in L1, and the rows after it stream
     /// in meanwhile.
-    fn bands(&mut self, chunk: &TileView<'_>, f: usize, layouts: &[UdfLayout]) {
+    /// `chunk` is frames `f..` of `view`; the fused pass, if any, takes its tasks first
+    /// (and prefetches from the frames of `view` after the chunk).
+    fn bands(
+        &mut self,
+        view: &TileView<'_>,
+        f: usize,
+        chunk: &TileView<'_>,
+        layouts: &[UdfLayout],
+    ) {
         if !self.banded.iter().any(|&b| b) {
             return;
         }
@@ -712,23 +734,38 @@ impl Worker {
                 self.values[u][slots(u, &self.starts)].fill(0.0);
             }
         }
+        let fused = match &mut self.fused {
+            Some(fz) => fz.run(
+                view,
+                f,
+                chunk,
+                &mut self.tasks,
+                &mut self.values,
+                &self.starts,
+                layouts,
+            ),
+            None => false,
+        };
+        let (order, touch_bands) = if fused {
+            (&self.band_order, self.touch_bands)
+        } else {
+            (&self.band_order_all, self.touch_bands_all)
+        };
         let rows = chunk.sig_shape.rows;
         let mut r = 0;
         while r < rows {
             let r1 = (r + self.band_rows).min(rows);
-            if self.touch_bands {
+            if touch_bands {
                 touch(chunk, r..r1);
             }
-            for &u in &self.band_order {
+            for &u in order {
                 let nav = &mut self.values[u][slots(u, &self.starts)];
                 self.tasks[u].process_band(chunk, r..r1, nav);
             }
             r = r1;
         }
-        for (u, task) in self.tasks.iter_mut().enumerate() {
-            if self.banded[u] {
-                task.finish_bands(chunk, &mut self.values[u][slots(u, &self.starts)]);
-            }
+        for &u in order {
+            self.tasks[u].finish_bands(chunk, &mut self.values[u][slots(u, &self.starts)]);
         }
     }
 
@@ -759,6 +796,123 @@ impl Worker {
         self.runs.clear();
         global.frames_processed += self.frames;
         self.frames = 0;
+    }
+}
+
+/// The tasks of a worker that the fused pass takes ([`crate::fused`]), its plan and buffers.
+struct FusedTasks {
+    plan: FusedPlan,
+    /// The [`Fusable::SigSum`] task (the first, if several) whose accumulator the pass adds into.
+    sum: Option<usize>,
+    /// Each [`Fusable::Linear`] task and the range of its sums among the plan's terms.
+    linear: Vec<(usize, Range<usize>)>,
+    scratch: Scratch,
+    /// The pass's sums, frame-major.
+    sums: Vec<u64>,
+    /// One task's sums, frame-major.
+    task_sums: Vec<u64>,
+}
+
+impl FusedTasks {
+    /// The fused pass for `tasks` (`banded[u]`: task `u` is fed in bands), or `None` when
+    /// no banded task is [`Fusable::Linear`] or [`FusedPlan::new`] declines the shape,
+    /// dtype or build.
+    fn new(meta: &UdfMeta, tasks: &[Box<dyn PartitionTask>], banded: &[bool]) -> Option<Self> {
+        let mut sum = None;
+        let mut linear = Vec::new();
+        let mut terms: Vec<LinearTerms> = Vec::new();
+        for (u, task) in tasks.iter().enumerate() {
+            if !banded[u] {
+                continue;
+            }
+            match task.fusable() {
+                Some(Fusable::SigSum) if sum.is_none() => sum = Some(u),
+                Some(Fusable::Linear(t)) => {
+                    let a: usize = terms.iter().map(|t| t.weights.len()).sum();
+                    let k: usize = t.iter().map(|t| t.weights.len()).sum();
+                    linear.push((u, a..a + k));
+                    terms.extend(t);
+                }
+                _ => {}
+            }
+        }
+        // The sum alone streams as fast in bands (measured); the pass pays off when
+        // there is more to do per pixel.
+        if linear.is_empty() {
+            return None;
+        }
+        let refs: Vec<&LinearTerms> = terms.iter().collect();
+        let plan = FusedPlan::new(meta.sig_shape, meta.dtype, &refs)?;
+        Some(Self {
+            plan,
+            sum,
+            linear,
+            scratch: Scratch::default(),
+            sums: Vec::new(),
+            task_sums: Vec::new(),
+        })
+    }
+
+    /// True for each task the pass takes.
+    fn takes(&self, tasks: usize) -> Vec<bool> {
+        let mut t = vec![false; tasks];
+        for u in self
+            .sum
+            .iter()
+            .copied()
+            .chain(self.linear.iter().map(|l| l.0))
+        {
+            t[u] = true;
+        }
+        t
+    }
+
+    /// Runs the pass on `chunk` (frames `f..` of `view`) and hands each fused task its
+    /// results; false, having handed nothing, when the chunk is not u16 or the sum task
+    /// gave no accumulator (its tasks then take the chunk in bands).
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &mut self,
+        view: &TileView<'_>,
+        f: usize,
+        chunk: &TileView<'_>,
+        tasks: &mut [Box<dyn PartitionTask>],
+        values: &mut [Vec<f64>],
+        starts: &[usize],
+        layouts: &[UdfLayout],
+    ) -> bool {
+        let n = view.sig_shape.len();
+        let m = chunk.n_frames;
+        let PixelsRef::U16(all) = view.pixels else {
+            return false;
+        };
+        let Some(px) = all.get(f * n..) else {
+            return false;
+        };
+        let nt = self.plan.n_terms();
+        self.sums.clear();
+        self.sums.resize(m * nt, 0);
+        let acc = match self.sum {
+            Some(u) => match tasks[u].fused_sum(m) {
+                Some(acc) => Some(acc),
+                None => return false,
+            },
+            None => None,
+        };
+        if !self.plan.run(px, m, acc, &mut self.scratch, &mut self.sums) {
+            return false;
+        }
+        for (u, terms) in &self.linear {
+            self.task_sums.clear();
+            for fr in 0..m {
+                self.task_sums
+                    .extend_from_slice(&self.sums[fr * nt + terms.start..fr * nt + terms.end]);
+            }
+            let w = layouts[*u].width;
+            let base = starts[*u] + f * w;
+            tasks[*u].take_linear(chunk, &self.task_sums, &mut values[*u][base..base + m * w]);
+        }
+        true
     }
 }
 
@@ -957,12 +1111,32 @@ fn prepare(
                 .zip(&banded)
                 .map(|(t, &b)| b.then(|| t.band_read()))
                 .collect();
-            let (band_order, touch_bands) = band_plan(&reads);
+            let (band_order_all, touch_bands_all) = band_plan(&reads);
+            let fused = if cfg.fused {
+                FusedTasks::new(&meta, &tasks, &banded)
+            } else {
+                None
+            };
+            let (band_order, touch_bands) = match &fused {
+                Some(fz) => {
+                    let takes = fz.takes(tasks.len());
+                    let rest: Vec<Option<BandRead>> = reads
+                        .iter()
+                        .zip(&takes)
+                        .map(|(r, &t)| if t { None } else { *r })
+                        .collect();
+                    band_plan(&rest)
+                }
+                None => (band_order_all.clone(), touch_bands_all),
+            };
             Mutex::new(Worker {
                 tasks,
                 banded,
                 band_order,
+                band_order_all,
+                fused,
                 touch_bands,
+                touch_bands_all,
                 band_rows,
                 tile_frames,
                 runs: Vec::new(),

@@ -34,6 +34,7 @@
 
 pub mod bench;
 pub mod engine;
+pub mod fused;
 pub mod io;
 pub mod mask;
 pub mod pixel;
@@ -63,8 +64,9 @@ pub use roi::{Roi, RoiError};
 pub use spec::{ReductionSpec, RoiRect, RoiSpec, SpecError, UdfSpec};
 pub use stemflow_core::DType;
 pub use udf::{
-    BandRead, BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, ResultDType, TileView,
-    TypedValues, Udf, UdfMeta, new_results, params_text, typed_values,
+    BandRead, BufferDecl, Fusable, Granularity, LinearTerms, MAX_BAND_FRAMES, PartitionTask,
+    ResultDType, TileView, TypedValues, Udf, UdfMeta, Weight, new_results, params_text,
+    typed_values,
 };
 pub use udfs::{
     ComParams, ComUdf, MasksUdf, PartitionMonitorUdf, PickParams, PickUdf, RadialProfileParams,

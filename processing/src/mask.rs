@@ -499,6 +499,10 @@ pub struct SpanMask {
 }
 
 impl SpanMask {
+    /// The mask made of `spans` (by row, then column) on frames of `sig`.
+    pub(crate) fn from_spans(sig: SigShape, spans: Vec<Span>) -> Self {
+        Self { sig, spans }
+    }
     /// The spans, by row then column.
     pub fn spans(&self) -> &[Span] {
         &self.spans

@@ -49,6 +49,12 @@ pub trait Pixel: Copy + Send + Sync + std::fmt::Debug + 'static + sealed::Sealed
     const ACC_HEADROOM: u64;
     /// The elements of `p` when it holds this type, `None` otherwise.
     fn slice(p: PixelsRef<'_>) -> Option<&[Self]>;
+    /// `acc` as plain `u32` lanes when [`Pixel::Acc`] is `u32` (u8, u16), for the fused
+    /// pass ([`crate::fused`]); `None` otherwise.
+    fn acc_u32(acc: &mut [Self::Acc]) -> Option<&mut [u32]> {
+        let _ = acc;
+        None
+    }
     /// The value as `u64`.
     fn widen(self) -> u64;
     /// Exact sum of `s` (wraps at 2^64 for `u64` pixels only).
@@ -187,6 +193,10 @@ macro_rules! narrow_pixel_impl {
             type Acc = u32;
             const DTYPE: DType = DType::$variant;
             const ACC_HEADROOM: u64 = u32::MAX as u64 / <$t>::MAX as u64;
+            #[inline]
+            fn acc_u32(acc: &mut [u32]) -> Option<&mut [u32]> {
+                Some(acc)
+            }
             #[inline]
             fn widen(self) -> u64 {
                 self as u64

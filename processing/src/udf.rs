@@ -34,6 +34,7 @@
 //!    (derived buffers, e.g. divergence from a shift field);
 //! 5. [`Udf::postprocess`] once on the final merged buffers, before the last `get_results`.
 
+pub use crate::fused::{Fusable, LinearTerms, Weight};
 use crate::result::{BufferKind, ResultBuffer, UdfResults};
 use std::ops::Range;
 use stemflow_core::frame::{PixelsRef, Tile};
@@ -402,6 +403,36 @@ pub trait PartitionTask: Send {
     /// final nav values. The default keeps `nav` as the bands left it (sums).
     fn finish_bands(&mut self, tile: &TileView<'_>, nav: &mut [f64]) {
         let _ = (tile, nav);
+    }
+
+    /// What of this task's band work the engine may do for it in its fused pass
+    /// ([`crate::fused`]): one walk over the rows of each chunk for the sum and every
+    /// exact weighted pixel sum of the run, with the rows ahead prefetched. The engine
+    /// fuses only tasks fed in bands ([`PartitionTask::bands`]), only for u16 frames whose
+    /// rows are a multiple of 32 pixels, in builds with AVX-512 BW and VNNI, and only
+    /// when at least one task is [`Fusable::Linear`]; otherwise the task gets its bands.
+    /// A fused task gets no `process_band`/`finish_bands` for that chunk: the engine calls
+    /// [`PartitionTask::fused_sum`] ([`Fusable::SigSum`]) or
+    /// [`PartitionTask::take_linear`] ([`Fusable::Linear`]) instead. Default: `None`.
+    fn fusable(&self) -> Option<Fusable> {
+        None
+    }
+
+    /// For a [`Fusable::SigSum`] task: makes room for `frames` more frames (at most
+    /// [`MAX_BAND_FRAMES`]) in the task's per-pixel accumulator, counts them, and returns
+    /// it: `sig_shape.len()` `u32` lanes the engine adds the frames' u16 pixels into.
+    /// `None` (the default) makes the engine feed the chunk to the task in bands instead.
+    fn fused_sum(&mut self, frames: usize) -> Option<&mut [u32]> {
+        let _ = frames;
+        None
+    }
+
+    /// For a [`Fusable::Linear`] task: the fused pass's sums for the frames of `tile`,
+    /// `sums[f * k + i]` for frame `f` and the task's `i`-th sum of `k` (its terms'
+    /// weights in order) — exact, in counts (× pixels for column and row weights).
+    /// Sets the frames' nav values (`nav` as in [`PartitionTask::process_band`], zeroed).
+    fn take_linear(&mut self, tile: &TileView<'_>, sums: &[u64], nav: &mut [f64]) {
+        let _ = (tile, sums, nav);
     }
 
     /// Adds what the task accumulated for its sig and single buffers since the last merge

@@ -7,15 +7,18 @@ use common::{BeU16Decoder, assert_identical, random_frames, raw_stacks, tiles};
 use crossbeam_channel::bounded;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use stemflow_core::frame::{FrameDecoder, PixelsRef, RawStack, Tile};
 use stemflow_core::sink::{SinkError, TileSink};
 use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::result::ResultBuffer;
-use stemflow_processing::udf::{BufferDecl, PartitionTask, Udf, UdfMeta};
+use stemflow_processing::udf::{
+    BufferDecl, Fusable, LinearTerms, PartitionTask, TileView, Udf, UdfMeta, Weight,
+};
 use stemflow_processing::{
-    Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, run_live, run_tiles, standard_udfs,
+    ComUdf, Mask, MasksUdf, Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, SpanMask,
+    StatsUdf, SumSigUdf, SumUdf, run_live, run_tiles, standard_udfs,
 };
 
 fn cfg(nav: NavShape, sig: SigShape, threads: usize) -> RunConfig {
@@ -548,4 +551,168 @@ fn a_panicking_udf_panics_the_run_without_hanging() {
     }));
     let payload = r.expect_err("the UDF's panic reaches the caller");
     assert_eq!(payload.downcast_ref::<&str>(), Some(&"UDF bug at frame 6"));
+}
+
+/// A user UDF whose value per frame is Σ I·(x + y) over a rectangle: fusable as a column
+/// and a row moment ([`Fusable::Linear`]), and counting how often the fused pass hands it
+/// its sums.
+struct MomentProbe {
+    fused_calls: Arc<AtomicUsize>,
+}
+
+struct MomentProbeTask {
+    support: SpanMask,
+    fused_calls: Arc<AtomicUsize>,
+}
+
+impl MomentProbe {
+    fn support(sig: SigShape) -> SpanMask {
+        Mask::Rectangle {
+            x: 3.0,
+            y: 2.0,
+            width: sig.cols as f64 - 5.0,
+            height: 9.0,
+        }
+        .spans(sig)
+    }
+}
+
+impl Udf for MomentProbe {
+    fn name(&self) -> &str {
+        "probe"
+    }
+    fn buffers(&self, _meta: &UdfMeta) -> Vec<BufferDecl> {
+        vec![BufferDecl::nav("xy_moment", "counts·pixels")]
+    }
+    fn new_partition(&self, meta: &UdfMeta) -> Box<dyn PartitionTask> {
+        Box::new(MomentProbeTask {
+            support: Self::support(meta.sig_shape),
+            fused_calls: Arc::clone(&self.fused_calls),
+        })
+    }
+}
+
+impl PartitionTask for MomentProbeTask {
+    fn process_frame(&mut self, _frame: u64, pixels: PixelsRef<'_>, nav: &mut [f64]) {
+        let cols = self.support.sig_shape().cols;
+        let mut m = 0u64;
+        for s in self.support.spans() {
+            for x in s.start..s.end {
+                let p = pixels.get_f64(s.row as usize * cols + x as usize) as u64;
+                m += p * (x + s.row) as u64;
+            }
+        }
+        nav[0] = m as f64;
+    }
+    fn bands(&self) -> bool {
+        true
+    }
+    fn process_band(&mut self, tile: &TileView<'_>, rows: std::ops::Range<usize>, nav: &mut [f64]) {
+        // The whole frame at the first band: simple, and the result is the same.
+        if rows.start == 0 {
+            for i in 0..tile.n_frames {
+                let f = tile.frames(i..i + 1);
+                self.process_frame(f.first_frame, f.pixels, &mut nav[i..i + 1]);
+            }
+        }
+    }
+    fn fusable(&self) -> Option<Fusable> {
+        Some(Fusable::Linear(vec![LinearTerms {
+            support: Some(self.support.clone()),
+            weights: vec![Weight::Column, Weight::Row],
+        }]))
+    }
+    fn take_linear(&mut self, _tile: &TileView<'_>, sums: &[u64], nav: &mut [f64]) {
+        for (out, s) in nav.iter_mut().zip(sums.chunks_exact(2)) {
+            *out = (s[0] + s[1]) as f64;
+        }
+        self.fused_calls.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn the_fused_pass_gives_the_band_path_results_bit_for_bit() {
+    let kernel = cfg!(all(
+        target_arch = "x86_64",
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni"
+    ));
+    // Rows of 96 and 256 pixels are fused (multiples of 32); rows of 48 never are.
+    for (rows, cols, fusable) in [(64, 96, true), (256, 256, true), (40, 48, false)] {
+        let sig = SigShape::new(rows, cols);
+        let nav = NavShape::new(3, 6);
+        // The whole u16 range: the pass biases pixels by 32768.
+        let frames = random_frames(nav.len(), sig, 1 << 16, 5);
+        let (cx, cy, r) = (cols as f64 / 2.0, rows as f64 / 2.0, rows as f64 / 5.0);
+        let fused_calls = Arc::new(AtomicUsize::new(0));
+        let udfs: Vec<Box<dyn Udf>> = vec![
+            Box::new(SumUdf::new()),
+            Box::new(SumSigUdf::new()),
+            // A second sum: the pass takes the first one only.
+            Box::new(SumUdf::new().named("sum_again")),
+            Box::new(
+                MasksUdf::new([
+                    ("disk", Mask::Disk { cx, cy, r }),
+                    (
+                        "ring",
+                        Mask::Ring {
+                            cx,
+                            cy,
+                            r_inner: r,
+                            r_outer: 2.0 * r,
+                        },
+                    ),
+                    (
+                        "polygon",
+                        Mask::Polygon {
+                            vertices: vec![(1.0, 1.0), (cx, 3.0), (cols as f64 - 2.0, cy)],
+                        },
+                    ),
+                ])
+                .named("virtual"),
+            ),
+            Box::new(
+                ComUdf::new(cx + 1.5, cy - 2.0, 1.5 * r)
+                    .with_scan_rotation(17.0)
+                    .with_flip_y(true),
+            ),
+            // Banded but not fusable: takes its bands beside the pass.
+            Box::new(StatsUdf::new()),
+            Box::new(MomentProbe {
+                fused_calls: Arc::clone(&fused_calls),
+            }),
+        ];
+        let mut bands_only = cfg(nav, sig, 2);
+        bands_only.fused = false;
+        let want = offline(&frames, 5, &bands_only, &udfs);
+        assert_eq!(fused_calls.load(Ordering::Relaxed), 0, "fused = false");
+        assert_eq!(want.frames_processed, 18);
+        for (per_tile, threads) in [(18, 1), (5, 2), (3, 3)] {
+            let got = offline(&frames, per_tile, &cfg(nav, sig, threads), &udfs);
+            assert_identical(&want.results, &got.results);
+        }
+        let got = live(
+            raw_stacks(&frames, 0, 4, sig, &[]),
+            &cfg(nav, sig, 2),
+            &udfs,
+            None,
+        )
+        .expect("live run");
+        assert_identical(&want.results, &got.results);
+        assert_eq!(
+            fused_calls.load(Ordering::Relaxed) > 0,
+            kernel && fusable,
+            "{rows} × {cols}: the fused pass ran"
+        );
+        // The probe's value is its own: Σ I·(x + y) over its rectangle, frame 7.
+        let support = MomentProbe::support(sig);
+        let mut m = 0u64;
+        for s in support.spans() {
+            for x in s.start..s.end {
+                m += frames[7][s.row as usize * cols + x as usize] * (x + s.row) as u64;
+            }
+        }
+        let probe = want.results.iter().find(|r| r.udf == "probe").unwrap();
+        assert_eq!(probe.buffer("xy_moment").unwrap().data[7], m as f64);
+    }
 }

@@ -1,9 +1,12 @@
 //! [`ComUdf`]: centre of mass of each frame inside a disk (differential phase contrast).
 
-use crate::mask::{Mask, Span, line_fraction};
+use crate::mask::{Mask, Span, SpanMask, line_fraction};
 use crate::pixel::{Accum, FloatPixel, Pixel};
 use crate::result::ResultBuffer;
-use crate::udf::{BandRead, BufferDecl, PartitionTask, TileView, Udf, UdfMeta, band_read_of_lines};
+use crate::udf::{
+    BandRead, BufferDecl, Fusable, LinearTerms, PartitionTask, TileView, Udf, UdfMeta, Weight,
+    band_read_of_lines,
+};
 use crate::with_pixel_type;
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -421,6 +424,28 @@ impl<P: Pixel> PartitionTask for ComTask<P> {
         let w = self.colsum.len();
         for (i, (out, &(t, my))) in nav.chunks_exact_mut(3).zip(&self.band.sums).enumerate() {
             out.copy_from_slice(&self.finish(&self.band.colsums[i * w..(i + 1) * w], t, my));
+        }
+    }
+
+    fn fusable(&self) -> Option<Fusable> {
+        Some(Fusable::Linear(vec![LinearTerms {
+            support: Some(SpanMask::from_spans(
+                self.meta.sig_shape,
+                self.spans.clone(),
+            )),
+            weights: vec![Weight::One, Weight::Column, Weight::Row],
+        }]))
+    }
+
+    fn take_linear(&mut self, _tile: &TileView<'_>, sums: &[u64], nav: &mut [f64]) {
+        let (x0, y0) = (self.x0 as u128, self.y0() as u128);
+        for (out, s) in nav.chunks_exact_mut(3).zip(sums.chunks_exact(3)) {
+            let total = s[0] as u128;
+            // Every masked pixel lies at or right of x0 and at or below y0: the moments
+            // from (x0, y0) are the same integers the band path sums.
+            let mx = (s[1] as u128).wrapping_sub(x0 * total);
+            let my = (s[2] as u128).wrapping_sub(y0 * total);
+            out.copy_from_slice(&self.shift.of(total as f64, mx as f64, my as f64));
         }
     }
 

@@ -3,7 +3,8 @@
 use crate::mask::{Mask, MasksParams, NamedMask, Span, SpanMask, line_fraction};
 use crate::pixel::{FloatPixel, Pixel};
 use crate::udf::{
-    BandRead, BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta, band_read_of_lines,
+    BandRead, BufferDecl, Fusable, LinearTerms, PartitionTask, ResultDType, TileView, Udf, UdfMeta,
+    Weight, band_read_of_lines,
 };
 use crate::windows::WindowMask;
 use crate::with_pixel_type;
@@ -282,6 +283,25 @@ impl<P: Pixel> PartitionTask for MasksTask<P> {
                 let sum = win.as_ref().and_then(|w| w.sum(frame));
                 *o = sum.unwrap_or_else(|| mask.sum(frame)) as f64;
             }
+        }
+    }
+
+    fn fusable(&self) -> Option<Fusable> {
+        let terms = self
+            .spans
+            .iter()
+            .map(|m| LinearTerms {
+                support: Some(m.clone()),
+                weights: vec![Weight::One],
+            })
+            .collect();
+        Some(Fusable::Linear(terms))
+    }
+
+    fn take_linear(&mut self, _tile: &TileView<'_>, sums: &[u64], nav: &mut [f64]) {
+        // One exact sum per mask, as the band path's `as f64` of the same integer.
+        for (out, &s) in nav.iter_mut().zip(sums) {
+            *out = s as f64;
         }
     }
 }

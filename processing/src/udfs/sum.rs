@@ -2,9 +2,12 @@
 
 use crate::pixel::{Accum, FloatPixel, Pixel};
 use crate::result::ResultBuffer;
-use crate::udf::{BandRead, BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta};
+use crate::udf::{
+    BandRead, BufferDecl, Fusable, PartitionTask, ResultDType, TileView, Udf, UdfMeta,
+};
 use crate::with_pixel_type;
 use std::ops::Range;
+use stemflow_core::DType;
 use stemflow_core::frame::PixelsRef;
 
 /// Sums all processed frames pixel by pixel.
@@ -182,6 +185,19 @@ impl<P: Pixel> PartitionTask for SumTask<P> {
         let n = self.acc.len().max(1);
         let frames = P::slice(tile.pixels).map_or(0, |px| tile.n_frames.min(px.len() / n));
         self.frames_in_acc += frames as u64;
+    }
+
+    fn fusable(&self) -> Option<Fusable> {
+        (P::DTYPE == DType::U16).then_some(Fusable::SigSum)
+    }
+
+    fn fused_sum(&mut self, frames: usize) -> Option<&mut [u32]> {
+        // As in process_band: flush before a chunk that could overflow a lane.
+        if self.frames_in_acc + frames as u64 > P::ACC_HEADROOM {
+            self.flush();
+        }
+        self.frames_in_acc += frames as u64;
+        P::acc_u32(&mut self.acc)
     }
 
     fn merge_into(&mut self, global: &mut [ResultBuffer]) {

@@ -1,7 +1,9 @@
 //! [`SumSigUdf`]: the total intensity of each frame (sum over the signal dimensions).
 
 use crate::pixel::AnyPixel;
-use crate::udf::{BandRead, BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
+use crate::udf::{
+    BandRead, BufferDecl, Fusable, LinearTerms, PartitionTask, TileView, Udf, UdfMeta, Weight,
+};
 use crate::with_pixel_type;
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -100,6 +102,20 @@ impl<P: AnyPixel> PartitionTask for SumSigTask<P> {
         let n = tile.sig_shape.len().max(1);
         for (out, frame) in nav.iter_mut().zip(px.chunks_exact(n)) {
             *out = P::any_total(frame);
+        }
+    }
+
+    /// The engine fuses only runs of u16 frames, whose totals are exact integers.
+    fn fusable(&self) -> Option<Fusable> {
+        Some(Fusable::Linear(vec![LinearTerms {
+            support: None,
+            weights: vec![Weight::One],
+        }]))
+    }
+
+    fn take_linear(&mut self, _tile: &TileView<'_>, sums: &[u64], nav: &mut [f64]) {
+        for (out, &s) in nav.iter_mut().zip(sums) {
+            *out = s as f64;
         }
     }
 }
