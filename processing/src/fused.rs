@@ -469,6 +469,20 @@ mod kernel {
         *total = t;
     }
 
+    /// The 32 pixels at `p` in the lanes of `m`, biased to `p − 32768`; 0 in the other
+    /// lanes, so that they add nothing whatever their weight.
+    ///
+    /// # Safety
+    /// `p` points at 32 readable u16.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn masked_biased(m: u32, p: *const u16) -> __m512i {
+        let bias = _mm512_set1_epi16(i16::MIN);
+        // SAFETY: the caller's contract; lanes outside `m` are not read.
+        let v = unsafe { _mm512_maskz_loadu_epi16(m, p.cast()) };
+        _mm512_maskz_mov_epi16(m, _mm512_xor_si512(v, bias))
+    }
+
     /// `F` frames at the start of `px` (which may hold more, prefetched only).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn lockstep<const F: usize>(
@@ -482,7 +496,6 @@ mod kernel {
         let n = rows * cols;
         let ng = plan.groups.len();
         let ones = _mm512_set1_epi16(1);
-        let bias = _mm512_set1_epi16(i16::MIN);
         let zero = _mm512_setzero_si512();
         let acc32 = &mut scratch.acc32[..ng * 3 * LOCKSTEP];
         let acc64 = &mut scratch.acc64[..ng * 3 * LOCKSTEP + LOCKSTEP];
@@ -565,16 +578,7 @@ mod kernel {
                             for f in 0..F {
                                 // SAFETY: row r of frame f < F, j < blocks: inside `px`.
                                 let v = unsafe {
-                                    _mm512_maskz_mov_epi16(
-                                        m,
-                                        _mm512_xor_si512(
-                                            _mm512_maskz_loadu_epi16(
-                                                m,
-                                                base.add(f * n + r * cols + j * LANES).cast(),
-                                            ),
-                                            bias,
-                                        ),
-                                    )
+                                    masked_biased(m, base.add(f * n + r * cols + j * LANES))
                                 };
                                 one[f] = _mm512_dpwssd_epi32(one[f], v, ones);
                                 xm[f] = _mm512_dpwssd_epi32(xm[f], v, xv);
@@ -597,16 +601,7 @@ mod kernel {
                             for f in 0..F {
                                 // SAFETY: row r of frame f < F, j < blocks: inside `px`.
                                 let v = unsafe {
-                                    _mm512_maskz_mov_epi16(
-                                        m,
-                                        _mm512_xor_si512(
-                                            _mm512_maskz_loadu_epi16(
-                                                m,
-                                                base.add(f * n + r * cols + j * LANES).cast(),
-                                            ),
-                                            bias,
-                                        ),
-                                    )
+                                    masked_biased(m, base.add(f * n + r * cols + j * LANES))
                                 };
                                 one[f] = _mm512_dpwssd_epi32(one[f], v, ones);
                             }
