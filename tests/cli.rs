@@ -618,10 +618,14 @@ fn bench_all_reports_every_figure() {
     );
     for m in mem {
         let frac = m["fraction_of_memory_bandwidth"].as_f64().unwrap_or(-1.0);
+        let of_sum = m["fraction_of_sum"].as_f64().unwrap_or(-1.0);
         assert!(
-            m["gb_per_s"].as_f64().unwrap_or(0.0) > 0.0 && frac > 0.0,
+            m["gb_per_s"].as_f64().unwrap_or(0.0) > 0.0 && frac > 0.0 && of_sum > 0.0,
             "{m}"
         );
+        if m["set"] == "sum" {
+            assert_eq!(of_sum, 1.0, "{m}");
+        }
     }
     let e2e = json["end_to_end"].as_array().expect("end_to_end");
     assert_eq!(e2e.len(), 6, "{json}");
