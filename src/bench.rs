@@ -110,17 +110,13 @@ pub fn bench_merlin(a: &BenchMerlinArgs) -> Result<()> {
     }
     let mut all = Vec::new();
     for &depth in &a.counter_depth {
-        let mut best: Option<Figure> = None;
-        for _ in 0..a.repeat {
-            let f = one_run(a, depth)?;
-            if best
-                .as_ref()
-                .is_none_or(|b| f.frames_per_s > b.frames_per_s)
-            {
-                best = Some(f);
+        let mut f = one_run(a, depth)?;
+        for _ in 1..a.repeat {
+            let g = one_run(a, depth)?;
+            if g.frames_per_s > f.frames_per_s {
+                f = g;
             }
         }
-        let f = best.expect("repeat ≥ 1");
         println!(
             "merlin end to end: {} × {} {} frames: {:.0} frames/s, {:.2} GB/s ({:.2} GiB/s) decoded, {} lost, {} damaged",
             f.nav_shape,

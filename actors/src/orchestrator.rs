@@ -252,6 +252,9 @@ pub struct Instrument {
     scan_name: Option<String>,
     /// Set by a [`CancelHandle`]: the running (or next) acquisition ends as cancelled.
     user_cancel: Arc<AtomicBool>,
+    /// The refs the children started with: what [`Instrument::refs`] gives should the
+    /// shared copy ever be missing.
+    started_refs: ChildRefs,
 }
 
 /// Cancels an [`Instrument`]'s acquisition from anywhere (another task or thread, a
@@ -317,8 +320,10 @@ impl Instrument {
                 h.insert(Role::Microscope, Health::Ready);
             }
         }
-        if let Ok(mut w) = shared.refs.write() {
-            *w = Some(refs);
+        let started_refs = refs.clone();
+        match shared.refs.write() {
+            Ok(mut w) => *w = Some(refs),
+            Err(poisoned) => *poisoned.into_inner() = Some(refs),
         }
         let (status, _) = watch::channel(InstrumentStatus {
             state: AcqState::Idle,
@@ -339,6 +344,7 @@ impl Instrument {
             detector_name: "detector".into(),
             scan_name: None,
             user_cancel: Arc::new(AtomicBool::new(false)),
+            started_refs,
         })
     }
 
@@ -351,12 +357,12 @@ impl Instrument {
 
     /// The current actor refs (they change when an actor is restarted).
     pub fn refs(&self) -> ChildRefs {
-        self.shared
-            .refs
-            .read()
-            .ok()
-            .and_then(|r| r.clone())
-            .expect("children started in Instrument::start")
+        // A panic elsewhere while the lock was held leaves the refs themselves intact.
+        let current = match self.shared.refs.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        current.unwrap_or_else(|| self.started_refs.clone())
     }
 
     /// Health of every actor.
