@@ -208,13 +208,12 @@ impl FusedPlan {
                 });
             }
         }
-        let slab = SLAB_BYTES;
         plan.slab_rows = plan
             .groups
             .iter()
             .map(|g| g.slab_rows)
             .fold(plan.total_slab_rows, usize::min)
-            .min((slab / (LOCKSTEP * cols * 2)).max(1));
+            .min((SLAB_BYTES / (LOCKSTEP * cols * 2)).max(1));
         Some(plan)
     }
 
