@@ -1,10 +1,16 @@
-//! Command-line definitions and dispatch.
+//! Command-line definitions, their translation into the application layer's options, and
+//! dispatch. Nothing here decides how a run goes: every command is parsed, turned into
+//! `stemflow_app::options` values and handed to the application layer.
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
+use stemflow_app::options as app;
+use stemflow_app::registry::DetectorKind;
 use stemflow_core::NavShape;
+use stemflow_core::detector::{ArmMode, DetectorTrigger};
 
 /// Live 4D-STEM acquisition and processing.
 ///
@@ -147,7 +153,7 @@ pub struct ReductionArgs {
 }
 
 /// The engine's default time between two snapshots, ms.
-pub const DEFAULT_SNAPSHOT_INTERVAL_MS: u64 = 100;
+pub const DEFAULT_SNAPSHOT_INTERVAL_MS: u64 = app::DEFAULT_SNAPSHOT_INTERVAL_MS;
 
 impl Default for ReductionArgs {
     fn default() -> Self {
@@ -489,18 +495,294 @@ pub struct BenchMerlinArgs {
     pub repeat: usize,
 }
 
+impl From<ReductionArgs> for app::ReductionChoice {
+    fn from(a: ReductionArgs) -> Self {
+        Self {
+            spec: a.reductions,
+            roi_rect: a.roi_rect,
+            roi_mask: a.roi_mask,
+            snapshot_interval_ms: a.snapshot_interval_ms,
+        }
+    }
+}
+
+impl From<SimulateArgs> for app::SimulateOptions {
+    fn from(a: SimulateArgs) -> Self {
+        Self {
+            out: a.out,
+            profile: a.profile,
+            nav_shape: a.nav_shape,
+            no_raw: a.no_raw,
+            live_view: a.live_view,
+            reductions: a.reductions.into(),
+        }
+    }
+}
+
+impl From<DetectorArg> for DetectorKind {
+    fn from(d: DetectorArg) -> Self {
+        match d {
+            DetectorArg::Merlin => DetectorKind::Merlin,
+            DetectorArg::Dectris => DetectorKind::Dectris,
+        }
+    }
+}
+
+impl From<AcquireArgs> for app::AcquireOptions {
+    fn from(a: AcquireArgs) -> Self {
+        Self {
+            detector: a.detector.into(),
+            host: a.host,
+            control_port: a.control_port,
+            data_port: a.data_port,
+            api_port: a.api_port,
+            stream_port: a.stream_port,
+            mode: match a.mode {
+                ModeArg::Active => ArmMode::Active,
+                ModeArg::Passive => ArmMode::Passive,
+            },
+            nav_shape: a.nav_shape,
+            nav_hint: a.nav_hint,
+            out: a.out,
+            counter_depth: a.counter_depth,
+            exposure_ms: a.exposure_ms,
+            trigger: match a.trigger {
+                TriggerArg::Internal => DetectorTrigger::Internal,
+                TriggerArg::Soft => DetectorTrigger::Soft,
+                TriggerArg::External => DetectorTrigger::ExternalRising,
+            },
+            arm_timeout_s: a.arm_timeout_s,
+            frame_timeout_s: a.frame_timeout_s,
+            first_frame_timeout_s: a.first_frame_timeout_s,
+            raw: a.raw,
+            no_raw: a.no_raw,
+            live_view: a.live_view,
+            reductions: a.reductions.into(),
+        }
+    }
+}
+
+impl From<ProcessArgs> for app::ProcessOptions {
+    fn from(a: ProcessArgs) -> Self {
+        Self {
+            data: app::DataSetOptions {
+                path: a.path,
+                format: a.format.map(|f| match f {
+                    ProcessFormat::Merlin => app::FileFormat::Merlin,
+                    ProcessFormat::Dectris => app::FileFormat::Dectris,
+                    ProcessFormat::Npy => app::FileFormat::Npy,
+                    ProcessFormat::Raw => app::FileFormat::Raw,
+                    ProcessFormat::Hdf5 => app::FileFormat::Hdf5,
+                }),
+                nav_shape: a.nav_shape,
+                dataset: a.dataset,
+                sig_shape: a.sig_shape,
+                dtype: a.dtype,
+                byte_order: a.byte_order,
+                offset: a.offset,
+                frame_header_bytes: a.frame_header_bytes,
+            },
+            out: a.out,
+            no_raw: a.no_raw,
+            reductions: a.reductions.into(),
+        }
+    }
+}
+
+impl From<RunArgs> for app::RunOptions {
+    fn from(a: RunArgs) -> Self {
+        Self {
+            file: a.file,
+            blank_beam_on_cleanup: a.blank_beam_on_cleanup,
+            sequence: app::SequenceOptions {
+                dry_run: a.dry_run,
+                out: a.out,
+                profile: a.profile,
+                reductions: a.reductions.into(),
+                no_raw: a.no_raw,
+                live_view: a.live_view,
+                sim_stuck_setting: a.sim_stuck_setting,
+                sim_beam_dip: a.sim_beam_dip,
+            },
+        }
+    }
+}
+
+impl From<QueueArgs> for app::QueueRunOptions {
+    fn from(a: QueueArgs) -> Self {
+        Self {
+            file: a.file,
+            resume: a.resume,
+            sequence: app::SequenceOptions {
+                dry_run: a.dry_run,
+                out: a.out,
+                profile: a.profile,
+                reductions: a.reductions.into(),
+                no_raw: a.no_raw,
+                live_view: a.live_view,
+                sim_stuck_setting: a.sim_stuck_setting,
+                sim_beam_dip: a.sim_beam_dip,
+            },
+        }
+    }
+}
+
+/// Seconds as given on the command line (`--duration-s`), as a duration.
+fn seconds(s: Option<f64>) -> Option<Duration> {
+    s.map(|s| Duration::from_secs_f64(s.max(0.0)))
+}
+
+impl From<SimMerlinArgs> for app::SimOptions {
+    fn from(a: SimMerlinArgs) -> Self {
+        Self {
+            detector: DetectorKind::Merlin,
+            host: a.host,
+            ports: [a.control_port, a.data_port],
+            recording: a.recording,
+            nav_shape: a.nav_shape,
+            sig_shape: a.sig_shape,
+            fast: a.fast,
+            duration: seconds(a.duration_s),
+        }
+    }
+}
+
+impl From<SimDectrisArgs> for app::SimOptions {
+    fn from(a: SimDectrisArgs) -> Self {
+        Self {
+            detector: DetectorKind::Dectris,
+            host: a.host,
+            ports: [a.api_port, a.stream_port],
+            recording: a.recording,
+            nav_shape: a.nav_shape,
+            sig_shape: a.sig_shape,
+            fast: a.fast,
+            duration: seconds(a.duration_s),
+        }
+    }
+}
+
+impl From<BenchMerlinArgs> for app::BenchMerlinOptions {
+    fn from(a: BenchMerlinArgs) -> Self {
+        Self {
+            nav_shape: a.nav_shape,
+            sig_shape: a.sig_shape,
+            counter_depth: a.counter_depth,
+            repeat: a.repeat,
+        }
+    }
+}
+
+impl From<BenchAllArgs> for app::BenchAllOptions {
+    fn from(a: BenchAllArgs) -> Self {
+        Self {
+            mem_mib: a.mem_mib,
+            e2e_mib: a.e2e_mib,
+            e2e_repeat: a.e2e_repeat,
+            skip_e2e: a.skip_e2e,
+            latency_frames: a.latency_frames,
+            latency_rate_hz: a.latency_rate_hz,
+        }
+    }
+}
+
+impl From<BenchDectrisArgs> for app::BenchDectrisOptions {
+    fn from(a: BenchDectrisArgs) -> Self {
+        Self {
+            nav_shape: a.nav_shape,
+            repeat: a.repeat,
+        }
+    }
+}
+
+/// Runs the command `cli` names.
+///
+/// # Errors
+/// The command's own errors (see `stemflow_app`); [`stemflow_app::Cancelled`] when the
+/// user cancelled it.
 pub fn dispatch(cli: Cli) -> Result<()> {
+    use stemflow_app::{acquisition, bench, offline, sequences, sim};
     match cli.command {
-        None => crate::run::simulate(&cli.simulate),
-        Some(Command::Simulate(a)) => crate::run::simulate(&a),
-        Some(Command::Acquire(a)) => crate::run::acquire(&a),
-        Some(Command::Process(a)) => crate::offline::process(&a),
-        Some(Command::Sim(SimCommand::Merlin(a))) => crate::simcmd::sim_merlin(&a),
-        Some(Command::Sim(SimCommand::Dectris(a))) => crate::simcmd::sim_dectris(&a),
-        Some(Command::Bench(BenchCommand::Merlin(a))) => crate::bench::bench_merlin(&a),
-        Some(Command::Bench(BenchCommand::All(a))) => crate::bench::bench_all(&a),
-        Some(Command::Bench(BenchCommand::Dectris(a))) => crate::bench_dectris::bench_dectris(&a),
-        Some(Command::Run(a)) => crate::sequence_cmd::run(&a),
-        Some(Command::Queue(a)) => crate::sequence_cmd::queue(&a),
+        None => acquisition::simulate(&cli.simulate.into()),
+        Some(Command::Simulate(a)) => acquisition::simulate(&a.into()),
+        Some(Command::Acquire(a)) => acquisition::acquire(&a.into()),
+        Some(Command::Process(a)) => offline::process(&a.into()),
+        Some(Command::Sim(SimCommand::Merlin(a))) => sim::serve(&a.into()),
+        Some(Command::Sim(SimCommand::Dectris(a))) => sim::serve(&a.into()),
+        Some(Command::Bench(BenchCommand::Merlin(a))) => bench::bench_merlin(&a.into()),
+        Some(Command::Bench(BenchCommand::All(a))) => bench::bench_all(&a.into()),
+        Some(Command::Bench(BenchCommand::Dectris(a))) => bench::dectris::bench_dectris(&a.into()),
+        Some(Command::Run(a)) => sequences::run(&a.into()),
+        Some(Command::Queue(a)) => sequences::queue(&a.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use stemflow_app::reductions::{Geometry, Reductions};
+    use stemflow_core::{DType, SigShape};
+    use stemflow_processing::RunConfig;
+
+    /// The reduction options alone, as every command flattens them.
+    #[derive(Parser, Debug)]
+    struct Opts {
+        #[command(flatten)]
+        r: ReductionArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Opts, clap::Error> {
+        Opts::try_parse_from(std::iter::once("stemflow").chain(args.iter().copied()))
+    }
+
+    fn config_of(r: &Reductions) -> RunConfig {
+        r.run_config(NavShape::new(4, 4), SigShape::new(8, 8), DType::U16, None)
+    }
+
+    /// `--snapshot-interval-ms` reaches the engine's configuration through both ways a
+    /// command builds its reductions (alone, or over a profile's), spec or not.
+    #[test]
+    fn the_snapshot_interval_reaches_the_run_config() {
+        let o = parse(&["--snapshot-interval-ms", "250"]).unwrap();
+        let cfg = config_of(&Reductions::from_choice(&o.r.clone().into()).unwrap());
+        assert_eq!(cfg.snapshot_interval, Duration::from_millis(250));
+        let profile = Reductions::load(None, None, None).unwrap();
+        let cfg = config_of(&profile.with_choice(&o.r.clone().into()).unwrap());
+        assert_eq!(cfg.snapshot_interval, Duration::from_millis(250));
+        let o = parse(&["--snapshot-interval-ms", "7", "--roi-rect", "0:2,0:2"]).unwrap();
+        let r = Reductions::from_choice(&o.r.clone().into()).unwrap();
+        let (_, roi) = r
+            .build(
+                &Geometry::centred(SigShape::new(8, 8)),
+                SigShape::new(8, 8),
+                NavShape::new(4, 4),
+            )
+            .unwrap();
+        let cfg = r.run_config(NavShape::new(4, 4), SigShape::new(8, 8), DType::U16, roi);
+        assert_eq!(cfg.snapshot_interval, Duration::from_millis(7));
+        assert!(cfg.roi.is_some());
+    }
+
+    /// Without the option: 100 ms, the engine's default.
+    #[test]
+    fn the_default_snapshot_interval_is_100_ms() {
+        let o = parse(&[]).unwrap();
+        assert_eq!(o.r.snapshot_interval_ms, 100);
+        let cfg = config_of(&Reductions::from_choice(&o.r.clone().into()).unwrap());
+        assert_eq!(cfg.snapshot_interval, Duration::from_millis(100));
+        assert_eq!(ReductionArgs::default().snapshot_interval_ms, 100);
+    }
+
+    /// 0 and non-numbers are refused with a message naming the limit.
+    #[test]
+    fn a_zero_or_garbled_snapshot_interval_is_refused() {
+        let e = parse(&["--snapshot-interval-ms", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 1 ms"), "{e}");
+        let e = parse(&["--snapshot-interval-ms", "fast"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("whole number of milliseconds"), "{e}");
     }
 }

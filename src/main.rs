@@ -1,4 +1,5 @@
-//! The `stemflow` command line.
+//! The `stemflow` command line: parses the arguments and calls the application layer
+//! (`stemflow_app`), the way every other front end does.
 //!
 //! With no subcommand it runs one 4D-STEM scan on the embedded simulated instrument.
 //! `acquire` drives a real or external Merlin, `process` reduces a recording offline,
@@ -7,17 +8,7 @@
 //! Exit status: 0 done; 1 an error; 130 cancelled by Ctrl-C (the results so far are
 //! written and marked `cancelled`; a second Ctrl-C quits at once).
 
-mod bench;
-mod bench_dectris;
 mod cli;
-mod live_view;
-mod offline;
-mod output;
-mod pipeline;
-mod progress;
-mod run;
-mod sequence_cmd;
-mod simcmd;
 
 use clap::Parser;
 
@@ -32,10 +23,10 @@ fn main() -> std::process::ExitCode {
     match cli::dispatch(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(c) = e.downcast_ref::<progress::Cancelled>() {
+            if let Some(c) = e.downcast_ref::<stemflow_app::Cancelled>() {
                 // The outputs are written and marked cancelled; this is not a failure.
                 eprintln!("stemflow: {c}");
-                return std::process::ExitCode::from(progress::CANCELLED_EXIT_CODE);
+                return std::process::ExitCode::from(stemflow_app::CANCELLED_EXIT_CODE);
             }
             // Many errors already state their cause in their own message; print each cause once.
             let mut msg = e.to_string();

@@ -35,37 +35,85 @@ pub use sum_sig::SumSigUdf;
 use crate::mask::Mask;
 use crate::udf::Udf;
 
-/// The live-view set for a BF disk of `bf_radius` pixels centred at `(cx, cy)` pixels:
-/// * `sum` ([`SumUdf`]), `sum_sig` ([`SumSigUdf`]);
-/// * `virtual` ([`MasksUdf`]) with `bf` = disk of `bf_radius` and `adf` = ring from
-///   1.5 × to 3 × `bf_radius`;
-/// * `com` ([`ComUdf`]) inside 1.25 × `bf_radius` (the disk plus room for its shift).
+/// Virtual detector geometry of the live-view set, in detector pixels: where the
+/// bright-field disk is and how large the BF disk, the ADF ring and the CoM disk are.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Geometry {
+    /// Centre x (column), pixels.
+    pub cx: f64,
+    /// Centre y (row), pixels.
+    pub cy: f64,
+    /// Bright-field disk radius, pixels.
+    pub bf_radius: f64,
+    /// ADF ring inner radius, pixels.
+    pub adf_inner: f64,
+    /// ADF ring outer radius, pixels.
+    pub adf_outer: f64,
+    /// CoM mask radius, pixels.
+    pub com_radius: f64,
+}
+
+impl Geometry {
+    /// The geometry around a BF disk of `bf_radius` pixels centred at `(cx, cy)`: ADF ring
+    /// from 1.5 × to 3 × `bf_radius`, CoM inside 1.25 × `bf_radius` (the disk plus room for
+    /// its shift).
+    pub fn around_disk(cx: f64, cy: f64, bf_radius: f64) -> Self {
+        Self {
+            cx,
+            cy,
+            bf_radius,
+            adf_inner: 1.5 * bf_radius,
+            adf_outer: 3.0 * bf_radius,
+            com_radius: 1.25 * bf_radius,
+        }
+    }
+
+    /// A geometry for frames of `sig` whose bright-field disk is unknown: centred, BF
+    /// radius 1/8 of the smaller side, otherwise as [`Geometry::around_disk`].
+    pub fn centred(sig: stemflow_core::SigShape) -> Self {
+        let r = sig.rows.min(sig.cols) as f64 / 8.0;
+        Self::around_disk(sig.cols as f64 / 2.0, sig.rows as f64 / 2.0, r)
+    }
+
+    /// The live-view set on this geometry:
+    /// * `sum` ([`SumUdf`]), `sum_sig` ([`SumSigUdf`]);
+    /// * `virtual` ([`MasksUdf`]) with `bf` = disk of `bf_radius` and `adf` = ring from
+    ///   `adf_inner` to `adf_outer`;
+    /// * `com` ([`ComUdf`]) inside `com_radius`.
+    pub fn udfs(&self) -> Vec<Box<dyn Udf>> {
+        let (cx, cy) = (self.cx, self.cy);
+        vec![
+            Box::new(SumUdf::new()),
+            Box::new(SumSigUdf::new()),
+            Box::new(
+                MasksUdf::new([
+                    (
+                        "bf",
+                        Mask::Disk {
+                            cx,
+                            cy,
+                            r: self.bf_radius,
+                        },
+                    ),
+                    (
+                        "adf",
+                        Mask::Ring {
+                            cx,
+                            cy,
+                            r_inner: self.adf_inner,
+                            r_outer: self.adf_outer,
+                        },
+                    ),
+                ])
+                .named("virtual"),
+            ),
+            Box::new(ComUdf::new(cx, cy, self.com_radius)),
+        ]
+    }
+}
+
+/// The live-view set for a BF disk of `bf_radius` pixels centred at `(cx, cy)` pixels
+/// ([`Geometry::around_disk`] and [`Geometry::udfs`]).
 pub fn standard_udfs(cx: f64, cy: f64, bf_radius: f64) -> Vec<Box<dyn Udf>> {
-    vec![
-        Box::new(SumUdf::new()),
-        Box::new(SumSigUdf::new()),
-        Box::new(
-            MasksUdf::new([
-                (
-                    "bf",
-                    Mask::Disk {
-                        cx,
-                        cy,
-                        r: bf_radius,
-                    },
-                ),
-                (
-                    "adf",
-                    Mask::Ring {
-                        cx,
-                        cy,
-                        r_inner: 1.5 * bf_radius,
-                        r_outer: 3.0 * bf_radius,
-                    },
-                ),
-            ])
-            .named("virtual"),
-        ),
-        Box::new(ComUdf::new(cx, cy, 1.25 * bf_radius)),
-    ]
+    Geometry::around_disk(cx, cy, bf_radius).udfs()
 }

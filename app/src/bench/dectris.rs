@@ -7,8 +7,8 @@
 //! GB/s of decoded data, lost and damaged frames per configuration, the single-core decode
 //! throughput, and one JSON line with every figure.
 
-use crate::cli::BenchDectrisArgs;
-use crate::pipeline::{Geometry, udfs};
+use crate::options::BenchDectrisOptions;
+use crate::reductions::{Geometry, udfs};
 use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -102,7 +102,7 @@ fn one_run(nav: NavShape, sig: SigShape, bits: u32) -> Result<Figure> {
 ///
 /// # Errors
 /// A simulator, driver or processing failure.
-pub fn bench_dectris(a: &BenchDectrisArgs) -> Result<()> {
+pub fn bench_dectris(a: &BenchDectrisOptions) -> Result<()> {
     let configs = [
         (SigShape::new(256, 256), 16u32),
         (SigShape::new(192, 192), 32u32),

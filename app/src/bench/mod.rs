@@ -10,9 +10,11 @@
 //! Merlin simulator for 256 × 256 and 512 × 512 frames of u8, u16 and u32, each as a
 //! fraction of its ceiling, and the latency from a frame's arrival to its snapshot.
 
-use crate::cli::{BenchAllArgs, BenchMerlinArgs};
-use crate::output::dtype_for_depth;
-use crate::pipeline::{Geometry, udfs};
+pub mod dectris;
+
+use crate::options::{BenchAllOptions, BenchMerlinOptions};
+use crate::reductions::{Geometry, udfs};
+use crate::registry::merlin_dtype_for_depth as dtype_for_depth;
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -43,12 +45,12 @@ struct Figure {
     frames_damaged: u64,
 }
 
-fn one_run(a: &BenchMerlinArgs, depth: u32) -> Result<Figure> {
+fn one_run(a: &BenchMerlinOptions, depth: u32) -> Result<Figure> {
     one_run_with(a, depth, udfs(&Geometry::centred(a.sig_shape)))
 }
 
 /// One end-to-end run of `u` on `a.nav_shape` frames of `a.sig_shape` at `depth` bits.
-fn one_run_with(a: &BenchMerlinArgs, depth: u32, u: Vec<Box<dyn Udf>>) -> Result<Figure> {
+fn one_run_with(a: &BenchMerlinOptions, depth: u32, u: Vec<Box<dyn Udf>>) -> Result<Figure> {
     let nav = a.nav_shape;
     let sig = a.sig_shape;
     let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
@@ -104,7 +106,7 @@ fn one_run_with(a: &BenchMerlinArgs, depth: u32, u: Vec<Box<dyn Udf>>) -> Result
 }
 
 /// Runs the benchmark.
-pub fn bench_merlin(a: &BenchMerlinArgs) -> Result<()> {
+pub fn bench_merlin(a: &BenchMerlinOptions) -> Result<()> {
     if a.repeat == 0 {
         bail!("--repeat must be ≥ 1");
     }
@@ -289,7 +291,7 @@ fn latency_run(frames: usize, rate_hz: f64, interval: Duration) -> Result<(f64, 
 }
 
 /// `stemflow bench all`.
-pub fn bench_all(a: &BenchAllArgs) -> Result<()> {
+pub fn bench_all(a: &BenchAllOptions) -> Result<()> {
     let t_start = Instant::now();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Ceilings.
@@ -373,7 +375,7 @@ pub fn bench_all(a: &BenchAllArgs) -> Result<()> {
     if !a.skip_e2e {
         for &sig in &sigs {
             for &dtype in &dtypes {
-                let args = BenchMerlinArgs {
+                let args = BenchMerlinOptions {
                     nav_shape: nav_for(a.e2e_mib << 20, sig, dtype),
                     sig_shape: sig,
                     counter_depth: vec![depth_of(dtype)],

@@ -6,21 +6,12 @@ use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use stemflow_actors::orchestrator::RunRecord;
 use stemflow_actors::recorder::{Recording, RecordingRequest};
+use stemflow_core::NavShape;
 use stemflow_core::metadata::RunMetadata;
 use stemflow_core::result::{BufferKind, UdfResults};
 use stemflow_core::sink::{SinkError, TileSink};
 use stemflow_core::validity::FrameValidity;
-use stemflow_core::{DType, NavShape};
 use stemflow_recording::hdf5::{Hdf5Recorder, RecordingSpec};
-
-/// Merlin counter depth → decoded dtype (protocols.md §1.7).
-pub fn dtype_for_depth(depth: u32) -> DType {
-    match depth {
-        1 | 6 => DType::U8,
-        12 => DType::U16,
-        _ => DType::U32,
-    }
-}
 
 /// The HDF5 recording as the recorder actor's [`Recording`].
 struct Hdf5Recording(Hdf5Recorder);

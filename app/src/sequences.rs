@@ -6,9 +6,9 @@
 //! run record), microscope settings through the supervised microscope actor (read back),
 //! cleanup through the scan engine and detector actors.
 
-use crate::cli::{QueueArgs, ReductionArgs, RunArgs};
-use crate::pipeline::{self, Geometry, Reductions};
-use crate::run::{SimulatedInstrument, assemble_simulated, runtime};
+use crate::instrument::{SimulatedInstrument, assemble_simulated, runtime};
+use crate::options::{QueueRunOptions, ReductionChoice, RunOptions};
+use crate::reductions::{self, Geometry, Reductions};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -43,7 +43,7 @@ const SIM_DIP_CURRENT_NA: f64 = 0.1;
 pub struct SimExecutor {
     rt: tokio::runtime::Runtime,
     inst: Option<Instrument>,
-    _sim: crate::run::SimDevices,
+    _sim: crate::instrument::SimDevices,
     geometry: Geometry,
     /// The profile's `[reductions] spec` (default: the live-view set on `geometry`).
     reductions: std::sync::Arc<Reductions>,
@@ -147,7 +147,7 @@ impl Executor for SimExecutor {
             arm_deadline: Duration::from_secs(5),
             deadline_margin: Duration::from_secs(10),
             output: acq.output.clone(),
-            pipeline: pipeline::builder_with(
+            pipeline: reductions::builder_with(
                 Some(self.geometry),
                 std::sync::Arc::clone(&self.reductions),
                 self.record_raw,
@@ -374,7 +374,7 @@ fn defaults_of(profile: &Profile) -> ScanDefaults {
         scan: stemflow_sequences::Stem4dScanPlan {
             nav_shape: profile.nav_shape(),
             sig_shape: profile.sig_shape(),
-            dtype: crate::output::dtype_for_depth(profile.detector.counter_depth),
+            dtype: crate::registry::merlin_dtype_for_depth(profile.detector.counter_depth),
             dwell_time_s: profile.scan.dwell_time_s,
             flyback_s: profile.scan.flyback_s,
             exposure_s: profile
@@ -389,10 +389,10 @@ fn defaults_of(profile: &Profile) -> ScanDefaults {
 
 /// The reductions of `profile`'s `[reductions] spec` (default: the live-view set) with the
 /// command line's spec and ROI.
-fn reductions_of(profile: &Profile, args: &ReductionArgs) -> Result<Reductions> {
+fn reductions_of(profile: &Profile, args: &ReductionChoice) -> Result<Reductions> {
     Reductions::load(profile.reductions.spec.as_deref(), None, None)
         .context("the profile's [reductions] spec")?
-        .with_args(args)
+        .with_choice(args)
 }
 
 /// Starts the simulated instrument with `reductions` and applies the profile's optics.
@@ -506,7 +506,14 @@ fn cancelled(outs: &[RunOutcome]) -> anyhow::Error {
 
 /// `stemflow run FILE`: one plan (`.toml`) or sequence script (`.rhai`) on the simulated
 /// instrument; `--dry-run` prints the steps, device settings, duration and data volume.
-pub fn run(args: &RunArgs) -> Result<()> {
+///
+/// # Errors
+/// The profile, reductions, plan or script cannot be loaded or do not fit, the instrument
+/// cannot start, a step failed, frames were lost, or [`crate::progress::Cancelled`] when
+/// the user cancelled it.
+pub fn run(opts: &RunOptions) -> Result<()> {
+    let (file, blank_beam_on_cleanup) = (&opts.file, opts.blank_beam_on_cleanup);
+    let args = &opts.sequence;
     let profile = load_profile(args.profile.as_deref())?;
     // Parsed now, dry runs included; plans are also checked against each scan below.
     let reductions = reductions_of(&profile, &args.reductions)?;
@@ -514,15 +521,15 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let _watch = (!args.dry_run)
         .then(|| control_file(&args.out, &control))
         .transpose()?;
-    let is_script = args.file.extension().is_some_and(|e| e == "rhai");
+    let is_script = file.extension().is_some_and(|e| e == "rhai");
     let defaults = defaults_of(&profile);
     if is_script {
-        let src = ScriptSource::load(&args.file)?;
+        let src = ScriptSource::load(file)?;
         src.check()?;
         if args.dry_run {
             println!(
                 "script {}: syntax ok; not costed (its steps depend on its results)",
-                args.file.display()
+                file.display()
             );
             return Ok(());
         }
@@ -537,7 +544,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
         let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
         session.set_log(Box::new(|m| println!("{m}")));
-        session.blank_beam_on_cleanup = args.blank_beam_on_cleanup;
+        session.blank_beam_on_cleanup = blank_beam_on_cleanup;
         let (mut session, r) = run_script(session, &src, &defaults);
         // On failure the acquisitions run so far stay in the session.
         let outs = r
@@ -550,18 +557,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
         return r.map(|_| ()).map_err(Into::into);
     }
-    let text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    let spec = PlanSpec::from_toml_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let spec =
+        PlanSpec::from_toml_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let plan = spec
         .build(&defaults)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     print!("{}", plan.dry_run()?);
     let steps = plan.steps()?;
     reductions
         .check_plan(&Geometry::default(), profile.sig_shape(), &steps)
-        .with_context(|| format!("plan {}", args.file.display()))?;
+        .with_context(|| format!("plan {}", file.display()))?;
     if !reductions.is_default() {
         println!("{}", reductions.describe());
     }
@@ -580,7 +587,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
     let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
     session.set_log(Box::new(|m| println!("{m}")));
-    session.blank_beam_on_cleanup = args.blank_beam_on_cleanup;
+    session.blank_beam_on_cleanup = blank_beam_on_cleanup;
     let r = session.run_steps(&steps, &mut stemflow_sequences::NoHooks);
     session.cleanup();
     let outs = session.take_outcomes();
@@ -606,11 +613,18 @@ pub fn run(args: &RunArgs) -> Result<()> {
 
 /// `stemflow queue FILE.toml`: validates the whole queue, then runs it unattended with a
 /// journal in `--out`; `--resume` continues after the last finished unit.
-pub fn queue(args: &QueueArgs) -> Result<()> {
+///
+/// # Errors
+/// The profile, reductions or queue cannot be loaded or do not fit, the instrument cannot
+/// start, the journal cannot be written, or [`crate::progress::Cancelled`] when the user
+/// cancelled it.
+pub fn queue(opts: &QueueRunOptions) -> Result<()> {
+    let (file, resume) = (&opts.file, opts.resume);
+    let args = &opts.sequence;
     let profile = load_profile(args.profile.as_deref())?;
     let reductions = reductions_of(&profile, &args.reductions)?;
     let defaults = defaults_of(&profile);
-    let q = Queue::load(&args.file, &defaults)?;
+    let q = Queue::load(file, &defaults)?;
     // Every plan unit's scans against the reductions now, not hours later when it is armed.
     for unit in &q.units {
         if let Action::Plan(plan) = &unit.action {
@@ -638,7 +652,7 @@ pub fn queue(args: &QueueArgs) -> Result<()> {
     )?;
     let opts = QueueOptions {
         out: args.out.clone(),
-        resume: args.resume,
+        resume,
     };
     let control = Control::default();
     let _watch = control_file(&args.out, &control)?;

@@ -3,9 +3,9 @@
 //! own recordings included) —
 //! writing the same outputs (HDF5, PNG images, run.json).
 
-use crate::cli::{ProcessArgs, ProcessFormat};
+use crate::options::{DataSetOptions, FileFormat, ProcessOptions};
 use crate::output;
-use crate::pipeline::{Geometry, Reductions};
+use crate::reductions::{Geometry, Reductions};
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -119,7 +119,7 @@ impl DataSet for DectrisDataSet {
 }
 
 /// The format of `args.path`: as given, else from its extension.
-fn format_of(args: &ProcessArgs) -> Result<ProcessFormat> {
+fn format_of(args: &DataSetOptions) -> Result<FileFormat> {
     if let Some(f) = args.format {
         return Ok(f);
     }
@@ -134,13 +134,13 @@ fn format_of(args: &ProcessArgs) -> Result<ProcessFormat> {
         .map(|n| n.to_string_lossy().to_ascii_lowercase())
         .unwrap_or_default();
     if name.ends_with("_master.h5") {
-        return Ok(ProcessFormat::Dectris);
+        return Ok(FileFormat::Dectris);
     }
     Ok(match ext.as_str() {
-        "hdr" | "mib" => ProcessFormat::Merlin,
-        "npy" => ProcessFormat::Npy,
-        "h5" | "hdf5" | "nxs" => ProcessFormat::Hdf5,
-        "raw" | "bin" | "dat" => ProcessFormat::Raw,
+        "hdr" | "mib" => FileFormat::Merlin,
+        "npy" => FileFormat::Npy,
+        "h5" | "hdf5" | "nxs" => FileFormat::Hdf5,
+        "raw" | "bin" | "dat" => FileFormat::Raw,
         _ => bail!(
             "cannot tell the format of {} from its extension; give --format merlin|npy|raw|hdf5",
             args.path.display()
@@ -152,14 +152,14 @@ fn format_of(args: &ProcessArgs) -> Result<ProcessFormat> {
 ///
 /// # Errors
 /// Unknown format; missing raw-layout options; the reader's errors naming the file.
-pub fn open_dataset(args: &ProcessArgs) -> Result<Box<dyn DataSet>> {
+pub fn open_dataset(args: &DataSetOptions) -> Result<Box<dyn DataSet>> {
     let path = &args.path;
     let ds: Box<dyn DataSet> = match format_of(args)? {
-        ProcessFormat::Merlin => Box::new(MibDataSet::open(path, args.nav_shape)?),
-        ProcessFormat::Npy => Box::new(NpyDataSet::open(path)?),
-        ProcessFormat::Dectris => Box::new(DectrisDataSet::open(path, args.nav_shape)?),
-        ProcessFormat::Hdf5 => Box::new(Hdf5DataSet::open(path, args.dataset.as_deref())?),
-        ProcessFormat::Raw => {
+        FileFormat::Merlin => Box::new(MibDataSet::open(path, args.nav_shape)?),
+        FileFormat::Npy => Box::new(NpyDataSet::open(path)?),
+        FileFormat::Dectris => Box::new(DectrisDataSet::open(path, args.nav_shape)?),
+        FileFormat::Hdf5 => Box::new(Hdf5DataSet::open(path, args.dataset.as_deref())?),
+        FileFormat::Raw => {
             let (Some(nav_shape), Some(sig_shape)) = (args.nav_shape, args.sig_shape) else {
                 bail!(
                     "raw files need --nav-shape and --sig-shape (and --dtype, --byte-order, --offset as they apply)"
@@ -204,7 +204,7 @@ pub fn open_dataset(args: &ProcessArgs) -> Result<Box<dyn DataSet>> {
     Ok(ds)
 }
 
-/// Runs `reductions` (without a spec: the live-view set, [`crate::pipeline::udfs`] on a centred
+/// Runs `reductions` (without a spec: the live-view set, [`crate::reductions::udfs`] on a centred
 /// [`Geometry`]) over every frame of `data` with scan `nav`, over the ROI if one is given;
 /// `sink` receives every decoded tile (e.g. an HDF5 recorder), inside the ROI or not.
 /// Setting `cancel` ends the run within about 10 ms with the results so far
@@ -232,17 +232,17 @@ pub fn reduce(
 /// The first Ctrl-C ends the run within about 10 ms; the outputs are written as usual with
 /// `exit_status = "cancelled"` in `run.json` and the recording's run record, and the error
 /// is [`crate::progress::Cancelled`] (exit status 130).
-pub fn process(args: &ProcessArgs) -> Result<()> {
+pub fn process(args: &ProcessOptions) -> Result<()> {
     // First, so that a Ctrl-C from here on is a cancel, not a kill.
     let cancel = interrupt_flag();
     let r = &args.reductions;
-    let reductions = Reductions::from_args(r)?;
+    let reductions = Reductions::from_choice(r)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating output folder {}", args.out.display()))?;
     let t0 = std::time::Instant::now();
     let start_time = stemflow_actors::orchestrator::now_rfc3339();
-    let mut data = open_dataset(args)?;
-    let nav = args.nav_shape.unwrap_or(data.nav_shape());
+    let mut data = open_dataset(&args.data)?;
+    let nav = args.data.nav_shape.unwrap_or(data.nav_shape());
     let (sig, dtype) = (data.sig_shape(), data.dtype());
     // The pixel type stored in the file (int16 for float32 frames, …), for the record.
     let file_dtype = data.element();
@@ -271,19 +271,19 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         validity.mark(d, stemflow_core::validity::FrameStatus::Damaged);
     }
     // Merlin sets keep their acquisition header; other files have none.
-    let header = if format_of(args)? == ProcessFormat::Merlin {
-        MibFile::open(&args.path)
+    let header = if format_of(&args.data)? == FileFormat::Merlin {
+        MibFile::open(&args.data.path)
             .ok()
             .and_then(|f| f.header().map(|h| h.raw().to_string()))
     } else {
         None
     };
-    let detector = match format_of(args)? {
-        ProcessFormat::Merlin => "merlin recording",
-        ProcessFormat::Npy => "npy file",
-        ProcessFormat::Dectris => "dectris recording",
-        ProcessFormat::Raw => "raw file",
-        ProcessFormat::Hdf5 => "hdf5 file",
+    let detector = match format_of(&args.data)? {
+        FileFormat::Merlin => "merlin recording",
+        FileFormat::Npy => "npy file",
+        FileFormat::Dectris => "dectris recording",
+        FileFormat::Raw => "raw file",
+        FileFormat::Hdf5 => "hdf5 file",
     };
     let metadata = RunMetadata {
         detector: format!("{detector} {}", source.display()),
@@ -305,7 +305,7 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         "frames_dtype": dtype.name(),
         "file_dtype": file_dtype.name(),
         "frames_outside_roi": summary.outside_roi,
-        "source": args.path.display().to_string(),
+        "source": args.data.path.display().to_string(),
         "reductions": reductions.spec.as_ref().map(|(p, _)| p.display().to_string()),
         "results": output::results_index(&summary.results),
         "udfs": output::udfs_index(&summary.results),
@@ -326,7 +326,7 @@ pub fn process(args: &ProcessArgs) -> Result<()> {
         summary.frames_processed,
         sig,
         dtype,
-        args.path.display(),
+        args.data.path.display(),
         t0.elapsed().as_secs_f64()
     );
     if summary.outside_roi > 0 {
@@ -378,12 +378,12 @@ fn print_totals(results: &[UdfResults]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::udfs;
+    use crate::reductions::udfs;
     use stemflow_processing::RunConfig;
     use stemflow_processing::udf::Udf;
 
     fn data(rel: &str) -> PathBuf {
-        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data")).join(rel)
+        Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data")).join(rel)
     }
 
     fn run(ds: &mut dyn DataSet) -> RunSummary {

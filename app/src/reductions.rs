@@ -3,7 +3,7 @@
 //! signal, virtual BF + ADF, CoM) on a [`Geometry`], or those of a reduction spec
 //! ([`Reductions`]), optionally over a region of interest.
 
-use crate::cli::ReductionArgs;
+use crate::options::ReductionChoice;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,74 +12,15 @@ use stemflow_actors::orchestrator::{PipelineBuilder, PipelineInputs};
 use stemflow_actors::processing::{LiveSnapshot, PipelineOutput};
 use stemflow_core::sink::TileSink;
 use stemflow_core::{DType, NavShape, SigShape};
-use stemflow_processing::{
-    ComUdf, Mask, MasksUdf, Outcome, ReductionSpec, Roi, RoiRect, RoiSpec, RunConfig, SumSigUdf,
-    SumUdf, Udf,
-};
+use stemflow_processing::{Outcome, ReductionSpec, Roi, RoiRect, RoiSpec, RunConfig, Udf};
 use stemflow_sequences::plan::PlanStep;
 
-/// Virtual detector geometry in detector pixels (centre and radii).
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct Geometry {
-    /// Centre x (column), pixels.
-    pub cx: f64,
-    /// Centre y (row), pixels.
-    pub cy: f64,
-    /// Bright-field disk radius, pixels.
-    pub bf_radius: f64,
-    /// ADF ring inner radius, pixels.
-    pub adf_inner: f64,
-    /// ADF ring outer radius, pixels.
-    pub adf_outer: f64,
-    /// CoM mask radius, pixels.
-    pub com_radius: f64,
-}
+pub use stemflow_processing::udfs::Geometry;
 
-impl Geometry {
-    /// A geometry for frames whose bright-field disk is unknown: centred, BF radius 1/8 of
-    /// the smaller side, ADF 1.5–3 × BF, CoM 1.25 × BF.
-    pub fn centred(sig: SigShape) -> Self {
-        let r = sig.rows.min(sig.cols) as f64 / 8.0;
-        Self {
-            cx: sig.cols as f64 / 2.0,
-            cy: sig.rows as f64 / 2.0,
-            bf_radius: r,
-            adf_inner: 1.5 * r,
-            adf_outer: 3.0 * r,
-            com_radius: 1.25 * r,
-        }
-    }
-}
-
-/// The UDFs of the live view for `g`: `sum`, `sum_sig`, `virtual` (bf, adf), `com`.
+/// The UDFs of the live view for `g`: `sum`, `sum_sig`, `virtual` (bf, adf), `com`
+/// ([`Geometry::udfs`]).
 pub fn udfs(g: &Geometry) -> Vec<Box<dyn Udf>> {
-    vec![
-        Box::new(SumUdf::new()),
-        Box::new(SumSigUdf::new()),
-        Box::new(
-            MasksUdf::new([
-                (
-                    "bf",
-                    Mask::Disk {
-                        cx: g.cx,
-                        cy: g.cy,
-                        r: g.bf_radius,
-                    },
-                ),
-                (
-                    "adf",
-                    Mask::Ring {
-                        cx: g.cx,
-                        cy: g.cy,
-                        r_inner: g.adf_inner,
-                        r_outer: g.adf_outer,
-                    },
-                ),
-            ])
-            .named("virtual"),
-        ),
-        Box::new(ComUdf::new(g.cx, g.cy, g.com_radius)),
-    ]
+    g.udfs()
 }
 
 /// Which UDFs a run computes and over which scan positions: a reduction spec's (else the
@@ -122,13 +63,12 @@ impl Reductions {
         })
     }
 
-    /// The command line's reductions `a` alone (no profile): its spec, ROI and snapshot
-    /// interval.
+    /// The reductions `a` alone (no profile): its spec, ROI and snapshot interval.
     ///
     /// # Errors
     /// As [`Reductions::load`].
-    pub fn from_args(a: &ReductionArgs) -> Result<Self> {
-        Self::default().with_args(a)
+    pub fn from_choice(a: &ReductionChoice) -> Result<Self> {
+        Self::default().with_choice(a)
     }
 
     /// The engine settings of one run over `nav` frames of `sig` pixels of `dtype`: the
@@ -150,12 +90,12 @@ impl Reductions {
         cfg
     }
 
-    /// These reductions (a profile's) with the command line's choices `a`: its spec
-    /// replaces this one's; a ROI given alone keeps this spec and replaces its ROI.
+    /// These reductions (a profile's) with the user's choices `a`: its spec replaces this
+    /// one's; a ROI given alone keeps this spec and replaces its ROI.
     ///
     /// # Errors
     /// As [`Reductions::load`].
-    pub fn with_args(self, a: &ReductionArgs) -> Result<Self> {
+    pub fn with_choice(self, a: &ReductionChoice) -> Result<Self> {
         let snapshot_interval = Some(Duration::from_millis(a.snapshot_interval_ms));
         if a.is_empty() {
             return Ok(Self {
@@ -163,7 +103,7 @@ impl Reductions {
                 ..self
             });
         }
-        let base = match (&a.reductions, self.spec) {
+        let base = match (&a.spec, self.spec) {
             (Some(p), _) => Some(p.clone()),
             (None, spec) => spec.map(|(p, _)| p),
         };
@@ -334,72 +274,4 @@ pub fn builder_with(
         let g = g.unwrap_or_else(|| Geometry::centred(inputs.sig_shape));
         run(inputs, g, Arc::clone(&reductions), record_raw)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    /// The reduction options alone, as every command flattens them.
-    #[derive(Parser, Debug)]
-    struct Opts {
-        #[command(flatten)]
-        r: ReductionArgs,
-    }
-
-    fn parse(args: &[&str]) -> Result<Opts, clap::Error> {
-        Opts::try_parse_from(std::iter::once("stemflow").chain(args.iter().copied()))
-    }
-
-    fn config_of(r: &Reductions) -> RunConfig {
-        r.run_config(NavShape::new(4, 4), SigShape::new(8, 8), DType::U16, None)
-    }
-
-    /// `--snapshot-interval-ms` reaches the engine's configuration through both ways a
-    /// command builds its reductions (alone, or over a profile's), spec or not.
-    #[test]
-    fn the_snapshot_interval_reaches_the_run_config() {
-        let o = parse(&["--snapshot-interval-ms", "250"]).unwrap();
-        let cfg = config_of(&Reductions::from_args(&o.r).unwrap());
-        assert_eq!(cfg.snapshot_interval, Duration::from_millis(250));
-        let profile = Reductions::load(None, None, None).unwrap();
-        let cfg = config_of(&profile.with_args(&o.r).unwrap());
-        assert_eq!(cfg.snapshot_interval, Duration::from_millis(250));
-        let o = parse(&["--snapshot-interval-ms", "7", "--roi-rect", "0:2,0:2"]).unwrap();
-        let r = Reductions::from_args(&o.r).unwrap();
-        let (_, roi) = r
-            .build(
-                &Geometry::centred(SigShape::new(8, 8)),
-                SigShape::new(8, 8),
-                NavShape::new(4, 4),
-            )
-            .unwrap();
-        let cfg = r.run_config(NavShape::new(4, 4), SigShape::new(8, 8), DType::U16, roi);
-        assert_eq!(cfg.snapshot_interval, Duration::from_millis(7));
-        assert!(cfg.roi.is_some());
-    }
-
-    /// Without the option: 100 ms, the engine's default.
-    #[test]
-    fn the_default_snapshot_interval_is_100_ms() {
-        let o = parse(&[]).unwrap();
-        assert_eq!(o.r.snapshot_interval_ms, 100);
-        let cfg = config_of(&Reductions::from_args(&o.r).unwrap());
-        assert_eq!(cfg.snapshot_interval, Duration::from_millis(100));
-        assert_eq!(ReductionArgs::default().snapshot_interval_ms, 100);
-    }
-
-    /// 0 and non-numbers are refused with a message naming the limit.
-    #[test]
-    fn a_zero_or_garbled_snapshot_interval_is_refused() {
-        let e = parse(&["--snapshot-interval-ms", "0"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("at least 1 ms"), "{e}");
-        let e = parse(&["--snapshot-interval-ms", "fast"])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("whole number of milliseconds"), "{e}");
-    }
 }

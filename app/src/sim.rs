@@ -1,14 +1,28 @@
-//! `stemflow sim merlin` and `stemflow sim dectris`: detector simulators standalone on
-//! 127.0.0.1.
+//! Detector simulators served standalone (`stemflow sim merlin`, `stemflow sim dectris`),
+//! by default on 127.0.0.1, for other programs (LiberTEM-live, a second stemflow) to
+//! connect to.
 
-use crate::cli::{SimDectrisArgs, SimMerlinArgs};
+use crate::options::SimOptions;
+use crate::registry::DetectorKind;
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
 use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
 use stemflow_simulators::specimen::Specimen;
 
-/// Starts the simulator, prints its ports, and serves until `--duration-s` (or forever).
-pub fn sim_merlin(a: &SimMerlinArgs) -> Result<()> {
+/// Starts the simulator of `a.detector`, prints its ports, and serves until
+/// `a.duration` has passed (or forever).
+///
+/// # Errors
+/// The simulator could not start (a port in use, a recording that cannot be read).
+pub fn serve(a: &SimOptions) -> Result<()> {
+    match a.detector {
+        DetectorKind::Merlin => sim_merlin(a),
+        DetectorKind::Dectris => sim_dectris(a),
+    }
+}
+
+/// The Merlin simulator on `a.ports` (control, data).
+fn sim_merlin(a: &SimOptions) -> Result<()> {
     let source = match &a.recording {
         Some(p) => MerlinSource::Recording { path: p.clone() },
         None => MerlinSource::Synthetic {
@@ -20,8 +34,7 @@ pub fn sim_merlin(a: &SimMerlinArgs) -> Result<()> {
     };
     let mut cfg = MerlinSimConfig::new(source);
     cfg.host = a.host;
-    cfg.control_port = a.control_port;
-    cfg.data_port = a.data_port;
+    [cfg.control_port, cfg.data_port] = a.ports;
     cfg.pacing = if a.fast {
         Pacing::AsFastAsPossible
     } else {
@@ -38,7 +51,7 @@ pub fn sim_merlin(a: &SimMerlinArgs) -> Result<()> {
         sim.control_addr().port(),
         sim.data_addr().port()
     );
-    serve_until(a.duration_s);
+    serve_until(a.duration);
     let stats = sim.stats();
     println!(
         "served {} acquisitions, {} frames, {:.1} MB",
@@ -50,14 +63,13 @@ pub fn sim_merlin(a: &SimMerlinArgs) -> Result<()> {
     Ok(())
 }
 
-/// Starts the DECTRIS simulator, prints its REST address and stream endpoint, and serves
-/// until `--duration-s` (or forever).
-pub fn sim_dectris(a: &SimDectrisArgs) -> Result<()> {
+/// The DECTRIS simulator on `a.ports` (REST API, stream).
+fn sim_dectris(a: &SimOptions) -> Result<()> {
     use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig};
     let cfg = DectrisSimConfig::from_cli(
         a.host,
-        a.api_port,
-        a.stream_port,
+        a.ports[0],
+        a.ports[1],
         a.recording.clone(),
         a.nav_shape,
         a.sig_shape,
@@ -74,7 +86,7 @@ pub fn sim_dectris(a: &SimDectrisArgs) -> Result<()> {
         sim.api_addr().port(),
         sim.stream_addr().port()
     );
-    serve_until(a.duration_s);
+    serve_until(a.duration);
     let stats = sim.stats();
     println!(
         "served {} series, {} frames, {:.1} MB",
@@ -86,12 +98,12 @@ pub fn sim_dectris(a: &SimDectrisArgs) -> Result<()> {
     Ok(())
 }
 
-/// Returns after `duration_s` seconds, or never (the user ends the simulator with Ctrl-C).
-fn serve_until(duration_s: Option<f64>) {
+/// Returns after `duration`, or never (the user ends the simulator with Ctrl-C).
+fn serve_until(duration: Option<Duration>) {
     let t0 = Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        if duration_s.is_some_and(|d| t0.elapsed().as_secs_f64() >= d) {
+        if duration.is_some_and(|d| t0.elapsed() >= d) {
             return;
         }
     }

@@ -1,0 +1,257 @@
+//! One acquisition through the orchestrator: on the simulated instrument of a profile
+//! ([`simulate`]) or from a real or external detector ([`acquire`]) — the instrument
+//! assembled, progress shown, the results written (HDF5, PNG images, run.json).
+
+use crate::instrument::{SimulatedInstrument, assemble_simulated, recording_factory, runtime};
+use crate::options::{AcquireOptions, SimulateOptions};
+use crate::output;
+use crate::reductions::{self, Geometry, Reductions};
+use crate::registry::DetectorEndpoint;
+use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use stemflow_actors::orchestrator::{
+    AcquisitionRequest, ExitStatus, Instrument, RunFailure, RunRecord,
+};
+use stemflow_actors::supervisor::InstrumentSpec;
+use stemflow_config::Profile;
+use stemflow_core::detector::{ArmMode, DetectorSettings, DetectorTrigger};
+use stemflow_simulators::microscope::MicroscopeFaults;
+
+/// Runs one 4D-STEM scan on the simulated instrument.
+///
+/// # Errors
+/// The profile or the reductions cannot be loaded, the instrument cannot start, the run
+/// failed or lost frames (the outputs are written first), or
+/// [`crate::progress::Cancelled`] when the user cancelled it.
+pub fn simulate(args: &SimulateOptions) -> Result<()> {
+    let mut profile = match &args.profile {
+        Some(p) => Profile::load(p)?,
+        None => Profile::simulated(),
+    };
+    if let Some(n) = args.nav_shape {
+        profile.scan.nav_shape = [n.rows, n.cols];
+    }
+    let SimulatedInstrument {
+        sim,
+        spec,
+        geometry,
+        plan,
+        reductions,
+    } = assemble_simulated(&profile, MicroscopeFaults::default())?;
+    let reductions = reductions.with_choice(&args.reductions)?;
+    if !reductions.is_default() {
+        // Checked against this scan's shapes now, so that a bad spec fails before the scan.
+        reductions.build(&geometry, plan.sig_shape, plan.nav_shape)?;
+        println!("{}", reductions.describe());
+    }
+    println!(
+        "simulated instrument: {}; scan {} positions of {} frames, dwell {:.0} µs",
+        sim.describe(),
+        plan.nav_shape,
+        plan.sig_shape,
+        profile.scan.dwell_time_s * 1e6
+    );
+    for step in plan.steps()? {
+        println!("plan: {step}");
+    }
+    let summary = plan.summary();
+    println!(
+        "plan: estimated {:.2} s, {} frames, {:.1} MB",
+        summary.duration_s,
+        summary.frames,
+        summary.data_bytes as f64 / 1e6
+    );
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    let h5 = args.out.join("scan.h5");
+    let req = AcquisitionRequest {
+        mode: ArmMode::Active,
+        detector: plan.detector_settings(),
+        scan: Some(plan.scan_settings()),
+        microscope: plan.microscope.clone(),
+        arm_deadline: Duration::from_secs(5),
+        deadline_margin: Duration::from_secs(10),
+        output: Some(h5),
+        pipeline: reductions::builder_with(Some(geometry), Arc::new(reductions), !args.no_raw),
+        label: "simulated".into(),
+        nav_from_detector: false,
+    };
+    let rt = runtime()?;
+    let result = rt.block_on(run_one(spec, req, args.live_view));
+    drop(sim);
+    finish(result, &args.out, &geometry)
+}
+
+/// Runs `req` on a new instrument of `spec`, with the progress view on stderr and, with
+/// `live_view`, the HTTP live view (see `crate::live_view`) on that address. The live view
+/// task stays on the caller's runtime, so it keeps serving the final results while they
+/// are written, until the runtime is dropped when the command returns.
+async fn run_one(
+    spec: InstrumentSpec,
+    req: AcquisitionRequest,
+    live_view: Option<SocketAddr>,
+) -> Result<(
+    Result<RunRecord, RunFailure>,
+    Arc<stemflow_actors::processing::LiveSnapshot>,
+)> {
+    // Bound first: a busy address fails the command before the instrument moves.
+    let live = match live_view {
+        Some(addr) => {
+            let lv = crate::live_view::LiveView::bind(addr).await?;
+            eprintln!("live view: http://{}/", lv.local_addr());
+            Some(lv)
+        }
+        None => None,
+    };
+    let mut inst = Instrument::start(spec)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))
+        .context("starting the instrument")?;
+    if let Some(lv) = live {
+        // Not awaited: the server ends with the runtime, not with the run.
+        drop(lv.serve(inst.status()));
+    }
+    // The first Ctrl-C cancels the acquisition through the orchestrator (pipeline
+    // cancelled, scan stopped, detector disarmed, recording finished as `cancelled`).
+    let cancel = inst.cancel_handle();
+    if let Err(e) =
+        crate::progress::on_ctrl_c("cancelling the acquisition", move || cancel.cancel())
+    {
+        tracing::warn!("{e:#}; Ctrl-C will end the process without writing results");
+    }
+    let view = tokio::spawn(crate::progress::show(inst.status(), inst.state_changes()));
+    let r = inst.run_acquisition(req).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), view).await;
+    let snap = inst.last_results();
+    inst.shutdown().await;
+    Ok((r, snap))
+}
+
+fn finish(
+    result: Result<(
+        Result<RunRecord, RunFailure>,
+        Arc<stemflow_actors::processing::LiveSnapshot>,
+    )>,
+    out: &std::path::Path,
+    _geometry: &Geometry,
+) -> Result<()> {
+    let (r, snap) = result?;
+    let record = match r {
+        Ok(rec) => rec,
+        Err(f) => {
+            output::print_summary(&f.record);
+            output::write_run_record(out, &f.record, &snap.results)?;
+            bail!(f.error);
+        }
+    };
+    output::print_summary(&record);
+    for line in output::udf_summary_lines(&snap.results) {
+        println!("result           {line}");
+    }
+    output::write_run_record(out, &record, &snap.results)?;
+    let images = output::write_images(out, &snap.results, record.metadata.nav_shape)?;
+    for p in images {
+        println!("wrote {}", p.display());
+    }
+    if record.exit_status == ExitStatus::Cancelled {
+        return Err(crate::progress::Cancelled::after(
+            record.frames_processed,
+            record.frames_expected,
+        )
+        .into());
+    }
+    if record.exit_status == ExitStatus::CompletedWithLoss {
+        // Outputs are written and the missing frames marked; the exit status still says so.
+        bail!(
+            "{} of {} frames lost and {} damaged (marked in the recording's validity map)",
+            record.frames_lost,
+            record.frames_expected,
+            record.frames_damaged
+        );
+    }
+    Ok(())
+}
+
+/// The detector of an acquisition from `args`.
+fn acquire_detector(args: &AcquireOptions) -> DetectorEndpoint {
+    let mut ep = DetectorEndpoint::new(args.detector, args.host);
+    ep.control_port = args.control_port;
+    ep.data_port = args.data_port;
+    ep.api_port = args.api_port;
+    ep.stream_port = args.stream_port;
+    ep.frame_timeout = Some(Duration::from_secs_f64(args.frame_timeout_s));
+    ep.first_frame_timeout = Some(Duration::from_secs_f64(args.first_frame_timeout_s));
+    ep.raw_format = args.raw;
+    ep.nav_shape = args.nav_shape;
+    ep.nav_hint = args.nav_hint;
+    ep
+}
+
+/// Acquires from an external Merlin or DECTRIS detector.
+///
+/// # Errors
+/// Active mode without a scan shape, the reductions cannot be loaded, the output folder
+/// cannot be created, the run failed or lost frames (the outputs are written first), or
+/// [`crate::progress::Cancelled`] when the user cancelled it.
+pub fn acquire(args: &AcquireOptions) -> Result<()> {
+    let mode = args.mode;
+    if mode == ArmMode::Active && args.nav_shape.is_none() {
+        bail!("--nav-shape is required in active mode (frames to acquire = rows × cols)");
+    }
+    let nav = args.nav_shape.unwrap_or(stemflow_core::NavShape::new(1, 1));
+    let trigger = args.trigger;
+    let frames_per_trigger = if trigger == DetectorTrigger::Soft {
+        nav.len() as u64
+    } else {
+        1
+    };
+    let settings = DetectorSettings {
+        nav_shape: nav,
+        exposure_s: args.exposure_ms * 1e-3,
+        frame_time_s: args.exposure_ms * 1e-3,
+        trigger,
+        frames_per_trigger,
+        // DECTRIS detectors report their bit depth; only the Merlin's is set.
+        counter_depth: args
+            .detector
+            .sets_counter_depth()
+            .then_some(args.counter_depth),
+        extra: BTreeMap::new(),
+    };
+    let spec = InstrumentSpec {
+        detector: acquire_detector(args).factory(),
+        scan: None,
+        microscope: None,
+        recording: recording_factory(),
+    };
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    // Geometry from the frame shape: known after arming, so the UDFs (default set or spec)
+    // are built then (see reductions::builder_with).
+    let a = &args.reductions;
+    let reductions = Reductions::from_choice(a)?;
+    if !reductions.is_default() {
+        println!("{}", reductions.describe());
+    }
+    let req = AcquisitionRequest {
+        mode,
+        detector: settings,
+        scan: None,
+        microscope: None,
+        arm_deadline: Duration::from_secs_f64(args.arm_timeout_s),
+        deadline_margin: Duration::from_secs_f64(args.frame_timeout_s + 10.0),
+        output: Some(args.out.join("acquisition.h5")),
+        pipeline: reductions::builder_with(None, Arc::new(reductions), !args.no_raw),
+        label: match mode {
+            ArmMode::Active => "active".into(),
+            ArmMode::Passive => "passive".into(),
+        },
+        nav_from_detector: args.nav_shape.is_none(),
+    };
+    let rt = runtime()?;
+    let result = rt.block_on(run_one(spec, req, args.live_view));
+    finish(result, &args.out, &Geometry::default())
+}
