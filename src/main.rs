@@ -5,8 +5,8 @@
 //! `acquire` drives a real or external Merlin, `process` reduces a recording offline,
 //! `sim merlin` serves the Merlin simulator, `bench merlin` measures the live path.
 //!
-//! Exit status: 0 done; 1 an error; 130 cancelled by Ctrl-C (the results so far are
-//! written and marked `cancelled`; a second Ctrl-C quits at once).
+//! Exit status: 0 done; 1 an error; 130 cancelled by Ctrl-C, 143 by SIGTERM, 129 by SIGHUP
+//! (the results so far are written and marked `cancelled`; a second signal quits at once).
 
 mod cli;
 
@@ -26,7 +26,7 @@ fn main() -> std::process::ExitCode {
             if let Some(c) = e.downcast_ref::<stemflow_app::Cancelled>() {
                 // The outputs are written and marked cancelled; this is not a failure.
                 eprintln!("stemflow: {c}");
-                return std::process::ExitCode::from(stemflow_app::CANCELLED_EXIT_CODE);
+                return std::process::ExitCode::from(c.exit_code());
             }
             // Many errors already state their cause in their own message; print each cause once.
             let mut msg = e.to_string();

@@ -1,6 +1,8 @@
 //! Ctrl-C as a user presses it: the first SIGINT ends a `stemflow process` run or a live
 //! simulated acquisition promptly, the results so far are written and marked `cancelled`,
 //! stderr says how far the run got, and the command exits with 130 (128 + SIGINT).
+//! SIGTERM (systemd, `docker stop`) and SIGHUP (a lost ssh session) do the same and exit
+//! with 143 and 129.
 //! Also `--snapshot-interval-ms`, which must be at least 1.
 //!
 //! Every child runs in its own process group under a deadline and is killed when its guard
@@ -16,8 +18,41 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The exit status of a command cancelled by Ctrl-C.
-const CANCELLED: i32 = 130;
+/// A stop signal as a test sends it, the exit status it must give and how stderr must
+/// name the cancel.
+#[derive(Clone, Copy, Debug)]
+struct Stop {
+    /// The signal's number.
+    signal: i32,
+    /// The exit status of a command it cancelled: 128 + the signal's number.
+    code: i32,
+    /// The start of stderr's cancel line.
+    said: &'static str,
+}
+
+/// Ctrl-C.
+#[cfg(unix)]
+const SIGINT: Stop = Stop {
+    signal: libc::SIGINT,
+    code: 130,
+    said: "cancelled by the user after",
+};
+
+/// systemd's or `docker stop`'s stop request.
+#[cfg(unix)]
+const SIGTERM: Stop = Stop {
+    signal: libc::SIGTERM,
+    code: 143,
+    said: "cancelled by SIGTERM after",
+};
+
+/// A lost terminal.
+#[cfg(unix)]
+const SIGHUP: Stop = Stop {
+    signal: libc::SIGHUP,
+    code: 129,
+    said: "cancelled by SIGHUP after",
+};
 
 /// Longest a cancelled command may take to exit after the SIGINT (debug build, two shared
 /// cores; the live path waits up to the receiver's 2 s frame timeout after disarming).
@@ -82,8 +117,8 @@ impl Running {
     }
 
     #[cfg(unix)]
-    fn sigint(&self) {
-        self.guard.sigint();
+    fn stop(&self, stop: Stop) {
+        self.guard.signal(stop.signal);
     }
 }
 
@@ -116,6 +151,18 @@ fn spec(path: &Path) {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_cancels_process_and_writes_the_results_so_far() {
+    cancels_process(SIGINT);
+}
+
+/// SIGTERM does to `stemflow process` what Ctrl-C does, with exit status 143.
+#[cfg(unix)]
+#[test]
+fn sigterm_cancels_process_and_writes_the_results_so_far() {
+    cancels_process(SIGTERM);
+}
+
+#[cfg(unix)]
+fn cancels_process(stop: Stop) {
     let dir = ScratchDir::new("cancel-process");
     let raw = dir.path().join("long.raw");
     // 8 GiB of frames: many seconds even for a release build, so the Ctrl-C comes first.
@@ -154,7 +201,7 @@ fn ctrl_c_cancels_process_and_writes_the_results_so_far() {
         "process ended before the Ctrl-C (input too small for this machine):\n{}",
         tail(&child.stdout(), 2000)
     );
-    child.sigint();
+    child.stop(stop);
     let t0 = Instant::now();
     let status = child.wait_timeout(EXIT_DEADLINE).unwrap_or_else(|| {
         panic!(
@@ -167,14 +214,14 @@ fn ctrl_c_cancels_process_and_writes_the_results_so_far() {
     let (so, se) = (child.stdout(), child.stderr());
     assert_eq!(
         status.code(),
-        Some(CANCELLED),
+        Some(stop.code),
         "exit status; stdout:\n{}\nstderr:\n{}",
         tail(&so, 2000),
         tail(&se, 2000)
     );
     assert!(took < Duration::from_secs(10), "took {took:?} to stop");
     assert!(
-        se.contains("cancelled by the user after") && se.contains(&format!("of {frames} frames")),
+        se.contains(stop.said) && se.contains(&format!("of {frames} frames")),
         "stderr lacks the cancel line:\n{se}"
     );
     let run = read_json(&out.join("run.json"));
@@ -198,6 +245,26 @@ fn ctrl_c_cancels_process_and_writes_the_results_so_far() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_cancels_a_live_simulated_scan() {
+    cancels_a_live_simulated_scan(SIGINT);
+}
+
+/// SIGTERM (systemd, `docker stop`) during a live scan: cancelled as by Ctrl-C — scan
+/// stopped, detector disarmed, recording finished, run.json written — and exit 143.
+#[cfg(unix)]
+#[test]
+fn sigterm_cancels_a_live_simulated_scan() {
+    cancels_a_live_simulated_scan(SIGTERM);
+}
+
+/// SIGHUP (a lost ssh session) during a live scan: cancelled as by Ctrl-C, exit 129.
+#[cfg(unix)]
+#[test]
+fn sighup_cancels_a_live_simulated_scan() {
+    cancels_a_live_simulated_scan(SIGHUP);
+}
+
+#[cfg(unix)]
+fn cancels_a_live_simulated_scan(stop: Stop) {
     let dir = ScratchDir::new("cancel-live");
     let profile = slow_simulated_profile(dir.path(), "0.002");
     let out = dir.path().join("out");
@@ -218,7 +285,7 @@ fn ctrl_c_cancels_a_live_simulated_scan() {
     );
     std::thread::sleep(Duration::from_millis(1000));
     assert!(child.exited().is_none(), "scan ended before the Ctrl-C");
-    child.sigint();
+    child.stop(stop);
     let status = child.wait_timeout(EXIT_DEADLINE).unwrap_or_else(|| {
         panic!(
             "scan still running {} s after Ctrl-C:\nstderr:\n{}",
@@ -229,13 +296,13 @@ fn ctrl_c_cancels_a_live_simulated_scan() {
     let (so, se) = (child.stdout(), child.stderr());
     assert_eq!(
         status.code(),
-        Some(CANCELLED),
+        Some(stop.code),
         "exit status; stdout:\n{}\nstderr:\n{}",
         tail(&so, 3000),
         tail(&se, 3000)
     );
     assert!(
-        se.contains("cancelled by the user after"),
+        se.contains(stop.said),
         "stderr lacks the cancel line:\n{se}"
     );
     let run = read_json(&out.join("run.json"));
@@ -274,6 +341,18 @@ fn ctrl_c_cancels_a_live_simulated_scan() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_cancels_a_queue_unit_and_journals_it_stopped() {
+    cancels_a_queue_unit_and_journals_it_stopped(SIGINT);
+}
+
+/// SIGTERM stops an unattended queue the way Ctrl-C does, with exit status 143.
+#[cfg(unix)]
+#[test]
+fn sigterm_cancels_a_queue_unit_and_journals_it_stopped() {
+    cancels_a_queue_unit_and_journals_it_stopped(SIGTERM);
+}
+
+#[cfg(unix)]
+fn cancels_a_queue_unit_and_journals_it_stopped(stop: Stop) {
     let dir = ScratchDir::new("cancel-queue");
     let q = dir.path().join("q.toml");
     std::fs::write(
@@ -300,7 +379,7 @@ fn ctrl_c_cancels_a_queue_unit_and_journals_it_stopped() {
     std::thread::sleep(Duration::from_millis(1500));
     assert!(child.exited().is_none(), "queue ended before the Ctrl-C");
     let sent = Instant::now();
-    child.sigint();
+    child.stop(stop);
     let status = child.wait_timeout(EXIT_DEADLINE).unwrap_or_else(|| {
         panic!(
             "queue still running {} s after Ctrl-C:\nstderr:\n{}",
@@ -310,7 +389,7 @@ fn ctrl_c_cancels_a_queue_unit_and_journals_it_stopped() {
     });
     assert_eq!(
         status.code(),
-        Some(CANCELLED),
+        Some(stop.code),
         "stderr:\n{}",
         tail(&child.stderr(), 3000)
     );

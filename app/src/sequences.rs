@@ -501,7 +501,7 @@ fn interrupt_on_ctrl_c(
 /// The error of a sequence the user cancelled: the frames of its last acquisition.
 fn cancelled(outs: &[RunOutcome]) -> anyhow::Error {
     let frames = outs.last().map(|o| (o.frames_received, o.frames_expected));
-    crate::progress::Cancelled { frames }.into()
+    crate::progress::Cancelled::with_frames(frames).into()
 }
 
 /// `stemflow run FILE`: one plan (`.toml`) or sequence script (`.rhai`) on the simulated
@@ -665,7 +665,7 @@ pub fn queue(opts: &QueueRunOptions) -> Result<()> {
         if let Err(e) = &r {
             eprintln!("stemflow: {e}");
         }
-        return Err(crate::progress::Cancelled { frames: None }.into());
+        return Err(crate::progress::Cancelled::with_frames(None).into());
     }
     let rep = r?;
     println!(

@@ -104,11 +104,20 @@ impl ChildGuard {
     /// When kill(2) fails, naming the pid.
     #[cfg(unix)]
     pub fn sigint(&self) {
+        self.signal(libc::SIGINT);
+    }
+
+    /// Sends the signal `sig` (`libc::SIGTERM`, …) to the child itself (not its group).
+    ///
+    /// # Panics
+    /// When kill(2) fails, naming the pid and the signal.
+    #[cfg(unix)]
+    pub fn signal(&self, sig: i32) {
         let pid = i32::try_from(self.child.id()).expect("pid fits in i32");
         // SAFETY: kill(2) on the pid of our child, not yet reaped (we hold it); it touches
         // no memory of ours.
-        let rc = unsafe { libc::kill(pid, libc::SIGINT) };
-        assert_eq!(rc, 0, "{}: kill -INT {pid} failed", self.name);
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(rc, 0, "{}: kill -{sig} {pid} failed", self.name);
     }
 
     fn kill_group(&mut self) {
