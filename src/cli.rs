@@ -18,8 +18,17 @@ use stemflow_core::detector::{ArmMode, DetectorTrigger};
 /// scan engine and Merlin detector simulated in-process, synthetic specimen), writing an
 /// HDF5 file and PNG images of the virtual bright field, annular dark field and centre of
 /// mass to `--out`.
+///
+/// The options of the default scan (`--out`, `--nav-shape`, …) belong to it alone: given
+/// before a subcommand they are refused, not silently ignored.
 #[derive(Parser, Debug)]
-#[command(name = "stemflow", version, about, long_about)]
+#[command(
+    name = "stemflow",
+    version,
+    about,
+    long_about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-use stemflow_actors::orchestrator::RunRecord;
+use stemflow_actors::orchestrator::{ExitStatus, RunRecord};
 use stemflow_actors::recorder::{Recording, RecordingRequest};
 use stemflow_core::NavShape;
 use stemflow_core::metadata::RunMetadata;
@@ -48,6 +48,32 @@ pub fn open_recording(req: &RecordingRequest) -> Result<Box<dyn Recording>, Stri
         .map_err(|e| e.to_string())
 }
 
+/// How the summary names an exit status (run.json keeps the machine-readable name).
+fn exit_status_text(s: ExitStatus) -> &'static str {
+    match s {
+        ExitStatus::Completed => "completed",
+        ExitStatus::CompletedWithLoss => "completed with lost or damaged frames",
+        ExitStatus::Cancelled => "cancelled",
+        ExitStatus::Fault => "fault",
+    }
+}
+
+/// How the summary names the receiver's end reason (run.json's `end_reason` keeps the
+/// receiver's own name, e.g. `AllFrames`); an unknown name is shown as it is.
+fn end_reason_text(reason: &str) -> &str {
+    match reason {
+        "AllFrames" => "every expected frame received",
+        "SeriesEnd" => "the detector's end-of-series message",
+        "InactivityDeadline" => "no frame within the inactivity deadline",
+        "NewHeader" | "NewSeries" => "a new acquisition started on the detector",
+        "Stopped" => "the acquisition was stopped",
+        "Disarmed" => "the detector was disarmed (cancel)",
+        "Disconnected" => "the detector closed the connection",
+        "Failed" => "a receive error",
+        other => other,
+    }
+}
+
 /// Prints the end-of-run summary.
 pub fn print_summary(r: &RunRecord) {
     let mb = r.bytes_processed as f64 / 1e6;
@@ -57,7 +83,7 @@ pub fn print_summary(r: &RunRecord) {
         0.0
     };
     println!("── run summary ──────────────────────────────────────────────");
-    println!("exit status      {:?}", r.exit_status);
+    println!("exit status      {}", exit_status_text(r.exit_status));
     if let Some(e) = &r.error {
         println!("error            {e}");
     }
@@ -76,7 +102,7 @@ pub fn print_summary(r: &RunRecord) {
         r.duration_s
     );
     if !r.end_reason.is_empty() {
-        println!("ended by         {}", r.end_reason);
+        println!("ended by         {}", end_reason_text(&r.end_reason));
     }
     if let Some(m) = &r.metadata.microscope {
         println!(

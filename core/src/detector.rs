@@ -36,6 +36,17 @@ pub enum DetectorTrigger {
     ExternalRising,
 }
 
+impl std::fmt::Display for DetectorTrigger {
+    /// `internal`, `software` or `external (rising edge)`, as a person reads it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Internal => "internal",
+            Self::Soft => "software",
+            Self::ExternalRising => "external (rising edge)",
+        })
+    }
+}
+
 /// Settings for one acquisition, in the detector-independent vocabulary.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectorSettings {

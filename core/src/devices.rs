@@ -77,6 +77,16 @@ pub enum TriggerOutput {
     Line,
 }
 
+impl std::fmt::Display for TriggerOutput {
+    /// `pixel` or `line`, as a person reads it in a plan or a log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pixel => "pixel",
+            Self::Line => "line",
+        })
+    }
+}
+
 /// A scan: grid, timing and trigger output. Times in seconds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScanSettings {

@@ -97,7 +97,7 @@ impl fmt::Display for PlanStep {
             PlanStep::ApplyMicroscope(m) => write!(f, "microscope: {}", describe_microscope(m)),
             PlanStep::ConfigureScan(s) => write!(
                 f,
-                "scan engine: {} positions, dwell {:.1} µs, flyback {:.1} µs, {:?} trigger",
+                "scan engine: {} positions, dwell {:.1} µs, flyback {:.1} µs, {} trigger",
                 s.nav_shape,
                 s.dwell_time_s * 1e6,
                 s.flyback_s * 1e6,
@@ -105,12 +105,15 @@ impl fmt::Display for PlanStep {
             ),
             PlanStep::ConfigureDetector(d) => write!(
                 f,
-                "detector: {} frames, exposure {:.1} µs, frame time {:.1} µs, trigger {:?}, counter depth {:?}",
+                "detector: {} frames, exposure {:.1} µs, frame time {:.1} µs, trigger {}, counter depth {}",
                 d.nav_shape.len(),
                 d.exposure_s * 1e6,
                 d.frame_time_s * 1e6,
                 d.trigger,
-                d.counter_depth
+                d.counter_depth.map_or_else(
+                    || "as the detector reports".to_string(),
+                    |b| format!("{b} bits")
+                )
             ),
             PlanStep::Acquire { frames, label } => write!(f, "acquire `{label}`: {frames} frames"),
             PlanStep::Wait { seconds } => write!(f, "wait {seconds:.3} s"),

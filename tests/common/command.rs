@@ -64,7 +64,21 @@ pub fn command(args: &[&str], scratch: &Path, tag: &str) -> (Command, PathBuf, P
 /// When the command cannot be started or is still running at the deadline (it is then
 /// killed with its process group), with the ends of its output.
 pub fn stemflow(args: &[&str], scratch: &Path, tag: &str) -> Finished {
+    stemflow_with_env(args, &[], scratch, tag)
+}
+
+/// As [`stemflow`], with the environment variables `env` set for the child.
+///
+/// # Panics
+/// As [`stemflow`].
+pub fn stemflow_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    scratch: &Path,
+    tag: &str,
+) -> Finished {
     let (mut cmd, out, err) = command(args, scratch, tag);
+    cmd.envs(env.iter().copied());
     let t0 = Instant::now();
     let mut child = ChildGuard::spawn(&format!("stemflow {}", args.join(" ")), &mut cmd);
     let status = child.wait_timeout(COMMAND_TIMEOUT);

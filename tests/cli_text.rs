@@ -1,0 +1,87 @@
+//! What the command line prints is text a person reads, and what it is given is applied or
+//! refused: no Rust debug notation in the summary or a plan's steps, no colour codes in a
+//! log redirected to a file, and no option silently dropped because it stood before the
+//! subcommand.
+
+mod common;
+
+use common::command::{self, path_arg};
+use common::scratch::ScratchDir;
+
+/// The summary of a scan and its log, redirected to files as in an unattended run: plain
+/// words for the exit status and the end reason, no `Some(…)`, no ANSI escape sequences
+/// even with logging turned up.
+#[test]
+fn summary_and_log_are_plain_text_when_redirected() {
+    let dir = ScratchDir::new("text-summary");
+    let out = dir.path().join("out");
+    let run = command::stemflow_with_env(
+        &["--out", path_arg(&out), "--nav-shape", "4x4", "--no-raw"],
+        &[("STEMFLOW_LOG", "info")],
+        dir.path(),
+        "summary",
+    );
+    run.assert_success("stemflow --nav-shape 4x4");
+    assert!(
+        run.stdout.contains("exit status      completed\n"),
+        "exit status not in words: {}",
+        run.describe()
+    );
+    assert!(
+        run.stdout
+            .contains("ended by         every expected frame received"),
+        "end reason not in words: {}",
+        run.describe()
+    );
+    // The plan's steps, printed before the scan.
+    assert!(
+        run.stdout.contains("counter depth 12 bits") && run.stdout.contains("trigger"),
+        "detector step not in words: {}",
+        run.describe()
+    );
+    for debug in [
+        "Some(",
+        "None",
+        "AllFrames",
+        "CompletedWithLoss",
+        "ExternalRising",
+    ] {
+        assert!(
+            !run.stdout.contains(debug),
+            "debug text `{debug}` in the summary: {}",
+            run.describe()
+        );
+    }
+    // Logging at info level writes lines; none carries a colour code.
+    assert!(
+        run.stderr.contains("INFO"),
+        "no log lines at STEMFLOW_LOG=info: {}",
+        run.describe()
+    );
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "escape sequences in a redirected log: {}",
+        run.describe()
+    );
+}
+
+/// `stemflow --out X process F`: the default scan's options before a subcommand are refused
+/// with a message naming the option, and nothing runs.
+#[test]
+fn options_before_a_subcommand_are_refused() {
+    let dir = ScratchDir::new("text-order");
+    let out = dir.path().join("elsewhere");
+    let missing = dir.path().join("none.npy");
+    let run = command::stemflow(
+        &["--out", path_arg(&out), "process", path_arg(&missing)],
+        dir.path(),
+        "order",
+    );
+    assert_eq!(run.status.code(), Some(2), "{}", run.describe());
+    assert!(
+        run.stderr.contains("--out") && run.stderr.contains("process"),
+        "the refusal does not name the option and the subcommand: {}",
+        run.describe()
+    );
+    assert!(!out.exists(), "output written to {}", out.display());
+}
