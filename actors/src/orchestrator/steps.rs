@@ -68,8 +68,11 @@ const END_REPORT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The monitor's clock: when the run started running, its deadline, the last scan poll.
 struct MonitorClock {
+    /// When monitoring began: the run's deadline counts from here.
     started: Instant,
+    /// The run's deadline ([`run_deadline`]).
     deadline: Duration,
+    /// When the scan engine was last asked for its status.
     last_scan_poll: Instant,
 }
 
