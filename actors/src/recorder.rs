@@ -2,7 +2,7 @@
 //! validity, metadata) after the pipeline has written the raw frames into it.
 //!
 //! Raw frames go from the pipeline straight into the [`Recording`] (a
-//! [`TileSink`](stemflow_core::sink::TileSink)); the actor only opens and closes it.
+//! [`TileSink`]); the actor only opens and closes it.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;

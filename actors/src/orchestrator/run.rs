@@ -1,0 +1,205 @@
+//! One run from Idle back to Idle: the steps in order (`steps`), the run record, and the
+//! fault path that every failed step ends in.
+//!
+//! Cleanup is split by what it undoes. A step owns the values it creates (the armed
+//! acquisition's channels, the recording, the pipeline handle) and hands them to the next
+//! step, so on failure they are dropped with the step: the channels close and the
+//! recording is left unfinished. What lives outside the process (an armed detector, a
+//! running scan, a pipeline thread) is registered in [`RunContext`] as it starts, and
+//! [`Instrument::recover`] undoes it in reverse arm order whichever step failed.
+
+use super::record::{ExitStatus, RunError, RunFailure, RunRecord};
+use super::request::AcquisitionRequest;
+use super::{CALL_MARGIN, Instrument, RunContext, now_rfc3339};
+use crate::detector::DetectorMsg;
+use crate::scan::ScanMsg;
+use crate::supervisor::{ChildRefs, Role};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use stemflow_core::state::{AcqEvent, Health};
+
+impl Instrument {
+    /// Runs one acquisition from Idle back to Idle.
+    ///
+    /// # Errors
+    /// [`RunFailure`] with the error (naming device/actor, expected and observed) and the
+    /// run's record; the instrument is back in Idle (after Fault → Resetting) either way.
+    pub async fn run_acquisition(
+        &mut self,
+        req: AcquisitionRequest,
+    ) -> Result<RunRecord, RunFailure> {
+        let started = Instant::now();
+        let start_time = now_rfc3339();
+        let mut ctx = RunContext::default();
+        // Stale reports from between runs (e.g. a restart finished) are not this run's.
+        while self.reports.try_recv().is_ok() {}
+        // The actors this run starts with: one that dies is replaced by a new one.
+        let refs_at_start = self.refs();
+        let result = self.run_steps(&req, &mut ctx).await;
+        // A cancel request is consumed by the run it ended (or that failed meanwhile).
+        self.user_cancel.store(false, Ordering::SeqCst);
+        let mut record = ctx.record(start_time, started);
+        match result {
+            Ok(status) => {
+                record.exit_status = status;
+                Ok(record)
+            }
+            Err(error) => {
+                let died = died_actor(&error, &refs_at_start);
+                self.recover(&mut ctx, died).await;
+                record.exit_status = ExitStatus::Fault;
+                record.error = Some(error.to_string());
+                record.stop_time = now_rfc3339();
+                record.duration_s = started.elapsed().as_secs_f64();
+                Err(RunFailure {
+                    error,
+                    record: Box::new(record),
+                })
+            }
+        }
+    }
+
+    /// The steps of one run, in order; the first that fails ends the run (the caller then
+    /// recovers). Every step reads the same actor refs, taken once here.
+    async fn run_steps(
+        &mut self,
+        req: &AcquisitionRequest,
+        ctx: &mut RunContext,
+    ) -> Result<ExitStatus, RunError> {
+        let refs = self.refs();
+        ctx.expected = req.detector.nav_shape.len() as u64;
+        if self.user_cancel.load(Ordering::SeqCst) {
+            // Cancelled before anything moved: nothing to stop, nothing recorded.
+            return Ok(ExitStatus::Cancelled);
+        }
+        self.configure(req, &refs, ctx).await?;
+        let armed = self.arm(req, &refs, ctx).await?;
+        let started = self.start_processing(req, &refs, ctx, armed).await?;
+        self.trigger(req, &refs, ctx).await?;
+        let output = self.monitor(req, &refs, ctx, started.pipeline).await?;
+        let end = self.reconcile_end(ctx, &output, started.end).await?;
+        self.finish(&refs, ctx, output, end).await
+    }
+
+    /// Stops the scan and disarms the detector (reverse arm order), each only if this run
+    /// started it. Used by a cancel (before the end is collected) and by `finish`.
+    pub(super) async fn stop_devices(&mut self, ctx: &mut RunContext) -> Result<(), RunError> {
+        let refs = self.refs();
+        if ctx.scan_started {
+            if let Some(scan_ref) = &refs.scan {
+                self.call(
+                    Role::ScanEngine,
+                    scan_ref,
+                    "stop scan",
+                    CALL_MARGIN,
+                    ScanMsg::Stop,
+                )
+                .await?
+                .map_err(|source| RunError::Device {
+                    step: "stop scan".into(),
+                    source,
+                })?;
+            }
+            ctx.scan_started = false;
+        }
+        if ctx.armed {
+            self.call(
+                Role::Detector,
+                &refs.detector,
+                "disarm detector",
+                CALL_MARGIN,
+                DetectorMsg::Disarm,
+            )
+            .await?
+            .map_err(|source| RunError::Device {
+                step: "disarm detector".into(),
+                source,
+            })?;
+            ctx.armed = false;
+        }
+        Ok(())
+    }
+
+    /// After a failure: cancel, stop, disarm (best effort), then Fault → Resetting → Idle,
+    /// waiting for the supervisor to restart a failed actor.
+    ///
+    /// The scan is stopped and the detector disarmed whether or not this run got as far as
+    /// starting or arming them: a failed or timed-out call may have reached the device.
+    async fn recover(&mut self, ctx: &mut RunContext, died: Option<(Role, ractor::ActorId)>) {
+        if let Some(c) = &ctx.cancel {
+            c.store(true, Ordering::SeqCst);
+        }
+        let refs = self.refs();
+        if let Some(scan_ref) = &refs.scan {
+            let _ = scan_ref
+                .call(ScanMsg::Stop, Some(Duration::from_secs(5)))
+                .await;
+        }
+        let _ = refs
+            .detector
+            .call(DetectorMsg::Disarm, Some(Duration::from_secs(5)))
+            .await;
+        let _ = self.transition(AcqEvent::Failed);
+        let _ = self.transition(AcqEvent::Reset);
+        // Wait until every actor is healthy again (a restart in flight), with a deadline.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let unhealthy = self
+                .health()
+                .values()
+                .any(|h| !matches!(h, Health::Ready | Health::Busy));
+            // The supervisor may not have seen the death yet when the run learns of it.
+            let not_restarted =
+                died.is_some_and(|(role, old)| self.refs().id_of(role) == Some(old));
+            if !unhealthy && !not_restarted {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while self.reports.try_recv().is_ok() {}
+        let _ = self.transition(AcqEvent::ResetDone);
+    }
+}
+
+/// The actor a failed run lost, as it was when the run started: recovery waits until the
+/// supervisor has replaced it, so the next run does not call a dead actor.
+fn died_actor(error: &RunError, refs_at_start: &ChildRefs) -> Option<(Role, ractor::ActorId)> {
+    match error {
+        RunError::ActorFailed { actor, .. } => refs_at_start.id_of(*actor).map(|id| (*actor, id)),
+        // A pipeline panic fails the processing actor too (see `processing`).
+        RunError::Pipeline(e) if e.starts_with(crate::processing::PIPELINE_PANICKED) => {
+            refs_at_start
+                .id_of(Role::Processing)
+                .map(|id| (Role::Processing, id))
+        }
+        _ => None,
+    }
+}
+
+impl RunContext {
+    /// The run record as far as the run got; the caller sets the exit status (and, for a
+    /// failed run, the error and the stop time after recovery).
+    fn record(&self, start_time: String, started: Instant) -> RunRecord {
+        RunRecord {
+            start_time,
+            stop_time: now_rfc3339(),
+            duration_s: started.elapsed().as_secs_f64(),
+            exit_status: ExitStatus::Completed,
+            error: None,
+            frames_expected: self.expected,
+            frames_received: self.end.as_ref().map_or(0, |e| e.received),
+            frames_lost: self.end.as_ref().map_or(0, |e| e.lost),
+            frames_not_acquired: self.not_acquired,
+            frames_damaged: self.end.as_ref().map_or(0, |e| e.damaged),
+            frames_processed: self.frames_processed,
+            bytes_processed: self.frames_processed * self.bytes_per_frame,
+            end_reason: self
+                .end
+                .as_ref()
+                .map(|e| e.reason.clone())
+                .unwrap_or_default(),
+            metadata: self.metadata.clone(),
+            output_file: self.output_file.clone(),
+        }
+    }
+}
