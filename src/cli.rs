@@ -251,9 +251,10 @@ pub struct AcquireArgs {
     /// Which detector.
     #[arg(long, value_enum, default_value = "merlin")]
     pub detector: DetectorArg,
-    /// Detector host (Merlin PC, or the DECTRIS detector control unit).
+    /// Detector host (Merlin PC, or the DECTRIS detector control unit): an IP address or
+    /// a host name.
     #[arg(long, default_value = "127.0.0.1")]
-    pub host: IpAddr,
+    pub host: String,
     /// Merlin control port.
     #[arg(long, default_value_t = 6341)]
     pub control_port: u16,

@@ -85,3 +85,77 @@ fn options_before_a_subcommand_are_refused() {
     );
     assert!(!out.exists(), "output written to {}", out.display());
 }
+
+/// `acquire --host localhost`: a host name is resolved (to its IPv4 address, where the
+/// simulator listens) instead of refused as "invalid IP address syntax"; a name that does
+/// not resolve is an error naming it, before anything is written.
+#[test]
+fn acquire_takes_a_host_name() {
+    use stemflow_core::{NavShape, SigShape};
+    use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
+    use stemflow_simulators::specimen::Specimen;
+
+    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
+        specimen: Specimen::builder().build(),
+        nav_shape: NavShape::new(2, 2),
+        sig_shape: SigShape::new(64, 64),
+        seed: 1,
+    });
+    cfg.pacing = Pacing::AsFastAsPossible;
+    let sim = MerlinSim::start(cfg).expect("starting the Merlin simulator");
+    let (c, d) = (
+        sim.control_addr().port().to_string(),
+        sim.data_addr().port().to_string(),
+    );
+    let dir = ScratchDir::new("text-host");
+    let out = dir.path().join("out");
+    let run = command::stemflow(
+        &[
+            "acquire",
+            "--host",
+            "localhost",
+            "--control-port",
+            &c,
+            "--data-port",
+            &d,
+            "--nav-shape",
+            "2x2",
+            "--no-raw",
+            "--out",
+            path_arg(&out),
+        ],
+        dir.path(),
+        "host",
+    );
+    run.assert_success("stemflow acquire --host localhost");
+    assert!(
+        run.stdout.contains("4 expected, 4 received, 0 lost"),
+        "{}",
+        run.describe()
+    );
+
+    let nowhere = dir.path().join("nowhere");
+    let run = command::stemflow(
+        &[
+            "acquire",
+            "--host",
+            "no-such-host.invalid",
+            "--nav-shape",
+            "2x2",
+            "--out",
+            path_arg(&nowhere),
+        ],
+        dir.path(),
+        "no-host",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    assert!(
+        run.stderr.contains("no-such-host.invalid"),
+        "the error does not name the host: {}",
+        run.describe()
+    );
+    assert!(
+        !nowhere.exists(),
+        "output folder created for an unresolvable host"
+    );
+}

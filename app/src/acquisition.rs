@@ -6,7 +6,7 @@ use crate::instrument::{SimulatedInstrument, assemble_simulated, recording_facto
 use crate::options::{AcquireOptions, SimulateOptions};
 use crate::output;
 use crate::reductions::{self, Geometry, Reductions};
-use crate::registry::DetectorEndpoint;
+use crate::registry::{DetectorEndpoint, resolve_host};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -176,8 +176,11 @@ fn finish(
 }
 
 /// The detector of an acquisition from `args`.
-fn acquire_detector(args: &AcquireOptions) -> DetectorEndpoint {
-    let mut ep = DetectorEndpoint::new(args.detector, args.host);
+///
+/// # Errors
+/// The host name cannot be resolved.
+fn acquire_detector(args: &AcquireOptions) -> Result<DetectorEndpoint> {
+    let mut ep = DetectorEndpoint::new(args.detector, resolve_host(&args.host)?);
     ep.control_port = args.control_port;
     ep.data_port = args.data_port;
     ep.api_port = args.api_port;
@@ -187,7 +190,7 @@ fn acquire_detector(args: &AcquireOptions) -> DetectorEndpoint {
     ep.raw_format = args.raw;
     ep.nav_shape = args.nav_shape;
     ep.nav_hint = args.nav_hint;
-    ep
+    Ok(ep)
 }
 
 /// Acquires from an external Merlin or DECTRIS detector.
@@ -222,7 +225,7 @@ pub fn acquire(args: &AcquireOptions) -> Result<()> {
         extra: BTreeMap::new(),
     };
     let spec = InstrumentSpec {
-        detector: acquire_detector(args).factory(),
+        detector: acquire_detector(args)?.factory(),
         scan: None,
         microscope: None,
         recording: recording_factory(),

@@ -6,7 +6,8 @@
 
 use crate::reductions::{Geometry, Reductions};
 use crate::registry::{
-    DetectorEndpoint, DetectorKind, InstrumentDetector, SyntheticFrames, start_simulated,
+    DetectorEndpoint, DetectorKind, InstrumentDetector, SyntheticFrames, resolve_host,
+    start_simulated,
 };
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -203,12 +204,7 @@ fn external_detector(
     d: &DetectorDevice,
     kind: DetectorKind,
 ) -> Result<(InstrumentDetector, DetectorFactory)> {
-    let host: std::net::IpAddr = d.address.parse().with_context(|| {
-        format!(
-            "devices.detector.address `{}` is not an IP address",
-            d.address
-        )
-    })?;
+    let host = resolve_host(&d.address).context("devices.detector.address")?;
     let mut ep = DetectorEndpoint::new(kind, host);
     ep.control_port = d.control_port;
     ep.data_port = d.data_port;

@@ -88,8 +88,9 @@ impl Default for SimulateOptions {
 pub struct AcquireOptions {
     /// Which detector (see [`crate::registry`]).
     pub detector: DetectorKind,
-    /// Detector host (Merlin PC, or the DECTRIS detector control unit).
-    pub host: IpAddr,
+    /// Detector host (Merlin PC, or the DECTRIS detector control unit): an IP address or a
+    /// host name ([`crate::registry::resolve_host`]).
+    pub host: String,
     /// Merlin control port.
     pub control_port: u16,
     /// Merlin data port.
@@ -135,7 +136,7 @@ impl Default for AcquireOptions {
     fn default() -> Self {
         Self {
             detector: DetectorKind::Merlin,
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            host: Ipv4Addr::LOCALHOST.to_string(),
             control_port: 6341,
             data_port: 6342,
             api_port: 80,

@@ -101,6 +101,31 @@ impl std::str::FromStr for DetectorKind {
     }
 }
 
+/// The address of the detector host `host`: an IP address as written, else the host
+/// name's first IPv4 address (detector PCs and control units are reached over IPv4 on
+/// facility networks), else its first IPv6 address.
+///
+/// # Errors
+/// The name cannot be resolved, or resolves to no address; the message names the host.
+pub fn resolve_host(host: &str) -> Result<IpAddr> {
+    use std::net::ToSocketAddrs as _;
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    let addrs: Vec<SocketAddr> = (host, 0)
+        .to_socket_addrs()
+        .with_context(|| {
+            format!("detector host `{host}`: not an IP address, and no host of that name resolves")
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .map(SocketAddr::ip)
+        .with_context(|| format!("detector host `{host}` resolves to no address"))
+}
+
 /// Where a real (or external) detector listens and how its receiver waits.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DetectorEndpoint {
