@@ -102,6 +102,18 @@ impl JournalRecord {
     }
 }
 
+/// True when `file` is not empty and its last byte is not a newline (a line cut by a crash).
+fn ends_torn(file: &mut File) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    if file.metadata()?.len() == 0 {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::End(-1))?;
+    let mut last = [0u8; 1];
+    file.read_exact(&mut last)?;
+    Ok(last[0] != b'\n')
+}
+
 /// An append-only, fsync'd JSON-lines journal.
 pub struct Journal {
     path: PathBuf,
@@ -121,8 +133,9 @@ impl Journal {
                 source,
             })?;
         }
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
             .open(path)
             .map_err(|source| JournalError::Io {
@@ -130,6 +143,21 @@ impl Journal {
                 during: "opening",
                 source,
             })?;
+        // A crash in the middle of a write leaves a last line without its newline: the
+        // next record would be appended onto it and be unreadable too. End it first.
+        if ends_torn(&mut file).map_err(|source| JournalError::Io {
+            file: path.into(),
+            during: "checking its last line",
+            source,
+        })? {
+            file.write_all(b"\n")
+                .and_then(|()| file.sync_data())
+                .map_err(|source| JournalError::Io {
+                    file: path.into(),
+                    during: "ending a torn last line",
+                    source,
+                })?;
+        }
         Ok(Self {
             path: path.into(),
             file,
@@ -221,6 +249,38 @@ mod tests {
         assert_eq!(recs.len(), 2);
         let done = finished_keys(&recs);
         assert!(done.contains("000:a") && !done.contains("001:b"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// After a crash tore the last line, the next record (as `queue --resume` appends it)
+    /// starts on a fresh line and reads back; the torn line alone is skipped.
+    #[test]
+    fn a_record_after_a_torn_line_starts_a_fresh_line() {
+        let dir =
+            std::env::temp_dir().join(format!("stemflow-journal-torn-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let p = dir.join("journal.jsonl");
+        let mut j = Journal::open(&p).unwrap();
+        let mut r = JournalRecord::new(JournalEvent::RunEnd, "q.toml");
+        r.key = Some("000:a".into());
+        r.status = Some(UnitStatus::Completed);
+        j.append(&r).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(b"{\"event\":\"run_e").unwrap();
+        drop(f);
+        let mut j = Journal::open(&p).unwrap();
+        r.key = Some("001:b".into());
+        j.append(&r).unwrap();
+        drop(j);
+        let recs = Journal::read(&p).unwrap();
+        let keys: Vec<_> = recs.iter().filter_map(|r| r.key.as_deref()).collect();
+        assert_eq!(keys, ["000:a", "001:b"], "{recs:?}");
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        // Opening a journal that ends cleanly adds nothing.
+        drop(Journal::open(&p).unwrap());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), text);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
