@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// Blank the beam when the sequence ends (every exit path).
     #[arg(long)]
     pub blank_beam_on_cleanup: bool,
+    /// Longest the plan or script may run, s; past it the sequence fails (cleanup still
+    /// runs). Default: twice a plan's estimated duration plus 600 s; 3600 s for a script.
+    #[arg(long, value_name = "S")]
+    pub max_duration_s: Option<f64>,
     /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
     /// a free one), across every acquisition: `/` a page of the images, `/status.json`,
     /// `/result/<udf>/<buffer>.png`. The bound address is printed to stderr as
@@ -604,6 +608,7 @@ impl From<RunArgs> for app::RunOptions {
         Self {
             file: a.file,
             blank_beam_on_cleanup: a.blank_beam_on_cleanup,
+            max_duration_s: a.max_duration_s,
             sequence: app::SequenceOptions {
                 dry_run: a.dry_run,
                 out: a.out,

@@ -588,3 +588,37 @@ fn a_suspender_holds_the_queue_while_the_beam_current_is_low() {
     assert!(held < resumed);
     assert_eq!(ends(&journal(&out), "completed").len(), 4);
 }
+
+/// `stemflow run` of a script stuck in a busy loop ends at `--max-duration-s` with an error
+/// naming the limit (cleanup still runs), instead of hanging forever.
+#[test]
+fn a_stuck_script_ends_at_its_time_limit() {
+    let dir = ScratchDir::new("seq-limit");
+    let script = dir.path().join("spin.rhai");
+    std::fs::write(&script, "loop { }").expect("writing the script");
+    let out = dir.path().join("out");
+    let run = stemflow(
+        &[
+            "run",
+            script.to_str().expect("utf-8 path"),
+            "--max-duration-s",
+            "1",
+            "--out",
+            out.to_str().expect("utf-8 path"),
+        ],
+        dir.path(),
+        "limit",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    assert!(
+        run.stderr.contains("time limit of 1.0 s"),
+        "the error does not name the limit: {}",
+        run.describe()
+    );
+    assert!(
+        run.took < Duration::from_secs(60),
+        "took {:?}: {}",
+        run.took,
+        run.describe()
+    );
+}

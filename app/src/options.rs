@@ -273,6 +273,9 @@ pub struct RunOptions {
     pub file: PathBuf,
     /// Blank the beam when the sequence ends (every exit path).
     pub blank_beam_on_cleanup: bool,
+    /// Longest the plan or script may run, s; `None`: twice a plan's estimate plus 600 s,
+    /// 3600 s for a script (`stemflow_sequences::queue::default_time_limit`).
+    pub max_duration_s: Option<f64>,
     /// The rest.
     pub sequence: SequenceOptions,
 }

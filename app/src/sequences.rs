@@ -26,7 +26,9 @@ use stemflow_core::metadata::MicroscopeState;
 use stemflow_core::result::BufferKind;
 use stemflow_sequences::engine::{Control, ExecError, Executor, RunOutcome, Session};
 use stemflow_sequences::plan::{PlanAcquisition, PlanSpec, ScanDefaults};
-use stemflow_sequences::queue::{Action, Queue, QueueOptions, run_queue};
+use stemflow_sequences::queue::{
+    Action, Queue, QueueOptions, SCRIPT_TIME_LIMIT_S, default_time_limit, run_queue,
+};
 use stemflow_sequences::script::{ScriptSource, run_script};
 use stemflow_simulators::microscope::{MicroscopeFaults, MicroscopeSetting};
 
@@ -498,6 +500,21 @@ fn interrupt_on_ctrl_c(
     })
 }
 
+/// A sequence's time limit: `max_duration_s` when given (checked), else `default`.
+///
+/// # Errors
+/// A limit that is not a positive number of seconds (at most 10^7), or the default's error.
+fn time_limit(
+    max_duration_s: Option<f64>,
+    default: impl FnOnce() -> Result<Duration>,
+) -> Result<Duration> {
+    match max_duration_s {
+        Some(s) if s > 0.0 && s <= 1e7 => Ok(Duration::from_secs_f64(s)),
+        Some(s) => bail!("--max-duration-s {s}: must be more than 0 and at most 10^7 s"),
+        None => default(),
+    }
+}
+
 /// The error of a sequence the user cancelled: the frames of its last acquisition.
 fn cancelled(outs: &[RunOutcome]) -> anyhow::Error {
     let frames = outs.last().map(|o| (o.frames_received, o.frames_expected));
@@ -545,6 +562,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
         session.set_log(Box::new(|m| println!("{m}")));
         session.blank_beam_on_cleanup = blank_beam_on_cleanup;
+        session.set_time_limit(Some(time_limit(opts.max_duration_s, || {
+            Ok(Duration::from_secs_f64(SCRIPT_TIME_LIMIT_S))
+        })?));
         let (mut session, r) = run_script(session, &src, &defaults);
         // On failure the acquisitions run so far stay in the session.
         let outs = r
@@ -588,6 +608,9 @@ pub fn run(opts: &RunOptions) -> Result<()> {
     let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
     session.set_log(Box::new(|m| println!("{m}")));
     session.blank_beam_on_cleanup = blank_beam_on_cleanup;
+    session.set_time_limit(Some(time_limit(opts.max_duration_s, || {
+        Ok(default_time_limit(&Action::Plan(plan.clone()))?)
+    })?));
     let r = session.run_steps(&steps, &mut stemflow_sequences::NoHooks);
     session.cleanup();
     let outs = session.take_outcomes();

@@ -131,6 +131,14 @@ pub enum SequenceError {
         /// The limit, s.
         limit_s: f64,
     },
+    /// The sequence (a queue unit, a script) ran past its time limit.
+    #[error("ran past its time limit of {limit_s:.1} s (after {elapsed_s:.1} s)")]
+    TimeLimit {
+        /// The limit, s.
+        limit_s: f64,
+        /// Seconds since the sequence started.
+        elapsed_s: f64,
+    },
     /// A wait for a condition passed its deadline.
     #[error("waited {waited_s:.1} s for {what}: deadline passed")]
     Deadline {
@@ -457,6 +465,43 @@ pub struct Session {
     log: LogFn,
     /// Blank the beam in [`cleanup`](Self::cleanup).
     pub blank_beam_on_cleanup: bool,
+    /// When the running sequence started and how long it may take
+    /// ([`Session::set_time_limit`]).
+    time_limit: Option<TimeLimit>,
+}
+
+/// A sequence's time limit: when it started and how long it may run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TimeLimit {
+    /// When the sequence started.
+    pub started: Instant,
+    /// How long it may run.
+    pub limit: Duration,
+}
+
+impl TimeLimit {
+    /// A limit of `limit` from now.
+    pub fn from_now(limit: Duration) -> Self {
+        Self {
+            started: Instant::now(),
+            limit,
+        }
+    }
+
+    /// [`SequenceError::TimeLimit`] once the limit has passed.
+    ///
+    /// # Errors
+    /// [`SequenceError::TimeLimit`] with the limit and the time elapsed.
+    pub fn check(&self) -> Result<(), SequenceError> {
+        let elapsed = self.started.elapsed();
+        if elapsed >= self.limit {
+            return Err(SequenceError::TimeLimit {
+                limit_s: self.limit.as_secs_f64(),
+                elapsed_s: elapsed.as_secs_f64(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl Session {
@@ -471,7 +516,20 @@ impl Session {
             outcomes: Vec::new(),
             log: Box::new(|m| tracing::info!("{m}")),
             blank_beam_on_cleanup: false,
+            time_limit: None,
         }
+    }
+
+    /// Limits what runs from now on (a queue unit, a script) to `limit`: every checkpoint
+    /// and every sleep after it fails with [`SequenceError::TimeLimit`], and a script's
+    /// busy loop is interrupted. `None` lifts the limit.
+    pub fn set_time_limit(&mut self, limit: Option<Duration>) {
+        self.time_limit = limit.map(TimeLimit::from_now);
+    }
+
+    /// The running sequence's time limit, if any.
+    pub fn time_limit(&self) -> Option<TimeLimit> {
+        self.time_limit
     }
 
     /// Sets where log lines go.
@@ -528,6 +586,9 @@ impl Session {
     /// [`SequenceError::SuspendedTooLong`], or a failed monitor read.
     pub fn checkpoint(&mut self) -> Result<(), SequenceError> {
         self.control.checkpoint()?;
+        if let Some(t) = &self.time_limit {
+            t.check()?;
+        }
         for i in 0..self.suspenders.len() {
             let s = self.suspenders[i].clone();
             let started = Instant::now();
@@ -576,6 +637,9 @@ impl Session {
         let end = Instant::now() + Duration::from_secs_f64(seconds.clamp(0.0, 1e6));
         loop {
             self.control.checkpoint()?;
+            if let Some(t) = &self.time_limit {
+                t.check()?;
+            }
             let now = Instant::now();
             if now >= end {
                 return Ok(());

@@ -43,6 +43,7 @@ use crate::script::{ScriptSource, run_script};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Errors of a queue.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +164,31 @@ pub struct QueueUnit {
     pub policy: ErrorPolicy,
     /// Parameters swept and user metadata, stored in the journal.
     pub metadata: serde_json::Value,
+    /// How long one attempt may run before it fails with
+    /// [`SequenceError::TimeLimit`]: the item's `max_duration_s`, else
+    /// [`default_time_limit`].
+    pub time_limit: Duration,
+}
+
+/// A script unit's time limit when its item gives no `max_duration_s`, s: a script's
+/// duration cannot be estimated (its steps depend on its results), so it gets a fixed one
+/// that ends a script stuck in `loop {}` or `sleep(1e9)` within the hour.
+pub const SCRIPT_TIME_LIMIT_S: f64 = 3600.0;
+
+/// Margin over twice a plan's estimated duration in a plan unit's default time limit, s
+/// (configuration, settling and arming are not in the estimate).
+pub const PLAN_TIME_MARGIN_S: f64 = 600.0;
+
+/// The time limit of a unit whose item gives no `max_duration_s`: a plan's is twice its
+/// estimated duration plus [`PLAN_TIME_MARGIN_S`]; a script's [`SCRIPT_TIME_LIMIT_S`].
+///
+/// # Errors
+/// The plan's steps cannot be built.
+pub fn default_time_limit(action: &Action) -> Result<Duration, crate::plan::PlanError> {
+    Ok(Duration::from_secs_f64(match action {
+        Action::Plan(p) => 2.0 * p.summary()?.duration_s + PLAN_TIME_MARGIN_S,
+        Action::Script(_) => SCRIPT_TIME_LIMIT_S,
+    }))
 }
 
 /// A validated queue.
@@ -298,6 +324,22 @@ impl Queue {
                 .map_err(|e| invalid(&format!("{at}.retries"), e.to_string()))?;
             let pol = policy(on_error, retries, after, default_policy)
                 .map_err(|p| invalid(&format!("{at}.on_error"), p))?;
+            let max_duration_s: Option<f64> = get_pol(&mut t, "max_duration_s")?
+                .map(|v| match v {
+                    toml::Value::Integer(i) => Ok(i as f64),
+                    toml::Value::Float(f) => Ok(f),
+                    other => Err(format!("must be a number of seconds, got {other}")),
+                })
+                .transpose()
+                .map_err(|p| invalid(&format!("{at}.max_duration_s"), p))?;
+            if let Some(m) = max_duration_s
+                && !(m > 0.0 && m <= 1e7)
+            {
+                return Err(invalid(
+                    &format!("{at}.max_duration_s"),
+                    format!("{m} s: must be more than 0 and at most 10^7 s"),
+                ));
+            }
             let metadata = match t.remove("metadata") {
                 Some(v @ toml::Value::Table(_)) => serde_json::to_value(v).unwrap_or_default(),
                 Some(_) => {
@@ -345,7 +387,7 @@ impl Queue {
             {
                 return Err(invalid(
                         &format!("{at}.{k}"),
-                        "a script item takes only name, script, params, sweep, metadata and the policy keys".into(),
+                        "a script item takes only name, script, params, sweep, metadata, max_duration_s and the policy keys".into(),
                     ));
             }
             let loaded = match &script {
@@ -408,11 +450,16 @@ impl Queue {
                         );
                     }
                 }
+                let time_limit = match max_duration_s {
+                    Some(m) => Duration::from_secs_f64(m),
+                    None => default_time_limit(&action).map_err(|e| invalid(&at, e.to_string()))?,
+                };
                 units.push(QueueUnit {
                     key,
                     action,
                     policy: pol,
                     metadata: md,
+                    time_limit,
                 });
             }
         }
@@ -654,7 +701,9 @@ fn run_queue_inner(
             start.metadata = unit.metadata.clone();
             journal.append(&start)?;
             notifier.log(&format!("[{}] start (attempt {attempt})", unit.key));
+            session.set_time_limit(Some(unit.time_limit));
             let result = run_unit(session, unit, defaults);
+            session.set_time_limit(None);
             let runs = session.take_outcomes();
             report.acquisitions += runs.len() as u64;
             report.frames_lost += runs.iter().map(|r| r.frames_lost).sum::<u64>();
@@ -1126,6 +1175,65 @@ mod tests {
                 && e.contains("reports 0"),
             "{e}"
         );
+    }
+
+    /// A script stuck in `loop {}` or in `sleep(1e9)` fails at its unit's time limit
+    /// (`max_duration_s`), journaled with the limit in its error, and the queue goes on
+    /// with the next unit per the policy; without `max_duration_s` a plan unit gets twice
+    /// its estimate plus the margin, a script the fixed limit.
+    #[test]
+    fn a_stuck_script_fails_at_its_time_limit_and_the_queue_goes_on() {
+        let s = Scratch::new("limit");
+        std::fs::write(s.0.join("spin.rhai"), "loop { }").unwrap();
+        std::fs::write(s.0.join("nap.rhai"), "sleep(1e9);").unwrap();
+        let text = "[[item]]\nname = \"spin\"\nscript = \"spin.rhai\"\nmax_duration_s = 0.5\non_error = \"skip\"\n\
+                    [[item]]\nname = \"nap\"\nscript = \"nap.rhai\"\nmax_duration_s = 0.5\non_error = \"skip\"\n\
+                    [[item]]\nname = \"scan\"\nplan = \"stem_4d_scan\"\n\
+                    [[item]]\nname = \"other\"\nscript = \"nap.rhai\"\n";
+        let qf = s.0.join("q.toml");
+        std::fs::write(&qf, text).unwrap();
+        let q = Queue::load(&qf, &defaults()).unwrap();
+        assert_eq!(q.units[0].time_limit, Duration::from_millis(500));
+        let Action::Plan(plan) = &q.units[2].action else {
+            panic!("unit 2 is a plan");
+        };
+        let estimate = plan.summary().unwrap().duration_s;
+        assert_eq!(
+            q.units[2].time_limit,
+            Duration::from_secs_f64(2.0 * estimate + PLAN_TIME_MARGIN_S)
+        );
+        assert_eq!(
+            q.units[3].time_limit,
+            Duration::from_secs_f64(SCRIPT_TIME_LIMIT_S)
+        );
+        // Run only the first three: the fourth would sleep for its hour.
+        let mut q3 = q.clone();
+        q3.units.truncate(3);
+        let fake = FakeExecutor::default();
+        let out = s.0.join("out");
+        let t0 = std::time::Instant::now();
+        let rep = run(&q3, &fake, &out, false).unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "took {:?}",
+            t0.elapsed()
+        );
+        assert_eq!((rep.skipped, rep.completed), (2, 1));
+        let recs = Journal::read(&out.join("journal.jsonl")).unwrap();
+        for key in ["000:spin", "001:nap"] {
+            let end = recs
+                .iter()
+                .find(|r| r.event == JournalEvent::RunEnd && r.key.as_deref() == Some(key))
+                .unwrap_or_else(|| panic!("no run_end for {key}: {recs:?}"));
+            assert_eq!(end.status, Some(UnitStatus::Skipped), "{end:?}");
+            let e = end.error.as_deref().unwrap_or_default();
+            assert!(e.contains("time limit of 0.5 s"), "{key}: {e}");
+        }
+        // A malformed limit names the key.
+        let e = parse("[[item]]\nplan = \"stem_4d_scan\"\nmax_duration_s = -1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("max_duration_s") && e.contains("-1"), "{e}");
     }
 
     #[test]

@@ -116,7 +116,10 @@ type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 impl Shared {
     fn fail<T>(&self, e: SequenceError) -> RhaiResult<T> {
         let text = e.to_string();
-        let stop = matches!(e, SequenceError::Stopped | SequenceError::Aborted);
+        let stop = matches!(
+            e,
+            SequenceError::Stopped | SequenceError::Aborted | SequenceError::TimeLimit { .. }
+        );
         *self.pending.borrow_mut() = Some(e);
         if stop {
             // Not catchable by the script's try/catch.
@@ -264,13 +267,20 @@ fn register(engine: &mut Engine, shared: &Rc<Shared>) {
     engine.on_print(move |t| s.session.borrow().log(&format!("script: {t}")));
     let s = shared.clone();
     engine.on_debug(move |t, _, pos| s.session.borrow().log(&format!("script debug {pos}: {t}")));
-    // A stop or abort interrupts a busy loop that calls no host function.
+    // A stop, an abort or the time limit interrupts a busy loop that calls no host
+    // function.
     let control = shared.session.borrow().control().clone();
+    let limit = shared.session.borrow().time_limit();
     engine.on_progress(move |ops| {
-        if ops % 1000 == 0 && matches!(control.state(), ControlState::Stop | ControlState::Abort) {
-            Some("stopped by request".into())
-        } else {
-            None
+        if ops % 1000 != 0 {
+            return None;
+        }
+        if matches!(control.state(), ControlState::Stop | ControlState::Abort) {
+            return Some("stopped by request".into());
+        }
+        match limit.map(|l| l.check()) {
+            Some(Err(e)) => Some(e.to_string().into()),
+            _ => None,
         }
     });
 
@@ -487,6 +497,7 @@ fn run_on_thread(shared: &Rc<Shared>, src: &ScriptSource) -> Result<(), Sequence
         scope.push_constant(k.as_str(), toml_to_dynamic(v));
     }
     let control = shared.session.borrow().control().clone();
+    let limit = shared.session.borrow().time_limit();
     let fail = |e: Box<EvalAltResult>| -> SequenceError {
         if let Some(p) = shared.pending.borrow_mut().take() {
             return p;
@@ -494,6 +505,11 @@ fn run_on_thread(shared: &Rc<Shared>, src: &ScriptSource) -> Result<(), Sequence
         match (*e, control.state()) {
             (EvalAltResult::ErrorTerminated(..), ControlState::Stop) => SequenceError::Stopped,
             (EvalAltResult::ErrorTerminated(..), ControlState::Abort) => SequenceError::Aborted,
+            // A busy loop interrupted at the time limit (see `register`'s progress check).
+            (e @ EvalAltResult::ErrorTerminated(..), _) => match limit.map(|l| l.check()) {
+                Some(Err(t)) => t,
+                _ => src.err(e.to_string()),
+            },
             (e, _) => src.err(e.to_string()),
         }
     };
