@@ -21,6 +21,11 @@ pub trait StackLayout: 'static {
     /// The stack sent on the acquisition's stacks channel.
     type Stack: Send + 'static;
 
+    /// Alignment of each write's offset in the buffer, bytes (a power of two): 1 for byte
+    /// payloads; 8 for chunks whose arrays are read in place as `u32`/`u64` (CSR `indptr`
+    /// and `indices`, §3.4).
+    const ALIGN: usize = 1;
+
     /// The entry for `len` bytes at `offset` holding frames `first_frame..first_frame +
     /// frames`.
     fn entry(offset: usize, len: usize, first_frame: u64, frames: u32) -> Self::Entry;
@@ -121,9 +126,16 @@ impl<E> OpenStack<E> {
         }
     }
 
-    /// Bytes left in the buffer.
-    pub(crate) fn room(&self) -> usize {
-        self.buf.len() - self.used
+    /// Where the next write of alignment `align` (a power of two) starts.
+    pub(crate) fn next_offset(&self, align: usize) -> usize {
+        self.used.next_multiple_of(align.max(1))
+    }
+
+    /// Whether `len` more bytes of alignment `align` fit.
+    pub(crate) fn fits(&self, len: usize, align: usize) -> bool {
+        self.next_offset(align)
+            .checked_add(len)
+            .is_some_and(|end| end <= self.buf.len())
     }
 
     /// The filled stack.

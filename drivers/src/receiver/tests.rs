@@ -74,6 +74,8 @@ impl StackLayout for CsrChunks {
     type Entry = ChunkRef;
     type Stack = CsrStack;
 
+    const ALIGN: usize = 8;
+
     fn entry(offset: usize, len: usize, first_frame: u64, frames: u32) -> ChunkRef {
         ChunkRef {
             offset,
@@ -354,6 +356,13 @@ fn chunked_sparse_protocol_is_accounted_per_frame() {
         "stacks of consecutive chunks"
     );
     assert!(out.stacks.iter().all(|s| s.format.sig_shape == SIG));
+    assert!(
+        out.stacks
+            .iter()
+            .flat_map(|s| &s.chunks)
+            .all(|c| c.offset % 8 == 0),
+        "chunks start 8-byte aligned"
+    );
     let sums: Vec<(u64, u64)> = out.stacks.iter().flat_map(CsrStack::frame_sums).collect();
     let want: Vec<(u64, u64)> = [0, 1, 2, 3, 7, 8, 9, 10, 11]
         .into_iter()

@@ -370,30 +370,27 @@ impl<P: Protocol> Sink<'_, P> {
             open.first_frame = first;
             open.next_frame = first;
         }
-        if self
-            .acq
-            .stack
-            .as_ref()
-            .is_some_and(|s| s.next_frame != first || s.room() < len)
-        {
+        if self.acq.stack.as_ref().is_some_and(|s| {
+            s.next_frame != first || !s.fits(len, <P::Layout as StackLayout>::ALIGN)
+        }) {
             self.worker.flush(self.acq)?;
         }
         if self.acq.stack.is_none() {
             let Some(buf) = self.worker.take_buffer()? else {
                 return Ok(None);
             };
-            if buf.len() < len {
-                return Err(CoreError::Slot {
-                    len,
-                    slot: buf.len(),
-                });
-            }
             self.acq.stack = Some(OpenStack::new(first, writes, buf));
         }
         let Some(open) = self.acq.stack.as_mut() else {
             return Ok(None);
         };
-        let at = open.used;
+        let at = open.next_offset(<P::Layout as StackLayout>::ALIGN);
+        if !open.fits(len, <P::Layout as StackLayout>::ALIGN) {
+            return Err(CoreError::Slot {
+                len,
+                slot: open.buf.len(),
+            });
+        }
         self.acq.reserved = Some((at, len));
         Ok(Some(&mut open.buf[at..at + len]))
     }
@@ -414,7 +411,7 @@ impl<P: Protocol> Sink<'_, P> {
         }
         open.entries
             .push(<P::Layout as StackLayout>::entry(at, len, first, count));
-        open.used += len;
+        open.used = at + len;
         open.next_frame = first + u64::from(count);
         self.acq
             .tally
