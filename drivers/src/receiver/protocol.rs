@@ -5,7 +5,7 @@
 //! owns its socket and its wire format. Per acquisition the core calls [`Protocol::begin`]
 //! once, then [`Protocol::next`] per message and [`Protocol::frames`] for each frame
 //! message; inside `frames` the protocol reads its payload straight into the stack buffer
-//! the [`Sink`](super::Sink) reserves, so pixels are copied once, socket → stack.
+//! the [`Sink`] reserves, so pixels are copied once, socket → stack.
 
 use super::Wait;
 use super::stack::StackLayout;
@@ -135,7 +135,7 @@ pub enum CoreError {
         /// Slot bytes ([`Sink::slot`](super::Sink::slot)).
         slot: usize,
     },
-    /// The protocol module used the [`Sink`](super::Sink) out of order (a payload before
+    /// The protocol module used the [`Sink`] out of order (a payload before
     /// the format was set, a commit without a reservation): a bug, reported, never a panic.
     #[error("receiver protocol misuse: {0}")]
     Misuse(&'static str),
