@@ -25,8 +25,8 @@ pub struct AcquisitionSummary<E, S = ()> {
     /// Frames received but unusable (cut by a truncated or stalled stream, of the wrong
     /// size, failing a check).
     pub damaged: u64,
-    /// Per-frame status; its length is `expected` (or more, if frames beyond it were
-    /// accounted), or when `expected` is 0 the frames up to the last one seen.
+    /// Per-frame status; its length is `expected`, or when `expected` is 0 the frames up
+    /// to the last one seen (and a gap before a frame that did not complete).
     pub validity: FrameValidity,
     /// Why the acquisition ended.
     pub end: E,
@@ -137,7 +137,9 @@ impl Tally {
 
     /// The summary; the acquisition's stacks channel should be closed first.
     pub(crate) fn into_summary<E, S>(self, series: S, end: E) -> AcquisitionSummary<E, S> {
-        let total = self.expected.max(self.codes.len() as u64);
+        // Frames before a gap's end are known to be lost even when the frame after the gap
+        // never completed.
+        let total = self.expected.max(self.codes.len() as u64).max(self.next);
         let mut validity = FrameValidity::new(usize::try_from(total).unwrap_or(usize::MAX));
         let discarded_from = self.discarded_from.unwrap_or(u64::MAX);
         for (i, &c) in self.codes.iter().enumerate() {
@@ -200,5 +202,12 @@ mod tests {
         );
         let s = t.into_summary((), "end");
         assert_eq!((s.expected, s.received, s.lost), (0, 4, 0));
+
+        // A gap, then the frame after it never completes (stop): the gap is lost.
+        let mut t = Tally::new(0);
+        t.mark(0, 2, FrameStatus::Received);
+        assert_eq!(t.accept(4, 1), Ok(Some(Gap { from: 2, to: 4 })));
+        let s = t.into_summary((), "end");
+        assert_eq!((s.received, s.lost, s.validity.len()), (2, 2, 4));
     }
 }
