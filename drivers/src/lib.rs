@@ -22,6 +22,11 @@
 //!   bitshuffle-LZ4 / LZ4 codecs (our own, SIMD), the REST client, stream v1 (JSON) and v2
 //!   (CBOR) over our blocking ZeroMQ client, the receiver, the `Detector`, and offline HDF5
 //!   master/data sets read as raw chunks.
+//! - [`receiver`]: the receiver core both data receivers run on — pooled stack writing,
+//!   per-acquisition frame accounting and the validity map, end reasons, events and
+//!   deadlines — behind [`receiver::Protocol`], which a detector implements (its framing,
+//!   header parsing and per-frame checks); dense frames or chunks of many frames (the
+//!   sparse CSR stream of protocols.md §3).
 //! - [`nav_hint`]: scan-shape hints with a side left to the announced frame count (passive
 //!   mode).
 //! - [`scpi`]: SCPI instruments over TCP and serial ports (IEEE 488.2 framing, error queue
@@ -32,6 +37,7 @@ pub mod dectris;
 pub mod merlin;
 pub mod nav_hint;
 mod net;
+pub mod receiver;
 pub mod scpi;
 
 /// Bytes of frame payload a receiver's stack aims at when its `frames_per_stack` is 0

@@ -28,6 +28,11 @@
 //! Backpressure: when every stack buffer is with the consumer the receiver stops reading
 //! (the DCU's PUSH queue fills, §2.7) for at most the frame timeout, then fails naming the
 //! pool.
+//!
+//! The loop, the stack buffers, the accounting, the deadlines and the events are the
+//! receiver core's ([`crate::receiver`]); this file is the DECTRIS protocol on it
+//! ([`DectrisProtocol`]): both stream formats' messages, the series filter and the
+//! per-frame checks.
 
 use super::codec::Encoding;
 use super::decode::{DectrisDecoder, check_framing};
@@ -35,21 +40,24 @@ use super::rest::StreamFormat;
 use super::stream::{
     self, DetectorConfig, GlobalHeader, HeaderDetail, StreamError, V1Part, V2Message, V2Start,
 };
-use super::zmtp::{POLL, PartHead, Wait, ZmtpError, ZmtpPull};
-use crossbeam_channel::{Receiver, SendTimeoutError, Sender, bounded, unbounded};
+use super::zmtp::{POLL, PartHead, ZmtpError, ZmtpPull};
+use crate::receiver::{
+    self, Begin, Connection, CoreError, DenseFrames, EndReasons, Flow, Message, OrderError,
+    Protocol, Settings, Sink, Wait,
+};
+use crossbeam_channel::Receiver;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use stemflow_core::detector::AcquisitionEnd;
-use stemflow_core::frame::{FrameDecoder, RawFrameRef, RawStack};
-use stemflow_core::pool::{Pool, PoolError, Pooled};
-use stemflow_core::validity::{FrameStatus, FrameValidity};
+#[cfg(doc)]
+use stemflow_core::frame::RawStack;
+use stemflow_core::pool::PoolError;
 use stemflow_core::{DType, SigShape};
 
-/// Most frames one series may announce (its validity map takes a byte per frame).
-pub const MAX_FRAMES_PER_SERIES: u64 = 1 << 30;
+/// Most frames one series may announce (the core's limit,
+/// [`receiver::MAX_FRAMES_PER_ACQUISITION`]; its validity map takes a byte per frame).
+pub const MAX_FRAMES_PER_SERIES: u64 = receiver::MAX_FRAMES_PER_ACQUISITION;
 
 /// Which series the receiver accepts (§2.7: active mode drains until the header of the
 /// series `arm` returned).
@@ -282,42 +290,24 @@ impl std::fmt::Display for EndReason {
     }
 }
 
-/// Frame accounting of one series.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AcquisitionSummary {
-    /// Series id.
-    pub series: u64,
-    /// Frames expected (0 = unknown, until the end of series).
-    pub expected: u64,
-    /// Frames received intact (delivered in stacks).
-    pub received: u64,
-    /// Frames never received (gaps, and frames after the last one received), and frames
-    /// read after the consumer had dropped its stacks channel (they were discarded).
-    pub lost: u64,
-    /// Frames received but unusable (bad `dimage_d`, size or framing).
-    pub damaged: u64,
-    /// Per-frame status; its length is `expected`, or when unknown the frames up to the
-    /// last frame id seen.
-    pub validity: FrameValidity,
-    /// Why the series ended.
-    pub end: EndReason,
-}
+impl EndReasons for EndReason {
+    const ALL_FRAMES: Self = Self::AllFrames;
+    const INACTIVITY_DEADLINE: Self = Self::InactivityDeadline;
+    const NEW_HEADER: Self = Self::NewSeries;
+    const STOPPED: Self = Self::Stopped;
+    const DISCONNECTED: Self = Self::Disconnected;
+    const FAILED: Self = Self::Failed;
+    /// A series ends with its end-of-series message (§2.4), never by silence.
+    const DISARMED: Option<Self> = None;
 
-impl AcquisitionSummary {
-    /// The detector-independent end record ([`AcquisitionEnd`]); `error` is the message
-    /// of the [`ReceiverEvent::Error`] that ended it, if one did.
-    pub fn to_acquisition_end(&self, error: Option<String>) -> AcquisitionEnd {
-        AcquisitionEnd {
-            expected: self.expected,
-            received: self.received,
-            lost: self.lost,
-            damaged: self.damaged,
-            validity: self.validity.clone(),
-            reason: self.end.as_str().to_string(),
-            error,
-        }
+    fn as_str(self) -> &'static str {
+        EndReason::as_str(self)
     }
 }
+
+/// Frame accounting of one series ([`receiver::AcquisitionSummary`] with DECTRIS' end
+/// reasons; `series` is the series id, §2.4).
+pub type AcquisitionSummary = receiver::AcquisitionSummary<EndReason, u64>;
 
 /// A series header as received (v1 `dheader-1.0` + config, v2 `start`).
 #[derive(Clone, Debug, PartialEq)]
@@ -342,47 +332,11 @@ pub struct SeriesHeader {
     pub raw: String,
 }
 
-/// What the receiver reports, in order: per series `Armed`, `FirstFrame` (unless no frame
-/// came), then `Finished` or `Error`. The channel disconnects when the thread ends.
-#[derive(Debug)]
-pub enum ReceiverEvent {
-    /// A series header passed the filter: the detector is armed. `stacks` yields the
-    /// series' frames in order and is closed after its last stack.
-    Armed {
-        /// Series number on this connection, from 0.
-        acquisition: u64,
-        /// The header.
-        header: Box<SeriesHeader>,
-        /// Raw frame stacks (compressed blobs).
-        stacks: Receiver<RawStack>,
-    },
-    /// First frame seen: shape, pixel type and encoding known.
-    FirstFrame {
-        /// Series number on this connection.
-        acquisition: u64,
-        /// Frame shape, pixels.
-        sig_shape: SigShape,
-        /// Pixel type.
-        dtype: DType,
-        /// The decoder every stack of this series carries.
-        decoder: Arc<DectrisDecoder>,
-    },
-    /// Series over; sent after its stacks channel has been closed.
-    Finished {
-        /// Series number on this connection.
-        acquisition: u64,
-        /// Counts, validity and reason.
-        summary: AcquisitionSummary,
-    },
-    /// A fatal error: the thread ends; the summary of the series under way, if any (its
-    /// stacks channel is closed first; stacks sent before stay valid).
-    Error {
-        /// What went wrong.
-        error: DectrisError,
-        /// The series under way (`end` = [`EndReason::Failed`]).
-        summary: Option<AcquisitionSummary>,
-    },
-}
+/// What the receiver reports ([`receiver::ReceiverEvent`] of [`DectrisProtocol`]), in
+/// order: per series `Armed` (with a boxed [`SeriesHeader`]), `FirstFrame` (with the
+/// [`DectrisDecoder`]; unless no frame came), then `Finished` or `Error` (a
+/// [`DectrisError`]). The channel disconnects when the thread ends.
+pub type ReceiverEvent = receiver::ReceiverEvent<DectrisProtocol>;
 
 /// The shared series filter with a condition variable for [`SeriesFilter::Pending`].
 #[derive(Debug)]
@@ -396,11 +350,8 @@ struct Expect {
 /// on disconnect; dropping it stops and joins.
 #[derive(Debug)]
 pub struct DectrisReceiver {
-    device: String,
-    events: Receiver<ReceiverEvent>,
-    stop: Arc<AtomicBool>,
+    conn: Connection<DectrisProtocol>,
     expect: Arc<Expect>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl DectrisReceiver {
@@ -436,47 +387,48 @@ impl DectrisReceiver {
             filter: Mutex::new(cfg.series),
             changed: Condvar::new(),
         });
-        let (tx, events) = unbounded();
-        let worker = Worker {
+        let settings = Settings {
+            device: cfg.device.clone(),
+            header_timeout: cfg.header_timeout,
+            first_frame_timeout: cfg.first_frame_timeout,
+            frame_timeout: cfg.frame_timeout,
+            frames_per_stack: cfg.frames_per_stack,
+            pool_stacks: cfg.pool_stacks,
+        };
+        let protocol = DectrisProtocol {
             conn,
-            events: tx,
             expect: Arc::clone(&expect),
-            pool: None,
-            acquisitions: 0,
             part: Vec::with_capacity(64 * 1024),
             held: None,
+            series: 0,
+            format: None,
             cfg,
         };
-        let thread = std::thread::Builder::new()
-            .name("dectris-rx".into())
-            .spawn(move || worker.run())
+        let wake = Arc::clone(&expect);
+        let conn = Connection::spawn(settings, protocol, stop, "dectris-rx")
             .map_err(|source| DectrisError::Spawn {
                 device: device.clone(),
                 source,
-            })?;
-        Ok(Self {
-            device,
-            events,
-            stop,
-            expect,
-            thread: Some(thread),
-        })
+            })?
+            // A header held for a pending series filter waits on the condition variable.
+            .on_stop(move || wake.changed.notify_all());
+        Ok(Self { conn, expect })
     }
 
     /// The device name.
     pub fn device(&self) -> &str {
-        &self.device
+        self.conn.device()
     }
 
     /// Whether the receive thread still runs (it ends after [`stop`](Self::stop), a
     /// disconnect or a fatal error, each reported on [`events`](Self::events) first).
     pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+        self.conn.is_running()
     }
 
     /// The event channel (see [`ReceiverEvent`] for the order).
     pub fn events(&self) -> &Receiver<ReceiverEvent> {
-        &self.events
+        self.conn.events()
     }
 
     /// Sets which series the next header must belong to (takes effect for the next header;
@@ -490,47 +442,23 @@ impl DectrisReceiver {
     /// Ends the current series (reported with [`EndReason::Stopped`]) and the connection
     /// within about 10 ms plus the time to hand over what was received.
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.expect.changed.notify_all();
+        self.conn.stop();
     }
 
     /// Waits for the thread to end (after stop, disconnect or a fatal error).
-    pub fn join(mut self) {
-        self.join_thread();
+    pub fn join(self) {
+        self.conn.join();
     }
-
-    fn join_thread(&mut self) {
-        if let Some(t) = self.thread.take()
-            && t.join().is_err()
-        {
-            tracing::error!(device = %self.device, "receiver thread panicked");
-        }
-    }
-}
-
-impl Drop for DectrisReceiver {
-    fn drop(&mut self) {
-        self.stop();
-        self.join_thread();
-    }
-}
-
-/// The pool of a connection and the slot size (largest blob) it was sized for.
-struct StackPool {
-    pool: Pool<Vec<u8>>,
-    slot: usize,
-    /// Slots of `slot` bytes per buffer.
-    frames: usize,
 }
 
 /// Frame format of a series, fixed by its first frame.
+#[derive(Clone, Copy, Debug)]
 struct Format {
     sig_shape: SigShape,
     dtype: DType,
     encoding: Encoding,
     big_endian: bool,
     frame_bytes: usize,
-    decoder: Arc<DectrisDecoder>,
 }
 
 /// What one frame message says about its blob.
@@ -558,104 +486,6 @@ impl Blob<'_> {
     }
 }
 
-/// A stack being filled.
-struct OpenStack {
-    first_frame: u64,
-    frames: Vec<RawFrameRef>,
-    used: usize,
-    buf: Pooled<Vec<u8>>,
-    /// When its first frame had been read completely.
-    first_received: Instant,
-}
-
-/// State of the series under way.
-struct Acquisition {
-    id: u64,
-    series: u64,
-    expected: u64,
-    stacks: Option<Sender<RawStack>>,
-    format: Option<Format>,
-    stack: Option<OpenStack>,
-    next_frame: u64,
-    /// Per-frame codes (0 missing, 1 received, 2 damaged), grown as frames arrive.
-    codes: Vec<u8>,
-    received: u64,
-    damaged: u64,
-    /// First frame of the first stack the consumer did not take (it had dropped its
-    /// receiver, e.g. a cancelled pipeline): this frame and every later one were read and
-    /// discarded, so none counts as received.
-    discarded_from: Option<u64>,
-}
-
-impl Acquisition {
-    fn set(&mut self, frame: u64, status: FrameStatus) {
-        let i = frame as usize;
-        if self.codes.len() <= i {
-            self.codes.resize(i + 1, 0);
-        }
-        self.codes[i] = status as u8;
-        match status {
-            FrameStatus::Received => self.received += 1,
-            FrameStatus::Damaged => self.damaged += 1,
-            FrameStatus::Missing | FrameStatus::NotAcquired => {}
-        }
-    }
-
-    /// Builds the summary; consumes the acquisition so its stacks channel closes first.
-    fn into_summary(self, end: EndReason) -> AcquisitionSummary {
-        let total = if self.expected > 0 {
-            self.expected.max(self.codes.len() as u64)
-        } else {
-            self.codes.len() as u64
-        };
-        let mut validity = FrameValidity::new(total as usize);
-        let discarded_from = self.discarded_from.unwrap_or(u64::MAX);
-        for (i, &c) in self.codes.iter().enumerate() {
-            match c {
-                1 if (i as u64) < discarded_from => validity.mark(i as u64, FrameStatus::Received),
-                2 => validity.mark(i as u64, FrameStatus::Damaged),
-                _ => true,
-            };
-        }
-        let (received, damaged) = (validity.received() as u64, validity.damaged() as u64);
-        AcquisitionSummary {
-            series: self.series,
-            expected: self.expected,
-            received,
-            lost: total - received - damaged,
-            damaged,
-            validity,
-            end,
-        }
-    }
-}
-
-/// What follows a series.
-enum Next {
-    /// Wait for the next header.
-    Wait,
-    /// A header arrived that starts the next series (already accepted by the filter or to
-    /// be checked).
-    Header(Box<SeriesHeader>),
-    /// Stop or disconnect: end the thread.
-    Exit,
-}
-
-/// A fatal error with the summary of the series under way.
-struct Fatal {
-    error: DectrisError,
-    summary: Option<AcquisitionSummary>,
-}
-
-impl From<DectrisError> for Box<Fatal> {
-    fn from(error: DectrisError) -> Self {
-        Box::new(Fatal {
-            error,
-            summary: None,
-        })
-    }
-}
-
 /// A message of either stream format, as the series loop sees it.
 enum Msg {
     /// A series header.
@@ -674,24 +504,215 @@ enum Msg {
     Skip,
 }
 
-struct Worker {
+/// A frame message as [`DectrisProtocol::frames`] takes it: its series and id, its
+/// metadata (or why it is unusable), its blob in memory (v2) or still on the wire (v1
+/// part 3).
+#[derive(Debug)]
+pub struct FrameMsg {
+    series: u64,
+    frame: u64,
+    meta: Result<FrameMeta, StreamError>,
+    blob: Option<Vec<u8>>,
+    wire: Option<PartHead>,
+}
+
+/// The DECTRIS stream as a receiver [`Protocol`] (§2.4, §2.6, §2.7): v1 multipart JSON +
+/// binary or v2 CBOR messages on one ZeroMQ PULL connection. Built by
+/// [`DectrisReceiver::start`]; it owns the connection, the series filter, the part scratch
+/// and the format of the series under way.
+#[derive(Debug)]
+pub struct DectrisProtocol {
     cfg: DectrisReceiverConfig,
     conn: ZmtpPull,
-    events: Sender<ReceiverEvent>,
     expect: Arc<Expect>,
-    pool: Option<StackPool>,
-    acquisitions: u64,
     /// Scratch for JSON parts and CBOR messages.
     part: Vec<u8>,
     /// A JSON part read ahead (v1) that the series loop must look at next.
     held: Option<Vec<u8>>,
+    /// The series under way (0 before the first header).
+    series: u64,
+    /// The series' frame format, from its first frame.
+    format: Option<Format>,
 }
 
-impl Worker {
-    fn emit(&self, ev: ReceiverEvent) {
-        let _ = self.events.send(ev);
+impl Protocol for DectrisProtocol {
+    type Header = Box<SeriesHeader>;
+    type Frames = FrameMsg;
+    type Error = DectrisError;
+    type End = EndReason;
+    type Series = u64;
+    type Layout = DenseFrames<DectrisDecoder>;
+
+    fn last_activity(&self) -> Instant {
+        self.conn.last_activity()
     }
 
+    fn pending(&self) -> Option<usize> {
+        // A part read ahead is a message waiting.
+        match self.held {
+            Some(_) => None,
+            None => self.conn.pending(),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.conn.stopped()
+    }
+
+    fn wait_header(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Option<Box<SeriesHeader>>, DectrisError> {
+        self.await_header(deadline)
+    }
+
+    fn accepts(&mut self, header: &Box<SeriesHeader>) -> bool {
+        self.accepts_series(header.series)
+    }
+
+    fn begin(&mut self, header: &Box<SeriesHeader>) -> Result<Begin<u64>, DectrisError> {
+        self.series = header.series;
+        self.format = None;
+        Ok(Begin {
+            expected: header.expected_frames,
+            series: header.series,
+        })
+    }
+
+    fn next(&mut self, deadline: Instant) -> Result<Wait<Message<Self>>, DectrisError> {
+        let series = self.series;
+        let msg = match self.next_msg(Some(deadline)) {
+            Ok(Wait::Ready(m)) => m,
+            Ok(Wait::TimedOut) => return Ok(Wait::TimedOut),
+            Ok(Wait::Stopped) => return Ok(Wait::Stopped),
+            Ok(Wait::Closed) => return Ok(Wait::Closed),
+            Err(DectrisError::Message { source, .. }) => {
+                return Err(self.msg_err(series, *source));
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Wait::Ready(match msg {
+            Msg::Header(h) => Message::Header(h),
+            Msg::End { series: s } if s == series => Message::End(EndReason::SeriesEnd),
+            Msg::End { series: s } => {
+                tracing::warn!(device = %self.cfg.device, series, observed = s, "ignoring the end of another series");
+                Message::Skip
+            }
+            Msg::Skip => Message::Skip,
+            Msg::Frame {
+                series,
+                frame,
+                meta,
+                blob,
+                wire,
+            } => Message::Frames(FrameMsg {
+                series,
+                frame,
+                meta,
+                blob,
+                wire,
+            }),
+        }))
+    }
+
+    fn frames(&mut self, msg: FrameMsg, sink: &mut Sink<'_, Self>) -> Result<Flow, DectrisError> {
+        let FrameMsg {
+            series,
+            frame,
+            meta,
+            blob,
+            wire,
+        } = msg;
+        if series != self.series {
+            return Err(DectrisError::Series {
+                device: self.cfg.device.clone(),
+                expected: self.series,
+                observed: series,
+                frame,
+            });
+        }
+        let gap = sink.accept(frame, 1).map_err(|e| self.core_error(e))?;
+        if let Some(g) = gap
+            && self.cfg.on_lost == LossPolicy::Abort
+        {
+            return Err(DectrisError::FramesLost {
+                device: self.cfg.device.clone(),
+                series,
+                from: g.from,
+                to: g.to,
+            });
+        }
+        let src = match (&blob, wire) {
+            (Some(b), _) => Some(Blob::Mem(b)),
+            (None, Some(h)) => Some(Blob::Wire(h)),
+            (None, None) => None,
+        };
+        if !self.frame(sink, frame, meta, src)? {
+            return Ok(Flow::Stopped);
+        }
+        if wire.is_some() && self.cfg.format == StreamFormat::Legacy {
+            match self.v1_tail()? {
+                Wait::Stopped => return Ok(Flow::Stopped),
+                Wait::Closed => return Ok(Flow::Closed),
+                Wait::Ready(()) | Wait::TimedOut => {}
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn core_error(&self, error: CoreError) -> DectrisError {
+        let device = self.cfg.device.clone();
+        let series = self.series;
+        match error {
+            CoreError::Pool { source } => DectrisError::Pool { device, source },
+            CoreError::TooManyFrames { frames, max } => DectrisError::TooManyFrames {
+                device,
+                series,
+                frames,
+                max,
+            },
+            CoreError::Order {
+                expected,
+                observed,
+                kind,
+            } => DectrisError::FrameId {
+                device,
+                series,
+                expected,
+                observed,
+                detail: match kind {
+                    OrderError::Backwards => "repeated or went backwards".into(),
+                    OrderError::PastEnd { expected_frames } => {
+                        format!("past the end of a series of {expected_frames} frames")
+                    }
+                    OrderError::PastLimit { max } => {
+                        format!("beyond the limit of {max} frames per series")
+                    }
+                },
+            },
+            CoreError::Slot { len, slot } => self.msg_err(
+                series,
+                StreamError::Field {
+                    part: "image blob".into(),
+                    field: "size".into(),
+                    expected: format!("at most {slot} bytes"),
+                    observed: format!("{len} bytes"),
+                },
+            ),
+            CoreError::Misuse(what) => self.msg_err(
+                series,
+                StreamError::Field {
+                    part: "receiver".into(),
+                    field: "stack".into(),
+                    expected: "payloads in order".into(),
+                    observed: what.into(),
+                },
+            ),
+        }
+    }
+}
+
+impl DectrisProtocol {
     fn transport(&self, source: ZmtpError) -> DectrisError {
         DectrisError::Transport {
             device: self.cfg.device.clone(),
@@ -699,48 +720,7 @@ impl Worker {
         }
     }
 
-    fn run(mut self) {
-        let mut header_deadline = self.cfg.header_timeout.map(|t| Instant::now() + t);
-        let mut next: Option<Box<SeriesHeader>> = None;
-        loop {
-            let header = match next.take() {
-                Some(h) => h,
-                None => match self.wait_header(header_deadline) {
-                    Ok(Some(h)) => h,
-                    Ok(None) => return,
-                    Err(f) => {
-                        self.emit(ReceiverEvent::Error {
-                            error: f.error,
-                            summary: f.summary,
-                        });
-                        return;
-                    }
-                },
-            };
-            header_deadline = None;
-            match self.series(*header) {
-                Ok(Next::Wait) => {}
-                Ok(Next::Header(h)) => {
-                    // A header inside a series starts the next one if the filter takes it.
-                    if self.accepts(h.series) {
-                        next = Some(h);
-                    }
-                }
-                Ok(Next::Exit) => return,
-                Err(f) => {
-                    self.emit(ReceiverEvent::Error {
-                        error: f.error,
-                        summary: f.summary,
-                    });
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Whether the filter takes `series`; holds while it is pending (at most the
-    /// first-frame timeout, then takes it).
-    fn accepts(&self, series: u64) -> bool {
+    fn accepts_series(&self, series: u64) -> bool {
         let until = Instant::now() + self.cfg.first_frame_timeout;
         let mut f = self.expect.filter.lock().unwrap_or_else(|e| e.into_inner());
         loop {
@@ -1017,10 +997,10 @@ impl Worker {
     }
 
     /// Waits for a header that passes the filter, draining everything else.
-    fn wait_header(
+    fn await_header(
         &mut self,
         deadline: Option<Instant>,
-    ) -> Result<Option<Box<SeriesHeader>>, Box<Fatal>> {
+    ) -> Result<Option<Box<SeriesHeader>>, DectrisError> {
         let started = Instant::now();
         let mut drained = 0u64;
         loop {
@@ -1031,15 +1011,14 @@ impl Worker {
                         device: self.cfg.device.clone(),
                         addr: self.cfg.stream_addr,
                         waited_s: started.elapsed().as_secs_f64(),
-                    }
-                    .into());
+                    });
                 }
                 Ok(Wait::Stopped | Wait::Closed) => return Ok(None),
                 Err(DectrisError::Message { series, source, .. })
-                    if series != 0 && self.accepts(series) =>
+                    if series != 0 && self.accepts_series(series) =>
                 {
                     // Our series' header, but its configuration part is malformed.
-                    return Err(self.msg_err(series, *source).into());
+                    return Err(self.msg_err(series, *source));
                 }
                 Err(e @ DectrisError::Message { .. }) => {
                     // Leftovers of an earlier series may be anything; only a valid header
@@ -1048,11 +1027,11 @@ impl Worker {
                     drained += 1;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             };
             match msg {
                 Msg::Header(h) => {
-                    if self.accepts(h.series) {
+                    if self.accepts_series(h.series) {
                         if drained > 0 {
                             tracing::info!(device = %self.cfg.device, drained, series = h.series, "drained stale messages before the header");
                         }
@@ -1066,13 +1045,13 @@ impl Worker {
                         match self.conn.skip_body(head.len) {
                             Ok(Wait::Stopped) => return Ok(None),
                             Ok(_) => {}
-                            Err(e) => return Err(self.transport(e).into()),
+                            Err(e) => return Err(self.transport(e)),
                         }
                         if self.cfg.format == StreamFormat::Legacy {
                             match self.v1_tail() {
                                 Ok(Wait::Stopped | Wait::Closed) => return Ok(None),
                                 Ok(_) => {}
-                                Err(e) => return Err(e.into()),
+                                Err(e) => return Err(e),
                             }
                         }
                     }
@@ -1084,199 +1063,24 @@ impl Worker {
     }
 
     /// Receives one series after its header.
-    fn series(&mut self, header: SeriesHeader) -> Result<Next, Box<Fatal>> {
-        let id = self.acquisitions;
-        self.acquisitions += 1;
-        let expected = header.expected_frames;
-        if expected > MAX_FRAMES_PER_SERIES {
-            return Err(DectrisError::TooManyFrames {
-                device: self.cfg.device.clone(),
-                series: header.series,
-                frames: expected,
-                max: MAX_FRAMES_PER_SERIES,
-            }
-            .into());
-        }
-        let (tx, rx) = bounded(self.cfg.pool_stacks.max(1));
-        let series = header.series;
-        self.emit(ReceiverEvent::Armed {
-            acquisition: id,
-            header: Box::new(header),
-            stacks: rx,
-        });
-        let mut acq = Acquisition {
-            id,
-            series,
-            expected,
-            stacks: Some(tx),
-            format: None,
-            stack: None,
-            next_frame: 0,
-            codes: Vec::with_capacity(expected.min(1 << 24) as usize),
-            received: 0,
-            damaged: 0,
-            discarded_from: None,
-        };
-        let first_deadline = Instant::now() + self.cfg.first_frame_timeout;
-        loop {
-            let deadline = if acq.next_frame == 0 && acq.codes.is_empty() {
-                first_deadline
-            } else {
-                self.conn.last_activity() + self.cfg.frame_timeout
-            };
-            let consumer_idle = self
-                .pool
-                .as_ref()
-                .is_some_and(|sp| sp.pool.free() + 1 >= sp.pool.capacity());
-            if acq.stack.is_some()
-                && self.held.is_none()
-                && consumer_idle
-                && self.conn.pending() == Some(0)
-            {
-                // The consumer has finished every stack sent to it and the next message is
-                // not here yet: hand the frames over now, not when the stack fills many frame
-                // times later at slow rates. While the consumer is busy, stacks fill, which
-                // keeps their number in bounds at high rates.
-                if let Err(e) = self.flush(&mut acq) {
-                    return Err(self.fail(acq, e));
-                }
-            }
-            let msg = match self.next_msg(Some(deadline)) {
-                Ok(Wait::Ready(m)) => m,
-                Ok(Wait::TimedOut) => {
-                    return Ok(self.finish(acq, EndReason::InactivityDeadline, Next::Wait));
-                }
-                Ok(Wait::Stopped) => return Ok(self.finish(acq, EndReason::Stopped, Next::Exit)),
-                Ok(Wait::Closed) => {
-                    return Ok(self.finish(acq, EndReason::Disconnected, Next::Exit));
-                }
-                Err(DectrisError::Message { source, .. }) => {
-                    return Err(self.fail(acq, self.msg_err(series, *source)));
-                }
-                Err(e) => return Err(self.fail(acq, e)),
-            };
-            match msg {
-                Msg::Header(h) => {
-                    return Ok(self.finish(acq, EndReason::NewSeries, Next::Header(h)));
-                }
-                Msg::End { series: s } if s == series => {
-                    let end = if acq.expected > 0 && acq.next_frame >= acq.expected {
-                        EndReason::AllFrames
-                    } else {
-                        EndReason::SeriesEnd
-                    };
-                    return Ok(self.finish(acq, end, Next::Wait));
-                }
-                Msg::End { series: s } => {
-                    tracing::warn!(device = %self.cfg.device, series, observed = s, "ignoring the end of another series");
-                }
-                Msg::Skip => {}
-                Msg::Frame {
-                    series: s,
-                    frame,
-                    meta,
-                    blob,
-                    wire,
-                } => {
-                    if s != series {
-                        let e = DectrisError::Series {
-                            device: self.cfg.device.clone(),
-                            expected: series,
-                            observed: s,
-                            frame,
-                        };
-                        return Err(self.fail(acq, e));
-                    }
-                    if let Err(e) = self.check_frame_id(&mut acq, frame) {
-                        return Err(self.fail(acq, e));
-                    }
-                    let src = match (&blob, wire) {
-                        (Some(b), _) => Some(Blob::Mem(b)),
-                        (None, Some(h)) => Some(Blob::Wire(h)),
-                        (None, None) => None,
-                    };
-                    match self.frame(&mut acq, frame, meta, src) {
-                        Ok(true) => {}
-                        Ok(false) => return Ok(self.finish(acq, EndReason::Stopped, Next::Exit)),
-                        Err(e) => return Err(self.fail(acq, e)),
-                    }
-                    if wire.is_some() && self.cfg.format == StreamFormat::Legacy {
-                        match self.v1_tail() {
-                            Ok(Wait::Stopped) => {
-                                return Ok(self.finish(acq, EndReason::Stopped, Next::Exit));
-                            }
-                            Ok(Wait::Closed) => {
-                                return Ok(self.finish(acq, EndReason::Disconnected, Next::Exit));
-                            }
-                            Ok(_) => {}
-                            Err(e) => return Err(self.fail(acq, e)),
-                        }
-                    }
-                    if acq.expected > 0 && acq.next_frame >= acq.expected {
-                        return Ok(self.finish(acq, EndReason::AllFrames, Next::Wait));
-                    }
-                }
-            }
-        }
-    }
-
-    /// Accepts `frame` as the next frame id: a forward gap closes the open stack and counts
-    /// the skipped frames lost (or aborts, per policy); repeats, backward ids and ids past
-    /// the end are errors.
-    fn check_frame_id(&mut self, acq: &mut Acquisition, frame: u64) -> Result<(), DectrisError> {
-        let err = |detail: String| DectrisError::FrameId {
-            device: self.cfg.device.clone(),
-            series: acq.series,
-            expected: acq.next_frame,
-            observed: frame,
-            detail,
-        };
-        if frame < acq.next_frame {
-            return Err(err("repeated or went backwards".into()));
-        }
-        if acq.expected > 0 && frame >= acq.expected {
-            return Err(err(format!(
-                "past the end of a series of {} frames",
-                acq.expected
-            )));
-        }
-        if frame > acq.next_frame {
-            let (from, to) = (acq.next_frame, frame);
-            tracing::warn!(device = %self.cfg.device, series = acq.series, from, to, "frames lost (frame id gap)");
-            self.flush(acq)?;
-            if self.cfg.on_lost == LossPolicy::Abort {
-                return Err(DectrisError::FramesLost {
-                    device: self.cfg.device.clone(),
-                    series: acq.series,
-                    from,
-                    to,
-                });
-            }
-            acq.next_frame = frame;
-        }
-        Ok(())
-    }
-
     /// Takes one frame whose id has been accepted: checks its metadata against the
     /// series format (the first frame sets it), reads its blob into the open stack and
     /// checks the blob's framing. Unusable frames are counted damaged (their blob read and
     /// dropped). Returns false on stop.
     fn frame(
         &mut self,
-        acq: &mut Acquisition,
+        sink: &mut Sink<'_, Self>,
         frame: u64,
         meta: Result<FrameMeta, StreamError>,
         blob: Option<Blob<'_>>,
     ) -> Result<bool, DectrisError> {
-        acq.next_frame = frame + 1;
         let problem = match &meta {
             Err(e) => Some(e.to_string()),
             Ok(m) => {
-                if acq.format.is_none() {
-                    self.first_frame(acq, m);
+                if self.format.is_none() {
+                    self.first_frame(sink, m);
                 }
-                let f = acq.format.as_ref();
-                match f {
+                match &self.format {
                     Some(f)
                         if (f.sig_shape, f.dtype, f.encoding, f.big_endian)
                             != (m.sig_shape, m.dtype, m.encoding, m.big_endian) =>
@@ -1297,7 +1101,7 @@ impl Worker {
             }
         };
         let Some(blob) = blob else {
-            self.damaged(acq, frame, problem.as_deref().unwrap_or("no blob"))?;
+            self.damaged(sink, frame, problem.as_deref().unwrap_or("no blob"));
             return Ok(true);
         };
         if let Some(p) = problem {
@@ -1306,14 +1110,18 @@ impl Worker {
             {
                 return Ok(false);
             }
-            self.damaged(acq, frame, &p)?;
+            self.damaged(sink, frame, &p);
             return Ok(true);
         }
-        let (frame_bytes, encoding) = match acq.format.as_ref() {
-            Some(f) => (f.frame_bytes, f.encoding),
-            None => return Ok(true),
+        let Some(Format {
+            frame_bytes,
+            encoding,
+            ..
+        }) = self.format
+        else {
+            return Ok(true);
         };
-        let slot = self.pool.as_ref().map_or(0, |p| p.slot);
+        let slot = sink.slot();
         let len = blob.len();
         if len > slot {
             if let Blob::Wire(h) = blob
@@ -1322,236 +1130,63 @@ impl Worker {
                 return Ok(false);
             }
             self.damaged(
-                acq,
+                sink,
                 frame,
                 &format!("blob of {len} bytes exceeds the largest possible {slot} bytes"),
-            )?;
+            );
             return Ok(true);
         }
-        if acq
-            .stack
-            .as_ref()
-            .is_some_and(|s| s.buf.len() - s.used < len)
-        {
-            self.flush(acq)?;
-        }
-        if acq.stack.is_none() {
-            let Some(buf) = self.take_buffer()? else {
-                return Ok(false);
-            };
-            acq.stack = Some(OpenStack {
-                first_frame: frame,
-                frames: Vec::with_capacity(self.stack_len()),
-                used: 0,
-                buf,
-                first_received: Instant::now(),
-            });
-        }
-        let Some(open) = acq.stack.as_mut() else {
-            return Ok(true);
+        let Some(dst) = sink.reserve(frame, len).map_err(|e| self.core_error(e))? else {
+            return Ok(false);
         };
-        let at = open.used;
-        let dst = &mut open.buf[at..at + len];
         match blob {
             Blob::Mem(b) => dst.copy_from_slice(b),
             Blob::Wire(_) => {
-                if let Wait::Stopped =
-                    self.conn
-                        .read_body(dst)
-                        .map_err(|e| DectrisError::Transport {
-                            device: self.cfg.device.clone(),
-                            source: e,
-                        })?
-                {
+                if let Wait::Stopped = self.conn.read_body(dst).map_err(|e| self.transport(e))? {
                     return Ok(false);
                 }
             }
         }
-        if let Err(why) = check_framing(&encoding, &open.buf[at..at + len], frame_bytes) {
+        if let Err(why) = check_framing(&encoding, dst, frame_bytes) {
             // The frame stays out of the stack; a stack holds consecutive frames only.
-            self.damaged(acq, frame, &why)?;
+            self.damaged(sink, frame, &why);
             return Ok(true);
         }
-        if open.frames.is_empty() {
-            open.first_received = Instant::now();
-        }
-        open.frames.push(RawFrameRef { offset: at, len });
-        open.used += len;
-        let full = open.frames.len() >= self.stack_len();
-        acq.set(frame, FrameStatus::Received);
-        if full {
-            self.flush(acq)?;
-        }
+        sink.commit(frame, 1).map_err(|e| self.core_error(e))?;
         Ok(true)
     }
 
-    /// Counts `frame` damaged and closes the open stack (stacks hold consecutive frames).
-    fn damaged(
-        &mut self,
-        acq: &mut Acquisition,
-        frame: u64,
-        why: &str,
-    ) -> Result<(), DectrisError> {
-        tracing::warn!(device = %self.cfg.device, series = acq.series, frame, "damaged frame: {why}");
-        self.flush(acq)?;
-        acq.set(frame, FrameStatus::Damaged);
-        Ok(())
+    /// Counts `frame` damaged (the next frame starts a new stack: stacks hold consecutive
+    /// frames).
+    fn damaged(&self, sink: &mut Sink<'_, Self>, frame: u64, why: &str) {
+        tracing::warn!(device = %self.cfg.device, series = self.series, frame, "damaged frame: {why}");
+        sink.damaged(frame, 1);
     }
 
-    /// Fixes the series format from its first frame, builds the decoder and the pool.
-    fn first_frame(&mut self, acq: &mut Acquisition, m: &FrameMeta) {
-        let decoder = Arc::new(DectrisDecoder::new(
+    /// Fixes the series format from its first frame: builds the decoder, sizes the pool
+    /// for the largest possible blob (uncompressed size + 1/128 + 4 KiB), reports
+    /// `FirstFrame`.
+    fn first_frame(&mut self, sink: &mut Sink<'_, Self>, m: &FrameMeta) {
+        let decoder = DectrisDecoder::new(
             self.cfg.device.clone(),
             m.sig_shape,
             m.dtype,
             m.encoding,
             m.big_endian,
-        ));
+        );
         let frame_bytes = decoder.frame_bytes();
-        self.ensure_pool(frame_bytes + frame_bytes / 128 + 4096);
-        acq.format = Some(Format {
+        self.format = Some(Format {
             sig_shape: m.sig_shape,
             dtype: m.dtype,
             encoding: m.encoding,
             big_endian: m.big_endian,
             frame_bytes,
-            decoder: Arc::clone(&decoder),
         });
-        self.emit(ReceiverEvent::FirstFrame {
-            acquisition: acq.id,
-            sig_shape: decoder.sig_shape(),
-            dtype: decoder.dtype(),
-            decoder,
-        });
-    }
-
-    /// Frames per stack: as many slots as a pool buffer holds (a pool kept from larger
-    /// frames holds at least as many of smaller ones).
-    fn stack_len(&self) -> usize {
-        self.pool.as_ref().map_or(1, |p| p.frames.max(1))
-    }
-
-    /// (Re)allocates the pool unless its slots already fit `slot` bytes.
-    fn ensure_pool(&mut self, slot: usize) {
-        if self.pool.as_ref().is_some_and(|p| p.slot >= slot) {
-            return;
-        }
-        let frames = crate::stack_frames(self.cfg.frames_per_stack, slot);
-        let bytes = frames * slot;
-        let pool = Pool::new(
-            &format!("{} frame stacks", self.cfg.device),
-            self.cfg.pool_stacks.max(1),
-            || stemflow_core::mem::prefaulted_bytes(bytes),
+        sink.set_format(
+            Arc::new(decoder),
+            m.sig_shape,
+            m.dtype,
+            frame_bytes + frame_bytes / 128 + 4096,
         );
-        self.pool = Some(StackPool { pool, slot, frames });
-    }
-
-    /// A free stack buffer within the frame timeout; `None` on stop.
-    fn take_buffer(&self) -> Result<Option<Pooled<Vec<u8>>>, DectrisError> {
-        let Some(sp) = &self.pool else {
-            return Ok(None);
-        };
-        let started = Instant::now();
-        loop {
-            if self.conn.stopped() {
-                return Ok(None);
-            }
-            if let Ok(buf) = sp.pool.take(POLL) {
-                return Ok(Some(buf));
-            }
-            if started.elapsed() >= self.cfg.frame_timeout {
-                return Err(DectrisError::Pool {
-                    device: self.cfg.device.clone(),
-                    source: PoolError::Exhausted {
-                        pool: format!("{} frame stacks", self.cfg.device),
-                        capacity: sp.pool.capacity(),
-                        waited_s: started.elapsed().as_secs_f64(),
-                    },
-                });
-            }
-        }
-    }
-
-    /// Sends the open stack to the consumer (waiting at most the frame timeout).
-    fn flush(&mut self, acq: &mut Acquisition) -> Result<(), DectrisError> {
-        let Some(open) = acq.stack.take() else {
-            return Ok(());
-        };
-        if open.frames.is_empty() {
-            return Ok(());
-        }
-        let Some(decoder) = acq.format.as_ref().map(|f| Arc::clone(&f.decoder)) else {
-            return Ok(());
-        };
-        let Some(tx) = &acq.stacks else {
-            return Ok(());
-        };
-        let first = open.first_frame;
-        let mut stack = RawStack {
-            first_frame: open.first_frame,
-            frames: open.frames,
-            buf: open.buf,
-            decoder: decoder as Arc<dyn FrameDecoder>,
-            first_received: open.first_received,
-        };
-        let started = Instant::now();
-        loop {
-            match tx.send_timeout(stack, POLL) {
-                Ok(()) => return Ok(()),
-                Err(SendTimeoutError::Disconnected(_)) => {
-                    tracing::debug!(device = %self.cfg.device, "stack consumer gone; discarding frames");
-                    acq.stacks = None;
-                    acq.discarded_from = Some(first);
-                    return Ok(());
-                }
-                Err(SendTimeoutError::Timeout(s)) => {
-                    if self.conn.stopped() {
-                        return Ok(());
-                    }
-                    if started.elapsed() >= self.cfg.frame_timeout {
-                        return Err(DectrisError::Pool {
-                            device: self.cfg.device.clone(),
-                            source: PoolError::Exhausted {
-                                pool: format!(
-                                    "{} stack channel (consumer stalled)",
-                                    self.cfg.device
-                                ),
-                                capacity: self.cfg.pool_stacks.max(1),
-                                waited_s: started.elapsed().as_secs_f64(),
-                            },
-                        });
-                    }
-                    stack = s;
-                }
-            }
-        }
-    }
-
-    /// Flushes, closes the stacks channel and reports `Finished`.
-    fn finish(&mut self, mut acq: Acquisition, end: EndReason, next: Next) -> Next {
-        if let Err(e) = self.flush(&mut acq) {
-            tracing::warn!(device = %self.cfg.device, "last stack not delivered: {e}");
-        }
-        let id = acq.id;
-        acq.stacks = None;
-        let summary = acq.into_summary(end);
-        if summary.lost > 0 || summary.damaged > 0 {
-            tracing::warn!(device = %self.cfg.device, series = summary.series, lost = summary.lost, damaged = summary.damaged, %end, "series ended with frames missing");
-        }
-        self.emit(ReceiverEvent::Finished {
-            acquisition: id,
-            summary,
-        });
-        next
-    }
-
-    /// Flushes what was received and wraps `error` with the summary.
-    fn fail(&mut self, mut acq: Acquisition, error: DectrisError) -> Box<Fatal> {
-        let _ = self.flush(&mut acq);
-        acq.stacks = None;
-        Box::new(Fatal {
-            error,
-            summary: Some(acq.into_summary(EndReason::Failed)),
-        })
     }
 }

@@ -128,18 +128,9 @@ pub struct PartHead {
     pub more: bool,
 }
 
-/// Outcome of a wait that may end without data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Wait<T> {
-    /// The thing waited for.
-    Ready(T),
-    /// The deadline passed with nothing (nothing consumed).
-    TimedOut,
-    /// The stop flag was raised.
-    Stopped,
-    /// The peer closed the connection at a part boundary.
-    Closed,
-}
+/// Outcome of a wait that may end without data (the receiver core's, so that the stream
+/// receiver hands it on unchanged; `Closed`: the peer closed at a part boundary).
+pub use crate::receiver::Wait;
 
 /// Result of filling a buffer from the socket.
 enum Fill {
