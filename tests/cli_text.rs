@@ -159,3 +159,44 @@ fn acquire_takes_a_host_name() {
         "output folder created for an unresolvable host"
     );
 }
+
+/// A detector whose control port refuses the connection: the error says the connection was
+/// refused and names the detector, and does not claim that something panicked.
+#[test]
+fn a_refused_control_port_is_not_called_a_panic() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    // The listener is dropped: nothing listens on `closed` any more.
+    let port = closed.to_string();
+    let dir = ScratchDir::new("text-refused");
+    let run = command::stemflow(
+        &[
+            "acquire",
+            "--control-port",
+            &port,
+            "--data-port",
+            &port,
+            "--nav-shape",
+            "2x2",
+            "--out",
+            path_arg(&dir.path().join("out")),
+        ],
+        dir.path(),
+        "refused",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    let e = run.stderr.to_lowercase();
+    assert!(
+        e.contains("detector failed to start") && e.contains("refused"),
+        "the error does not say what happened: {}",
+        run.describe()
+    );
+    assert!(
+        !e.contains("panicked"),
+        "a refusal called a panic: {}",
+        run.describe()
+    );
+}

@@ -190,12 +190,12 @@ pub async fn spawn_children(
     let (detector, _) =
         Actor::spawn_linked(None, DetectorActor, spec.detector.clone(), sup.clone())
             .await
-            .map_err(|e| format!("detector failed to start: {e}"))?;
+            .map_err(|e| spawn_failure("detector", "start", e))?;
     let scan = match &spec.scan {
         Some(f) => Some(
             Actor::spawn_linked(None, ScanEngineActor, f.clone(), sup.clone())
                 .await
-                .map_err(|e| format!("scan_engine failed to start: {e}"))?
+                .map_err(|e| spawn_failure("scan_engine", "start", e))?
                 .0,
         ),
         None => None,
@@ -204,17 +204,17 @@ pub async fn spawn_children(
         Some(f) => Some(
             Actor::spawn_linked(None, MicroscopeActor, f.clone(), sup.clone())
                 .await
-                .map_err(|e| format!("microscope failed to start: {e}"))?
+                .map_err(|e| spawn_failure("microscope", "start", e))?
                 .0,
         ),
         None => None,
     };
     let (processing, _) = Actor::spawn_linked(None, ProcessingActor, (), sup.clone())
         .await
-        .map_err(|e| format!("processing failed to start: {e}"))?;
+        .map_err(|e| spawn_failure("processing", "start", e))?;
     let (recorder, _) = Actor::spawn_linked(None, RecorderActor, spec.recording.clone(), sup)
         .await
-        .map_err(|e| format!("recorder failed to start: {e}"))?;
+        .map_err(|e| spawn_failure("recorder", "start", e))?;
     Ok(ChildRefs {
         detector,
         scan,
@@ -224,13 +224,23 @@ pub async fn spawn_children(
     })
 }
 
+/// `"{role} failed to {verb}: {cause}"` for an actor that did not start. The cause is the
+/// actor's own startup error (e.g. the device's connection refused), not ractor's wrapper
+/// text, which calls every startup error a panic.
+fn spawn_failure(role: &str, verb: &str, e: ractor::SpawnErr) -> String {
+    match e {
+        ractor::SpawnErr::StartupFailed(cause) => format!("{role} failed to {verb}: {cause}"),
+        other => format!("{role} failed to {verb}: {other}"),
+    }
+}
+
 async fn respawn(
     spec: &InstrumentSpec,
     refs: &mut ChildRefs,
     role: Role,
     sup: ActorCell,
 ) -> Result<(), String> {
-    let err = |e: ractor::SpawnErr| format!("{role} failed to restart: {e}");
+    let err = |e: ractor::SpawnErr| spawn_failure(&role.to_string(), "restart", e);
     match role {
         Role::Detector => {
             refs.detector = Actor::spawn_linked(None, DetectorActor, spec.detector.clone(), sup)
