@@ -409,6 +409,11 @@ mod fake_dcu {
     }
 
     pub fn start() -> FakeDcu {
+        start_with(false)
+    }
+
+    /// A fake DCU; with `hang_arm` its `arm` command answers only after 30 s.
+    pub fn start_with(hang_arm: bool) -> FakeDcu {
         let listener = ZmtpPushListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let stream = listener.local_addr().unwrap();
         let push: Arc<Mutex<Option<ZmtpPush>>> = Arc::new(Mutex::new(None));
@@ -429,6 +434,11 @@ mod fake_dcu {
             let cfg = |k: &str| v.get(&format!("/detector/api/1.8.0/config/{k}")).cloned();
             match (req.method.as_str(), req.path.as_str()) {
                 ("GET", "/detector/api/version/") => Reply::ok(json!({"value": "1.8.0"})),
+                ("PUT", "/detector/api/1.8.0/command/arm") if hang_arm => Reply {
+                    status: 200,
+                    body: json!({"sequence id": SERIES}).to_string(),
+                    delay: Duration::from_secs(30),
+                },
                 ("PUT", "/detector/api/1.8.0/command/arm") => {
                     let config = json!({
                         "trigger_mode": cfg("trigger_mode"), "ntrigger": cfg("ntrigger"),
@@ -603,4 +613,32 @@ fn detector_active_mode_with_internal_trigger_against_a_fake_dcu() {
         .find(|s| s.path.ends_with("/command/trigger"))
         .unwrap();
     assert_eq!(last.body, r#"{"value":0.001}"#);
+}
+
+/// A DCU whose `arm` never answers: the arm fails at the caller's deadline (1 s here), not
+/// at the REST client's own 60 s, and the error names the time actually waited.
+#[test]
+fn an_arm_that_never_answers_fails_at_the_callers_deadline() {
+    use stemflow_core::detector::{ArmMode, Detector, DetectorTrigger};
+    use stemflow_drivers::dectris::{DectrisDetector, DectrisDetectorConfig};
+    let dcu = fake_dcu::start_with(true);
+    let accept = dcu.accept_in_background();
+    let det = DectrisDetector::connect(DectrisDetectorConfig::new(
+        "127.0.0.1",
+        dcu.server.port,
+        dcu.stream,
+    ));
+    accept.join().unwrap();
+    let mut det = det.unwrap();
+    det.configure(&fake_settings(DetectorTrigger::Internal, 1))
+        .unwrap();
+    let t0 = Instant::now();
+    let e = det
+        .arm(ArmMode::Active, Duration::from_secs(1))
+        .unwrap_err()
+        .to_string();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(2500), "took {took:?}: {e}");
+    assert!(e.contains("command/arm") && e.contains("timed out after"), "{e}");
+    assert!(!e.contains("60.000") && !e.contains("7.000"), "{e}");
 }

@@ -456,7 +456,11 @@ impl Detector for DectrisDetector {
         let series = match mode {
             ArmMode::Active => {
                 receiver.set_series_filter(SeriesFilter::Pending);
-                match self.rest.arm() {
+                // The caller's deadline bounds the REST answer too, not only the header.
+                match self
+                    .rest
+                    .arm_within(until.saturating_duration_since(Instant::now()))
+                {
                     Ok(id) => {
                         receiver.set_series_filter(SeriesFilter::Series(id));
                         Some(id)

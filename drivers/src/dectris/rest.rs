@@ -508,15 +508,28 @@ impl SimplonClient {
     /// [`RestError`] of the command; [`RestError::Reply`] when the reply has no
     /// `sequence id`.
     pub fn arm(&self) -> Result<u64, RestError> {
+        self.arm_within(self.arm_timeout)
+    }
+
+    /// [`arm`](Self::arm) with its answer awaited at most `timeout` (the caller's arm
+    /// deadline, so that a DCU that never answers fails the arm when the caller said).
+    ///
+    /// # Errors
+    /// As [`arm`](Self::arm); [`RestError::Timeout`] naming `timeout`.
+    pub fn arm_within(&self, timeout: Duration) -> Result<u64, RestError> {
         let ep = Self::path(Module::Detector, "command", "arm");
-        self.command(Command::Arm, None)?.ok_or_else(|| {
-            self.reply_err(
-                "PUT",
-                &ep,
-                "a JSON object with an integer `sequence id`",
-                "(none)",
-            )
-        })
+        let text = self.request("PUT", &ep, Some(""), timeout)?;
+        serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("sequence id").and_then(Value::as_u64))
+            .ok_or_else(|| {
+                self.reply_err(
+                    "PUT",
+                    &ep,
+                    "a JSON object with an integer `sequence id`",
+                    "(none)",
+                )
+            })
     }
 
     /// Software trigger; `count_time_s` is the exposure for `inte` mode (else `None`).
