@@ -27,9 +27,11 @@
 //! block reused by the data set and converted from there into the tile, one block at a
 //! time.
 //!
-//! This module knows file formats only: it does not run anything (the engine reads a
-//! [`DataSet`] through the trait) and the mask geometry of [`crate::mask`] does not know
-//! it (loading a [`CustomMask`](crate::mask::CustomMask) from `.npy` is here).
+//! This module knows file formats only: its code does not call the engine (the engine
+//! reads a [`DataSet`] through the trait from `stemflow_core`; `run_dataset` is only
+//! re-exported here, so that callers find it beside the readers), and the mask geometry
+//! of [`crate::mask`] does not know it (loading a [`CustomMask`](crate::mask::CustomMask)
+//! from `.npy` is here).
 
 mod convert;
 mod mask_file;
