@@ -30,8 +30,8 @@
 //! - [`windows`]: masks as vector windows (AVX-512 kernels for the virtual detectors).
 //! - [`engine`]: [`run_live`], [`run_dataset`], [`run_tiles`] (one coordinator loop for
 //!   every source), run configuration, snapshots, summaries, [`ProcessingError`].
-//! - [`bench`]: [`bench_in_memory`] and [`bench_live_in_memory`], the engine's throughput
-//!   on frames held in memory.
+//! - [`bench`](mod@bench): [`bench_in_memory`] and [`bench_live_in_memory`], the engine's
+//!   throughput on frames held in memory.
 //! - [`result`], [`sink`]: re-exports of the result buffers and the tile sink trait, which
 //!   live in `stemflow_core` so the recorder and the view need not depend on the engine.
 

@@ -9,8 +9,8 @@
 //! all are busy the coordinator stops taking stacks, the stacks channel fills, and the
 //! receiver blocks on it — that is the backpressure.
 //!
-//! Each worker thread owns one [`PartitionTask`] per UDF (made once, reused all run) and a
-//! staging area for nav values. A live worker decodes the stack into a tile from the
+//! Each worker thread owns one [`PartitionTask`](crate::udf::PartitionTask) per UDF (made
+//! once, reused all run) and a staging area for nav values. A live worker decodes the stack into a tile from the
 //! coordinator's free list (allocated once, reused), runs every UDF over it — in chunks of
 //! ~512 KiB so that all UDFs read a chunk while it is still in cache — and sends the tile
 //! back. Partition results reach the global results when the coordinator merges (before
