@@ -162,3 +162,6 @@ pub fn run_dataset(
     let reader = Reader::new(data, cfg.partition_frames());
     drive(reader, udfs, cfg, sink, on_snapshot, cancel)
 }
+
+#[cfg(test)]
+mod tests;
