@@ -1,8 +1,14 @@
-//! Core types shared by every stemflow crate. Nothing here does I/O.
+//! Core types shared by every stemflow crate. Nothing here does I/O (the [`dataset`] trait
+//! only describes how file readers hand their frames over).
 //!
 //! # Layout
 //! - [`shape`]: navigation (scan) and signal (detector) shapes, in pixels.
 //! - [`dtype`]: pixel data types and their sizes in bytes.
+//! - [`element`]: [`element::ElementType`], the pixel type stored in a file, and
+//!   [`element::ByteOrder`].
+//! - [`dataset`]: the [`dataset::DataSet`] trait every offline reader implements (the
+//!   processing crate's `.npy`, raw and HDF5 readers, the drivers' Merlin and DECTRIS
+//!   recordings), and [`dataset::IoError`].
 //! - [`frame`]: raw frame stacks as received, decoded tiles, the [`frame::FrameDecoder`] trait
 //!   that turns one received frame into native pixels.
 //! - [`pool`]: bounded pools of preallocated buffers (the data path's backpressure).
@@ -15,9 +21,11 @@
 //! - [`result`]: UDF result buffers (nav / sig / single) as merged, for views and recorders.
 //! - [`sink`]: the [`sink::TileSink`] trait through which decoded tiles reach a recorder.
 
+pub mod dataset;
 pub mod detector;
 pub mod devices;
 pub mod dtype;
+pub mod element;
 pub mod frame;
 pub mod mem;
 pub mod metadata;
@@ -28,6 +36,7 @@ pub mod sink;
 pub mod state;
 pub mod validity;
 
+pub use dataset::{DataSet, IoError};
 pub use dtype::DType;
 pub use shape::{NavShape, SigShape};
 

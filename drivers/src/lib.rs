@@ -11,6 +11,7 @@
 //!   - [`merlin::decode`]: [`merlin::MerlinDecoder`], the `FrameDecoder` for MQ1 payloads
 //!     (big-endian, raw 1/6/12-bit, quad assembly);
 //!   - [`merlin::file`](mod@merlin::file): [`merlin::MibFile`], offline `.hdr` + `.mib` reader into tiles;
+//!   - [`merlin::dataset`]: [`merlin::MibDataSet`], a recording as a core `DataSet`;
 //!   - [`merlin::settings`]: acquisition settings and trigger sources;
 //!   - [`merlin::control`]: [`merlin::MerlinControl`], the control-port client (6341);
 //!   - [`merlin::error`]: [`merlin::MerlinError`], data-channel errors;
@@ -21,7 +22,7 @@
 //! - [`dectris`]: DECTRIS SIMPLON detectors, ARINA and QUADRO (protocols.md §2): the
 //!   bitshuffle-LZ4 / LZ4 codecs (our own, SIMD), the REST client, stream v1 (JSON) and v2
 //!   (CBOR) over our blocking ZeroMQ client, the receiver, the `Detector`, and offline HDF5
-//!   master/data sets read as raw chunks.
+//!   master/data sets read as raw chunks ([`dectris::DectrisDataSet`], a core `DataSet`).
 //! - [`receiver`]: the receiver core both data receivers run on — pooled stack writing,
 //!   per-acquisition frame accounting and the validity map, end reasons, events and
 //!   deadlines — behind [`receiver::Protocol`], which a detector implements (its framing,

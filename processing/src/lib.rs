@@ -19,16 +19,19 @@
 //!   mass / DPC with divergence and curl), [`RadialProfileUdf`], [`PickUdf`],
 //!   [`SignalMonitorUdf`], [`PartitionMonitorUdf`], [`RecordUdf`] — and the standard
 //!   live-view set.
-//! - [`io`]: offline data sets (`.npy`, raw binary, HDF5) and [`io::run_dataset`].
+//! - [`io`]: offline data sets (`.npy`, raw binary, HDF5), custom masks from `.npy`, and
+//!   re-exports of [`DataSet`], [`IoError`] and [`ElementType`] (which live in
+//!   `stemflow_core`, so the drivers' recordings implement the same trait) and of
+//!   [`run_dataset`].
 //! - [`roi`]: regions of interest over the scan.
 //! - [`spec`]: [`ReductionSpec`], the UDFs and ROI of a run chosen in TOML.
 //! - [`mask`]: disk and ring masks, the pixel-centre convention, the span form.
 //! - [`pixel`]: the [`Pixel`] element types and the exact integer kernels.
 //! - [`windows`]: masks as vector windows (AVX-512 kernels for the virtual detectors).
-//! - [`engine`]: [`run_live`], [`run_tiles`], run configuration, snapshots, summaries,
-//!   [`ProcessingError`].
-//! - [`bench`]: [`bench_in_memory`] and [`bench_live_in_memory`], the engine's throughput
-//!   on frames held in memory.
+//! - [`engine`]: [`run_live`], [`run_dataset`], [`run_tiles`] (one coordinator loop for
+//!   every source), run configuration, snapshots, summaries, [`ProcessingError`].
+//! - [`bench`](mod@bench): [`bench_in_memory`] and [`bench_live_in_memory`], the engine's
+//!   throughput on frames held in memory.
 //! - [`result`], [`sink`]: re-exports of the result buffers and the tile sink trait, which
 //!   live in `stemflow_core` so the recorder and the view need not depend on the engine.
 
@@ -51,12 +54,10 @@ pub use bench::{
     bench_udfs, full_set, memory_read_bandwidth,
 };
 pub use engine::{
-    Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, partition_frames, run_live,
-    run_tiles,
+    Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, partition_frames, run_dataset,
+    run_live, run_tiles,
 };
-pub use io::{
-    DataSet, ElementType, Hdf5DataSet, IoError, NpyDataSet, RawDataSet, RawSpec, run_dataset,
-};
+pub use io::{DataSet, ElementType, Hdf5DataSet, IoError, NpyDataSet, RawDataSet, RawSpec};
 pub use mask::CustomMask;
 pub use mask::{Mask, MasksParams, NamedMask, Span, SpanMask, line_fraction};
 pub use pixel::{FloatPixel, Pixel};

@@ -35,35 +35,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use stemflow_core::SigShape;
 
-/// A boolean mask of one frame's shape, for [`Mask::Custom`].
+/// A boolean mask of one frame's shape, for [`Mask::Custom`]. Read from a `.npy` file
+/// with [`CustomMask::from_npy`], which lives with the file formats in [`crate::io`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CustomMask {
     /// Frame shape the mask is defined on, pixels.
     pub sig_shape: SigShape,
     /// One entry per pixel, row-major; `true` = in the mask.
     pub pixels: Vec<bool>,
-}
-
-impl CustomMask {
-    /// Loads a 2-D `.npy` array (any integer, float or bool dtype, either byte order);
-    /// nonzero entries are in the mask.
-    ///
-    /// # Errors
-    /// [`crate::io::IoError`] when the file cannot be read, is not a 2-D `.npy` array, or
-    /// has a dtype other than bool, integers or floats.
-    pub fn from_npy(path: &std::path::Path) -> Result<Self, crate::io::IoError> {
-        let (shape, values) = crate::io::npy::read_nonzero(path)?;
-        let [rows, cols] = shape[..] else {
-            return Err(crate::io::IoError::Format {
-                path: path.to_path_buf(),
-                detail: format!("a custom mask must be a 2-D array, found shape {shape:?}"),
-            });
-        };
-        Ok(Self {
-            sig_shape: SigShape::new(rows, cols),
-            pixels: values,
-        })
-    }
 }
 
 /// A virtual detector's shape, in detector pixels (see the module doc for the convention

@@ -2,6 +2,8 @@
 //!
 //! - [`codec`]: the frame codecs — bitshuffle + LZ4 (`bs8/bs16/bs32-lz4<`), plain LZ4, and
 //!   uncompressed — decoding and encoding (§2.5).
+//! - [`dataset`]: [`DectrisDataSet`], a master set as a `stemflow_core` data set (what the
+//!   processing engine runs on).
 //! - [`decode`]: [`decode::DectrisDecoder`], the `FrameDecoder` of stream frames (runs the codec
 //!   in the processing workers).
 //! - [`rest`]: the SIMPLON REST API client (§2.2, §2.3).
@@ -13,6 +15,7 @@
 //! - [`master`]: offline DECTRIS HDF5 master/data sets, raw chunks decoded with [`codec`].
 
 pub mod codec;
+pub mod dataset;
 pub mod decode;
 pub mod detector;
 pub mod master;
@@ -21,6 +24,7 @@ pub mod rest;
 pub mod stream;
 pub mod zmtp;
 
+pub use dataset::DectrisDataSet;
 pub use decode::DectrisDecoder;
 pub use detector::{DectrisDetector, DectrisDetectorConfig};
 pub use receiver::{

@@ -8,6 +8,8 @@
 //! - [`mq1`]: [`Mq1Header`], the per-frame header (§1.6).
 //! - [`decode`]: [`MerlinDecoder`], payload → pixels, incl. raw and quad assembly (§1.7).
 //! - [`file`](mod@file): [`MibFile`], offline reading of `.hdr` + `.mib` recordings.
+//! - [`dataset`]: [`MibDataSet`], a recording as a `stemflow_core` data set (what the
+//!   processing engine runs on).
 //! - [`settings`]: [`MerlinSettings`] and [`MerlinTrigger`], the acquisition variables (§1.3).
 //! - [`control`]: [`MerlinControl`], the control-port client with deadlines (§1.3).
 //! - [`error`]: [`MerlinError`], errors of the data channel.
@@ -15,6 +17,7 @@
 //! - [`receiver`]: [`MerlinReceiver`], the data-port receiver thread (§1.4, §1.8).
 
 pub mod control;
+pub mod dataset;
 pub mod decode;
 pub mod detector;
 pub mod error;
@@ -27,6 +30,7 @@ pub mod settings;
 mod stream;
 
 pub use control::{ControlError, MerlinControl};
+pub use dataset::MibDataSet;
 pub use decode::{DecoderError, MerlinDecoder};
 pub use detector::{MerlinDetector, MerlinDetectorConfig};
 pub use error::MerlinError;

@@ -15,121 +15,35 @@
 //! opened, with an [`IoError::Format`] naming the file, the type found and the types
 //! supported.
 //!
-//! Merlin `.hdr`/`.mib` sets are read by the Merlin driver (`stemflow_drivers::merlin::MibFile`),
-//! which the `stemflow` binary adapts to [`DataSet`].
+//! Merlin `.hdr`/`.mib` sets and DECTRIS master files are read by the detector drivers
+//! (`stemflow_drivers::merlin::MibDataSet`, `stemflow_drivers::dectris::DectrisDataSet`),
+//! which implement the same [`DataSet`] trait: it lives in `stemflow_core::dataset`, with
+//! [`IoError`], [`ElementType`] and [`ByteOrder`], and is re-exported here.
 //!
 //! Files are read in large sequential blocks — one `pread` per partition of
 //! [`crate::engine::partition_frames`] frames (~4 MiB) — straight into tiles that are
-//! allocated once per run and reused ([`run_dataset`]); byte order is fixed in place.
-//! Signed files are read into a scratch block reused by the data set and converted from
-//! there into the tile, one block at a time.
+//! allocated once per run and reused ([`run_dataset`], which lives with the engine and is
+//! re-exported here); byte order is fixed in place. Signed files are read into a scratch
+//! block reused by the data set and converted from there into the tile, one block at a
+//! time.
+//!
+//! This module knows file formats only: its code does not call the engine (the engine
+//! reads a [`DataSet`] through the trait from `stemflow_core`; `run_dataset` is only
+//! re-exported here, so that callers find it beside the readers), and the mask geometry
+//! of [`crate::mask`] does not know it (loading a [`CustomMask`](crate::mask::CustomMask)
+//! from `.npy` is here).
 
-mod element;
+mod convert;
+mod mask_file;
 pub mod npy;
 
-pub use element::{ELEMENT_TYPES, ElementType, F64_EXACT_INT};
+pub use crate::engine::run_dataset;
+pub use stemflow_core::dataset::{DataSet, IoError, shape_tile};
+pub use stemflow_core::element::{ByteOrder, ELEMENT_TYPES, ElementType, F64_EXACT_INT};
 
-use crate::engine::{BoxError, ProcessingError, RunConfig, RunSummary, Snapshot, run_reader};
-use crate::sink::TileSink;
-use crate::udf::Udf;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use stemflow_core::frame::{Tile, TileData};
 use stemflow_core::{DType, NavShape, SigShape};
-
-/// Errors reading a data set.
-#[derive(Debug, thiserror::Error)]
-pub enum IoError {
-    /// The operating system refused a read.
-    #[error("{path}: {during}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// What was being done.
-        during: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file's content is not what its format or the given parameters say.
-    #[error("{path}: {detail}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// What was expected and what was found.
-        detail: String,
-    },
-    /// The file is shorter than the frames asked for.
-    #[error("{path}: frames {first}..{end} need bytes up to {needed}, the file has {size}")]
-    Truncated {
-        /// The file.
-        path: PathBuf,
-        /// First frame asked for.
-        first: u64,
-        /// One past the last frame asked for.
-        end: u64,
-        /// File size needed, bytes.
-        needed: u64,
-        /// File size, bytes.
-        size: u64,
-    },
-    /// Frames beyond the data set were asked for.
-    #[error("{path}: frames {first}..{end} asked for, the data set holds {frames}")]
-    Range {
-        /// The file.
-        path: PathBuf,
-        /// First frame asked for.
-        first: u64,
-        /// One past the last frame asked for.
-        end: u64,
-        /// Frames in the data set.
-        frames: u64,
-    },
-    /// A reader outside this crate (e.g. the Merlin driver's `.mib` reader) failed.
-    #[error("{path}: {source}")]
-    Reader {
-        /// The file.
-        path: PathBuf,
-        /// The reader's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// libhdf5 failed.
-    #[error("{path}: HDF5 {object}: {detail}")]
-    Hdf5 {
-        /// The file.
-        path: PathBuf,
-        /// The dataset or group.
-        object: String,
-        /// libhdf5's message.
-        detail: String,
-    },
-    /// An int64 pixel beyond ±2^53, which no float64 holds exactly (int64 files are read
-    /// as float64).
-    #[error(
-        "{path}: frame {frame}, pixel {pixel}: int64 value {value} lies beyond ±2^53 and has no exact float64; int64 files are read as float64 only when every value lies within ±9007199254740992"
-    )]
-    Inexact {
-        /// The file.
-        path: PathBuf,
-        /// The frame (index in the file).
-        frame: u64,
-        /// The pixel, row-major index within the frame.
-        pixel: usize,
-        /// The value stored.
-        value: i64,
-    },
-}
-
-impl IoError {
-    fn io(path: &Path, during: &str, source: std::io::Error) -> Self {
-        IoError::Io {
-            path: path.to_path_buf(),
-            during: during.to_string(),
-            source,
-        }
-    }
-}
 
 /// Parses the pixel type of frames: `u8`, `u16`, `u32`, `u64`, `f32`, `f64` and the other
 /// spellings of [`ElementType::parse_with_order`] (`uint16`, `<u2`, `float32`, `f4`, …;
@@ -148,74 +62,6 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
         ));
     }
     Ok(e.memory_dtype())
-}
-
-/// Byte order of multi-byte pixels in a file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ByteOrder {
-    /// Least significant byte first (x86, ARM, NumPy's `<`).
-    Little,
-    /// Most significant byte first (Merlin, NumPy's `>`).
-    Big,
-}
-
-impl ByteOrder {
-    /// This machine's byte order.
-    pub fn native() -> Self {
-        if cfg!(target_endian = "big") {
-            ByteOrder::Big
-        } else {
-            ByteOrder::Little
-        }
-    }
-}
-
-impl std::str::FromStr for ByteOrder {
-    type Err = String;
-    /// `little`/`le`/`<` or `big`/`be`/`>`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "little" | "le" | "<" => Ok(ByteOrder::Little),
-            "big" | "be" | ">" => Ok(ByteOrder::Big),
-            other => Err(format!("byte order `{other}`: expected little or big")),
-        }
-    }
-}
-
-/// A file of frames that the engine can read tile by tile.
-pub trait DataSet: Send {
-    /// The file, for messages and metadata.
-    fn path(&self) -> &Path;
-    /// Scan grid as stored (or as given for raw files); `1 × frames` when unknown.
-    fn nav_shape(&self) -> NavShape;
-    /// Frame shape, pixels.
-    fn sig_shape(&self) -> SigShape;
-    /// Pixel type of the decoded frames.
-    fn dtype(&self) -> DType;
-    /// Pixel type stored in the file, before conversion (e.g. int16 for frames of float32;
-    /// see [`ElementType`]); by default the frames' own type.
-    fn element(&self) -> ElementType {
-        self.dtype().into()
-    }
-    /// Frames in the file.
-    fn frames(&self) -> u64;
-    /// Reads frames `first..first + n` into `out` (resized; its allocation reused when it
-    /// has the data set's dtype).
-    ///
-    /// # Errors
-    /// [`IoError`] naming the file and the frames.
-    fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError>;
-}
-
-/// Prepares `out` for `n` frames of `sig` and `dtype` starting at `first`.
-pub fn shape_tile(out: &mut Tile, first: u64, n: usize, sig: SigShape, dtype: DType) {
-    if out.data.dtype() != dtype {
-        out.data = TileData::zeros(dtype, 0);
-    }
-    out.data.resize(n * sig.len());
-    out.first_frame = first;
-    out.n_frames = n;
-    out.sig_shape = sig;
 }
 
 /// The pixel bytes of `data`, to read a file straight into.
@@ -420,7 +266,7 @@ impl DataSet for RawDataSet {
             let (hdr, len) = (s.frame_header_bytes as usize, s.sig_shape.len());
             for (k, src) in self.scratch.chunks_exact(stride as usize).enumerate() {
                 let dst = out.data.pixels_mut(k * len..(k + 1) * len);
-                element::convert_signed(self.element, s.byte_order, &src[hdr..], dst).map_err(
+                convert::convert_signed(self.element, s.byte_order, &src[hdr..], dst).map_err(
                     |e| IoError::Inexact {
                         path: self.path.clone(),
                         frame: first + k as u64,
@@ -556,34 +402,3 @@ impl DataSet for NpyDataSet {
 
 mod h5;
 pub use h5::{DEFAULT_DATASETS, Hdf5DataSet};
-
-/// Runs `udfs` over every frame of `data` (frames beyond `cfg.nav_shape` are counted in
-/// [`RunSummary::out_of_range`]), reading partitions of [`RunConfig::partition_frames`]
-/// frames into tiles allocated once and reused, with the sink, snapshots and cancellation
-/// of [`crate::run_tiles`].
-///
-/// # Errors
-/// [`ProcessingError::Source`] wrapping the [`IoError`] of a failed read; otherwise as
-/// [`crate::run_tiles`].
-pub fn run_dataset(
-    data: &mut dyn DataSet,
-    udfs: &[Box<dyn Udf>],
-    cfg: &RunConfig,
-    sink: Option<&mut dyn TileSink>,
-    on_snapshot: &mut dyn FnMut(&Snapshot),
-    cancel: &AtomicBool,
-) -> Result<RunSummary, ProcessingError> {
-    let per = cfg.partition_frames().max(1) as u64;
-    let total = data.frames();
-    let mut next = 0u64;
-    let fill = |tile: &mut Tile| -> Result<bool, BoxError> {
-        if next >= total {
-            return Ok(false);
-        }
-        let n = per.min(total - next) as usize;
-        data.read_tile(next, n, tile)?;
-        next += n as u64;
-        Ok(true)
-    };
-    run_reader(fill, udfs, cfg, sink, on_snapshot, cancel)
-}
