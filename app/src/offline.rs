@@ -7,116 +7,19 @@ use crate::options::{DataSetOptions, FileFormat, ProcessOptions};
 use crate::output;
 use crate::reductions::{Geometry, Reductions};
 use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use stemflow_core::frame::Tile;
+use stemflow_core::NavShape;
 use stemflow_core::metadata::RunMetadata;
 use stemflow_core::result::UdfResults;
 use stemflow_core::validity::FrameValidity;
-use stemflow_core::{DType, NavShape, SigShape};
-use stemflow_drivers::dectris::master::MasterFile;
-use stemflow_drivers::merlin::MibFile;
-use stemflow_processing::io::{ByteOrder, ElementType, IoError};
+use stemflow_drivers::dectris::DectrisDataSet;
+use stemflow_drivers::merlin::{MibDataSet, MibFile};
+use stemflow_processing::io::{ByteOrder, ElementType};
 use stemflow_processing::{
     DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary, run_dataset,
 };
 use stemflow_recording::hdf5::{Hdf5Recorder, RecordingSpec};
-
-/// A Merlin `.hdr`/`.mib` set as a [`DataSet`] (decoding by the Merlin driver).
-pub struct MibDataSet {
-    file: MibFile,
-    nav: NavShape,
-}
-
-impl MibDataSet {
-    /// Opens a `.hdr` or `.mib` file; the scan shape is `nav_shape`, else the header's
-    /// (ScanY × ScanX), else 1 × frames.
-    ///
-    /// # Errors
-    /// The Merlin reader's errors, naming the file.
-    pub fn open(path: &Path, nav_shape: Option<NavShape>) -> Result<Self> {
-        let file = MibFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let nav = nav_shape
-            .or_else(|| file.nav_shape())
-            .unwrap_or(NavShape::new(1, file.frames() as usize));
-        Ok(Self { file, nav })
-    }
-}
-
-impl DataSet for MibDataSet {
-    fn path(&self) -> &Path {
-        self.file.mib_path()
-    }
-    fn nav_shape(&self) -> NavShape {
-        self.nav
-    }
-    fn sig_shape(&self) -> SigShape {
-        self.file.sig_shape()
-    }
-    fn dtype(&self) -> DType {
-        self.file.dtype()
-    }
-    fn frames(&self) -> u64 {
-        self.file.frames()
-    }
-    fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError> {
-        self.file
-            .read_tile(first, n, out)
-            .map_err(|e| IoError::Reader {
-                path: self.file.mib_path().to_path_buf(),
-                source: Box::new(e),
-            })
-    }
-}
-
-/// A DECTRIS HDF5 recording (`*_master.h5` with its data files) as a [`DataSet`]
-/// (bitshuffle-LZ4 / LZ4 decoded by the DECTRIS driver, masked pixels zeroed).
-pub struct DectrisDataSet {
-    file: MasterFile,
-    nav: NavShape,
-}
-
-impl DectrisDataSet {
-    /// Opens a master file; the scan shape is `nav_shape`, else the one stored beside the
-    /// master, else 1 × frames.
-    ///
-    /// # Errors
-    /// The DECTRIS reader's errors, naming the file.
-    pub fn open(path: &Path, nav_shape: Option<NavShape>) -> Result<Self> {
-        let file = MasterFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let nav = nav_shape
-            .or_else(|| file.nav_shape())
-            .unwrap_or(NavShape::new(1, file.frames() as usize));
-        Ok(Self { file, nav })
-    }
-}
-
-impl DataSet for DectrisDataSet {
-    fn path(&self) -> &Path {
-        self.file.master_path()
-    }
-    fn nav_shape(&self) -> NavShape {
-        self.nav
-    }
-    fn sig_shape(&self) -> SigShape {
-        self.file.sig_shape()
-    }
-    fn dtype(&self) -> DType {
-        self.file.dtype()
-    }
-    fn frames(&self) -> u64 {
-        self.file.frames()
-    }
-    fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError> {
-        let path = self.file.master_path().to_path_buf();
-        self.file
-            .read_tile(first, n, out)
-            .map_err(|e| IoError::Reader {
-                path,
-                source: Box::new(e),
-            })
-    }
-}
 
 /// The format of `args.path`: as given, else from its extension.
 fn format_of(args: &DataSetOptions) -> Result<FileFormat> {
@@ -155,9 +58,15 @@ fn format_of(args: &DataSetOptions) -> Result<FileFormat> {
 pub fn open_dataset(args: &DataSetOptions) -> Result<Box<dyn DataSet>> {
     let path = &args.path;
     let ds: Box<dyn DataSet> = match format_of(args)? {
-        FileFormat::Merlin => Box::new(MibDataSet::open(path, args.nav_shape)?),
+        FileFormat::Merlin => Box::new(
+            MibDataSet::open(path, args.nav_shape)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
         FileFormat::Npy => Box::new(NpyDataSet::open(path)?),
-        FileFormat::Dectris => Box::new(DectrisDataSet::open(path, args.nav_shape)?),
+        FileFormat::Dectris => Box::new(
+            DectrisDataSet::open(path, args.nav_shape)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
         FileFormat::Hdf5 => Box::new(Hdf5DataSet::open(path, args.dataset.as_deref())?),
         FileFormat::Raw => {
             let (Some(nav_shape), Some(sig_shape)) = (args.nav_shape, args.sig_shape) else {
@@ -379,6 +288,8 @@ fn print_totals(results: &[UdfResults]) {
 mod tests {
     use super::*;
     use crate::reductions::udfs;
+    use std::path::Path;
+    use stemflow_core::{DType, SigShape};
     use stemflow_processing::RunConfig;
     use stemflow_processing::udf::Udf;
 

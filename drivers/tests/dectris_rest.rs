@@ -639,6 +639,9 @@ fn an_arm_that_never_answers_fails_at_the_callers_deadline() {
         .to_string();
     let took = t0.elapsed();
     assert!(took < Duration::from_millis(2500), "took {took:?}: {e}");
-    assert!(e.contains("command/arm") && e.contains("timed out after"), "{e}");
+    assert!(
+        e.contains("command/arm") && e.contains("timed out after"),
+        "{e}"
+    );
     assert!(!e.contains("60.000") && !e.contains("7.000"), "{e}");
 }
