@@ -42,8 +42,8 @@ use super::stream::{
 };
 use super::zmtp::{POLL, PartHead, ZmtpError, ZmtpPull};
 use crate::receiver::{
-    self, Begin, Connection, CoreError, DenseFrames, EndReasons, Flow, Message, OrderError,
-    Protocol, Settings, Sink, Wait,
+    self, Begin, Connection, CoreError, DenseFrames, Flow, Message, OrderError, Protocol, Settings,
+    Sink, Wait,
 };
 use crossbeam_channel::Receiver;
 use std::net::SocketAddr;
@@ -284,26 +284,17 @@ impl EndReason {
     }
 }
 
-impl std::fmt::Display for EndReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl EndReasons for EndReason {
-    const ALL_FRAMES: Self = Self::AllFrames;
-    const INACTIVITY_DEADLINE: Self = Self::InactivityDeadline;
-    const NEW_HEADER: Self = Self::NewSeries;
-    const STOPPED: Self = Self::Stopped;
-    const DISCONNECTED: Self = Self::Disconnected;
-    const FAILED: Self = Self::Failed;
-    /// A series ends with its end-of-series message (§2.4), never by silence.
-    const DISARMED: Option<Self> = None;
-
-    fn as_str(self) -> &'static str {
-        EndReason::as_str(self)
-    }
-}
+// A series ends with its end-of-series message (§2.4), never by silence: no disarm
+// reason.
+receiver::end_reasons!(EndReason {
+    all_frames: AllFrames,
+    inactivity_deadline: InactivityDeadline,
+    new_header: NewSeries,
+    stopped: Stopped,
+    disconnected: Disconnected,
+    failed: Failed,
+    disarmed: None,
+});
 
 /// Frame accounting of one series ([`receiver::AcquisitionSummary`] with DECTRIS' end
 /// reasons; `series` is the series id, §2.4).

@@ -34,8 +34,8 @@ use super::mpx::{self, DEFAULT_MAX_MPX_LENGTH, MPX_PREFIX_LEN, MpxPrefix};
 use super::mq1::{self, MQ1_MIN_LEN, Mq1Header};
 use super::stream::{DataStream, Fill};
 use crate::receiver::{
-    self, Begin, Connection, CoreError, DenseFrames, EndReasons, Flow, Message, OrderError,
-    Protocol, Settings, Sink, Wait,
+    self, Begin, Connection, CoreError, DenseFrames, Flow, Message, OrderError, Protocol, Settings,
+    Sink, Wait,
 };
 use crossbeam_channel::Receiver;
 use std::net::{SocketAddr, TcpStream};
@@ -151,26 +151,16 @@ impl EndReason {
     }
 }
 
-impl std::fmt::Display for EndReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl EndReasons for EndReason {
-    const ALL_FRAMES: Self = Self::AllFrames;
-    const INACTIVITY_DEADLINE: Self = Self::InactivityDeadline;
-    const NEW_HEADER: Self = Self::NewHeader;
-    const STOPPED: Self = Self::Stopped;
-    const DISCONNECTED: Self = Self::Disconnected;
-    const FAILED: Self = Self::Failed;
-    /// The Merlin stream has no end marker (§1.4): a disarm ends by silence.
-    const DISARMED: Option<Self> = Some(Self::Disarmed);
-
-    fn as_str(self) -> &'static str {
-        EndReason::as_str(self)
-    }
-}
+// The Merlin stream has no end marker (§1.4): a disarm ends by silence.
+receiver::end_reasons!(EndReason {
+    all_frames: AllFrames,
+    inactivity_deadline: InactivityDeadline,
+    new_header: NewHeader,
+    stopped: Stopped,
+    disconnected: Disconnected,
+    failed: Failed,
+    disarmed: Some(Self::Disarmed),
+});
 
 /// Frame accounting of one acquisition ([`receiver::AcquisitionSummary`] with Merlin's end
 /// reasons; Merlin acquisitions have no series id, so `series` is `()`, §1.4).

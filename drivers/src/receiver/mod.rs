@@ -38,6 +38,7 @@ pub mod stack;
 pub mod worker;
 
 pub use accounting::{AcquisitionSummary, Gap};
+pub(crate) use protocol::end_reasons;
 pub use protocol::{Begin, CoreError, EndReasons, Flow, Message, OrderError, Protocol};
 pub use stack::{DenseFrames, FilledStack, StackLayout};
 pub use worker::{Connection, ReceiverEvent, Sink};

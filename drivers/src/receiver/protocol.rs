@@ -39,6 +39,53 @@ pub trait EndReasons: Copy + fmt::Debug + fmt::Display + PartialEq + Send + 'sta
     fn as_str(self) -> &'static str;
 }
 
+/// Implements [`fmt::Display`] (through the enum's own `as_str`) and [`EndReasons`] for a
+/// protocol's end-reason enum, naming which of its members the core's reasons are:
+///
+/// ```ignore
+/// end_reasons!(EndReason {
+///     all_frames: AllFrames,
+///     inactivity_deadline: InactivityDeadline,
+///     new_header: NewHeader,
+///     stopped: Stopped,
+///     disconnected: Disconnected,
+///     failed: Failed,
+///     disarmed: Some(Disarmed),
+/// });
+/// ```
+macro_rules! end_reasons {
+    ($ty:ident {
+        all_frames: $all:ident,
+        inactivity_deadline: $idle:ident,
+        new_header: $new:ident,
+        stopped: $stopped:ident,
+        disconnected: $disc:ident,
+        failed: $failed:ident,
+        disarmed: $disarmed:expr $(,)?
+    }) => {
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl $crate::receiver::EndReasons for $ty {
+            const ALL_FRAMES: Self = Self::$all;
+            const INACTIVITY_DEADLINE: Self = Self::$idle;
+            const NEW_HEADER: Self = Self::$new;
+            const STOPPED: Self = Self::$stopped;
+            const DISCONNECTED: Self = Self::$disc;
+            const FAILED: Self = Self::$failed;
+            const DISARMED: Option<Self> = $disarmed;
+
+            fn as_str(self) -> &'static str {
+                $ty::as_str(self)
+            }
+        }
+    };
+}
+pub(crate) use end_reasons;
+
 /// What [`Protocol::begin`] says about an acquisition whose header arrived.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Begin<S> {
