@@ -31,6 +31,8 @@
 //! name = "refocus"
 //! script = "refocus.rhai"     # relative to the queue file
 //! params = { step_m = 1e-8 }  # variables of the script
+//! max_duration_s = 600        # time limit (default: 3600 s for a script, twice the
+//!                             # estimate + 600 s for a plan)
 //! ```
 
 use crate::engine::{Control, Executor, RunOutcome, SequenceError, Session, Suspender};
