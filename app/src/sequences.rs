@@ -500,6 +500,36 @@ fn interrupt_on_ctrl_c(
     })
 }
 
+/// The session of `stemflow run`: the simulated instrument started with `reductions`, the
+/// stop signals wired to cancel it, log lines to stdout, the cleanup options and the time
+/// limit `limit` set. Returns it with the flag a stop signal sets.
+///
+/// # Errors
+/// The instrument cannot start, or a signal handler cannot be installed.
+fn open_session(
+    profile: &Profile,
+    opts: &RunOptions,
+    reductions: Reductions,
+    control: &Control,
+    limit: Duration,
+) -> Result<(Session, Arc<AtomicBool>)> {
+    let args = &opts.sequence;
+    let exec = start_instrument(
+        profile,
+        args.sim_stuck_setting.as_deref(),
+        args.sim_beam_dip.as_deref(),
+        !args.no_raw,
+        reductions,
+        args.live_view,
+    )?;
+    let interrupted = interrupt_on_ctrl_c(&exec, control, true);
+    let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
+    session.set_log(Box::new(|m| println!("{m}")));
+    session.blank_beam_on_cleanup = opts.blank_beam_on_cleanup;
+    session.set_time_limit(Some(limit));
+    Ok((session, interrupted))
+}
+
 /// A sequence's time limit: `max_duration_s` when given (checked), else `default`.
 ///
 /// # Errors
@@ -529,7 +559,7 @@ fn cancelled(outs: &[RunOutcome]) -> anyhow::Error {
 /// cannot start, a step failed, frames were lost, or [`crate::progress::Cancelled`] when
 /// the user cancelled it.
 pub fn run(opts: &RunOptions) -> Result<()> {
-    let (file, blank_beam_on_cleanup) = (&opts.file, opts.blank_beam_on_cleanup);
+    let file = &opts.file;
     let args = &opts.sequence;
     let profile = load_profile(args.profile.as_deref())?;
     // Parsed now, dry runs included; plans are also checked against each scan below.
@@ -550,21 +580,10 @@ pub fn run(opts: &RunOptions) -> Result<()> {
             );
             return Ok(());
         }
-        let exec = start_instrument(
-            &profile,
-            args.sim_stuck_setting.as_deref(),
-            args.sim_beam_dip.as_deref(),
-            !args.no_raw,
-            reductions,
-            args.live_view,
-        )?;
-        let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
-        let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
-        session.set_log(Box::new(|m| println!("{m}")));
-        session.blank_beam_on_cleanup = blank_beam_on_cleanup;
-        session.set_time_limit(Some(time_limit(opts.max_duration_s, || {
+        let limit = time_limit(opts.max_duration_s, || {
             Ok(Duration::from_secs_f64(SCRIPT_TIME_LIMIT_S))
-        })?));
+        })?;
+        let (session, interrupted) = open_session(&profile, opts, reductions, &control, limit)?;
         let (mut session, r) = run_script(session, &src, &defaults);
         // On failure the acquisitions run so far stay in the session.
         let outs = r
@@ -596,21 +615,10 @@ pub fn run(opts: &RunOptions) -> Result<()> {
         println!("dry run: no device touched");
         return Ok(());
     }
-    let exec = start_instrument(
-        &profile,
-        args.sim_stuck_setting.as_deref(),
-        args.sim_beam_dip.as_deref(),
-        !args.no_raw,
-        reductions,
-        args.live_view,
-    )?;
-    let interrupted = interrupt_on_ctrl_c(&exec, &control, true);
-    let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
-    session.set_log(Box::new(|m| println!("{m}")));
-    session.blank_beam_on_cleanup = blank_beam_on_cleanup;
-    session.set_time_limit(Some(time_limit(opts.max_duration_s, || {
+    let limit = time_limit(opts.max_duration_s, || {
         Ok(default_time_limit(&Action::Plan(plan.clone()))?)
-    })?));
+    })?;
+    let (mut session, interrupted) = open_session(&profile, opts, reductions, &control, limit)?;
     let r = session.run_steps(&steps, &mut stemflow_sequences::NoHooks);
     session.cleanup();
     let outs = session.take_outcomes();
