@@ -319,7 +319,19 @@ impl Detector for MerlinDetector {
                     });
                 }
                 Ok(_) => continue,
-                Err(_) => {
+                // The receiver thread ended: the data port closed before any HDR came. Said
+                // at once, not as a timeout of the whole arm deadline.
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    return Err(DeviceError::Protocol {
+                        device: self.name.clone(),
+                        expected: format!(
+                            "an HDR on data port {} (arm confirmation)",
+                            self.cfg.data
+                        ),
+                        observed: "the data connection closed before any HDR arrived".into(),
+                    });
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     return Err(DeviceError::Timeout {
                         device: self.name.clone(),
                         what: format!(
