@@ -93,3 +93,76 @@ fn a_data_port_that_closes_at_once_is_reported_as_closed() {
         run.describe()
     );
 }
+
+/// Garbage instead of an `MPX,` prefix mid-scan: the frames after it are counted lost,
+/// and the cause is in run.json's `error` — the same as in the recording's own run record —
+/// not only in a log line.
+#[test]
+fn garbage_mid_stream_names_its_cause_in_run_json_and_the_recording() {
+    use stemflow_simulators::merlin::MerlinFaults;
+    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
+        specimen: Specimen::builder().build(),
+        nav_shape: NavShape::new(4, 4),
+        sig_shape: SigShape::new(64, 64),
+        seed: 1,
+    });
+    cfg.pacing = Pacing::AsFastAsPossible;
+    cfg.faults = MerlinFaults {
+        corrupt_prefix_at: Some(5),
+        ..MerlinFaults::default()
+    };
+    let sim = MerlinSim::start(cfg).expect("starting the Merlin simulator");
+    let (c, d) = (
+        sim.control_addr().port().to_string(),
+        sim.data_addr().port().to_string(),
+    );
+    let dir = ScratchDir::new("fault-garbage");
+    let out = dir.path().join("out");
+    let run = command::stemflow(
+        &[
+            "acquire",
+            "--control-port",
+            &c,
+            "--data-port",
+            &d,
+            "--nav-shape",
+            "4x4",
+            "--frame-timeout-s",
+            "1",
+            "--out",
+            path_arg(&out),
+        ],
+        dir.path(),
+        "garbage",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    let text = std::fs::read_to_string(out.join("run.json")).expect("run.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("run.json parses");
+    let error = json["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("run.json has no error for a stream that broke: {json:#}"));
+    assert!(
+        error.contains("MPX"),
+        "the error does not name the framing: {error}"
+    );
+    let frames = |k: &str| json[k].as_u64().unwrap_or_else(|| panic!("{k}: {json:#}"));
+    assert_eq!(
+        frames("frames_received") + frames("frames_lost") + frames("frames_damaged"),
+        16,
+        "{json:#}"
+    );
+    assert!(frames("frames_lost") > 0, "{json:#}");
+    let rec = stemflow_recording::reader::open_recording(out.join("acquisition.h5"))
+        .expect("opening the recording");
+    let stored: serde_json::Value = serde_json::from_str(
+        &rec.run_record_json()
+            .expect("reading the stored run record")
+            .expect("a stored run record"),
+    )
+    .expect("the stored run record parses");
+    assert_eq!(stored["error"], json["error"], "stored: {stored:#}");
+    assert_eq!(
+        stored["exit_status"], json["exit_status"],
+        "stored: {stored:#}"
+    );
+}

@@ -185,7 +185,9 @@ impl RunContext {
             stop_time: now_rfc3339(),
             duration_s: started.elapsed().as_secs_f64(),
             exit_status: ExitStatus::Completed,
-            error: None,
+            // The detector error that ended the acquisition early, if one did (the frames
+            // after it are counted lost): run.json says what the file's record says.
+            error: self.end.as_ref().and_then(|e| e.error.clone()),
             frames_expected: self.expected,
             frames_received: self.end.as_ref().map_or(0, |e| e.received),
             frames_lost: self.end.as_ref().map_or(0, |e| e.lost),
