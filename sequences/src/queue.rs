@@ -641,7 +641,7 @@ fn run_queue_inner(
                 expected: qname,
             });
         }
-        finished_keys(&recs)
+        (finished_keys(&recs), earlier_attempts(&recs))
     } else {
         if journal_path.exists() {
             let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
@@ -654,6 +654,7 @@ fn run_queue_inner(
         }
         Default::default()
     };
+    let (done, earlier) = done;
     let mut journal = Journal::open(&journal_path)?;
     let log_path = queue.log.as_ref().map(|l| opts.out.join(l));
     let mut notifier = Notifier::new(log_path.as_deref(), queue.webhook.as_deref())?;
@@ -688,15 +689,19 @@ fn run_queue_inner(
         }
         let dir = opts.out.join(unit.key.replace([':', '#', '/', '\\'], "_"));
         session.set_output_dir(Some(dir.clone()));
-        let _ = std::fs::create_dir_all(&dir);
         let attempts_allowed = 1 + if unit.policy.on_error == OnError::Retry {
             unit.policy.retries
         } else {
             0
         };
-        let mut attempt = 0;
+        // Attempts count on from those the journal shows (a unit cut short by a crash or a
+        // stop and run again by --resume is attempt N + 1, not 1 again).
+        let first = earlier.get(&unit.key).copied().unwrap_or(0);
+        let mut attempt = first;
         loop {
             attempt += 1;
+            keep_earlier_attempt(&dir, attempt)?;
+            let _ = std::fs::create_dir_all(&dir);
             let mut start = JournalRecord::new(JournalEvent::RunStart, &qname);
             start.key = Some(unit.key.clone());
             start.attempt = Some(attempt);
@@ -726,7 +731,7 @@ fn run_queue_inner(
                     let user_stop = matches!(e, SequenceError::Stopped | SequenceError::Aborted);
                     let msg = e.to_string();
                     end.error = Some(msg.clone());
-                    let retry = !user_stop && attempt < attempts_allowed;
+                    let retry = !user_stop && attempt - first < attempts_allowed;
                     let then = if unit.policy.on_error == OnError::Retry {
                         unit.policy.after_retries
                     } else {
@@ -746,7 +751,7 @@ fn run_queue_inner(
                     if retry {
                         notifier.notify(
                             "unit_retry",
-                            &format!("[{}] failed (attempt {attempt} of {attempts_allowed}), retrying: {msg}", unit.key),
+                            &format!("[{}] failed (attempt {attempt} of {}), retrying: {msg}", unit.key, first + attempts_allowed),
                             serde_json::json!({ "key": unit.key, "attempt": attempt, "error": msg }),
                         );
                         continue;
@@ -796,6 +801,62 @@ fn run_queue_inner(
         serde_json::json!({ "queue": queue.name, "completed": report.completed, "skipped": report.skipped, "frames_lost": report.frames_lost }),
     );
     Ok(report)
+}
+
+/// The highest attempt number the journal `recs` shows started, per unit key.
+fn earlier_attempts(recs: &[JournalRecord]) -> BTreeMap<String, u32> {
+    let mut m = BTreeMap::new();
+    for r in recs.iter().filter(|r| r.event == JournalEvent::RunStart) {
+        if let (Some(k), Some(a)) = (&r.key, r.attempt) {
+            let e = m.entry(k.clone()).or_insert(0);
+            *e = (*e).max(a);
+        }
+    }
+    m
+}
+
+/// Before attempt `attempt` of a unit writes into `dir`, moves what an earlier attempt left
+/// there (a partial recording of a killed run, a failed try) to `dir.attempt-N` (N: the
+/// attempt before; `dir.earlier` when no earlier attempt is known, e.g. an old queue's
+/// output), so that no recording is overwritten.
+///
+/// # Errors
+/// [`QueueError::Output`] when the folder cannot be read or renamed.
+fn keep_earlier_attempt(dir: &Path, attempt: u32) -> Result<(), QueueError> {
+    let has_files = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(source) => {
+            return Err(QueueError::Output {
+                dir: dir.into(),
+                during: "looking for an earlier attempt's files",
+                source,
+            });
+        }
+    };
+    if !has_files {
+        return Ok(());
+    }
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let base = if attempt > 1 {
+        format!("{name}.attempt-{}", attempt - 1)
+    } else {
+        format!("{name}.earlier")
+    };
+    let mut target = dir.with_file_name(&base);
+    let mut n = 1;
+    while target.exists() {
+        n += 1;
+        target = dir.with_file_name(format!("{base}-{n}"));
+    }
+    std::fs::rename(dir, &target).map_err(|source| QueueError::Output {
+        dir: dir.into(),
+        during: "keeping an earlier attempt's files",
+        source,
+    })
 }
 
 fn run_unit(
@@ -1176,6 +1237,44 @@ mod tests {
                 && e.contains("requested 0.00000001")
                 && e.contains("reports 0"),
             "{e}"
+        );
+    }
+
+    /// A unit cut short by a crash (its `run_start` journaled, no `run_end`, a partial file
+    /// in its folder): `--resume` runs it as attempt 2, not 1 again, and keeps the partial
+    /// file under `<unit>.attempt-1` instead of overwriting it.
+    #[test]
+    fn resume_counts_attempts_on_and_keeps_a_killed_attempts_files() {
+        let s = Scratch::new("resume-attempts");
+        let q = parse("[[item]]\nname = \"a\"\nplan = \"stem_4d_scan\"\n").unwrap();
+        let out = s.0.join("out");
+        let unit_dir = out.join("000_a");
+        std::fs::create_dir_all(&unit_dir).unwrap();
+        std::fs::write(unit_dir.join("001_scan.h5"), b"partial").unwrap();
+        let mut j = Journal::open(&out.join("journal.jsonl")).unwrap();
+        j.append(&JournalRecord::new(JournalEvent::QueueStart, "q.toml"))
+            .unwrap();
+        let mut start = JournalRecord::new(JournalEvent::RunStart, "q.toml");
+        start.key = Some("000:a".into());
+        start.attempt = Some(1);
+        j.append(&start).unwrap();
+        drop(j);
+        let fake = FakeExecutor::default();
+        let rep = run(&q, &fake, &out, true).unwrap();
+        assert_eq!(rep.completed, 1);
+        let recs = Journal::read(&out.join("journal.jsonl")).unwrap();
+        let attempts: Vec<_> = recs
+            .iter()
+            .filter(|r| r.event == JournalEvent::RunStart && r.key.as_deref() == Some("000:a"))
+            .map(|r| r.attempt)
+            .collect();
+        assert_eq!(attempts, [Some(1), Some(2)], "{recs:?}");
+        let kept = out.join("000_a.attempt-1").join("001_scan.h5");
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            b"partial",
+            "{}",
+            kept.display()
         );
     }
 
