@@ -166,3 +166,56 @@ fn garbage_mid_stream_names_its_cause_in_run_json_and_the_recording() {
         "stored: {stored:#}"
     );
 }
+
+/// `kill -9` in the middle of a live scan: the recording it leaves is marked incomplete
+/// and still says what it holds — the detector's header, the read-back microscope and the
+/// scan — because the metadata known at arm time is written when the recording opens.
+#[cfg(unix)]
+#[test]
+fn a_killed_recording_says_what_it_holds() {
+    use common::process::ChildGuard;
+    use common::scratch::slow_simulated_profile;
+    use std::process::{Command, Stdio};
+    let dir = ScratchDir::new("fault-kill9");
+    let profile = slow_simulated_profile(dir.path(), "0.002");
+    let out = dir.path().join("out");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
+    cmd.args(["--nav-shape", "64x64", "--profile"])
+        .arg(&profile)
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = ChildGuard::spawn("stemflow (to be killed)", &mut cmd);
+    let log = child.tap_stderr();
+    let running = log.wait_for(
+        Duration::from_secs(60),
+        || child.try_status().is_none(),
+        |t| t.contains("--> Running").then_some(()),
+    );
+    assert!(running.is_some(), "the scan never ran: {}", log.text());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_status().is_none(),
+        "the scan ended before the kill"
+    );
+    child.signal(libc::SIGKILL);
+    let status = child.wait_timeout(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.code().is_none()),
+        "not killed: {status:?}"
+    );
+    let rec = stemflow_recording::reader::open_recording(out.join("scan.h5"))
+        .expect("the killed recording opens");
+    assert!(!rec.is_complete(), "a killed recording marked complete");
+    let md = rec.metadata().expect("the killed recording's metadata");
+    assert!(
+        md.detector_header
+            .as_deref()
+            .is_some_and(|h| h.contains("Frames in Acquisition")),
+        "no detector header: {md:?}"
+    );
+    assert!(md.microscope.is_some(), "no microscope read-back: {md:?}");
+    assert!(md.scan.is_some(), "no scan settings: {md:?}");
+    assert_eq!(md.nav_shape, Some(NavShape::new(64, 64)), "{md:?}");
+}

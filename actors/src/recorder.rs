@@ -39,6 +39,10 @@ pub struct RecordingRequest {
     pub sig_shape: SigShape,
     /// Pixel type.
     pub dtype: DType,
+    /// What is known when the recording opens (the detector's header and read-back
+    /// settings, the microscope, the scan), written at once so that a recording cut short
+    /// by a killed process still says what it holds.
+    pub metadata: RunMetadata,
 }
 
 /// Opens a recording (e.g. an HDF5 file).
@@ -49,7 +53,7 @@ pub type RecordingFactory =
 pub enum RecorderMsg {
     /// Open a recording.
     Open(
-        RecordingRequest,
+        Box<RecordingRequest>,
         RpcReplyPort<Result<Box<dyn Recording>, String>>,
     ),
     /// Finish a recording.

@@ -43,7 +43,7 @@ impl Recording for Hdf5Recording {
 /// Opens an HDF5 recording for the recorder actor.
 pub fn open_recording(req: &RecordingRequest) -> Result<Box<dyn Recording>, String> {
     let spec = RecordingSpec::new(req.nav_shape, req.sig_shape, req.dtype);
-    Hdf5Recorder::create(&req.path, spec)
+    Hdf5Recorder::create_with_metadata(&req.path, spec, Some(&req.metadata))
         .map(|r| Box::new(Hdf5Recording(r)) as Box<dyn Recording>)
         .map_err(|e| e.to_string())
 }

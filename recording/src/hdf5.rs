@@ -157,9 +157,29 @@ impl Hdf5Recorder {
     /// level above 9 or deflate missing from libhdf5; [`RecordingError::Hdf5`] when the file
     /// or an object cannot be created.
     pub fn create(path: impl AsRef<Path>, spec: RecordingSpec) -> Result<Self, RecordingError> {
+        Self::create_with_metadata(path, spec, None)
+    }
+
+    /// As [`create`](Self::create), and writes `metadata` (what is known when the recording
+    /// opens: the detector's header and read-back settings, the microscope, the scan) as
+    /// `/entry/run_metadata_json` at once and flushes it, so that a file left by a killed
+    /// process says what it holds; [`finish`](Self::finish) replaces it with the final
+    /// metadata.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create); [`RecordingError::Json`] when the metadata cannot be
+    /// encoded.
+    pub fn create_with_metadata(
+        path: impl AsRef<Path>,
+        spec: RecordingSpec,
+        metadata: Option<&RunMetadata>,
+    ) -> Result<Self, RecordingError> {
         let path = path.as_ref().to_path_buf();
         check_spec(&path, &spec)?;
         let writer = Writer::create(&path, &spec)?;
+        if let Some(md) = metadata {
+            write_opening_metadata(&writer.file, &path, md)?;
+        }
         let mode = if spec.writer_queue == 0 {
             Mode::Inline(Box::new(writer))
         } else {
@@ -930,6 +950,19 @@ fn write_results(file: &File, p: &Path, results: &[UdfResults]) -> Result<(), Re
     Ok(())
 }
 
+/// The metadata known when the recording opens, as `/entry/run_metadata_json`, flushed.
+fn write_opening_metadata(file: &File, p: &Path, md: &RunMetadata) -> Result<(), RecordingError> {
+    let entry = group(file, p, layout::ENTRY)?;
+    let json = serde_json::to_string_pretty(md).map_err(|source| RecordingError::Json {
+        path: p.to_path_buf(),
+        object: layout::METADATA_JSON.into(),
+        source,
+    })?;
+    write_str_dataset(&entry, p, "run_metadata_json", &json)?;
+    file.flush()
+        .map_err(h5(p, "/", "flushing the opening metadata"))
+}
+
 fn write_metadata(
     file: &File,
     p: &Path,
@@ -957,6 +990,14 @@ fn write_metadata(
         object: layout::METADATA_JSON.into(),
         source,
     })?;
+    // Written when the recording opened (`create_with_metadata`): replaced, not added.
+    if entry.link_exists("run_metadata_json") {
+        entry.unlink("run_metadata_json").map_err(h5(
+            p,
+            layout::METADATA_JSON,
+            "replacing the opening metadata",
+        ))?;
+    }
     write_str_dataset(&entry, p, "run_metadata_json", &json)?;
     if let Some(rr) = run_record {
         let json = serde_json::to_string_pretty(rr).map_err(|source| RecordingError::Json {

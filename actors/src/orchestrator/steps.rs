@@ -338,6 +338,7 @@ impl Instrument {
                     nav_shape: nav,
                     sig_shape: armed.sig_shape,
                     dtype: armed.dtype,
+                    metadata: ctx.metadata.clone(),
                 };
                 let rec = self
                     .call(
@@ -345,7 +346,7 @@ impl Instrument {
                         &refs.recorder,
                         "open recording",
                         CALL_MARGIN,
-                        |r| RecorderMsg::Open(rr, r),
+                        |r| RecorderMsg::Open(Box::new(rr), r),
                     )
                     .await?
                     .map_err(RunError::Recording)?;
