@@ -7,6 +7,8 @@
 //!    malformed headers: each file is parsed by all three, and their element type, byte
 //!    order, shape, Fortran flag and data offset compared. Our written headers
 //!    (`header_bytes`) are read back by both crates and compared byte for byte with theirs.
+//!    Since the switch (0017), `npy::read_header` parses the dict with npyz, so this part
+//!    checks our preamble handling and our mapping onto the element types we read.
 //! 2. **Ranged reads into tiles.** An offline run reads a partition (about 4 MiB of frames)
 //!    at a time into a tile allocated once. A 128 MiB `<u2` file of 256 × 256 frames, in the
 //!    page cache, is read partition by partition, once per pass (open, header, every

@@ -5,6 +5,9 @@
 //! then a Python dict literal `{'descr': '<u2', 'fortran_order': False, 'shape': (…), }`
 //! padded with spaces to a multiple of 64 bytes and ended by `\n`; the array data follow,
 //! C order unless `fortran_order`.
+//!
+//! The header dict is parsed by npyz; the preamble check, the mapping onto the element
+//! types stemflow reads, the header writer and the data reads are ours (decision 0017).
 
 use super::{ByteOrder, IoError};
 use std::io::Read;
@@ -55,12 +58,21 @@ fn format_err(path: &Path, detail: impl Into<String>) -> IoError {
     }
 }
 
+/// The longest header text read, bytes. NumPy's own headers are a few hundred bytes; npyz
+/// would allocate whatever length a file states (up to 4 GiB for versions 2 and 3), so the
+/// length is checked here before the text is read.
+const MAX_HEADER_LEN: usize = 1 << 20;
+
 /// Reads and parses the header of the `.npy` file at `path`.
+///
+/// The preamble (magic, version, header length) is checked here; the header dict is parsed
+/// by npyz (a Python-literal parser), and its type mapped onto [`NpyKind`].
 ///
 /// # Errors
 /// [`IoError::Io`] when the file cannot be read; [`IoError::Format`] for a missing magic,
-/// an unknown version, or a header dict without `descr` / `shape` or with a `descr` other
-/// than bool, integers and floats.
+/// an unknown version, a header longer than 1 MiB, a header dict that does not parse or
+/// lacks `descr`, `fortran_order` (a bool) or `shape`, or a `descr` other than bool,
+/// integers and floats.
 pub fn read_header(path: &Path) -> Result<NpyHeader, IoError> {
     let mut f = std::fs::File::open(path).map_err(|e| IoError::io(path, "opening", e))?;
     let mut pre = [0u8; 12];
@@ -92,73 +104,87 @@ pub fn read_header(path: &Path) -> Result<NpyHeader, IoError> {
             ));
         }
     };
-    if len > 1 << 20 {
+    if len > MAX_HEADER_LEN {
         return Err(format_err(
             path,
-            format!("header of {len} bytes is implausible"),
+            format!("header of {len} bytes is implausible (at most 1 MiB is read)"),
         ));
     }
-    let mut text = vec![0u8; len];
-    f.read_exact(&mut text)
+    // npyz reads the preamble again, from these bytes, then exactly `len` bytes of text.
+    let mut bytes = Vec::with_capacity(start + len);
+    bytes.extend_from_slice(&pre[..start]);
+    bytes.resize(start + len, 0);
+    f.read_exact(&mut bytes[start..])
         .map_err(|e| IoError::io(path, "reading the .npy header", e))?;
-    let text = String::from_utf8_lossy(&text);
-    parse_dict(path, &text, (start + len) as u64)
+    let parsed = npyz::NpyHeader::from_reader(bytes.as_slice()).map_err(|e| {
+        let text = String::from_utf8_lossy(&bytes[start..]);
+        let text = text.trim_end();
+        let shown: String = text.chars().take(300).collect();
+        let more = if shown.len() < text.len() { "…" } else { "" };
+        format_err(path, format!("invalid .npy header {shown}{more}: {e}"))
+    })?;
+    to_header(path, &parsed, (start + len) as u64)
 }
 
-fn dict_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let k = text.find(&format!("'{key}'"))?;
-    let rest = &text[k + key.len() + 2..];
-    let colon = rest.find(':')?;
-    Some(rest[colon + 1..].trim_start())
-}
-
-fn parse_dict(path: &Path, text: &str, data_offset: u64) -> Result<NpyHeader, IoError> {
-    let descr = dict_value(text, "descr")
-        .and_then(|v| v.strip_prefix('\''))
-        .and_then(|v| v.split('\'').next())
-        .ok_or_else(|| format_err(path, format!("header without 'descr': {text}")))?;
-    let (order, code) = match descr.as_bytes().first() {
-        Some(b'<') => (ByteOrder::Little, &descr[1..]),
-        Some(b'>') => (ByteOrder::Big, &descr[1..]),
-        Some(b'|') | Some(b'=') => (ByteOrder::native(), &descr[1..]),
-        _ => (ByteOrder::native(), descr),
+/// Maps npyz's header onto ours: the element types we read, the byte order, the shape.
+fn to_header(path: &Path, h: &npyz::NpyHeader, data_offset: u64) -> Result<NpyHeader, IoError> {
+    use npyz::{DType, Endianness, Order, TypeChar};
+    let dtype = h.dtype();
+    let unsupported = || {
+        format_err(
+            path,
+            format!(
+                "dtype {} is not supported (bool, integers, f4, f8 are)",
+                dtype.descr()
+            ),
+        )
     };
-    let size = code.get(1..).and_then(|s| s.parse::<usize>().ok());
-    let kind = match (code.as_bytes().first(), size) {
-        (Some(b'b'), Some(1)) => NpyKind::Bool,
-        (Some(b'u'), Some(n @ (1 | 2 | 4 | 8))) => NpyKind::Unsigned(n),
-        (Some(b'i'), Some(n @ (1 | 2 | 4 | 8))) => NpyKind::Signed(n),
-        (Some(b'f'), Some(n @ (4 | 8))) => NpyKind::Float(n),
-        _ => {
-            return Err(format_err(
-                path,
-                format!("dtype '{descr}' is not supported (bool, integers, f4, f8 are)"),
-            ));
-        }
+    let DType::Plain(t) = &dtype else {
+        return Err(unsupported());
     };
-    let fortran_order = dict_value(text, "fortran_order").is_some_and(|v| v.starts_with("True"));
-    let shape_text = dict_value(text, "shape")
-        .and_then(|v| v.strip_prefix('('))
-        .and_then(|v| v.split(')').next())
-        .ok_or_else(|| format_err(path, format!("header without 'shape': {text}")))?;
-    let shape = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse::<usize>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format_err(path, format!("shape ({shape_text}): {e}")))?;
+    let kind = match (t.type_char(), t.num_bytes()) {
+        (TypeChar::Bool, Some(1)) => NpyKind::Bool,
+        (TypeChar::Uint, Some(n @ (1 | 2 | 4 | 8))) => NpyKind::Unsigned(n),
+        (TypeChar::Int, Some(n @ (1 | 2 | 4 | 8))) => NpyKind::Signed(n),
+        (TypeChar::Float, Some(n @ (4 | 8))) => NpyKind::Float(n),
+        _ => return Err(unsupported()),
+    };
+    let byte_order = match t.endianness() {
+        Endianness::Little => ByteOrder::Little,
+        Endianness::Big => ByteOrder::Big,
+        // `|`: single-byte types, where the order does not matter.
+        Endianness::Irrelevant => ByteOrder::native(),
+    };
+    let shape = h
+        .shape()
+        .iter()
+        .map(|&d| {
+            usize::try_from(d).map_err(|_| {
+                format_err(
+                    path,
+                    format!(
+                        "shape {:?}: dimension {d} exceeds this machine's usize",
+                        h.shape()
+                    ),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(NpyHeader {
         kind,
-        byte_order: order,
+        byte_order,
         shape,
-        fortran_order,
+        fortran_order: matches!(h.order(), Order::Fortran),
         data_offset,
     })
 }
 
 /// The header bytes (version 1) of a C-order array of `shape` with element `descr`
 /// (e.g. `<u2`), padded so the data start at a multiple of 64 bytes.
+///
+/// The bytes are NumPy's own for such an array: the shape tuple as Python writes it
+/// (`(5,)`, `(2, 3)`). npyz's header writer writes `(5, )` and `(2, 3, )`, valid but not
+/// NumPy's bytes, so the header is written here (decision 0017).
 pub fn header_bytes(descr: &str, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
     let shape_text = if dims.len() == 1 {
@@ -225,32 +251,295 @@ pub fn read_nonzero(path: &Path) -> Result<(Vec<usize>, Vec<bool>), IoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use npyz::WriterBuilder;
+    use std::path::PathBuf;
+
+    /// A scratch folder, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("stemflow-npy-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        /// Writes `bytes` to the file `name` and returns its path.
+        fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+            let p = self.0.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A `.npy` header of format version `v` with `dict` as its text, padded to 64 bytes.
+    fn header_file(dict: &str, v: u8) -> Vec<u8> {
+        let pre = if v == 1 { 10 } else { 12 };
+        let mut text = dict.to_string();
+        let total = pre + text.len() + 1;
+        text.push_str(&" ".repeat(total.next_multiple_of(64) - total));
+        text.push('\n');
+        let mut out = vec![0x93, b'N', b'U', b'M', b'P', b'Y', v, 0];
+        if v == 1 {
+            out.extend_from_slice(&(text.len() as u16).to_le_bytes());
+        } else {
+            out.extend_from_slice(&(text.len() as u32).to_le_bytes());
+        }
+        out.extend_from_slice(text.as_bytes());
+        out
+    }
+
+    /// npyz's own header bytes for `descr` and `shape`.
+    fn npyz_header(descr: &str, shape: &[usize]) -> Vec<u8> {
+        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        npyz::WriteOptions::new_header_only()
+            .dtype(npyz::DType::Plain(descr.parse().unwrap()))
+            .shape(&shape)
+            .writer(Vec::new())
+            .write_header_only()
+            .unwrap()
+    }
 
     #[test]
     fn written_headers_parse_back() {
-        let dir = std::env::temp_dir().join(format!("stemflow-npy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("h.npy");
+        let dir = Scratch::new("back");
         let mut bytes = header_bytes("<u2", &[2, 3, 4, 5]);
         assert_eq!(bytes.len() % 64, 0);
         bytes.extend(vec![0u8; 2 * 120]);
-        std::fs::write(&p, &bytes).unwrap();
+        let p = dir.file("h.npy", &bytes);
         let h = read_header(&p).unwrap();
         assert_eq!(h.shape, vec![2, 3, 4, 5]);
         assert_eq!(h.kind, NpyKind::Unsigned(2));
         assert_eq!(h.byte_order, ByteOrder::Little);
+        assert!(!h.fortran_order);
         assert_eq!(h.data_offset, bytes.len() as u64 - 240);
-        let t = parse_dict(
-            &p,
-            "{'descr': '>f4', 'fortran_order': True, 'shape': (7,), }",
-            0,
-        )
-        .unwrap();
-        assert_eq!(
-            (t.kind, t.byte_order, t.shape, t.fortran_order),
-            (NpyKind::Float(4), ByteOrder::Big, vec![7], true)
+    }
+
+    #[test]
+    fn every_accepted_type_order_version_and_key_order_parses() {
+        let dir = Scratch::new("types");
+        let cases = [
+            ("|b1", NpyKind::Bool),
+            ("|u1", NpyKind::Unsigned(1)),
+            ("|i1", NpyKind::Signed(1)),
+            ("<u2", NpyKind::Unsigned(2)),
+            (">u4", NpyKind::Unsigned(4)),
+            ("<u8", NpyKind::Unsigned(8)),
+            (">i2", NpyKind::Signed(2)),
+            ("<i4", NpyKind::Signed(4)),
+            (">i8", NpyKind::Signed(8)),
+            ("<f4", NpyKind::Float(4)),
+            (">f8", NpyKind::Float(8)),
+        ];
+        for (descr, kind) in cases {
+            let order = match descr.as_bytes()[0] {
+                b'<' => ByteOrder::Little,
+                b'>' => ByteOrder::Big,
+                _ => ByteOrder::native(),
+            };
+            for (fortran, shape, shape_text) in [
+                (false, vec![], "()"),
+                (true, vec![7], "(7,)"),
+                (false, vec![16, 16, 256, 256], "(16, 16, 256, 256)"),
+            ] {
+                let f = if fortran { "True" } else { "False" };
+                for (v, dict) in [
+                    (
+                        1,
+                        format!(
+                            "{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape_text}, }}"
+                        ),
+                    ),
+                    (
+                        2,
+                        format!(
+                            "{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape_text}, }}"
+                        ),
+                    ),
+                    (
+                        3,
+                        format!(
+                            "{{'descr': '{descr}', 'fortran_order': {f}, 'shape': {shape_text}, }}"
+                        ),
+                    ),
+                    (
+                        1,
+                        format!(
+                            "{{'shape': {shape_text}, 'fortran_order': {f}, 'descr': '{descr}'}}"
+                        ),
+                    ),
+                ] {
+                    let bytes = header_file(&dict, v);
+                    let p = dir.file("t.npy", &bytes);
+                    let h = read_header(&p).unwrap_or_else(|e| panic!("v{v} {dict}: {e}"));
+                    assert_eq!(
+                        h,
+                        NpyHeader {
+                            kind,
+                            byte_order: order,
+                            shape: shape.clone(),
+                            fortran_order: fortran,
+                            data_offset: bytes.len() as u64,
+                        },
+                        "v{v} {dict}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_headers_and_other_types_are_refused_naming_file_and_cause() {
+        let dir = Scratch::new("bad");
+        for (dict, cause) in [
+            ("{'descr': '<u2', 'shape': (2,), }", "fortran_order"),
+            (
+                "{'descr': '<u2', 'fortran_order': 0, 'shape': (2,), }",
+                "fortran_order",
+            ),
+            (
+                "{'descr': '<u2', 'fortran_order': 'no', 'shape': (2,), }",
+                "fortran_order",
+            ),
+            ("{'descr': '<u2', 'fortran_order': False, }", "shape"),
+            ("{'fortran_order': False, 'shape': (2,), }", "descr"),
+            (
+                "{'descr': '<u2', 'fortran_order': False, 'shape': (2, -3), }",
+                "negative",
+            ),
+            (
+                "{'descr': '<u2' 'fortran_order': False 'shape': (2,)}",
+                "parse",
+            ),
+            ("['<u2', False, (2,)]", "dict"),
+            (
+                "{'descr': '|u2', 'fortran_order': False, 'shape': (2,), }",
+                "|u2",
+            ),
+            (
+                "{'descr': '=u2', 'fortran_order': False, 'shape': (2,), }",
+                "=u2",
+            ),
+            (
+                "{'descr': 'u2', 'fortran_order': False, 'shape': (2,), }",
+                "Invalid type-string",
+            ),
+            (
+                "{'descr': '<c16', 'fortran_order': False, 'shape': (2,), }",
+                "'<c16' is not supported",
+            ),
+            (
+                "{'descr': '<f2', 'fortran_order': False, 'shape': (2,), }",
+                "'<f2' is not supported",
+            ),
+            (
+                "{'descr': '<U4', 'fortran_order': False, 'shape': (2,), }",
+                "'<U4' is not supported",
+            ),
+            (
+                "{'descr': [('a', '<u2'), ('b', '<f4')], 'fortran_order': False, 'shape': (2,), }",
+                "[('a', '<u2'), ('b', '<f4'), ] is not supported (bool, integers, f4, f8 are)",
+            ),
+        ] {
+            let p = dir.file("m.npy", &header_file(dict, 1));
+            let err = read_header(&p).expect_err(dict);
+            assert!(matches!(err, IoError::Format { .. }), "{dict}: {err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.starts_with(&p.display().to_string()) && msg.contains(cause),
+                "{dict}: `{msg}` should name the file and {cause}"
+            );
+        }
+    }
+
+    #[test]
+    fn preamble_is_checked_before_the_header_is_read() {
+        let dir = Scratch::new("pre");
+        // A version-2 header length above 1 MiB is refused from the 12-byte preamble alone,
+        // before anything of that length is read or allocated.
+        let mut big = b"\x93NUMPY\x02\x00".to_vec();
+        big.extend_from_slice(&((1u32 << 20) + 64).to_le_bytes());
+        let p = dir.file("big.npy", &big);
+        let msg = read_header(&p).unwrap_err().to_string();
+        assert!(
+            msg.contains("header of 1048640 bytes is implausible"),
+            "{msg}"
         );
-        assert!(parse_dict(&p, "{'descr': '<c16', 'shape': (1,)}", 0).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
+        // A header text of exactly 1 MiB is read and parsed (not aligned: npyz does not ask).
+        let mut text = "{'descr': '<u2', 'fortran_order': False, 'shape': (2,), }".to_string();
+        text.push_str(&" ".repeat((1 << 20) - text.len() - 1));
+        text.push('\n');
+        let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
+        bytes.extend_from_slice(&(1u32 << 20).to_le_bytes());
+        bytes.extend_from_slice(text.as_bytes());
+        let p = dir.file("mib.npy", &bytes);
+        assert_eq!(read_header(&p).unwrap().data_offset, 12 + (1 << 20));
+
+        let p = dir.file("magic.npy", b"\x93NUMPX\x01\x00\x40\x00");
+        let msg = read_header(&p).unwrap_err().to_string();
+        assert!(msg.contains("not a .npy file"), "{msg}");
+        let p = dir.file("v4.npy", b"\x93NUMPY\x04\x00\x40\x00\x00\x00");
+        let msg = read_header(&p).unwrap_err().to_string();
+        assert!(msg.contains("version 4 is unknown"), "{msg}");
+        let mut minor = header_file(
+            "{'descr': '<u2', 'fortran_order': False, 'shape': (2,), }",
+            1,
+        );
+        minor[7] = 1;
+        let p = dir.file("v1.1.npy", &minor);
+        let msg = read_header(&p).unwrap_err().to_string();
+        assert!(msg.contains("unsupported version: (1, 1)"), "{msg}");
+        let p = dir.file("short.npy", b"\x93NUMPY\x01\x00\x40\x00{'descr'");
+        assert!(matches!(read_header(&p), Err(IoError::Io { .. })));
+    }
+
+    #[test]
+    fn our_headers_are_numpys_and_npyz_writes_another_valid_form() {
+        let dir = Scratch::new("write");
+        // The header NumPy wrote for the shared DECTRIS capture's frames.
+        let numpy = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/data/dectris/stream-v1/synthetic_16x16_256_u16.npy"
+        ));
+        if let Ok(bytes) = std::fs::read(numpy) {
+            let ours = header_bytes("<u2", &[16, 16, 256, 256]);
+            assert_eq!(&bytes[..ours.len()], &ours[..], "NumPy's header");
+            assert_ne!(
+                &bytes[..ours.len()],
+                &npyz_header("<u2", &[16, 16, 256, 256])[..],
+                "npyz now writes NumPy's header bytes: header_bytes could use its writer"
+            );
+        }
+        let text = |b: &[u8]| String::from_utf8_lossy(&b[10..]).trim_end().to_string();
+        assert_eq!(
+            text(&header_bytes("<u2", &[5])),
+            "{'descr': '<u2', 'fortran_order': False, 'shape': (5,), }"
+        );
+        assert_eq!(
+            text(&npyz_header("<u2", &[5])),
+            "{'descr': '<u2', 'fortran_order': False, 'shape': (5, ), }"
+        );
+        for descr in ["|b1", "|u1", "<u2", ">i4", "<f4", ">f8"] {
+            for shape in [&[][..], &[5], &[3, 4], &[16, 16, 256, 256], &[1 << 20, 3]] {
+                let ours = header_bytes(descr, shape);
+                let theirs = npyz_header(descr, shape);
+                // Same length and the same header once read; the bytes differ only in the
+                // shape tuple's trailing `, ` (none for 0-D arrays: both write `()`).
+                assert_eq!(ours.len(), theirs.len(), "{descr} {shape:?}");
+                assert_eq!(ours == theirs, shape.is_empty(), "{descr} {shape:?}");
+                let a = read_header(&dir.file("a.npy", &ours)).unwrap();
+                let b = read_header(&dir.file("b.npy", &theirs)).unwrap();
+                assert_eq!(a, b, "{descr} {shape:?}");
+                assert_eq!(a.shape, shape);
+                assert_eq!(a.data_offset % 64, 0);
+            }
+        }
     }
 }
