@@ -148,6 +148,7 @@ fn config(addr: SocketAddr) -> MerlinReceiverConfig {
         pool_stacks: 4,
         expected_frames: None,
         drain: false,
+        memory_budget: stemflow_drivers::receiver::DEFAULT_MEMORY_BUDGET,
     }
 }
 
@@ -906,4 +907,45 @@ fn a_frame_is_handed_over_when_no_next_frame_is_waiting() {
             .collect::<Vec<_>>()
     );
     assert_eq!(acq.summary.as_ref().unwrap().end, EndReason::AllFrames);
+}
+
+/// A first frame whose MQ1 header declares 16384 × 16000 pixels of U32 (1 GB, with an MPX
+/// length to match): the receive pool is not sized from it. The acquisition ends at once
+/// with an error naming the frame size and the memory budget, before anything that large
+/// is allocated, and every frame of the acquisition is accounted for.
+#[test]
+fn a_forged_frame_size_is_refused_within_the_memory_budget() {
+    let rec = recording("Single_9_Frame_CounterDepth_6_Rows_256");
+    let head = String::from_utf8_lossy(&rec.frames[0][..384]).into_owned();
+    let forged = head.replacen(",0256,0256,U08,", ",16384,16000,U32,", 1);
+    assert_ne!(forged, head, "the header layout changed");
+    // Two characters longer: take them from the zero padding so the header stays 384 bytes.
+    let mut header = forged.into_bytes();
+    header.truncate(384);
+    let payload_len: u64 = 16384 * 16000 * 4;
+    let mut bytes = mpx(&rec.hdr);
+    bytes.extend(format!("MPX,{:010},", 384 + payload_len + 1).into_bytes());
+    bytes.extend(&header);
+    let (addr, server) = serve(vec![Step::Send(bytes), Step::Hold]);
+    let t0 = Instant::now();
+    let rx = MerlinReceiver::start(config(addr)).unwrap();
+    let out = collect(&rx, Duration::from_secs(5), |o| o.error.is_some());
+    let (err, summary) = out.error.expect("error reported");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        t0.elapsed()
+    );
+    assert!(matches!(err, MerlinError::Budget { .. }), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains(&payload_len.to_string())
+            && text.contains(&stemflow_drivers::receiver::DEFAULT_MEMORY_BUDGET.to_string()),
+        "{text}"
+    );
+    let s = summary.expect("summary of the acquisition");
+    assert_eq!(s.received, 0);
+    assert_eq!(s.expected, s.lost + s.damaged, "{s:?}");
+    drop(rx);
+    server.join().unwrap();
 }

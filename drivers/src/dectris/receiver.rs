@@ -116,6 +116,9 @@ pub struct DectrisReceiverConfig {
     pub on_lost: LossPolicy,
     /// Stream v2: the threshold channel to take (`None`: the first in each message).
     pub channel: Option<String>,
+    /// Most bytes of receive buffers, whatever the image header says
+    /// ([`receiver::DEFAULT_MEMORY_BUDGET`]).
+    pub memory_budget: usize,
 }
 
 impl DectrisReceiverConfig {
@@ -137,6 +140,7 @@ impl DectrisReceiverConfig {
             series: SeriesFilter::Any,
             on_lost: LossPolicy::Continue,
             channel: None,
+            memory_budget: receiver::DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -385,6 +389,7 @@ impl DectrisReceiver {
             frame_timeout: cfg.frame_timeout,
             frames_per_stack: cfg.frames_per_stack,
             pool_stacks: cfg.pool_stacks,
+            memory_budget: cfg.memory_budget,
         };
         let protocol = DectrisProtocol {
             conn,
@@ -681,6 +686,23 @@ impl Protocol for DectrisProtocol {
                     }
                 },
             },
+            CoreError::Budget {
+                slot,
+                needed,
+                budget,
+            } => self.msg_err(
+                series,
+                StreamError::Field {
+                    part: "image header".into(),
+                    field: "shape and type".into(),
+                    expected: format!(
+                        "frames that fit the receive memory budget of {budget} bytes"
+                    ),
+                    observed: format!(
+                        "{slot} bytes per frame (at least {needed} bytes of buffers)"
+                    ),
+                },
+            ),
             CoreError::Slot { len, slot } => self.msg_err(
                 series,
                 StreamError::Field {
@@ -1069,7 +1091,7 @@ impl DectrisProtocol {
             Err(e) => Some(e.to_string()),
             Ok(m) => {
                 if self.format.is_none() {
-                    self.first_frame(sink, m);
+                    self.first_frame(sink, m)?;
                 }
                 match &self.format {
                     Some(f)
@@ -1157,7 +1179,14 @@ impl DectrisProtocol {
     /// Fixes the series format from its first frame: builds the decoder, sizes the pool
     /// for the largest possible blob (uncompressed size + 1/128 + 4 KiB), reports
     /// `FirstFrame`.
-    fn first_frame(&mut self, sink: &mut Sink<'_, Self>, m: &FrameMeta) {
+    ///
+    /// # Errors
+    /// The frame size does not fit the receive memory budget (nothing is allocated).
+    fn first_frame(
+        &mut self,
+        sink: &mut Sink<'_, Self>,
+        m: &FrameMeta,
+    ) -> Result<(), DectrisError> {
         let decoder = DectrisDecoder::new(
             self.cfg.device.clone(),
             m.sig_shape,
@@ -1178,6 +1207,7 @@ impl DectrisProtocol {
             m.sig_shape,
             m.dtype,
             frame_bytes + frame_bytes / 128 + 4096,
-        );
+        )
+        .map_err(|e| self.core_error(e))
     }
 }

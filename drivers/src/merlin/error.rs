@@ -90,6 +90,16 @@ pub enum MerlinError {
         /// The MPX length of the message, bytes.
         length: u64,
     },
+    /// The first frame's size, from its MQ1 header, does not fit the receive memory
+    /// budget (checked before any buffer is allocated).
+    #[error("{device}: {source}")]
+    Budget {
+        /// Device name.
+        device: String,
+        /// The frame size, the smallest pool for it and the budget.
+        #[source]
+        source: crate::receiver::CoreError,
+    },
     /// A frame whose size differs from the acquisition's first frame (or from what its
     /// header's dimensions call for).
     #[error(

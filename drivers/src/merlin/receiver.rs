@@ -91,6 +91,9 @@ pub struct MerlinReceiverConfig {
     /// Drain stale bytes after connecting, until 100 ms of silence (old Merlin software
     /// left stale data; only safe when the detector is not sending).
     pub drain: bool,
+    /// Most bytes of receive buffers, whatever the frame header says
+    /// ([`receiver::DEFAULT_MEMORY_BUDGET`]).
+    pub memory_budget: usize,
 }
 
 impl MerlinReceiverConfig {
@@ -109,6 +112,7 @@ impl MerlinReceiverConfig {
             pool_stacks: 16,
             expected_frames: None,
             drain: false,
+            memory_budget: receiver::DEFAULT_MEMORY_BUDGET,
         }
     }
 }
@@ -218,6 +222,7 @@ impl MerlinReceiver {
             frame_timeout: cfg.frame_timeout,
             frames_per_stack: cfg.frames_per_stack,
             pool_stacks: cfg.pool_stacks,
+            memory_budget: cfg.memory_budget,
         };
         let protocol = MerlinProtocol {
             cfg,
@@ -463,6 +468,7 @@ impl Protocol for MerlinProtocol {
                     }
                 },
             },
+            e @ CoreError::Budget { .. } => MerlinError::Budget { device, source: e },
             e @ (CoreError::Slot { .. } | CoreError::Misuse(_)) => MerlinError::Io {
                 device,
                 during: "writing a frame into its stack",
@@ -807,7 +813,8 @@ impl MerlinProtocol {
             payload_len,
         });
         let (sig_shape, dtype) = (decoder.sig_shape(), decoder.dtype());
-        sink.set_format(Arc::new(decoder), sig_shape, dtype, payload_len);
+        sink.set_format(Arc::new(decoder), sig_shape, dtype, payload_len)
+            .map_err(|e| self.core_error(e))?;
         Ok(Some(first.sequence))
     }
 

@@ -49,6 +49,13 @@ use std::time::Duration;
 /// frame, and a larger count (a 32768 × 32768 scan) means a corrupt header or setting.
 pub const MAX_FRAMES_PER_ACQUISITION: u64 = 1 << 30;
 
+/// Default receive memory budget, bytes: the most the stack pool of one connection may
+/// hold (512 MiB). Sizes come from the first frame's header, which a faulty or forged
+/// stream can set to anything (a 16384 × 16000 u32 frame is 1 GB); a pool that would not
+/// fit is shrunk (fewer frames per stack, then fewer stacks, down to two of one frame),
+/// and a frame too large even for that ends the acquisition with [`CoreError::Budget`].
+pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
+
 /// How often waits for a pool buffer or a consumer look at the stop flag.
 pub(crate) const POLL: Duration = Duration::from_millis(10);
 
@@ -94,6 +101,8 @@ pub struct Settings {
     pub frames_per_stack: usize,
     /// Stack buffers in the pool (and the bound of each acquisition's stacks channel).
     pub pool_stacks: usize,
+    /// Most bytes the stack pool may hold ([`DEFAULT_MEMORY_BUDGET`]).
+    pub memory_budget: usize,
 }
 
 #[cfg(test)]

@@ -174,6 +174,20 @@ pub enum CoreError {
         /// What it breaks.
         kind: OrderError,
     },
+    /// The first frame's size (from its header) does not fit the receive memory budget
+    /// even in the smallest pool (two stacks of one frame).
+    #[error(
+        "a frame of {slot} bytes (from the frame header) needs at least {needed} bytes of \
+         receive buffers, more than the memory budget of {budget} bytes"
+    )]
+    Budget {
+        /// Bytes of one frame (or chunk) slot, as the header announced.
+        slot: usize,
+        /// The smallest pool for it, bytes.
+        needed: u128,
+        /// The budget, bytes.
+        budget: usize,
+    },
     /// A payload larger than a whole stack buffer (the slot the format announced).
     #[error("payload of {len} bytes exceeds the stack slot of {slot} bytes")]
     Slot {

@@ -4,6 +4,7 @@
 //! or a layout of the protocol's own for chunks of many frames (ASI TPX3 CSR chunks,
 //! §3.4).
 
+use super::CoreError;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
@@ -83,14 +84,29 @@ pub(crate) struct StackPool {
 
 impl StackPool {
     /// Allocates (and touches) `stacks` buffers of `stack_frames(frames_per_stack, slot)`
-    /// slots of `slot` bytes.
-    pub(crate) fn new(device: &str, stacks: usize, frames_per_stack: usize, slot: usize) -> Self {
-        let writes = crate::stack_frames(frames_per_stack, slot);
+    /// slots of `slot` bytes — fewer writes per stack, then fewer stacks (down to two of
+    /// one write), where that would exceed `budget` bytes.
+    ///
+    /// # Errors
+    /// [`CoreError::Budget`] when even two slots exceed `budget`; nothing is allocated.
+    pub(crate) fn new(
+        device: &str,
+        stacks: usize,
+        frames_per_stack: usize,
+        slot: usize,
+        budget: usize,
+    ) -> Result<Self, CoreError> {
+        let (writes, stacks) = fit_budget(
+            stacks.max(1),
+            crate::stack_frames(frames_per_stack, slot),
+            slot,
+            budget,
+        )?;
         let bytes = writes.saturating_mul(slot);
-        let pool = Pool::new(&format!("{device} frame stacks"), stacks.max(1), || {
+        let pool = Pool::new(&format!("{device} frame stacks"), stacks, || {
             stemflow_core::mem::prefaulted_bytes(bytes)
         });
-        Self { pool, slot, writes }
+        Ok(Self { pool, slot, writes })
     }
 
     /// True when every buffer but (at most) the open stack's is back: the consumer has
@@ -147,5 +163,69 @@ impl<E> OpenStack<E> {
             buf: self.buf,
             first_received: self.first_received,
         }
+    }
+}
+
+/// Writes per stack and stacks for slots of `slot` bytes within `budget` bytes: as asked
+/// when that fits; else fewer writes per stack (at least one), then fewer stacks (at least
+/// two, so the receiver can fill one while the consumer works on the other).
+///
+/// # Errors
+/// [`CoreError::Budget`] when two stacks of one slot exceed the budget.
+pub(crate) fn fit_budget(
+    stacks: usize,
+    writes: usize,
+    slot: usize,
+    budget: usize,
+) -> Result<(usize, usize), CoreError> {
+    let bytes = |w: usize, s: usize| w as u128 * slot as u128 * s as u128;
+    let min_stacks = stacks.min(2);
+    if bytes(1, min_stacks) > budget as u128 {
+        return Err(CoreError::Budget {
+            slot,
+            needed: bytes(1, min_stacks),
+            budget,
+        });
+    }
+    if bytes(writes, stacks) <= budget as u128 {
+        return Ok((writes, stacks));
+    }
+    let per_stack = budget as u128 / (slot.max(1) as u128 * stacks as u128);
+    let w = usize::try_from(per_stack)
+        .unwrap_or(usize::MAX)
+        .clamp(1, writes);
+    if bytes(w, stacks) <= budget as u128 {
+        return Ok((w, stacks));
+    }
+    let s = usize::try_from(budget as u128 / slot.max(1) as u128)
+        .unwrap_or(usize::MAX)
+        .clamp(min_stacks, stacks);
+    Ok((1, s))
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// What fits is kept; a large frame gets fewer frames per stack, then fewer stacks;
+    /// a forged 1 GB frame is refused before anything is allocated.
+    #[test]
+    fn pools_shrink_to_the_budget_and_refuse_what_cannot_fit() {
+        let mib = 1 << 20;
+        // 256 × 256 u16: 31 frames of 128 KiB per stack, 16 stacks: 62 MiB, kept.
+        assert_eq!(fit_budget(16, 31, 131_840, 512 * mib).unwrap(), (31, 16));
+        // 2048 × 2048 u32 (16 MiB): 8 per stack × 16 stacks = 2 GiB → 2 per stack.
+        let (w, s) = fit_budget(16, 8, 16 * mib, 512 * mib).unwrap();
+        assert_eq!((w, s), (2, 16));
+        assert!(w * s * 16 * mib <= 512 * mib);
+        // 100 MiB frames: one per stack, 5 stacks.
+        assert_eq!(fit_budget(16, 8, 100 * mib, 512 * mib).unwrap(), (1, 5));
+        // 16384 × 16000 u32 = 1 GB: two such slots are over the budget.
+        let e = fit_budget(16, 8, 16384 * 16000 * 4, 512 * mib).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("1048576000 bytes") && text.contains("536870912 bytes"),
+            "{text}"
+        );
     }
 }

@@ -215,7 +215,8 @@ impl Protocol for FakeCsr {
             let format = Arc::new(CsrFormat { sig_shape: SIG });
             // The slot: the largest chunk the acquisition header allows (§3.4: "size slots
             // generously").
-            sink.set_format(format, SIG, DType::U16, 4096);
+            sink.set_format(format, SIG, DType::U16, 4096)
+                .map_err(|e| self.core_error(e))?;
         }
         if c.corrupt {
             sink.damaged(c.first, n);
@@ -287,6 +288,7 @@ fn run(msgs: Vec<Fake>) -> Outcome {
         frame_timeout: Duration::from_secs(1),
         frames_per_stack: 4,
         pool_stacks: 4,
+        memory_budget: super::DEFAULT_MEMORY_BUDGET,
     };
     let protocol = FakeCsr {
         msgs: msgs.into(),

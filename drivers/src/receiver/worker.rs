@@ -291,23 +291,31 @@ impl<P: Protocol> Sink<'_, P> {
     }
 
     /// Fixes the acquisition's format from its first frame: sizes the pool for writes of
-    /// at most `slot` bytes (once per connection; again only when a larger slot is needed)
-    /// and reports [`ReceiverEvent::FirstFrame`].
+    /// at most `slot` bytes within the memory budget (once per connection; again only when
+    /// a larger slot is needed) and reports [`ReceiverEvent::FirstFrame`].
+    ///
+    /// # Errors
+    /// [`CoreError::Budget`] when `slot` (from the frame header) cannot fit the memory
+    /// budget: a protocol error for this acquisition, checked before anything is
+    /// allocated.
     pub fn set_format(
         &mut self,
         decoder: Arc<DecoderOf<P>>,
         sig_shape: SigShape,
         dtype: DType,
         slot: usize,
-    ) {
+    ) -> Result<(), CoreError> {
         let w = &mut *self.worker;
         if w.pool.as_ref().is_none_or(|p| p.slot < slot) {
+            // The old pool goes first, so that old and new are never held together.
+            w.pool = None;
             w.pool = Some(StackPool::new(
                 &w.settings.device,
                 w.settings.pool_stacks,
                 w.settings.frames_per_stack,
                 slot,
-            ));
+                w.settings.memory_budget,
+            )?);
         }
         self.acq.decoder = Some(Arc::clone(&decoder));
         w.emit(ReceiverEvent::FirstFrame {
@@ -316,6 +324,7 @@ impl<P: Protocol> Sink<'_, P> {
             dtype,
             decoder,
         });
+        Ok(())
     }
 
     /// Accepts frames `first..first + count` (0-based) as the next ones. A forward gap is
