@@ -200,3 +200,57 @@ fn a_refused_control_port_is_not_called_a_panic() {
         run.describe()
     );
 }
+
+/// `process --nav-shape` that does not hold the file's frames (4 or 16 positions for 9
+/// frames) is refused naming both counts; without it, a Merlin set whose header gives no
+/// scan shape and whose 9 frames make a square is processed as 3 × 3 (as LiberTEM does),
+/// and the terminal says so.
+#[test]
+fn process_checks_the_scan_shape_against_the_frames() {
+    let hdr = common::scratch::shared_data()
+        .join("merlin/Merlin_Single_Quad/Quad_9_Frame_CounterDepth_12_Rows_256.hdr");
+    let dir = ScratchDir::new("text-nav");
+    for (shape, positions) in [("2x2", "4"), ("4x4", "16")] {
+        let out = dir.path().join(format!("out-{shape}"));
+        let run = command::stemflow(
+            &[
+                "process",
+                path_arg(&hdr),
+                "--nav-shape",
+                shape,
+                "--no-raw",
+                "--out",
+                path_arg(&out),
+            ],
+            dir.path(),
+            &format!("nav-{shape}"),
+        );
+        assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+        assert!(
+            run.stderr
+                .contains(&format!("has {positions} scan positions"))
+                && run.stderr.contains("holds 9 frames"),
+            "the refusal does not name both counts: {}",
+            run.describe()
+        );
+        assert!(
+            !out.join("run.json").exists(),
+            "results written for {shape}"
+        );
+    }
+    let out = dir.path().join("out-square");
+    let run = command::stemflow(
+        &["process", path_arg(&hdr), "--out", path_arg(&out)],
+        dir.path(),
+        "nav-square",
+    );
+    run.assert_success("process without --nav-shape");
+    assert!(
+        run.stdout.contains("scan shape: 3x3"),
+        "the inferred shape is not said: {}",
+        run.describe()
+    );
+    let rec = stemflow_recording::reader::open_recording(out.join("processed.h5"))
+        .expect("opening processed.h5");
+    assert_eq!(rec.nav_shape(), stemflow_core::NavShape::new(3, 3));
+}

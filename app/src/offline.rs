@@ -136,6 +136,42 @@ pub fn reduce(
     Ok(summary)
 }
 
+/// The scan shape to process `data` on: the one given, which must hold exactly the
+/// file's frames; else the file's own. A Merlin set whose header has no scan shape
+/// (ScanX/ScanY, older Merlin software) and a square number of frames is taken as a square
+/// scan, as LiberTEM does, and the terminal says so.
+///
+/// # Errors
+/// A given shape whose positions differ from the file's frames, naming both counts.
+pub fn scan_shape(args: &DataSetOptions, data: &dyn DataSet) -> Result<NavShape> {
+    let frames = data.frames();
+    if let Some(n) = args.nav_shape {
+        if n.len() as u64 != frames {
+            bail!(
+                "--nav-shape {n} has {} scan positions, but {} holds {frames} frames: give a \
+                 shape of {frames} positions (a region of the scan is chosen with --roi-rect \
+                 or --roi-mask)",
+                n.len(),
+                data.path().display()
+            );
+        }
+        return Ok(n);
+    }
+    let own = data.nav_shape();
+    if format_of(args)? == FileFormat::Merlin && own.rows == 1 && frames > 1 {
+        let side = frames.isqrt();
+        if side * side == frames {
+            let square = NavShape::new(side as usize, side as usize);
+            println!(
+                "scan shape: {square} (the header gives none; {frames} frames make a square \
+                 scan; give --nav-shape otherwise)"
+            );
+            return Ok(square);
+        }
+    }
+    Ok(own)
+}
+
 /// `stemflow process PATH`.
 ///
 /// The first Ctrl-C ends the run within about 10 ms; the outputs are written as usual with
@@ -151,7 +187,7 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
     let t0 = std::time::Instant::now();
     let start_time = stemflow_actors::orchestrator::now_rfc3339();
     let mut data = open_dataset(&args.data)?;
-    let nav = args.data.nav_shape.unwrap_or(data.nav_shape());
+    let nav = scan_shape(&args.data, data.as_ref())?;
     let (sig, dtype) = (data.sig_shape(), data.dtype());
     // The pixel type stored in the file (int16 for float32 frames, …), for the record.
     let file_dtype = data.element();
