@@ -91,22 +91,7 @@ fn options_before_a_subcommand_are_refused() {
 /// not resolve is an error naming it, before anything is written.
 #[test]
 fn acquire_takes_a_host_name() {
-    use stemflow_core::{NavShape, SigShape};
-    use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
-    use stemflow_simulators::specimen::Specimen;
-
-    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
-        specimen: Specimen::builder().build(),
-        nav_shape: NavShape::new(2, 2),
-        sig_shape: SigShape::new(64, 64),
-        seed: 1,
-    });
-    cfg.pacing = Pacing::AsFastAsPossible;
-    let sim = MerlinSim::start(cfg).expect("starting the Merlin simulator");
-    let (c, d) = (
-        sim.control_addr().port().to_string(),
-        sim.data_addr().port().to_string(),
-    );
+    let (_sim, c, d) = common::instrument::fast_merlin_sim(2, 2, Default::default());
     let dir = ScratchDir::new("text-host");
     let out = dir.path().join("out");
     let run = command::stemflow(

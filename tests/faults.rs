@@ -7,14 +7,14 @@
 mod common;
 
 use common::command::{self, path_arg};
+use common::instrument::fast_merlin_sim;
 use common::scratch::ScratchDir;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use stemflow_core::{NavShape, SigShape};
-use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
-use stemflow_simulators::specimen::Specimen;
+use stemflow_core::NavShape;
+use stemflow_simulators::merlin::MerlinFaults;
 
 /// A data port that accepts every connection and closes it at once, until dropped.
 struct SlammingPort {
@@ -52,16 +52,9 @@ impl Drop for SlammingPort {
 /// saying the data connection closed before any HDR, not "timed out after 30 s".
 #[test]
 fn a_data_port_that_closes_at_once_is_reported_as_closed() {
-    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
-        specimen: Specimen::builder().build(),
-        nav_shape: NavShape::new(2, 2),
-        sig_shape: SigShape::new(64, 64),
-        seed: 1,
-    });
-    cfg.pacing = Pacing::AsFastAsPossible;
-    let sim = MerlinSim::start(cfg).expect("starting the Merlin simulator");
+    let (_sim, c, _) = fast_merlin_sim(2, 2, MerlinFaults::default());
     let data = SlammingPort::start();
-    let (c, d) = (sim.control_addr().port().to_string(), data.port.to_string());
+    let d = data.port.to_string();
     let dir = ScratchDir::new("fault-slam");
     let run = command::stemflow(
         &[
@@ -99,23 +92,11 @@ fn a_data_port_that_closes_at_once_is_reported_as_closed() {
 /// not only in a log line.
 #[test]
 fn garbage_mid_stream_names_its_cause_in_run_json_and_the_recording() {
-    use stemflow_simulators::merlin::MerlinFaults;
-    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
-        specimen: Specimen::builder().build(),
-        nav_shape: NavShape::new(4, 4),
-        sig_shape: SigShape::new(64, 64),
-        seed: 1,
-    });
-    cfg.pacing = Pacing::AsFastAsPossible;
-    cfg.faults = MerlinFaults {
+    let faults = MerlinFaults {
         corrupt_prefix_at: Some(5),
         ..MerlinFaults::default()
     };
-    let sim = MerlinSim::start(cfg).expect("starting the Merlin simulator");
-    let (c, d) = (
-        sim.control_addr().port().to_string(),
-        sim.data_addr().port().to_string(),
-    );
+    let (_sim, c, d) = fast_merlin_sim(4, 4, faults);
     let dir = ScratchDir::new("fault-garbage");
     let out = dir.path().join("out");
     let run = command::stemflow(

@@ -89,3 +89,28 @@ pub fn run(
         out
     })
 }
+
+/// A Merlin simulator on ephemeral loopback ports serving `rows × cols` synthetic
+/// 64 × 64 frames as fast as the client takes them, with `faults` injected; returned with
+/// its control and data ports as command-line arguments.
+///
+/// # Panics
+/// When the simulator cannot start.
+pub fn fast_merlin_sim(
+    rows: usize,
+    cols: usize,
+    faults: stemflow_simulators::merlin::MerlinFaults,
+) -> (stemflow_simulators::merlin::MerlinSim, String, String) {
+    use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
+    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
+        specimen: stemflow_simulators::specimen::Specimen::builder().build(),
+        nav_shape: stemflow_core::NavShape::new(rows, cols),
+        sig_shape: stemflow_core::SigShape::new(64, 64),
+        seed: 1,
+    });
+    cfg.pacing = Pacing::AsFastAsPossible;
+    cfg.faults = faults;
+    let sim = MerlinSim::start(cfg).expect("starting the Merlin simulator");
+    let (c, d) = (sim.control_addr().port(), sim.data_addr().port());
+    (sim, c.to_string(), d.to_string())
+}
