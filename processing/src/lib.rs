@@ -57,7 +57,9 @@ pub use engine::{
     Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, partition_frames, run_dataset,
     run_live, run_tiles,
 };
-pub use io::{DataSet, ElementType, Hdf5DataSet, IoError, NpyDataSet, RawDataSet, RawSpec};
+pub use io::{
+    DataSet, ElementType, Hdf5DataSet, IoError, MemoryDataSet, NpyDataSet, RawDataSet, RawSpec,
+};
 pub use mask::CustomMask;
 pub use mask::{Mask, MasksParams, NamedMask, Span, SpanMask, line_fraction};
 pub use pixel::{FloatPixel, Pixel};

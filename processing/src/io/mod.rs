@@ -401,4 +401,6 @@ impl DataSet for NpyDataSet {
 }
 
 mod h5;
+mod memory;
 pub use h5::{DEFAULT_DATASETS, Hdf5DataSet};
+pub use memory::MemoryDataSet;

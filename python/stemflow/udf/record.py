@@ -1,0 +1,38 @@
+"""``RecordUDF``: the raw frames to a ``.npy`` file while they are processed
+(LiberTEM-live's ``libertem_live.udf.record.RecordUDF``)."""
+
+from __future__ import annotations
+
+import os
+
+from ._builtin import BuiltinUDF
+
+__all__ = ["RecordUDF"]
+
+
+class RecordUDF(BuiltinUDF):
+    """Writes every frame at its scan position into a NumPy ``.npy`` file of shape
+    ``nav_shape + sig_shape`` in the data's pixel type (written by the Rust engine's
+    workers; positions never processed hold zeros).
+
+    Parameters
+    ----------
+    filename : str or os.PathLike
+        The file, created or truncated when the run starts.
+    dtype : ignored
+        The frames are written in their own type.
+
+    Results
+    -------
+    frames_written : single buffer, shape ``()``, int64
+    """
+
+    def __init__(self, filename, dtype=None):
+        super().__init__(filename=os.fspath(filename), dtype=dtype)
+
+    def _describe(self, nav_shape, sig_shape, dtype):
+        return {"kind": "record", "path": self.params.filename}
+
+    def _results(self, raw, nav_shape, sig_shape, roi):
+        v = raw["frames_written"][3]
+        return {"frames_written": self._wrap("single", v, nav_shape, None, "int64")}
