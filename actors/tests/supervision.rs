@@ -172,6 +172,7 @@ fn request(p: PipelineBuilder) -> AcquisitionRequest {
         pipeline: p,
         label: "test".into(),
         nav_from_detector: false,
+        ready_hook: None,
     }
 }
 

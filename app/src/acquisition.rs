@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use stemflow_actors::orchestrator::{
-    AcquisitionRequest, ExitStatus, Instrument, RunFailure, RunRecord,
+    AcquisitionRequest, ExitStatus, Instrument, PipelineBuilder, ReadyHook, RunFailure, RunRecord,
 };
 use stemflow_actors::supervisor::InstrumentSpec;
 use stemflow_config::Profile;
@@ -78,6 +78,7 @@ pub fn simulate(args: &SimulateOptions) -> Result<()> {
         pipeline: reductions::builder_with(Some(geometry), Arc::new(reductions), !args.no_raw),
         label: "simulated".into(),
         nav_from_detector: false,
+        ready_hook: None,
     };
     let rt = runtime()?;
     let result = rt.block_on(run_one(spec, req, args.live_view));
@@ -200,6 +201,32 @@ fn acquire_detector(args: &AcquireOptions) -> Result<DetectorEndpoint> {
 /// cannot be created, the run failed or lost frames (the outputs are written first), or
 /// [`crate::progress::Cancelled`] when the user cancelled it.
 pub fn acquire(args: &AcquireOptions) -> Result<()> {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    // Geometry from the frame shape: known after arming, so the UDFs (default set or spec)
+    // are built then (see reductions::builder_with).
+    let a = &args.reductions;
+    let reductions = Reductions::from_choice(a)?;
+    if !reductions.is_default() {
+        println!("{}", reductions.describe());
+    }
+    let pipeline = reductions::builder_with(None, Arc::new(reductions), !args.no_raw);
+    let (spec, req) = external_request(args, pipeline, Some(args.out.join("acquisition.h5")))?;
+    let rt = runtime()?;
+    let result = rt.block_on(run_one(spec, req, args.live_view));
+    finish(result, &args.out, &Geometry::default())
+}
+
+/// The instrument (the detector of `args` alone) and the request of one acquisition from
+/// it, processed by `pipeline` and recorded into `output` if given.
+///
+/// # Errors
+/// Active mode without a scan shape; a host name that does not resolve.
+fn external_request(
+    args: &AcquireOptions,
+    pipeline: PipelineBuilder,
+    output: Option<std::path::PathBuf>,
+) -> Result<(InstrumentSpec, AcquisitionRequest)> {
     let mode = args.mode;
     if mode == ArmMode::Active && args.nav_shape.is_none() {
         bail!("--nav-shape is required in active mode (frames to acquire = rows × cols)");
@@ -230,15 +257,6 @@ pub fn acquire(args: &AcquireOptions) -> Result<()> {
         microscope: None,
         recording: recording_factory(),
     };
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating output folder {}", args.out.display()))?;
-    // Geometry from the frame shape: known after arming, so the UDFs (default set or spec)
-    // are built then (see reductions::builder_with).
-    let a = &args.reductions;
-    let reductions = Reductions::from_choice(a)?;
-    if !reductions.is_default() {
-        println!("{}", reductions.describe());
-    }
     let req = AcquisitionRequest {
         mode,
         detector: settings,
@@ -246,15 +264,57 @@ pub fn acquire(args: &AcquireOptions) -> Result<()> {
         microscope: None,
         arm_deadline: Duration::from_secs_f64(args.arm_timeout_s),
         deadline_margin: Duration::from_secs_f64(args.frame_timeout_s + 10.0),
-        output: Some(args.out.join("acquisition.h5")),
-        pipeline: reductions::builder_with(None, Arc::new(reductions), !args.no_raw),
+        output,
+        pipeline,
         label: match mode {
             ArmMode::Active => "active".into(),
             ArmMode::Passive => "passive".into(),
         },
         nav_from_detector: args.nav_shape.is_none(),
+        ready_hook: None,
     };
+    Ok((spec, req))
+}
+
+/// One acquisition from the detector of `args` for a front end that brings its own
+/// processing (`pipeline`) and reads the results itself (the Python package): nothing is
+/// printed and no files are written but the recording `output`, if given. `ready_hook` is
+/// called in active mode before the trigger; setting `cancel` cancels the run (the
+/// detector is disarmed, the recording finished).
+///
+/// Returns the run's record, or its failure with the record.
+///
+/// # Errors
+/// The request cannot be made ([`external_request`]) or the instrument cannot start.
+pub fn acquire_with(
+    args: &AcquireOptions,
+    pipeline: PipelineBuilder,
+    output: Option<std::path::PathBuf>,
+    ready_hook: Option<ReadyHook>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Result<RunRecord, RunFailure>> {
+    let (spec, mut req) = external_request(args, pipeline, output)?;
+    req.ready_hook = ready_hook;
     let rt = runtime()?;
-    let result = rt.block_on(run_one(spec, req, args.live_view));
-    finish(result, &args.out, &Geometry::default())
+    rt.block_on(async move {
+        let mut inst = Instrument::start(spec)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("starting the instrument")?;
+        let handle = inst.cancel_handle();
+        let watcher = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            loop {
+                tick.tick().await;
+                if cancel.load(std::sync::atomic::Ordering::SeqCst) {
+                    handle.cancel();
+                    break;
+                }
+            }
+        });
+        let r = inst.run_acquisition(req).await;
+        watcher.abort();
+        inst.shutdown().await;
+        Ok(r)
+    })
 }

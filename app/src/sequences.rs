@@ -156,6 +156,7 @@ impl Executor for SimExecutor {
             ),
             label: "simulated".into(),
             nav_from_detector: false,
+            ready_hook: None,
         };
         let rt = &self.rt;
         let inst = self

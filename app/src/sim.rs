@@ -1,13 +1,94 @@
 //! Detector simulators served standalone (`stemflow sim merlin`, `stemflow sim dectris`),
-//! by default on 127.0.0.1, for other programs (LiberTEM-live, a second stemflow) to
-//! connect to.
+//! by default on 127.0.0.1, for other programs (LiberTEM-live, a second stemflow, a Python
+//! notebook through [`start`]) to connect to.
 
 use crate::options::SimOptions;
 use crate::registry::DetectorKind;
 use anyhow::{Context, Result};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig};
 use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
 use stemflow_simulators::specimen::Specimen;
+
+/// A simulator serving on its ports until [`RunningSim::stop`] (or drop).
+pub enum RunningSim {
+    /// The Merlin simulator (control, data ports).
+    Merlin(MerlinSim),
+    /// The DECTRIS simulator (REST API, stream ports).
+    Dectris(DectrisSim),
+}
+
+impl RunningSim {
+    /// The two addresses: Merlin control and data; DECTRIS REST API and stream.
+    pub fn addrs(&self) -> [SocketAddr; 2] {
+        match self {
+            RunningSim::Merlin(s) => [s.control_addr(), s.data_addr()],
+            RunningSim::Dectris(s) => [s.api_addr(), s.stream_addr()],
+        }
+    }
+    /// What was served so far: `(acquisitions or series, frames, bytes)`.
+    pub fn served(&self) -> (u64, u64, u64) {
+        match self {
+            RunningSim::Merlin(s) => {
+                let st = s.stats();
+                (st.acquisitions, st.frames_sent, st.bytes_sent)
+            }
+            RunningSim::Dectris(s) => {
+                let st = s.stats();
+                (st.series, st.frames_sent, st.bytes_sent)
+            }
+        }
+    }
+    /// Stops serving and closes the ports.
+    pub fn stop(self) {
+        match self {
+            RunningSim::Merlin(s) => s.stop(),
+            RunningSim::Dectris(s) => s.stop(),
+        }
+    }
+}
+
+/// Starts the simulator of `a.detector` on `a.host` and `a.ports` (0: any free port).
+///
+/// # Errors
+/// The simulator could not start (a port in use, a recording that cannot be read).
+pub fn start(a: &SimOptions) -> Result<RunningSim> {
+    Ok(match a.detector {
+        DetectorKind::Merlin => {
+            let source = match &a.recording {
+                Some(p) => MerlinSource::Recording { path: p.clone() },
+                None => MerlinSource::Synthetic {
+                    specimen: Specimen::builder().build(),
+                    nav_shape: a.nav_shape,
+                    sig_shape: a.sig_shape,
+                    seed: 1,
+                },
+            };
+            let mut cfg = MerlinSimConfig::new(source);
+            cfg.host = a.host;
+            [cfg.control_port, cfg.data_port] = a.ports;
+            cfg.pacing = if a.fast {
+                Pacing::AsFastAsPossible
+            } else {
+                Pacing::FrameTime
+            };
+            RunningSim::Merlin(MerlinSim::start(cfg).context("starting the Merlin simulator")?)
+        }
+        DetectorKind::Dectris => {
+            let cfg = DectrisSimConfig::from_cli(
+                a.host,
+                a.ports[0],
+                a.ports[1],
+                a.recording.clone(),
+                a.nav_shape,
+                a.sig_shape,
+                a.fast,
+            );
+            RunningSim::Dectris(DectrisSim::start(cfg).context("starting the DECTRIS simulator")?)
+        }
+    })
+}
 
 /// Starts the simulator of `a.detector`, prints its ports, and serves until
 /// `a.duration` has passed (or forever).
@@ -15,84 +96,30 @@ use stemflow_simulators::specimen::Specimen;
 /// # Errors
 /// The simulator could not start (a port in use, a recording that cannot be read).
 pub fn serve(a: &SimOptions) -> Result<()> {
-    match a.detector {
-        DetectorKind::Merlin => sim_merlin(a),
-        DetectorKind::Dectris => sim_dectris(a),
+    let sim = start(a)?;
+    let [first, second] = sim.addrs();
+    match &sim {
+        RunningSim::Merlin(_) => {
+            println!("merlin simulator: control {first} data {second}");
+            println!("control_port={} data_port={}", first.port(), second.port());
+        }
+        RunningSim::Dectris(s) => {
+            println!(
+                "dectris simulator: REST http://{first} stream {}",
+                s.stream_endpoint()
+            );
+            println!("api_port={} stream_port={}", first.port(), second.port());
+        }
     }
-}
-
-/// The Merlin simulator on `a.ports` (control, data).
-fn sim_merlin(a: &SimOptions) -> Result<()> {
-    let source = match &a.recording {
-        Some(p) => MerlinSource::Recording { path: p.clone() },
-        None => MerlinSource::Synthetic {
-            specimen: Specimen::builder().build(),
-            nav_shape: a.nav_shape,
-            sig_shape: a.sig_shape,
-            seed: 1,
-        },
-    };
-    let mut cfg = MerlinSimConfig::new(source);
-    cfg.host = a.host;
-    [cfg.control_port, cfg.data_port] = a.ports;
-    cfg.pacing = if a.fast {
-        Pacing::AsFastAsPossible
-    } else {
-        Pacing::FrameTime
-    };
-    let sim = MerlinSim::start(cfg).context("starting the Merlin simulator")?;
-    println!(
-        "merlin simulator: control {} data {}",
-        sim.control_addr(),
-        sim.data_addr()
-    );
-    println!(
-        "control_port={} data_port={}",
-        sim.control_addr().port(),
-        sim.data_addr().port()
-    );
     serve_until(a.duration);
-    let stats = sim.stats();
+    let (n, frames, bytes) = sim.served();
+    let what = match &sim {
+        RunningSim::Merlin(_) => "acquisitions",
+        RunningSim::Dectris(_) => "series",
+    };
     println!(
-        "served {} acquisitions, {} frames, {:.1} MB",
-        stats.acquisitions,
-        stats.frames_sent,
-        stats.bytes_sent as f64 / 1e6
-    );
-    sim.stop();
-    Ok(())
-}
-
-/// The DECTRIS simulator on `a.ports` (REST API, stream).
-fn sim_dectris(a: &SimOptions) -> Result<()> {
-    use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig};
-    let cfg = DectrisSimConfig::from_cli(
-        a.host,
-        a.ports[0],
-        a.ports[1],
-        a.recording.clone(),
-        a.nav_shape,
-        a.sig_shape,
-        a.fast,
-    );
-    let sim = DectrisSim::start(cfg).context("starting the DECTRIS simulator")?;
-    println!(
-        "dectris simulator: REST http://{} stream {}",
-        sim.api_addr(),
-        sim.stream_endpoint()
-    );
-    println!(
-        "api_port={} stream_port={}",
-        sim.api_addr().port(),
-        sim.stream_addr().port()
-    );
-    serve_until(a.duration);
-    let stats = sim.stats();
-    println!(
-        "served {} series, {} frames, {:.1} MB",
-        stats.series,
-        stats.frames_sent,
-        stats.bytes_sent as f64 / 1e6
+        "served {n} {what}, {frames} frames, {:.1} MB",
+        bytes as f64 / 1e6
     );
     sim.stop();
     Ok(())

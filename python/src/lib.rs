@@ -6,6 +6,7 @@
 //! The GIL is released for the whole of a run; it is taken back only to call a Python
 //! UDF's partition method, a snapshot callback, or to check for Ctrl-C.
 
+mod live;
 mod pyudf;
 mod results;
 
@@ -396,5 +397,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(open_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(memory_dataset, m)?)?;
     m.add_function(wrap_pyfunction!(run_dataset, m)?)?;
+    live::register(m)?;
     Ok(())
 }

@@ -410,10 +410,12 @@ class Context:
         nav, sig = dataset.nav_shape, dataset.sig_shape
         mask = _roi_mask(roi, nav)
         plan = _Plan(udfs, nav, sig, dataset._native.dtype, mask)
-        total = int(mask.sum()) if mask is not None else int(np.prod(nav))
-        yield from _drive(plan, total, progress, plots, partial, lambda on_snap, token: _native.run_dataset(
-            dataset._native, plan.builtins, plan.runners, mask, on_snap, 0.1, self.threads, token
-        ))
+
+        def start(on_snap, token):
+            return _native.run_dataset(dataset._native, plan.builtins, plan.runners, mask,
+                                       on_snap, 0.1, self.threads, token)
+
+        yield from _drive(_PlanRef(plan), progress, plots, partial, start)
 
 
 def _damage(plan: _Plan, frames_processed: int) -> np.ndarray:
@@ -424,21 +426,38 @@ def _damage(plan: _Plan, frames_processed: int) -> np.ndarray:
     return d
 
 
-def _drive(plan: _Plan, total: int, progress, plots, partial, start) -> Iterator[UDFResults]:
+class _PlanRef:
+    """The plan of a run, known at once offline and once the detector is armed live."""
+
+    def __init__(self, plan: _Plan | None = None):
+        self.plan = plan
+        self.total = 0
+        if plan is not None:
+            self.total = int(plan.roi.sum()) if plan.roi is not None else int(np.prod(plan.nav_shape))
+
+    def set(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.total = int(plan.roi.sum()) if plan.roi is not None else int(np.prod(plan.nav_shape))
+
+
+def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterator[UDFResults]:
     """Runs ``start(on_snapshot, cancel_token)`` (blocking, GIL released inside) on a
     thread, yielding partial results from its snapshots when ``partial``."""
     from .viz import LivePlots
 
-    prog = _Progress(total) if progress else None
-    viz = LivePlots.make(plots, plan) if plots else None
-    token = _native.CancelToken()
+    prog: _Progress | None = None
+    viz: LivePlots | None = None
+    token = token if token is not None else _native.CancelToken()
     q: queue.Queue = queue.Queue(maxsize=2)
     outcome: dict[str, Any] = {}
 
     def on_snapshot(frames, engine):
-        if prog is not None:
+        nonlocal prog
+        if progress:
+            if prog is None:
+                prog = _Progress(ref.total)
             prog.update(frames)
-        if partial or viz is not None:
+        if partial or plots:
             try:
                 q.put_nowait((frames, engine))
             except queue.Full:
@@ -452,7 +471,7 @@ def _drive(plan: _Plan, total: int, progress, plots, partial, start) -> Iterator
         finally:
             q.put(None)
 
-    if not (partial or viz is not None):
+    if not (partial or plots):
         # Blocking on this thread: Ctrl-C reaches the engine through its snapshot callback.
         work()
         q.get_nowait()
@@ -465,9 +484,12 @@ def _drive(plan: _Plan, total: int, progress, plots, partial, start) -> Iterator
                 if item is None:
                     break
                 frames, engine = item
+                plan = ref.plan
                 res = UDFResults(plan.results(engine, final=False), frames,
                                  _damage(plan, frames), False)
-                if viz is not None:
+                if plots:
+                    if viz is None:
+                        viz = LivePlots.make(plots, plan)
                     viz.update(res)
                 if partial:
                     yield res
@@ -479,16 +501,24 @@ def _drive(plan: _Plan, total: int, progress, plots, partial, start) -> Iterator
     if "error" in outcome:
         raise outcome["error"]
     summary = outcome["summary"]
+    plan = ref.plan
+    if plan is None:
+        raise RuntimeError(summary.get("error") or "the acquisition ended before it started")
+    done = summary["frames_processed"]
     if prog is not None:
-        prog.update(summary["frames_processed"], final=True)
-    res = UDFResults(plan.results(summary["results"], final=True), summary["frames_processed"],
-                     _damage(plan, summary["frames_processed"]), True)
-    if viz is not None:
+        prog.update(done, final=True)
+    res = UDFResults(plan.results(summary["results"], final=True), done,
+                     _damage(plan, done), True)
+    res.record = summary.get("record")
+    if plots:
+        if viz is None:
+            viz = LivePlots.make(plots, plan)
         viz.update(res, final=True)
-    if summary["cancelled"]:
-        raise UDFRunCancelled(
-            f"the run ended after {summary['frames_processed']} of {total} frames"
-        )
+    if summary["cancelled"] or summary.get("exit_status") == "Cancelled":
+        raise UDFRunCancelled(f"the run ended after {done} of {ref.total} frames")
+    error = summary.get("error")
+    if error:
+        raise RuntimeError(error)
     yield res
 
 

@@ -63,6 +63,7 @@ pub fn external_trigger_request(scan: ScanSettings, label: &str) -> AcquisitionR
         pipeline: counting_pipeline(),
         label: label.into(),
         nav_from_detector: false,
+        ready_hook: None,
     }
 }
 

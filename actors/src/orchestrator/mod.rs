@@ -38,7 +38,7 @@ mod run;
 mod steps;
 
 pub use record::{ExitStatus, RunError, RunFailure, RunRecord};
-pub use request::{AcquisitionRequest, PipelineBuilder, PipelineInputs};
+pub use request::{AcquisitionRequest, PipelineBuilder, PipelineInputs, ReadyHook};
 
 use crate::processing::LiveSnapshot;
 use crate::supervisor::{

@@ -116,6 +116,9 @@ pub enum RunError {
     /// The pipeline failed.
     #[error("processing pipeline: {0}")]
     Pipeline(String),
+    /// The front end's ready-for-data hook failed (its message).
+    #[error("ready-for-data hook: {0}")]
+    Hook(String),
     /// The recording failed.
     #[error("recording: {0}")]
     Recording(String),

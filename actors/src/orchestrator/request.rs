@@ -29,6 +29,12 @@ pub struct PipelineInputs {
 /// Builds the processing pipeline for an acquisition (which UDFs, which sink).
 pub type PipelineBuilder = Arc<dyn Fn(PipelineInputs) -> PipelineJob + Send + Sync>;
 
+/// Called in active mode once the detector is armed and the pipeline is ready for data,
+/// before stemflow triggers (the front end's "ready for data" hook, e.g. a Python
+/// `Hooks.on_ready_for_data` that starts an external scan), with the scan shape. Runs on a
+/// blocking thread; an error fails the run, which then disarms the detector.
+pub type ReadyHook = Arc<dyn Fn(NavShape) -> Result<(), String> + Send + Sync>;
+
 /// One acquisition to run.
 #[derive(Clone)]
 pub struct AcquisitionRequest {
@@ -53,4 +59,6 @@ pub struct AcquisitionRequest {
     /// Take the scan shape from the detector once armed (passive mode without a given
     /// shape): the announced nav shape, else 1 × frames.
     pub nav_from_detector: bool,
+    /// Called once ready for data, before the trigger (active mode only).
+    pub ready_hook: Option<ReadyHook>,
 }

@@ -393,6 +393,14 @@ impl Instrument {
         refs: &ChildRefs,
         ctx: &mut RunContext,
     ) -> Result<(), RunError> {
+        if let (Some(hook), ArmMode::Active) = (&req.ready_hook, req.mode) {
+            let hook = Arc::clone(hook);
+            let nav = ctx.metadata.nav_shape.unwrap_or(req.detector.nav_shape);
+            tokio::task::spawn_blocking(move || hook(nav))
+                .await
+                .map_err(|e| RunError::Hook(format!("the hook did not finish: {e}")))?
+                .map_err(RunError::Hook)?;
+        }
         if let (Some(scan_ref), Some(_)) = (&refs.scan, &req.scan) {
             self.call(
                 Role::ScanEngine,

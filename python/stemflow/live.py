@@ -1,0 +1,342 @@
+"""Live connections and acquisitions (LiberTEM-live's ``make_connection`` /
+``make_acquisition``), run by stemflow's orchestrator: the detector is configured, armed,
+triggered and read by the Rust drivers, the frames reduced by the engine, the raw frames
+optionally recorded to HDF5 — with the GIL released throughout.
+
+Live processing runs on this machine (Dask executors are for offline data).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any
+
+import numpy as np
+
+from . import _native
+from .udf import Shape, UDFRunCancelled
+
+__all__ = ["connection_builder", "Connection", "ActiveController", "PendingAcquisition",
+           "Acquisition"]
+
+#: How long a pending (passive) acquisition waits for ``run_udf`` once it has started, s.
+PLAN_TIMEOUT_S = 120.0
+
+_DEFAULT_PORTS = {
+    # detector: (api/control port, data/stream port) — the vendors' defaults.
+    "merlin": (6341, 6342),
+    "dectris": (80, 31001),
+}
+
+
+def connection_builder(detector_type: str) -> "_Builder":
+    """The ``make_connection(detector_type)`` object; call ``.open(...)`` on it.
+
+    Raises
+    ------
+    ValueError
+        A detector stemflow does not drive (``merlin``, ``dectris``; ``asi_tpx3`` is not
+        offered yet).
+    """
+    t = detector_type.lower()
+    if t in ("arina", "dectris", "quadro", "eiger"):
+        t = "dectris"
+    if t not in _DEFAULT_PORTS:
+        raise ValueError(
+            f"unknown or unsupported detector type {detector_type!r}: give 'merlin' or 'dectris'"
+        )
+    return _Builder(t)
+
+
+class _Builder:
+    def __init__(self, detector: str):
+        self.detector = detector
+
+    def open(self, data_host: str = "127.0.0.1", data_port: int | None = None,
+             api_host: str | None = None, api_port: int | None = None, drain: bool = False,
+             **kwargs) -> "Connection":
+        """A connection with LiberTEM-live's keyword names: ``data_host``, ``data_port``
+        (Merlin data port 6342 / DECTRIS zmq stream 31001), ``api_host``, ``api_port``
+        (Merlin control 6341 / DECTRIS REST 80). Other keyword arguments of LiberTEM-live
+        (``drain``, buffer sizes, ``bytes_per_frame``, …) are accepted; stemflow's receivers
+        size their buffers themselves.
+
+        The connection is persistent across acquisitions; close it with ``close()`` or a
+        ``with`` block.
+        """
+        api_default, data_default = _DEFAULT_PORTS[self.detector]
+        return Connection(
+            detector=self.detector,
+            data_host=data_host,
+            data_port=data_default if data_port is None else int(data_port),
+            api_host=api_host or data_host,
+            api_port=api_default if api_port is None else int(api_port),
+        )
+
+
+class ActiveController:
+    """Detector settings stemflow applies in active mode.
+
+    Parameters
+    ----------
+    trigger_mode : str
+        ``soft`` (stemflow triggers the detector over its control channel), ``internal``
+        (the detector's timer), ``exte``/``external`` (the scan engine's pixel clock).
+    frame_time, count_time : float, s
+        Frame period / exposure (DECTRIS: ``frame_time``, ``count_time``; Merlin:
+        ``count_time`` is the acquisition time per frame).
+    counter_depth : int
+        Merlin counter depth (1, 6, 12, 24 bits).
+    """
+
+    def __init__(self, trigger_mode: str = "soft", frame_time: float | None = None,
+                 count_time: float | None = None, counter_depth: int = 12, **extra):
+        self.trigger_mode = trigger_mode
+        self.frame_time = frame_time
+        self.count_time = count_time
+        self.counter_depth = counter_depth
+        self.extra = extra
+
+    def options(self) -> dict:
+        t = (self.count_time or self.frame_time or 1e-3)
+        return {"trigger": self.trigger_mode, "exposure_s": float(t),
+                "counter_depth": int(self.counter_depth)}
+
+
+class Connection:
+    """A connection to a detector (``merlin`` or ``dectris``)."""
+
+    def __init__(self, detector, data_host, data_port, api_host, api_port):
+        self.detector = detector
+        self.data_host, self.data_port = data_host, data_port
+        self.api_host, self.api_port = api_host, api_port
+        self._closed = False
+
+    def options(self) -> dict:
+        """The receiver's addresses for the Rust side."""
+        o = {"detector": self.detector, "host": self.data_host}
+        if self.detector == "merlin":
+            o.update(control_port=self.api_port, data_port=self.data_port)
+        else:
+            o.update(api_port=self.api_port, stream_port=self.data_port)
+        return o
+
+    def get_active_controller(self, **kwargs) -> ActiveController:
+        """Settings for active mode (see :class:`ActiveController`)."""
+        return ActiveController(**kwargs)
+
+    def wait_for_acquisition(self, timeout: float | None = None, nav_shape=None):
+        """Waits until someone else arms the detector and its acquisition starts (passive
+        mode).
+
+        Returns
+        -------
+        PendingAcquisition or None
+            None when ``timeout`` s pass first.
+
+        Raises
+        ------
+        RuntimeError
+            The receiver could not connect, naming the detector and the address.
+        """
+        pending = PendingAcquisition(self, timeout, nav_shape)
+        return pending if pending.wait() else None
+
+    def close(self) -> None:
+        """Closes the connection (stemflow connects per acquisition; nothing stays open)."""
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class PendingAcquisition:
+    """An acquisition someone else started (passive mode), waiting for ``run_udf``.
+
+    Attributes
+    ----------
+    nav_shape, sig_shape : tuple of int
+        As the detector announced them.
+    """
+
+    def __init__(self, conn: Connection, timeout: float | None, nav_shape=None):
+        self.conn = conn
+        self.timeout = timeout
+        self.token = _native.CancelToken()
+        self.armed = threading.Event()
+        self.done = threading.Event()
+        self.plans: queue.Queue = queue.Queue(maxsize=1)
+        self.snap_target = None
+        self.nav_shape = tuple(nav_shape) if nav_shape is not None else None
+        self.sig_shape = None
+        self.dtype = None
+        self.result = None
+        self.error: BaseException | None = None
+        wait = 3600.0 if timeout is None else float(timeout)
+        opts = dict(conn.options(), mode="passive", arm_timeout_s=wait + 5.0,
+                    nav_shape=self.nav_shape, output=None)
+        self._thread = threading.Thread(target=self._run, args=(opts,), daemon=True,
+                                        name="stemflow-passive")
+        self._thread.start()
+
+    def _on_armed(self, nav, sig, dtype):
+        if self.nav_shape is None:
+            self.nav_shape = tuple(nav)
+        self.sig_shape, self.dtype = tuple(sig), dtype
+        self.armed.set()
+        try:
+            make_plan = self.plans.get(timeout=PLAN_TIMEOUT_S)
+        except queue.Empty:
+            raise RuntimeError(
+                f"no run_udf for the pending acquisition within {PLAN_TIMEOUT_S:.0f} s"
+            ) from None
+        return make_plan(tuple(nav), tuple(sig), dtype)
+
+    def _on_snapshot(self, frames, engine):
+        target = self.snap_target
+        if target is not None:
+            target(frames, engine)
+
+    def _run(self, opts):
+        try:
+            self.result = _native.live_run(opts, self._on_armed, self._on_snapshot, None,
+                                           self.token)
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.done.set()
+            self.armed.set()
+
+    def wait(self) -> bool:
+        """True once the acquisition started; False (and stopped) when the timeout passed."""
+        if not self.armed.wait(self.timeout):
+            self.token.cancel()
+            self._thread.join()
+            return False
+        if self.done.is_set() and self.sig_shape is None:
+            if self.error is not None:
+                raise self.error
+            raise RuntimeError((self.result or {}).get("error") or "the acquisition did not start")
+        return True
+
+    def _attach(self, make_plan, on_snapshot, token):
+        self.snap_target = on_snapshot
+        self.plans.put(make_plan)
+        while not self.done.wait(0.05):
+            if token.cancelled:
+                self.token.cancel()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _Env:
+    """What a hook is given: ``env.aq`` (the acquisition: ``.shape.nav``, ``.shape.sig``)."""
+
+    def __init__(self, aq):
+        self.aq = aq
+
+
+class Acquisition:
+    """A live acquisition, used like a data set in ``run_udf``.
+
+    Attributes
+    ----------
+    shape : Shape
+        The scan shape (``nav``) and, once armed, the frame shape (``sig``).
+    dtype : numpy.dtype or None
+        Pixel type, once armed.
+    record : dict or None
+        The last run's record (run.json's: frame counts, end reason, metadata).
+    """
+
+    def __init__(self, conn: Connection, nav_shape=None, controller=None, pending_aq=None,
+                 hooks=None, output=None, record_raw: bool = True):
+        if pending_aq is None and controller is None:
+            controller = conn.get_active_controller()
+        if pending_aq is None and nav_shape is None:
+            raise ValueError("an active acquisition needs nav_shape")
+        self.conn = conn
+        self.controller = controller
+        self.pending = pending_aq
+        self.hooks = hooks
+        self.output = output
+        self.record_raw = record_raw
+        nav = tuple(nav_shape) if nav_shape is not None else (
+            pending_aq.nav_shape if pending_aq is not None else ())
+        sig = pending_aq.sig_shape if pending_aq is not None else ()
+        self.shape = Shape(tuple(nav or ()), tuple(sig or ()))
+        self.dtype = np.dtype(pending_aq.dtype) if pending_aq is not None and pending_aq.dtype else None
+        self.record: dict | None = None
+
+    def _plan_maker(self, ctx, udfs, roi, ref):
+        from .api import _Plan, _roi_mask
+
+        def make(nav, sig, dtype):
+            nav = tuple(nav)
+            given = tuple(self.shape.nav) if len(self.shape.nav) else None
+            if given is not None and len(given) == 2 and int(np.prod(given)) == int(np.prod(nav)):
+                nav = given
+            if self.pending is not None and self.hooks is not None:
+                decided = self.hooks.on_determine_nav_shape(_Env(self))
+                if decided is not None:
+                    decided = tuple(decided)
+                    if int(np.prod(decided)) != int(np.prod(nav)):
+                        raise ValueError(
+                            f"on_determine_nav_shape gave {decided}, the detector sends "
+                            f"{int(np.prod(nav))} frames"
+                        )
+                    nav = decided
+            self.shape = Shape(nav, tuple(sig))
+            self.dtype = np.dtype(dtype)
+            plan = _Plan(udfs, nav, sig, dtype, _roi_mask(roi, nav))
+            ref.set(plan)
+            return plan.builtins, plan.runners, plan.roi, nav
+
+        return make
+
+    def _run_live(self, ctx, udfs, roi, progress, plots, partial):
+        from .api import _drive, _PlanRef
+
+        ref = _PlanRef()
+        make_plan = self._plan_maker(ctx, udfs, roi, ref)
+        if self.pending is not None:
+            pending = self.pending
+            self.pending = None  # one run per pending acquisition
+            token = _native.CancelToken()
+
+            def start(on_snap, tok):
+                return pending._attach(make_plan, on_snap, tok)
+
+            yield from self._finish(_drive(ref, progress, plots, partial, start, token))
+            return
+        opts: dict[str, Any] = dict(self.conn.options(), mode="active",
+                                    nav_shape=tuple(self.shape.nav),
+                                    output=None if self.output is None else str(self.output),
+                                    record_raw=self.record_raw)
+        opts.update(self.controller.options())
+        hook = None
+        if self.hooks is not None:
+            def hook(nav):
+                self.hooks.on_ready_for_data(_Env(self))
+
+        def start(on_snap, token):
+            return _native.live_run(opts, make_plan, on_snap, hook, token)
+
+        yield from self._finish(_drive(ref, progress, plots, partial, start))
+
+    def _finish(self, gen):
+        import json
+
+        try:
+            for res in gen:
+                if getattr(res, "record", None):
+                    self.record = json.loads(res.record)
+                yield res
+        except UDFRunCancelled:
+            raise
