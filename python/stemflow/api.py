@@ -337,7 +337,7 @@ class Context:
             data = data.astype(np.float32 if data.dtype.itemsize <= 2 else np.float64)
         data = np.ascontiguousarray(data)
         native = _native.memory_dataset(data.reshape(-1), nav, sig)
-        return DataSet(native, dtype=original if original in _NATIVE else data.dtype)
+        return DataSet(native, dtype=original)
 
     # --- running UDFs -----------------------------------------------------------------
     def run_udf(self, dataset, udf, roi=None, corrections=None, progress: bool = False,
@@ -505,6 +505,10 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
     if plan is None:
         raise RuntimeError(summary.get("error") or "the acquisition ended before it started")
     done = summary["frames_processed"]
+    error = summary.get("error")
+    if len(summary["results"]) < len(plan.builtins):
+        # The run ended before its pipeline produced results (a failed arm, a deadline).
+        raise RuntimeError(error or "the run ended without results")
     if prog is not None:
         prog.update(done, final=True)
     res = UDFResults(plan.results(summary["results"], final=True), done,
@@ -514,9 +518,14 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
         if viz is None:
             viz = LivePlots.make(plots, plan)
         viz.update(res, final=True)
-    if summary["cancelled"] or summary.get("exit_status") == "Cancelled":
-        raise UDFRunCancelled(f"the run ended after {done} of {ref.total} frames")
-    error = summary.get("error")
+    expected = summary.get("frames_expected", ref.total)
+    if summary["cancelled"] or summary.get("exit_status") == "Cancelled" or (
+        error and done < expected
+    ):
+        # A live stream that stopped (or a cancel): the frames so far are in `results`.
+        why = f": {error}" if error else ""
+        raise UDFRunCancelled(f"the run ended after {done} of {expected} frames{why}",
+                              results=res)
     if error:
         raise RuntimeError(error)
     yield res

@@ -245,6 +245,15 @@ class _Env:
 class Acquisition:
     """A live acquisition, used like a data set in ``run_udf``.
 
+    Three ways to run it, as in LiberTEM-live:
+
+    * ``controller`` given: stemflow configures, arms and triggers the detector;
+      ``hooks.on_ready_for_data`` runs after the arm, before the trigger (start an
+      external scan there);
+    * no controller, ``hooks`` given: the hook starts the acquisition (e.g. with
+      :class:`stemflow.detectors.merlin.control.MerlinControl`) and stemflow receives it;
+    * ``pending_aq`` from ``conn.wait_for_acquisition``: someone else started it.
+
     Attributes
     ----------
     shape : Shape
@@ -257,7 +266,7 @@ class Acquisition:
 
     def __init__(self, conn: Connection, nav_shape=None, controller=None, pending_aq=None,
                  hooks=None, output=None, record_raw: bool = True):
-        if pending_aq is None and controller is None:
+        if pending_aq is None and controller is None and hooks is None:
             controller = conn.get_active_controller()
         if pending_aq is None and nav_shape is None:
             raise ValueError("an active acquisition needs nav_shape")
@@ -315,11 +324,16 @@ class Acquisition:
 
             yield from self._finish(_drive(ref, progress, plots, partial, start, token))
             return
-        opts: dict[str, Any] = dict(self.conn.options(), mode="active",
+        # With a controller stemflow configures, arms and triggers the detector; without
+        # one (LiberTEM-live's way for a Merlin) the hook starts the acquisition and
+        # stemflow receives it.
+        mode = "active" if self.controller is not None else "passive"
+        opts: dict[str, Any] = dict(self.conn.options(), mode=mode,
                                     nav_shape=tuple(self.shape.nav),
                                     output=None if self.output is None else str(self.output),
                                     record_raw=self.record_raw)
-        opts.update(self.controller.options())
+        if self.controller is not None:
+            opts.update(self.controller.options())
         hook = None
         if self.hooks is not None:
             def hook(nav):

@@ -29,10 +29,12 @@ pub struct PipelineInputs {
 /// Builds the processing pipeline for an acquisition (which UDFs, which sink).
 pub type PipelineBuilder = Arc<dyn Fn(PipelineInputs) -> PipelineJob + Send + Sync>;
 
-/// Called in active mode once the detector is armed and the pipeline is ready for data,
-/// before stemflow triggers (the front end's "ready for data" hook, e.g. a Python
-/// `Hooks.on_ready_for_data` that starts an external scan), with the scan shape. Runs on a
-/// blocking thread; an error fails the run, which then disarms the detector.
+/// The front end's "ready for data" hook (e.g. a Python `Hooks.on_ready_for_data`), with
+/// the scan shape. Active mode: called once the detector is armed and the pipeline is
+/// ready, before stemflow triggers (the hook may start an external scan). Passive mode:
+/// called before the arm waits for the acquisition, with the receiver connected — the
+/// hook may start the acquisition itself (LiberTEM-live's hook-driven active mode). Runs
+/// on a blocking thread; an error fails the run, which then disarms the detector.
 pub type ReadyHook = Arc<dyn Fn(NavShape) -> Result<(), String> + Send + Sync>;
 
 /// One acquisition to run.
@@ -59,6 +61,6 @@ pub struct AcquisitionRequest {
     /// Take the scan shape from the detector once armed (passive mode without a given
     /// shape): the announced nav shape, else 1 × frames.
     pub nav_from_detector: bool,
-    /// Called once ready for data, before the trigger (active mode only).
+    /// Called once ready for data ([`ReadyHook`]).
     pub ready_hook: Option<ReadyHook>,
 }

@@ -242,6 +242,11 @@ impl Instrument {
     ) -> Result<ArmedRun, RunError> {
         let mode = req.mode;
         let arm_deadline = req.arm_deadline;
+        if mode == ArmMode::Passive {
+            // The receiver is connected (since the instrument started) and keeps what
+            // arrives: the hook may start the acquisition before the arm waits for it.
+            call_ready_hook(req, req.detector.nav_shape).await?;
+        }
         let armed: ArmedAcquisition = self
             .call(
                 Role::Detector,
@@ -393,13 +398,9 @@ impl Instrument {
         refs: &ChildRefs,
         ctx: &mut RunContext,
     ) -> Result<(), RunError> {
-        if let (Some(hook), ArmMode::Active) = (&req.ready_hook, req.mode) {
-            let hook = Arc::clone(hook);
+        if req.mode == ArmMode::Active {
             let nav = ctx.metadata.nav_shape.unwrap_or(req.detector.nav_shape);
-            tokio::task::spawn_blocking(move || hook(nav))
-                .await
-                .map_err(|e| RunError::Hook(format!("the hook did not finish: {e}")))?
-                .map_err(RunError::Hook)?;
+            call_ready_hook(req, nav).await?;
         }
         if let (Some(scan_ref), Some(_)) = (&refs.scan, &req.scan) {
             self.call(
@@ -700,4 +701,16 @@ fn stored_run_record(
         "end_reason": end.reason,
         "error": end.error,
     })
+}
+
+/// Runs the request's ready-for-data hook, if any, on a blocking thread.
+async fn call_ready_hook(req: &AcquisitionRequest, nav: NavShape) -> Result<(), RunError> {
+    let Some(hook) = &req.ready_hook else {
+        return Ok(());
+    };
+    let hook = Arc::clone(hook);
+    tokio::task::spawn_blocking(move || hook(nav))
+        .await
+        .map_err(|e| RunError::Hook(format!("the hook did not finish: {e}")))?
+        .map_err(RunError::Hook)
 }

@@ -347,20 +347,58 @@ impl Detector for MerlinDetector {
                 }
             }
         };
+        // The frame shape: as configured (active mode), else from the first frame's own
+        // header — the HDR tells only the chip layout, and a Merlin reading a region of
+        // its chips sends smaller frames (passive mode, LiberTEM-live-style hooks). The
+        // events read meanwhile go on to the end-of-acquisition thread.
+        let mut early = Vec::new();
         let (sig_shape, dtype) = match (mode, self.configured) {
             (ArmMode::Active, Some(c)) => c,
-            _ => (
-                shape_from_header(&header),
-                dtype_for_depth(header.counter_depth().unwrap_or(12)),
-            ),
+            _ => {
+                let from_header = (
+                    shape_from_header(&header),
+                    dtype_for_depth(header.counter_depth().unwrap_or(12)),
+                );
+                loop {
+                    match events.recv_deadline(until) {
+                        Ok(ReceiverEvent::FirstFrame {
+                            sig_shape: s,
+                            dtype: d,
+                            ..
+                        }) => break (s, d),
+                        Ok(ev @ (ReceiverEvent::Finished { .. } | ReceiverEvent::Error { .. })) => {
+                            early.push(ev);
+                            break from_header;
+                        }
+                        Ok(_) => continue,
+                        Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                            return Err(DeviceError::Timeout {
+                                device: self.name.clone(),
+                                what: format!(
+                                    "the first frame on data port {} after the acquisition \
+                                     header (its shape sets the pipeline's)",
+                                    self.cfg.data
+                                ),
+                                waited_s: deadline.as_secs_f64(),
+                            });
+                        }
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break from_header,
+                    }
+                }
+            }
         };
         let (end_tx, end_rx) = bounded(1);
         let name = self.name.clone();
         std::thread::Builder::new()
             .name("merlin-acq-end".into())
             .spawn(move || {
+                let mut early = early.into_iter();
                 let end = loop {
-                    match events.recv() {
+                    let next = match early.next() {
+                        Some(ev) => Ok(ev),
+                        None => events.recv(),
+                    };
+                    match next {
                         Ok(ReceiverEvent::FirstFrame {
                             sig_shape: s,
                             dtype: d,

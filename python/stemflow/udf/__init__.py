@@ -44,7 +44,17 @@ class UDFException(Exception):
 
 class UDFRunCancelled(Exception):
     """The run ended before all frames were processed: a live stream stopped, or the run
-    was cancelled. The context stays usable."""
+    was cancelled. The context stays usable.
+
+    Attributes
+    ----------
+    results : stemflow.api.UDFResults or None
+        The results of the frames processed before the end.
+    """
+
+    def __init__(self, message: str = "", results=None):
+        super().__init__(message)
+        self.results = results
 
 
 class Shape:

@@ -1,0 +1,1 @@
+"""Detector-specific helpers under LiberTEM-live's module paths."""

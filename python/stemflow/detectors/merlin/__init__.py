@@ -1,0 +1,5 @@
+"""Quantum Detectors Merlin helpers (``libertem_live.detectors.merlin``)."""
+
+from .control import MerlinControl
+
+__all__ = ["MerlinControl"]
