@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test of the workspace (unit, integration, interoperability with LiberTEM-live).
-# Arguments go to `cargo test` (e.g. a test name filter).
+# Runs every test of the workspace (unit, integration, interoperability with LiberTEM-live)
+# and the Python package's (pytest, against LiberTEM and LiberTEM-live from PyPI).
+# Arguments go to `cargo test` (e.g. a test name filter); with arguments the Python tests
+# are skipped (scripts/test-python.sh runs them alone).
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure-deps.sh
@@ -13,4 +15,8 @@ if [ $# -eq 0 ] && grep -qw avx512bw /proc/cpuinfo 2>/dev/null; then
     echo "test.sh: the processing tests again, built without AVX-512 (x86-64-v3)"
     RUSTFLAGS="-C target-cpu=x86-64-v3" CARGO_TARGET_DIR=target/portable \
         cargo test -p stemflow-processing --all-targets
+fi
+if [ $# -eq 0 ]; then
+    echo "test.sh: the Python package (scripts/test-python.sh)"
+    scripts/test-python.sh
 fi

@@ -384,6 +384,9 @@ fn run_dataset(
     let out = PyDict::new(py);
     out.set_item("frames_processed", summary.frames_processed)?;
     out.set_item("damaged", summary.damaged.clone())?;
+    // Offline, every frame of the file was read: damaged frames are reported in
+    // `damaged`, not as a stream that ended early.
+    out.set_item("frames_expected", summary.frames_processed)?;
     out.set_item("cancelled", summary.outcome == Outcome::Cancelled)?;
     out.set_item("results", results::to_py(py, &summary.results)?)?;
     Ok(out.into_any().unbind())

@@ -324,6 +324,7 @@ fn live_run(
     out.set_item("frames_processed", o.frames_processed)?;
     out.set_item("frames_expected", record.frames_expected)?;
     out.set_item("frames_lost", record.frames_lost)?;
+    out.set_item("end_reason", &record.end_reason)?;
     out.set_item("cancelled", o.cancelled)?;
     out.set_item("results", results::to_py(py, &o.results)?)?;
     Ok(out.into_any().unbind())

@@ -519,11 +519,10 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
             viz = LivePlots.make(plots, plan)
         viz.update(res, final=True)
     expected = summary.get("frames_expected", ref.total)
-    if summary["cancelled"] or summary.get("exit_status") == "Cancelled" or (
-        error and done < expected
-    ):
+    if summary["cancelled"] or summary.get("exit_status") == "Cancelled" or done < expected:
         # A live stream that stopped (or a cancel): the frames so far are in `results`.
-        why = f": {error}" if error else ""
+        why = error or summary.get("end_reason")
+        why = f": {why}" if why else ""
         raise UDFRunCancelled(f"the run ended after {done} of {expected} frames{why}",
                               results=res)
     if error:
