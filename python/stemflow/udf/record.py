@@ -19,16 +19,17 @@ class RecordUDF(BuiltinUDF):
     ----------
     filename : str or os.PathLike
         The file, created or truncated when the run starts.
-    dtype : ignored
-        The frames are written in their own type.
+    **kwargs
+        LiberTEM-live's other arguments (``_is_master``) are accepted; the frames are
+        written in their own type.
 
     Results
     -------
     frames_written : single buffer, shape ``()``, int64
     """
 
-    def __init__(self, filename, dtype=None):
-        super().__init__(filename=os.fspath(filename), dtype=dtype)
+    def __init__(self, filename, **kwargs):
+        super().__init__(filename=os.fspath(filename))
 
     def _describe(self, nav_shape, sig_shape, dtype):
         return {"kind": "record", "path": self.params.filename}
