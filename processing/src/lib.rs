@@ -55,7 +55,7 @@ pub use bench::{
 };
 pub use engine::{
     Outcome, ProcessingError, RunConfig, RunSummary, Snapshot, partition_frames, run_dataset,
-    run_live, run_tiles,
+    run_dataset_range, run_live, run_tiles,
 };
 pub use io::{
     DataSet, ElementType, Hdf5DataSet, IoError, MemoryDataSet, NpyDataSet, RawDataSet, RawSpec,

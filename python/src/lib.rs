@@ -320,7 +320,8 @@ pub(crate) fn roi_of(roi: Option<PyReadonlyArrayDyn<'_, bool>>, nav: NavShape) -
 /// `stemflow._runner`) in one pass over `dataset`, over the scan positions of `roi` (a bool
 /// array of the scan's shape) if given. `on_snapshot(frames_processed, results)` is called
 /// about every `snapshot_interval_s` seconds with the built-ins' results so far; `cancel`
-/// ends the run early.
+/// ends the run early; `frames = (start, end)` reads only those frames (one part of a data
+/// set split across Dask workers; the others' nav values stay NaN).
 ///
 /// Returns a dict: `frames_processed`, `damaged` (frame indices), `cancelled`, `results`
 /// (one entry per built-in: `{buffer name: (kind, unit, dtype, values)}`).
@@ -328,7 +329,7 @@ pub(crate) fn roi_of(roi: Option<PyReadonlyArrayDyn<'_, bool>>, nav: NavShape) -
 /// Raises the first exception a Python UDF raised (with its traceback), `KeyboardInterrupt`
 /// on Ctrl-C, `ValueError` for bad descriptions, `RuntimeError` for engine errors.
 #[pyfunction]
-#[pyo3(signature = (dataset, builtins, python, roi=None, on_snapshot=None, snapshot_interval_s=0.1, threads=None, cancel=None))]
+#[pyo3(signature = (dataset, builtins, python, roi=None, on_snapshot=None, snapshot_interval_s=0.1, threads=None, cancel=None, frames=None))]
 #[allow(clippy::too_many_arguments)]
 fn run_dataset(
     py: Python<'_>,
@@ -340,6 +341,7 @@ fn run_dataset(
     snapshot_interval_s: f64,
     threads: Option<usize>,
     cancel: Option<Py<CancelToken>>,
+    frames: Option<(u64, u64)>,
 ) -> PyResult<Py<PyAny>> {
     let flag = match &cancel {
         Some(c) => Arc::clone(&c.get().flag),
@@ -375,7 +377,8 @@ fn run_dataset(
                 }
             })
         };
-        stemflow_processing::run_dataset(data, &list, &cfg, None, &mut on_snap, &flag)
+        let range = frames.map_or(0..u64::MAX, |(a, b)| a..b);
+        stemflow_processing::run_dataset_range(data, range, &list, &cfg, None, &mut on_snap, &flag)
     });
     if let Some(e) = shared.take_error() {
         return Err(e);

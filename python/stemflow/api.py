@@ -55,8 +55,10 @@ class DataSet:
         The file (``<memory>`` for an array).
     """
 
-    def __init__(self, native, dtype=None):
+    def __init__(self, native, dtype=None, load=None):
         self._native = native
+        # How to open it again (in a Dask worker): the load arguments, or the array.
+        self._load = load
         self.shape = Shape(native.nav_shape, native.sig_shape)
         self.dtype = np.dtype(dtype if dtype is not None else native.dtype)
         self.path = native.path
@@ -307,10 +309,11 @@ class Context:
         if sig_shape is not None:
             sig_shape = tuple(int(x) for x in sig_shape)
         dt = "u16" if dtype is None else np.dtype(dtype).str.lstrip("=|")
-        native = _native.open_dataset(
-            os.fspath(path), fmt, nav_shape, sig_shape, dt, ds_path, byte_order, offset, frame_header
-        )
-        return DataSet(native)
+        load = dict(path=os.fspath(path), format=fmt, nav_shape=nav_shape, sig_shape=sig_shape,
+                    dtype=dt, ds_path=ds_path, byte_order=byte_order, offset=offset,
+                    frame_header_bytes=frame_header)
+        native = _native.open_dataset(**load)
+        return DataSet(native, load=load)
 
     def _load_memory(self, data=None, sig_dims: int = 2, nav_shape=None, sig_shape=None, **kw):
         for ignored in ("num_partitions", "tileshape", "io_backend"):
@@ -337,7 +340,7 @@ class Context:
             data = data.astype(np.float32 if data.dtype.itemsize <= 2 else np.float64)
         data = np.ascontiguousarray(data)
         native = _native.memory_dataset(data.reshape(-1), nav, sig)
-        return DataSet(native, dtype=original)
+        return DataSet(native, dtype=original, load={"memory": data, "nav": nav, "sig": sig})
 
     # --- running UDFs -----------------------------------------------------------------
     def run_udf(self, dataset, udf, roi=None, corrections=None, progress: bool = False,

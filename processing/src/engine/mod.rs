@@ -163,5 +163,25 @@ pub fn run_dataset(
     drive(reader, udfs, cfg, sink, on_snapshot, cancel)
 }
 
+/// As [`run_dataset`] over frames `frames` of `data` only (clipped to its frames): one
+/// part of a data set split across processes or machines (e.g. Dask workers), each
+/// reading its own byte range of the file. Frames keep their scan positions: nav values
+/// of the other frames stay NaN, sig and single buffers hold this part's contribution.
+///
+/// # Errors
+/// As [`run_dataset`].
+pub fn run_dataset_range(
+    data: &mut dyn DataSet,
+    frames: std::ops::Range<u64>,
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+    sink: Option<&mut dyn TileSink>,
+    on_snapshot: &mut dyn FnMut(&Snapshot),
+    cancel: &AtomicBool,
+) -> Result<RunSummary, ProcessingError> {
+    let reader = Reader::range(data, cfg.partition_frames(), frames);
+    drive(reader, udfs, cfg, sink, on_snapshot, cancel)
+}
+
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ use super::error::BoxError;
 use super::job::{Done, Slot};
 use super::summary::Outcome;
 use crossbeam_channel::{Receiver, select};
+use std::ops::Range;
 use std::time::Duration;
 use stemflow_core::dataset::DataSet;
 use stemflow_core::frame::RawStack;
@@ -101,15 +102,25 @@ pub(super) struct Reader<'d> {
     per: u64,
     /// The next frame to read.
     next: u64,
+    /// One past the last frame to read.
+    end: u64,
 }
 
 impl<'d> Reader<'d> {
     /// Reads all of `data`, `per` frames at a time (at least 1).
     pub(super) fn new(data: &'d mut dyn DataSet, per: usize) -> Self {
+        let end = data.frames();
+        Self::range(data, per, 0..end)
+    }
+
+    /// Reads frames `frames` of `data` (clipped to its frames), `per` at a time.
+    pub(super) fn range(data: &'d mut dyn DataSet, per: usize, frames: Range<u64>) -> Self {
+        let end = frames.end.min(data.frames());
         Self {
             data,
             per: per.max(1) as u64,
-            next: 0,
+            next: frames.start.min(end),
+            end,
         }
     }
 }
@@ -118,11 +129,10 @@ impl<'a> Source<'a> for Reader<'_> {
     const POOLED: bool = true;
 
     fn pull(&mut self, co: &mut Coordinator<'_, 'a>, _wait: Duration) -> Pulled<'a> {
-        let total = self.data.frames();
-        if self.next >= total {
+        if self.next >= self.end {
             return Pulled::End;
         }
-        let n = self.per.min(total - self.next) as usize;
+        let n = self.per.min(self.end - self.next) as usize;
         let mut tile = co.take_tile();
         match self.data.read_tile(self.next, n, &mut tile) {
             Ok(()) => {

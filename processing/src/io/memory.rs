@@ -101,8 +101,7 @@ mod tests {
     fn reads_the_frames_asked_for_and_refuses_others() {
         let data = TileData::U16((0..24).collect());
         let mut ds =
-            MemoryDataSet::new("<memory>", NavShape::new(2, 3), SigShape::new(2, 2), data)
-                .unwrap();
+            MemoryDataSet::new("<memory>", NavShape::new(2, 3), SigShape::new(2, 2), data).unwrap();
         let mut t = Tile {
             first_frame: 0,
             n_frames: 0,

@@ -26,6 +26,22 @@ class BuiltinUDF(UDF):
         """LiberTEM's buffers from the engine's ``{name: (kind, unit, dtype, values)}``."""
         raise NotImplementedError
 
+    def _merge_raw(self, parts: list) -> dict:
+        """The engine's buffers of several parts of a data set (Dask workers, each over its
+        own frames) merged: nav values where a part processed the position, sig and single
+        buffers added."""
+        out = {}
+        for name, (kind, unit, dtype, v) in parts[0].items():
+            acc = np.array(v, dtype=np.float64)
+            for p in parts[1:]:
+                w = np.asarray(p[name][3], dtype=np.float64)
+                if kind == "nav":
+                    acc = np.where(np.isnan(acc), w, acc)
+                else:
+                    acc = np.nan_to_num(acc) + np.nan_to_num(w)
+            out[name] = (kind, unit, dtype, acc)
+        return out
+
     def get_result_buffers(self):  # pragma: no cover - built-ins are not run as Python UDFs
         return {}
 

@@ -24,6 +24,38 @@ class StdDevUDF(BuiltinUDF):
     def _describe(self, nav_shape, sig_shape, dtype):
         return {"kind": "stats"}
 
+    def _merge_raw(self, parts):
+        """Chan et al.'s pairwise update of (n, mean, M2) per pixel, min/max/sum combined."""
+        def get(p, k):
+            return np.asarray(p[k][3], dtype=np.float64)
+
+        first = parts[0]
+        n = np.nan_to_num(get(first, "frames")).reshape(-1)[0]
+        mean, m2 = get(first, "mean"), get(first, "var") * n
+        mn, mx, total = get(first, "min"), get(first, "max"), get(first, "sum")
+        for p in parts[1:]:
+            nb = np.nan_to_num(get(p, "frames")).reshape(-1)[0]
+            if nb == 0:
+                continue
+            if n == 0:
+                n, mean, m2 = nb, get(p, "mean"), get(p, "var") * nb
+                mn, mx, total = get(p, "min"), get(p, "max"), get(p, "sum")
+                continue
+            mb, m2b = get(p, "mean"), get(p, "var") * nb
+            delta = mb - mean
+            tot = n + nb
+            mean = mean + delta * nb / tot
+            m2 = m2 + m2b + delta * delta * n * nb / tot
+            n = tot
+            mn, mx, total = np.fmin(mn, get(p, "min")), np.fmax(mx, get(p, "max")), total + get(p, "sum")
+        var = m2 / n if n else m2 * np.nan
+        out = dict(first)
+        for k, v in (("mean", mean), ("var", var), ("std", np.sqrt(var)), ("min", mn),
+                     ("max", mx), ("sum", total), ("frames", np.array(n))):
+            kind, unit, dtype, _ = first[k]
+            out[k] = (kind, unit, dtype, v)
+        return out
+
     def _results(self, raw, nav_shape, sig_shape, roi):
         def v(name):
             return np.asarray(raw[name][3], dtype=np.float64)
