@@ -222,7 +222,10 @@ fn memory_dataset(
     Ok(NativeDataSet::new(Box::new(ds), nav))
 }
 
-fn get<'py, T: for<'a> FromPyObject<'a, 'py, Error = PyErr>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+fn get<'py, T: for<'a> FromPyObject<'a, 'py, Error = PyErr>>(
+    d: &Bound<'py, PyDict>,
+    key: &str,
+) -> PyResult<T> {
     match d.get_item(key)? {
         Some(v) => v.extract(),
         None => Err(PyValueError::new_err(format!(
@@ -260,9 +263,7 @@ pub(crate) fn builtin(d: &Bound<'_, PyDict>, name: &str, sig: SigShape) -> PyRes
             }
             Box::new(MasksUdf::new(masks).named(name))
         }
-        "com" => Box::new(
-            ComUdf::new(get(d, "cx")?, get(d, "cy")?, get(d, "r")?).named(name),
-        ),
+        "com" => Box::new(ComUdf::new(get(d, "cx")?, get(d, "cy")?, get(d, "r")?).named(name)),
         "pick" => Box::new(PickUdf::new(get(d, "row")?, get(d, "col")?).named(name)),
         "radial" => Box::new(
             RadialProfileUdf::new(RadialProfileParams {
@@ -295,14 +296,18 @@ pub(crate) fn udf_list(
         list.push(builtin(&d, &format!("b{i}"), sig)?);
     }
     for (i, r) in python.iter().enumerate() {
-        list.push(Box::new(pyudf::PyUdf::new(&r, format!("p{i}"), Arc::clone(shared))?)
-            as Box<dyn Udf>);
+        list.push(
+            Box::new(pyudf::PyUdf::new(&r, format!("p{i}"), Arc::clone(shared))?) as Box<dyn Udf>,
+        );
     }
     Ok(list)
 }
 
 /// A ROI from a bool array of the scan's shape.
-pub(crate) fn roi_of(roi: Option<PyReadonlyArrayDyn<'_, bool>>, nav: NavShape) -> PyResult<Option<Roi>> {
+pub(crate) fn roi_of(
+    roi: Option<PyReadonlyArrayDyn<'_, bool>>,
+    nav: NavShape,
+) -> PyResult<Option<Roi>> {
     roi.map(|a| {
         if a.shape() != [nav.rows, nav.cols] {
             return Err(PyValueError::new_err(format!(

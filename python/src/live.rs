@@ -29,9 +29,7 @@ use stemflow_processing::{Outcome, RunConfig};
 
 fn kind_of(name: &str) -> PyResult<DetectorKind> {
     DetectorKind::from_name(name).ok_or_else(|| {
-        PyValueError::new_err(format!(
-            "unknown detector {name:?}: give merlin or dectris"
-        ))
+        PyValueError::new_err(format!("unknown detector {name:?}: give merlin or dectris"))
     })
 }
 
@@ -72,6 +70,7 @@ impl Simulator {
 ///
 /// Raises `ValueError` for an unknown detector or host, `RuntimeError` when it cannot start.
 #[pyfunction]
+#[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (detector, nav_shape=(16, 16), sig_shape=(256, 256), recording=None, fast=true, host="127.0.0.1", ports=(0, 0)))]
 fn start_simulator(
     py: Python<'_>,
@@ -139,8 +138,8 @@ fn acquire_options(d: &Bound<'_, PyDict>) -> PyResult<AcquireOptions> {
             )));
         }
     };
-    a.nav_shape = opt::<Option<(usize, usize)>>(d, "nav_shape", None)?
-        .map(|(r, c)| NavShape::new(r, c));
+    a.nav_shape =
+        opt::<Option<(usize, usize)>>(d, "nav_shape", None)?.map(|(r, c)| NavShape::new(r, c));
     a.trigger = match opt::<String>(d, "trigger", "soft".into())?.as_str() {
         "soft" | "soft_trigger" => DetectorTrigger::Soft,
         "internal" | "int" | "ints" => DetectorTrigger::Internal,
@@ -159,6 +158,15 @@ fn acquire_options(d: &Bound<'_, PyDict>) -> PyResult<AcquireOptions> {
     a.no_raw = !opt(d, "record_raw", true)?;
     Ok(a)
 }
+
+/// What `on_armed` returns: built-in descriptions, Python runners, the ROI and the scan
+/// shape.
+type PlanTuple<'py> = (
+    Bound<'py, PyList>,
+    Bound<'py, PyList>,
+    Option<PyReadonlyArrayDyn<'py, bool>>,
+    (usize, usize),
+);
 
 /// What the pipeline hands back to [`live_run`].
 #[derive(Default)]
@@ -215,14 +223,13 @@ fn live_run(
                 let built = Python::attach(|py| -> PyResult<_> {
                     let plan = on_armed.call1(
                         py,
-                        ((nav.rows, nav.cols), (sig.rows, sig.cols), numpy_name(dtype)),
+                        (
+                            (nav.rows, nav.cols),
+                            (sig.rows, sig.cols),
+                            numpy_name(dtype),
+                        ),
                     )?;
-                    let (b, p, roi, shape): (
-                        Bound<'_, PyList>,
-                        Bound<'_, PyList>,
-                        Option<PyReadonlyArrayDyn<'_, bool>>,
-                        (usize, usize),
-                    ) = plan.extract(py)?;
+                    let (b, p, roi, shape): PlanTuple<'_> = plan.extract(py)?;
                     // The scan shape the Python side settled on (a hook may give one of the
                     // same number of positions).
                     let nav = NavShape::new(shape.0, shape.1);
@@ -294,12 +301,11 @@ fn live_run(
         let h = Arc::new(h);
         let shared = Arc::clone(&shared);
         Arc::new(move |nav: NavShape| {
-            Python::attach(|py| h.call1(py, ((nav.rows, nav.cols),)).map(|_| ()))
-                .map_err(|e| {
-                    let text = e.to_string();
-                    shared.fail(e);
-                    text
-                })
+            Python::attach(|py| h.call1(py, ((nav.rows, nav.cols),)).map(|_| ())).map_err(|e| {
+                let text = e.to_string();
+                shared.fail(e);
+                text
+            })
         }) as ReadyHook
     });
     let run = py.detach(|| {

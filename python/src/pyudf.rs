@@ -225,7 +225,11 @@ unsafe fn borrowed<'py, T: Element>(
     data: &[T],
     dims: [usize; 3],
 ) -> PyResult<Bound<'py, PyAny>> {
-    let mut d: [npy_intp; 3] = [dims[0] as npy_intp, dims[1] as npy_intp, dims[2] as npy_intp];
+    let mut d: [npy_intp; 3] = [
+        dims[0] as npy_intp,
+        dims[1] as npy_intp,
+        dims[2] as npy_intp,
+    ];
     debug_assert_eq!(dims.iter().product::<usize>(), data.len());
     let descr = T::get_dtype(py).into_dtype_ptr();
     // SAFETY: NumPy's C API with a valid type object, a descriptor reference it steals,

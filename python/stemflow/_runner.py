@@ -115,7 +115,7 @@ class PartitionRunner:
             out[k] = w
         return out
 
-    def new_task(self) -> "PartitionTask":
+    def new_task(self) -> PartitionTask:
         """A task for one engine worker."""
         return PartitionTask(self)
 
@@ -165,7 +165,11 @@ class PartitionRunner:
             kind = b.kind if b is not None else "single"
             extra = b.extra_shape if b is not None else arr.shape
             w = BufferWrapper(kind, extra, arr.dtype)
-            if kind == "nav" and self.roi is not None and arr.shape[: len(self.nav_shape)] == self.nav_shape:
+            if (
+                kind == "nav"
+                and self.roi is not None
+                and arr.shape[: len(self.nav_shape)] == self.nav_shape
+            ):
                 arr = arr[self.roi]
             w._set(arr, self.nav_shape, self.roi if kind == "nav" else None)
             if kind == "nav" and self.roi is None and arr.shape[:1] != self.nav_shape[:1]:
@@ -203,16 +207,23 @@ class PartitionTask:
             udf.preprocess()
         try:
             if r.method == "frame":
-                navs = {k: a for k, a in part.items() if self.decl[k].kind == "nav"}
-                views = dict(part)
+                # One results object for the partition; per frame only its nav views are
+                # swapped (a scalar slot stays an array, shape (1,), so that
+                # `self.results.x[:] = v` writes into the partition buffer).
+                views = _Views(part, {})
+                slots = views.__dict__
+                navs = [
+                    (k, a if self.decl[k].extra_shape else a.reshape(n, 1))
+                    for k, a in part.items()
+                    if self.decl[k].kind == "nav"
+                ]
+                udf.results = views
+                process = udf.process_frame
                 for i in range(n):
-                    for k, a in navs.items():
-                        # A scalar slot stays an array (shape (1,)) so that
-                        # `self.results.x[:] = v` writes into the partition buffer.
-                        views[k] = a[i] if self.decl[k].extra_shape else a[i : i + 1]
-                    udf.results = _Views(views, {})
+                    for k, a in navs:
+                        slots[k] = a[i]
                     meta.coordinates = coords[i : i + 1]
-                    udf.process_frame(frames[i])
+                    process(frames[i])
             elif r.method == "tile":
                 udf.process_tile(frames)
             else:

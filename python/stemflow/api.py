@@ -21,21 +21,22 @@ import queue
 import sys
 import threading
 import time
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _native
-from .udf import UDF, BufferWrapper, Shape, UDFException, UDFRunCancelled, _is_builtin
 from ._runner import PartitionRunner
+from .udf import UDF, BufferWrapper, Shape, UDFRunCancelled, _is_builtin
 
 __all__ = [
     "Context",
-    "LiveContext",
     "DataSet",
+    "Hooks",
+    "LiveContext",
     "UDFResults",
     "UDFRunCancelled",
-    "Hooks",
 ]
 
 # Pixel types the engine holds natively; others are converted for in-memory data.
@@ -242,7 +243,7 @@ class Context:
         self._closed = True
 
     @classmethod
-    def make_with(cls, executor_spec: str = "inline", **kwargs) -> "Context":
+    def make_with(cls, executor_spec: str = "inline", **kwargs) -> Context:
         """A context for ``"inline"``/``"threads"`` (this process) or
         ``"dask-make-default"`` (a local Dask cluster)."""
         if executor_spec in ("inline", "threads", "default", "synchronous"):
@@ -291,14 +292,23 @@ class Context:
         frame_header = int(kwargs.pop("frame_header_bytes", 0) or 0)
         sync_offset = kwargs.pop("sync_offset", 0)
         if sync_offset:
-            raise ValueError("sync_offset is not offered; give nav_shape for the frames in the file")
+            raise ValueError(
+                "sync_offset is not offered; give nav_shape for the frames in the file"
+            )
         for ignored in ("io_backend", "num_partitions", "enable_direct", "nav_shape_fallback"):
             kwargs.pop(ignored, None)
         if kwargs:
             raise TypeError(f"load() got unknown arguments: {sorted(kwargs)}")
         fmt = {
-            "auto": None, "mib": "merlin", "merlin": "merlin", "dectris": "dectris",
-            "arina": "dectris", "hdf5": "hdf5", "h5": "hdf5", "npy": "npy", "raw": "raw",
+            "auto": None,
+            "mib": "merlin",
+            "merlin": "merlin",
+            "dectris": "dectris",
+            "arina": "dectris",
+            "hdf5": "hdf5",
+            "h5": "hdf5",
+            "npy": "npy",
+            "raw": "raw",
         }.get(ft, "?")
         if fmt == "?":
             raise ValueError(f"unknown file type {filetype!r}")
@@ -309,9 +319,17 @@ class Context:
         if sig_shape is not None:
             sig_shape = tuple(int(x) for x in sig_shape)
         dt = "u16" if dtype is None else np.dtype(dtype).str.lstrip("=|")
-        load = dict(path=os.fspath(path), format=fmt, nav_shape=nav_shape, sig_shape=sig_shape,
-                    dtype=dt, ds_path=ds_path, byte_order=byte_order, offset=offset,
-                    frame_header_bytes=frame_header)
+        load = {
+            "path": os.fspath(path),
+            "format": fmt,
+            "nav_shape": nav_shape,
+            "sig_shape": sig_shape,
+            "dtype": dt,
+            "ds_path": ds_path,
+            "byte_order": byte_order,
+            "offset": offset,
+            "frame_header_bytes": frame_header,
+        }
         native = _native.open_dataset(**load)
         return DataSet(native, load=load)
 
@@ -343,8 +361,17 @@ class Context:
         return DataSet(native, dtype=original, load={"memory": data, "nav": nav, "sig": sig})
 
     # --- running UDFs -----------------------------------------------------------------
-    def run_udf(self, dataset, udf, roi=None, corrections=None, progress: bool = False,
-                backends=None, plots=None, sync: bool = True):
+    def run_udf(
+        self,
+        dataset,
+        udf,
+        roi=None,
+        corrections=None,
+        progress: bool = False,
+        backends=None,
+        plots=None,
+        sync: bool = True,
+    ):
         """Runs one UDF or a list of UDFs in one pass over ``dataset``.
 
         Parameters
@@ -374,8 +401,16 @@ class Context:
             The first exception a Python UDF raised, with its traceback.
         """
         if not sync:
-            return self._async(self.run_udf, dataset, udf, roi=roi, corrections=corrections,
-                               progress=progress, backends=backends, plots=plots)
+            return self._async(
+                self.run_udf,
+                dataset,
+                udf,
+                roi=roi,
+                corrections=corrections,
+                progress=progress,
+                backends=backends,
+                plots=plots,
+            )
         single = isinstance(udf, UDF)
         udfs = [udf] if single else list(udf)
         last = None
@@ -384,8 +419,17 @@ class Context:
         out = last.buffers
         return out[0] if single else out
 
-    def run_udf_iter(self, dataset, udf, roi=None, corrections=None, progress: bool = False,
-                     backends=None, plots=None, sync: bool = True):
+    def run_udf_iter(
+        self,
+        dataset,
+        udf,
+        roi=None,
+        corrections=None,
+        progress: bool = False,
+        backends=None,
+        plots=None,
+        sync: bool = True,
+    ):
         """As :meth:`run_udf`, yielding :class:`UDFResults` with partial results while the
         run goes on (about every 0.1 s) and the final ones last.
 
@@ -415,8 +459,16 @@ class Context:
         plan = _Plan(udfs, nav, sig, dataset._native.dtype, mask)
 
         def start(on_snap, token):
-            return _native.run_dataset(dataset._native, plan.builtins, plan.runners, mask,
-                                       on_snap, 0.1, self.threads, token)
+            return _native.run_dataset(
+                dataset._native,
+                plan.builtins,
+                plan.runners,
+                mask,
+                on_snap,
+                0.1,
+                self.threads,
+                token,
+            )
 
         yield from _drive(_PlanRef(plan), progress, plots, partial, start)
 
@@ -436,7 +488,9 @@ class _PlanRef:
         self.plan = plan
         self.total = 0
         if plan is not None:
-            self.total = int(plan.roi.sum()) if plan.roi is not None else int(np.prod(plan.nav_shape))
+            self.total = (
+                int(plan.roi.sum()) if plan.roi is not None else int(np.prod(plan.nav_shape))
+            )
 
     def set(self, plan: _Plan) -> None:
         self.plan = plan
@@ -469,7 +523,7 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
     def work():
         try:
             outcome["summary"] = start(on_snapshot, token)
-        except BaseException as e:  # re-raised on the caller's thread
+        except BaseException as e:  # noqa: BLE001 - re-raised on the caller's thread
             outcome["error"] = e
         finally:
             q.put(None)
@@ -488,8 +542,9 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
                     break
                 frames, engine = item
                 plan = ref.plan
-                res = UDFResults(plan.results(engine, final=False), frames,
-                                 _damage(plan, frames), False)
+                res = UDFResults(
+                    plan.results(engine, final=False), frames, _damage(plan, frames), False
+                )
                 if plots:
                     if viz is None:
                         viz = LivePlots.make(plots, plan)
@@ -514,8 +569,7 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
         raise RuntimeError(error or "the run ended without results")
     if prog is not None:
         prog.update(done, final=True)
-    res = UDFResults(plan.results(summary["results"], final=True), done,
-                     _damage(plan, done), True)
+    res = UDFResults(plan.results(summary["results"], final=True), done, _damage(plan, done), True)
     res.record = summary.get("record")
     if plots:
         if viz is None:
@@ -526,8 +580,7 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
         # A live stream that stopped (or a cancel): the frames so far are in `results`.
         why = error or summary.get("end_reason")
         why = f": {why}" if why else ""
-        raise UDFRunCancelled(f"the run ended after {done} of {expected} frames{why}",
-                              results=res)
+        raise UDFRunCancelled(f"the run ended after {done} of {expected} frames{why}", results=res)
     if error:
         raise RuntimeError(error)
     yield res
@@ -570,8 +623,15 @@ class LiveContext(Context):
 
         return connection_builder(detector_type)
 
-    def make_acquisition(self, conn, nav_shape=None, frames_per_partition=None,
-                         controller=None, pending_aq=None, hooks=None):
+    def make_acquisition(
+        self,
+        conn,
+        nav_shape=None,
+        frames_per_partition=None,
+        controller=None,
+        pending_aq=None,
+        hooks=None,
+    ):
         """An acquisition on ``conn``, used like a data set in :meth:`run_udf`.
 
         Active mode (``controller`` from ``conn.get_active_controller(...)``): stemflow
@@ -585,5 +645,6 @@ class LiveContext(Context):
         """
         from .live import Acquisition
 
-        return Acquisition(conn, nav_shape=nav_shape, controller=controller,
-                           pending_aq=pending_aq, hooks=hooks)
+        return Acquisition(
+            conn, nav_shape=nav_shape, controller=controller, pending_aq=pending_aq, hooks=hooks
+        )

@@ -12,7 +12,7 @@ Live processing stays on the machine that receives the detector's stream.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -35,11 +35,14 @@ def _run_part(load: dict, udfs, roi, start: int, end: int, threads):
 
     native = _open(load)
     plan = _Plan(udfs, native.nav_shape, native.sig_shape, native.dtype, roi)
-    summary = _native.run_dataset(native, plan.builtins, plan.runners, roi, None, 0.5,
-                                  threads, None, (start, end))
+    summary = _native.run_dataset(
+        native, plan.builtins, plan.runners, roi, None, 0.5, threads, None, (start, end)
+    )
     return {
-        "engine": [{k: (kind, unit, dt, np.asarray(v)) for k, (kind, unit, dt, v) in r.items()}
-                   for r in summary["results"]],
+        "engine": [
+            {k: (kind, unit, dt, np.asarray(v)) for k, (kind, unit, dt, v) in r.items()}
+            for r in summary["results"]
+        ],
         "python": [r.merged for r in plan.runners],
         "frames": summary["frames_processed"],
         "damaged": list(summary["damaged"]),
@@ -59,27 +62,30 @@ class DaskExecutor:
         Engine threads per part on a worker (default: the worker's cores).
     """
 
-    def __init__(self, client, parts_per_worker: int = 2, threads: int | None = None,
-                 cluster=None):
+    def __init__(self, client, parts_per_worker: int = 2, threads: int | None = None, cluster=None):
         self.client = client
         self.parts_per_worker = parts_per_worker
         self.threads = threads
         self._cluster = cluster
 
     @classmethod
-    def connect(cls, scheduler_uri: str, **kwargs) -> "DaskExecutor":
+    def connect(cls, scheduler_uri: str, **kwargs) -> DaskExecutor:
         """An executor on the scheduler at ``scheduler_uri`` (``tcp://host:8786``)."""
         from dask.distributed import Client
 
         return cls(Client(scheduler_uri), **kwargs)
 
     @classmethod
-    def make_local(cls, n_workers: int = 2, threads_per_worker: int = 1, **kwargs) -> "DaskExecutor":
+    def make_local(cls, n_workers: int = 2, threads_per_worker: int = 1, **kwargs) -> DaskExecutor:
         """A ``LocalCluster`` of ``n_workers`` processes on this machine."""
         from dask.distributed import Client, LocalCluster
 
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker,
-                               processes=True, dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+        )
         return cls(Client(cluster), cluster=cluster, **kwargs)
 
     def close(self) -> None:
@@ -93,7 +99,7 @@ class DaskExecutor:
 
     def run(self, ctx, dataset, udfs, roi, progress) -> Iterator:
         """Runs ``udfs`` over ``dataset`` on the cluster; yields the final results."""
-        from .api import UDFResults, _damage, _Plan, _roi_mask
+        from .api import UDFResults, _Plan, _roi_mask
 
         if dataset._load is None:
             raise UDFException("this data set cannot be opened on a Dask worker")
@@ -106,9 +112,11 @@ class DaskExecutor:
         n_parts = max(1, min(frames, self._workers() * self.parts_per_worker))
         bounds = np.linspace(0, frames, n_parts + 1).astype(int)
         futures = [
-            self.client.submit(_run_part, dataset._load, udfs, mask, int(a), int(b),
-                               self.threads, pure=False)
-            for a, b in zip(bounds[:-1], bounds[1:]) if b > a
+            self.client.submit(
+                _run_part, dataset._load, udfs, mask, int(a), int(b), self.threads, pure=False
+            )
+            for a, b in zip(bounds[:-1], bounds[1:])
+            if b > a
         ]
         parts = self.client.gather(futures)
         # The client's plan: the built-ins' result makers and the Python UDFs' merged
@@ -121,8 +129,7 @@ class DaskExecutor:
         for j, runner in enumerate(plan.runners):
             _merge_python(runner, [p["python"][j] for p in parts], bounds, mask)
         done = sum(p["frames"] for p in parts)
-        yield UDFResults(plan.results(engine, final=True), done, _damage_all(plan, mask),
-                         True)
+        yield UDFResults(plan.results(engine, final=True), done, _damage_all(plan, mask), True)
 
 
 def _damage_all(plan, mask):

@@ -15,10 +15,15 @@ from typing import Any
 import numpy as np
 
 from . import _native
-from .udf import Shape, UDFRunCancelled
+from .udf import Shape
 
-__all__ = ["connection_builder", "Connection", "ActiveController", "PendingAcquisition",
-           "Acquisition"]
+__all__ = [
+    "Acquisition",
+    "ActiveController",
+    "Connection",
+    "PendingAcquisition",
+    "connection_builder",
+]
 
 #: How long a pending (passive) acquisition waits for ``run_udf`` once it has started, s.
 PLAN_TIMEOUT_S = 120.0
@@ -30,7 +35,7 @@ _DEFAULT_PORTS = {
 }
 
 
-def connection_builder(detector_type: str) -> "_Builder":
+def connection_builder(detector_type: str) -> _Builder:
     """The ``make_connection(detector_type)`` object; call ``.open(...)`` on it.
 
     Raises
@@ -53,9 +58,15 @@ class _Builder:
     def __init__(self, detector: str):
         self.detector = detector
 
-    def open(self, data_host: str = "127.0.0.1", data_port: int | None = None,
-             api_host: str | None = None, api_port: int | None = None, drain: bool = False,
-             **kwargs) -> "Connection":
+    def open(
+        self,
+        data_host: str = "127.0.0.1",
+        data_port: int | None = None,
+        api_host: str | None = None,
+        api_port: int | None = None,
+        drain: bool = False,
+        **kwargs,
+    ) -> Connection:
         """A connection with LiberTEM-live's keyword names: ``data_host``, ``data_port``
         (Merlin data port 6342 / DECTRIS zmq stream 31001), ``api_host``, ``api_port``
         (Merlin control 6341 / DECTRIS REST 80). Other keyword arguments of LiberTEM-live
@@ -90,8 +101,14 @@ class ActiveController:
         Merlin counter depth (1, 6, 12, 24 bits).
     """
 
-    def __init__(self, trigger_mode: str = "soft", frame_time: float | None = None,
-                 count_time: float | None = None, counter_depth: int = 12, **extra):
+    def __init__(
+        self,
+        trigger_mode: str = "soft",
+        frame_time: float | None = None,
+        count_time: float | None = None,
+        counter_depth: int = 12,
+        **extra,
+    ):
         self.trigger_mode = trigger_mode
         self.frame_time = frame_time
         self.count_time = count_time
@@ -99,9 +116,12 @@ class ActiveController:
         self.extra = extra
 
     def options(self) -> dict:
-        t = (self.count_time or self.frame_time or 1e-3)
-        return {"trigger": self.trigger_mode, "exposure_s": float(t),
-                "counter_depth": int(self.counter_depth)}
+        t = self.count_time or self.frame_time or 1e-3
+        return {
+            "trigger": self.trigger_mode,
+            "exposure_s": float(t),
+            "counter_depth": int(self.counter_depth),
+        }
 
 
 class Connection:
@@ -178,10 +198,16 @@ class PendingAcquisition:
         self.result = None
         self.error: BaseException | None = None
         wait = 3600.0 if timeout is None else float(timeout)
-        opts = dict(conn.options(), mode="passive", arm_timeout_s=wait + 5.0,
-                    nav_shape=self.nav_shape, output=None)
-        self._thread = threading.Thread(target=self._run, args=(opts,), daemon=True,
-                                        name="stemflow-passive")
+        opts = dict(
+            conn.options(),
+            mode="passive",
+            arm_timeout_s=wait + 5.0,
+            nav_shape=self.nav_shape,
+            output=None,
+        )
+        self._thread = threading.Thread(
+            target=self._run, args=(opts,), daemon=True, name="stemflow-passive"
+        )
         self._thread.start()
 
     def _on_armed(self, nav, sig, dtype):
@@ -204,9 +230,10 @@ class PendingAcquisition:
 
     def _run(self, opts):
         try:
-            self.result = _native.live_run(opts, self._on_armed, self._on_snapshot, None,
-                                           self.token)
-        except BaseException as e:
+            self.result = _native.live_run(
+                opts, self._on_armed, self._on_snapshot, None, self.token
+            )
+        except BaseException as e:  # noqa: BLE001 - re-raised by wait() or run_udf
             self.error = e
         finally:
             self.done.set()
@@ -264,8 +291,16 @@ class Acquisition:
         The last run's record (run.json's: frame counts, end reason, metadata).
     """
 
-    def __init__(self, conn: Connection, nav_shape=None, controller=None, pending_aq=None,
-                 hooks=None, output=None, record_raw: bool = True):
+    def __init__(
+        self,
+        conn: Connection,
+        nav_shape=None,
+        controller=None,
+        pending_aq=None,
+        hooks=None,
+        output=None,
+        record_raw: bool = True,
+    ):
         if pending_aq is None and controller is None and hooks is None:
             controller = conn.get_active_controller()
         if pending_aq is None and nav_shape is None:
@@ -276,11 +311,16 @@ class Acquisition:
         self.hooks = hooks
         self.output = output
         self.record_raw = record_raw
-        nav = tuple(nav_shape) if nav_shape is not None else (
-            pending_aq.nav_shape if pending_aq is not None else ())
+        nav = (
+            tuple(nav_shape)
+            if nav_shape is not None
+            else (pending_aq.nav_shape if pending_aq is not None else ())
+        )
         sig = pending_aq.sig_shape if pending_aq is not None else ()
         self.shape = Shape(tuple(nav or ()), tuple(sig or ()))
-        self.dtype = np.dtype(pending_aq.dtype) if pending_aq is not None and pending_aq.dtype else None
+        self.dtype = (
+            np.dtype(pending_aq.dtype) if pending_aq is not None and pending_aq.dtype else None
+        )
         self.record: dict | None = None
 
     def _plan_maker(self, ctx, udfs, roi, ref):
@@ -328,14 +368,18 @@ class Acquisition:
         # one (LiberTEM-live's way for a Merlin) the hook starts the acquisition and
         # stemflow receives it.
         mode = "active" if self.controller is not None else "passive"
-        opts: dict[str, Any] = dict(self.conn.options(), mode=mode,
-                                    nav_shape=tuple(self.shape.nav),
-                                    output=None if self.output is None else str(self.output),
-                                    record_raw=self.record_raw)
+        opts: dict[str, Any] = dict(
+            self.conn.options(),
+            mode=mode,
+            nav_shape=tuple(self.shape.nav),
+            output=None if self.output is None else str(self.output),
+            record_raw=self.record_raw,
+        )
         if self.controller is not None:
             opts.update(self.controller.options())
         hook = None
         if self.hooks is not None:
+
             def hook(nav):
                 self.hooks.on_ready_for_data(_Env(self))
 
@@ -347,10 +391,7 @@ class Acquisition:
     def _finish(self, gen):
         import json
 
-        try:
-            for res in gen:
-                if getattr(res, "record", None):
-                    self.record = json.loads(res.record)
-                yield res
-        except UDFRunCancelled:
-            raise
+        for res in gen:
+            if getattr(res, "record", None):
+                self.record = json.loads(res.record)
+            yield res

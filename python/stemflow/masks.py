@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["circular", "ring", "rectangular", "polygon"]
+__all__ = ["circular", "polygon", "rectangular", "ring"]
 
 
 def _grid(imageSizeX: int, imageSizeY: int):
@@ -19,8 +19,14 @@ def _grid(imageSizeX: int, imageSizeY: int):
     return y, x
 
 
-def circular(centerX: float, centerY: float, imageSizeX: int, imageSizeY: int, radius: float,
-             antialiased: bool = False) -> np.ndarray:
+def circular(
+    centerX: float,
+    centerY: float,
+    imageSizeX: int,
+    imageSizeY: int,
+    radius: float,
+    antialiased: bool = False,
+) -> np.ndarray:
     """A disk: pixels whose centre lies within ``radius`` of ``(centerX, centerY)``.
 
     Returns
@@ -38,8 +44,15 @@ def circular(centerX: float, centerY: float, imageSizeX: int, imageSizeY: int, r
     return (x - centerX) ** 2 + (y - centerY) ** 2 <= radius * radius
 
 
-def ring(centerX: float, centerY: float, imageSizeX: int, imageSizeY: int, radius: float,
-         radius_inner: float, antialiased: bool = False) -> np.ndarray:
+def ring(
+    centerX: float,
+    centerY: float,
+    imageSizeX: int,
+    imageSizeY: int,
+    radius: float,
+    radius_inner: float,
+    antialiased: bool = False,
+) -> np.ndarray:
     """A ring: inside the disk of ``radius``, outside the disk of ``radius_inner``.
 
     Returns
@@ -51,7 +64,9 @@ def ring(centerX: float, centerY: float, imageSizeX: int, imageSizeY: int, radiu
     return outer & ~inner
 
 
-def rectangular(X: int, Y: int, Width: int, Height: int, imageSizeX: int, imageSizeY: int) -> np.ndarray:
+def rectangular(
+    X: int, Y: int, Width: int, Height: int, imageSizeX: int, imageSizeY: int
+) -> np.ndarray:
     """Rows ``Y..Y+Height`` and columns ``X..X+Width`` (negative sizes extend the other
     way), clipped to the frame.
 
@@ -62,12 +77,13 @@ def rectangular(X: int, Y: int, Width: int, Height: int, imageSizeX: int, imageS
     m = np.zeros((imageSizeY, imageSizeX), dtype=bool)
     x0, x1 = sorted((X, X + Width))
     y0, y1 = sorted((Y, Y + Height))
-    m[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
+    m[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = True
     return m
 
 
-def polygon(centerX: float, centerY: float, imageSizeX: int, imageSizeY: int,
-            vertices) -> np.ndarray:
+def polygon(
+    centerX: float, centerY: float, imageSizeX: int, imageSizeY: int, vertices
+) -> np.ndarray:
     """Pixels whose centre lies inside the polygon ``vertices`` (``(y, x)`` pairs relative
     to ``(centerY, centerX)``; even-odd rule).
 

@@ -12,17 +12,25 @@ import os
 
 from . import _native
 
-__all__ = ["MerlinSimulator", "DectrisSimulator"]
+__all__ = ["DectrisSimulator", "MerlinSimulator"]
 
 
 class _Simulator:
     _detector = ""
 
-    def __init__(self, nav_shape=(16, 16), sig_shape=(256, 256), recording=None,
-                 fast: bool = True, host: str = "127.0.0.1", ports=(0, 0)):
+    def __init__(
+        self,
+        nav_shape=(16, 16),
+        sig_shape=(256, 256),
+        recording=None,
+        fast: bool = True,
+        host: str = "127.0.0.1",
+        ports=(0, 0),
+    ):
         rec = None if recording is None else os.fspath(recording)
-        self._sim = _native.start_simulator(self._detector, tuple(nav_shape), tuple(sig_shape),
-                                            rec, fast, host, tuple(ports))
+        self._sim = _native.start_simulator(
+            self._detector, tuple(nav_shape), tuple(sig_shape), rec, fast, host, tuple(ports)
+        )
         (self.host, self._p0), (_, self._p1) = self._sim.addrs
 
     @property

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from .udf import UDFException
+
 
 def _in_jupyter() -> bool:
     try:
@@ -44,7 +46,7 @@ class LivePlots:
         self.t0 = time.monotonic()
 
     @classmethod
-    def make(cls, plots, plan) -> "LivePlots":
+    def make(cls, plots, plan) -> LivePlots:
         backend = "jupyter" if _in_jupyter() else "text"
         if isinstance(plots, str):
             backend = plots
@@ -58,7 +60,7 @@ class LivePlots:
                     continue
                 try:
                     data = w.data
-                except Exception:
+                except UDFException:  # a buffer without values yet
                     continue
                 if data.ndim == 2 and w.kind in ("nav", "sig"):
                     yield (i, name), w, data
@@ -89,8 +91,9 @@ class LivePlots:
             if key not in self.figures:
                 fig, ax = plt.subplots(figsize=(4, 4))
                 shown = np.where(np.isfinite(data), data, np.nan).astype(np.float64)
-                im = ax.imshow(shown, cmap="gray" if w.kind == "nav" else "viridis",
-                               interpolation="nearest")
+                im = ax.imshow(
+                    shown, cmap="gray" if w.kind == "nav" else "viridis", interpolation="nearest"
+                )
                 bar = fig.colorbar(im, ax=ax)
                 bar.set_label(w.unit or "value")
                 label = "scan" if w.kind == "nav" else "detector"

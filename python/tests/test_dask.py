@@ -24,9 +24,15 @@ def dask_ctx():
 
 
 def udfs(sig):
-    return [SumUDF(), SumSigUDF(), MaxUDF(), StdDevUDF(), SumSigNav(), PartitionCoords(),
-            ApplyMasksUDF(mask_factories=[lambda: circular(sig[1] / 2, sig[0] / 2, sig[1],
-                                                           sig[0], 9)])]
+    return [
+        SumUDF(),
+        SumSigUDF(),
+        MaxUDF(),
+        StdDevUDF(),
+        SumSigNav(),
+        PartitionCoords(),
+        ApplyMasksUDF(mask_factories=[lambda: circular(sig[1] / 2, sig[0] / 2, sig[1], sig[0], 9)]),
+    ]
 
 
 def test_dask_results_equal_inline_and_numpy(dask_ctx, tmp_path, data):
@@ -44,8 +50,9 @@ def test_dask_results_equal_inline_and_numpy(dask_ctx, tmp_path, data):
     assert np.array_equal(got[4]["intensity"].data, f.sum(axis=(2, 3)))
     assert np.array_equal(got[5]["pixel"].data, data[:, :, 1, 2])
     with Context() as inline:
-        ref = inline.run_udf(dataset=inline.load("npy", path=tmp_path / "d.npy"),
-                             udf=udfs(data.shape[2:]))
+        ref = inline.run_udf(
+            dataset=inline.load("npy", path=tmp_path / "d.npy"), udf=udfs(data.shape[2:])
+        )
     for a, b in zip(got, ref):
         for k in b:
             assert np.allclose(a[k].data, b[k].data, equal_nan=True), k
@@ -57,8 +64,11 @@ def test_dask_with_a_roi_on_a_real_merlin_recording(dask_ctx, merlin_9):
     ds = dask_ctx.load("mib", path=merlin_9, nav_shape=(3, 3))
     got = dask_ctx.run_udf(dataset=ds, udf=[SumSigUDF(), SumSigNav(), MaxUDF()], roi=roi)
     with Context() as inline:
-        ref = inline.run_udf(dataset=inline.load("mib", path=merlin_9, nav_shape=(3, 3)),
-                             udf=[SumSigUDF(), SumSigNav(), MaxUDF()], roi=roi)
+        ref = inline.run_udf(
+            dataset=inline.load("mib", path=merlin_9, nav_shape=(3, 3)),
+            udf=[SumSigUDF(), SumSigNav(), MaxUDF()],
+            roi=roi,
+        )
     assert np.array_equal(got[0]["intensity"].data, ref[0]["intensity"].data, equal_nan=True)
     assert np.array_equal(got[1]["intensity"].raw_data, ref[1]["intensity"].raw_data)
     assert np.array_equal(got[2]["maxbuf"].data, ref[2]["maxbuf"].data)

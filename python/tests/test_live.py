@@ -34,8 +34,10 @@ def ctx():
 
 def connect(ctx, sim):
     return ctx.make_connection("merlin").open(
-        data_host="127.0.0.1", data_port=sim.data_port,
-        api_host="127.0.0.1", api_port=sim.control_port,
+        data_host="127.0.0.1",
+        data_port=sim.data_port,
+        api_host="127.0.0.1",
+        api_port=sim.control_port,
     )
 
 
@@ -55,16 +57,20 @@ def check_against_frames(res, frames):
 
 
 def test_active_mode_with_controller_and_hooks_equals_numpy_on_the_recorded_frames(
-        ctx, sim, tmp_path):
+    ctx, sim, tmp_path
+):
     with connect(ctx, sim) as conn:
         hooks = Ready()
         aq = ctx.make_acquisition(
-            conn=conn, nav_shape=NAV, hooks=hooks,
+            conn=conn,
+            nav_shape=NAV,
+            hooks=hooks,
             controller=conn.get_active_controller(trigger_mode="soft", count_time=1e-4),
         )
         out = tmp_path / "frames.npy"
-        res = ctx.run_udf(dataset=aq, udf=[SumUDF(), SumSigUDF(), MaxUDF(), SumSigNav(),
-                                           RecordUDF(out)])
+        res = ctx.run_udf(
+            dataset=aq, udf=[SumUDF(), SumSigUDF(), MaxUDF(), SumSigNav(), RecordUDF(out)]
+        )
     assert hooks.seen == [NAV]
     assert tuple(aq.shape.sig) == SIG and aq.dtype == np.uint16
     frames = np.load(out)
@@ -77,8 +83,11 @@ def test_active_mode_with_controller_and_hooks_equals_numpy_on_the_recorded_fram
 def test_the_connection_serves_several_acquisitions_and_run_udf_iter(ctx, sim):
     with connect(ctx, sim) as conn:
         for _ in range(2):
-            parts = list(ctx.run_udf_iter(dataset=ctx.make_acquisition(conn=conn, nav_shape=NAV),
-                                          udf=SumSigUDF()))
+            parts = list(
+                ctx.run_udf_iter(
+                    dataset=ctx.make_acquisition(conn=conn, nav_shape=NAV), udf=SumSigUDF()
+                )
+            )
             assert parts[-1].finished
             assert not np.isnan(parts[-1].buffers[0]["intensity"].data).any()
     assert sim.served[0] == 2
@@ -101,11 +110,13 @@ class StartsIt(Hooks):
 
 def test_hook_driven_acquisition_as_libertem_live_writes_it(ctx, sim, tmp_path):
     with connect(ctx, sim) as conn:
-        aq = ctx.make_acquisition(conn=conn, nav_shape=NAV,
-                                  hooks=StartsIt(sim.control_port, int(np.prod(NAV))))
+        aq = ctx.make_acquisition(
+            conn=conn, nav_shape=NAV, hooks=StartsIt(sim.control_port, int(np.prod(NAV)))
+        )
         out = tmp_path / "frames.npy"
-        res = ctx.run_udf(dataset=aq, udf=[SumUDF(), SumSigUDF(), MaxUDF(), SumSigNav(),
-                                           RecordUDF(out)])
+        res = ctx.run_udf(
+            dataset=aq, udf=[SumUDF(), SumSigUDF(), MaxUDF(), SumSigNav(), RecordUDF(out)]
+        )
     check_against_frames(res, np.load(out))
 
 
@@ -145,8 +156,9 @@ class Fails(Hooks):
 
 def test_a_failing_hook_fails_the_run_and_the_context_stays_usable(ctx, sim):
     with connect(ctx, sim) as conn:
-        aq = ctx.make_acquisition(conn=conn, nav_shape=NAV, hooks=Fails(),
-                                  controller=conn.get_active_controller())
+        aq = ctx.make_acquisition(
+            conn=conn, nav_shape=NAV, hooks=Fails(), controller=conn.get_active_controller()
+        )
         with pytest.raises(ValueError, match="scan engine is not ready"):
             ctx.run_udf(dataset=aq, udf=SumUDF())
         res = ctx.run_udf(dataset=ctx.make_acquisition(conn=conn, nav_shape=NAV), udf=SumUDF())
@@ -158,8 +170,10 @@ def test_a_stream_that_stops_raises_udf_run_cancelled(ctx):
     try:
         with connect(ctx, sim) as conn:
             aq = ctx.make_acquisition(
-                conn=conn, nav_shape=(64, 64),
-                controller=conn.get_active_controller(count_time=1e-3))
+                conn=conn,
+                nav_shape=(64, 64),
+                controller=conn.get_active_controller(count_time=1e-3),
+            )
             threading.Timer(0.8, sim.stop).start()
             with pytest.raises(UDFRunCancelled) as info:
                 ctx.run_udf(dataset=aq, udf=SumSigUDF())

@@ -20,8 +20,13 @@ def ported(source: str) -> str:
 
 
 def run(script: Path, args, timeout=300):
-    p = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert p.returncode == 0, f"{script.name} failed:\n{p.stdout}\n{p.stderr}"
 
 
@@ -44,9 +49,7 @@ def outputs(tmp_path_factory, merlin_9):
 
 def test_only_the_imports_differ():
     src = NOTEBOOK.read_text()
-    changed = [
-        (a, b) for a, b in zip(src.splitlines(), ported(src).splitlines()) if a != b
-    ]
+    changed = [(a, b) for a, b in zip(src.splitlines(), ported(src).splitlines()) if a != b]
     assert changed and all("import" in a for a, _ in changed), changed
 
 

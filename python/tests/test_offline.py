@@ -2,6 +2,7 @@
 UDFs in one pass, against NumPy on the same frames."""
 
 import asyncio
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -28,8 +29,18 @@ def test_builtin_and_numpy_udfs_in_one_pass_equal_numpy(ctx, data):
     ds = ctx.load("memory", data=data)
     assert tuple(ds.shape.nav) == (7, 9) and tuple(ds.shape.sig) == (24, 40)
     assert ds.dtype == np.uint16
-    res = ctx.run_udf(dataset=ds, udf=[SumUDF(), SumSigUDF(), MaxUDF(), SumSigNav(),
-                                       TileMean(), PartitionCoords(), Scaled(factor=0.5)])
+    res = ctx.run_udf(
+        dataset=ds,
+        udf=[
+            SumUDF(),
+            SumSigUDF(),
+            MaxUDF(),
+            SumSigNav(),
+            TileMean(),
+            PartitionCoords(),
+            Scaled(factor=0.5),
+        ],
+    )
     assert np.array_equal(res[0]["intensity"].data, data.sum(axis=(0, 1)))
     assert np.array_equal(res[1]["intensity"].data, data.sum(axis=(2, 3)))
     assert np.array_equal(res[2]["maxbuf"].data, data.max(axis=(0, 1)))
@@ -82,11 +93,14 @@ def test_masks_stddev_and_weighted_masks_equal_numpy(ctx, data):
     m1 = circular(20, 12, 40, 24, 7)
     m2 = ring(20, 12, 40, 24, 11, 7)
     weights = np.linspace(0, 1, 24 * 40).reshape(24, 40)
-    res = ctx.run_udf(dataset=ds, udf=[
-        ApplyMasksUDF(mask_factories=[lambda: m1, lambda: m2]),
-        StdDevUDF(),
-        ApplyMasksUDF(mask_factories=[lambda: weights]),
-    ])
+    res = ctx.run_udf(
+        dataset=ds,
+        udf=[
+            ApplyMasksUDF(mask_factories=[lambda: m1, lambda: m2]),
+            StdDevUDF(),
+            ApplyMasksUDF(mask_factories=[lambda: weights]),
+        ],
+    )
     got = res[0]["intensity"].data
     assert got.shape == (7, 9, 2)
     assert np.array_equal(got[..., 0], (data * m1).sum(axis=(2, 3)))
@@ -96,7 +110,9 @@ def test_masks_stddev_and_weighted_masks_equal_numpy(ctx, data):
     assert np.allclose(res[1]["var"].data, f.var(axis=0), rtol=1e-12)
     assert np.allclose(res[1]["std"].data, f.std(axis=0), rtol=1e-12)
     assert res[1]["num_frames"].data[0] == 63
-    assert np.allclose(res[2]["intensity"].data[..., 0], (f * weights).sum(axis=(1, 2)).reshape(7, 9))
+    assert np.allclose(
+        res[2]["intensity"].data[..., 0], (f * weights).sum(axis=(1, 2)).reshape(7, 9)
+    )
 
 
 def test_record_udf_writes_the_frames(ctx, data, tmp_path):
@@ -114,8 +130,9 @@ def test_file_formats(ctx, data, tmp_path):
         f.create_dataset("/entry/stack", data=data)
     sets = [
         ctx.load("npy", path=tmp_path / "d.npy"),
-        ctx.load("raw", path=tmp_path / "d.raw", dtype="uint16", nav_shape=(7, 9),
-                 sig_shape=(24, 40)),
+        ctx.load(
+            "raw", path=tmp_path / "d.raw", dtype="uint16", nav_shape=(7, 9), sig_shape=(24, 40)
+        ),
         ctx.load("hdf5", path=tmp_path / "d.h5", ds_path="/entry/stack"),
         ctx.load("auto", path=tmp_path / "d.npy"),
     ]
@@ -159,15 +176,19 @@ def test_bad_input_gets_a_clear_error(ctx, tmp_path):
     with pytest.raises(ValueError, match="no-such"):
         ctx.load("mib", path=tmp_path / "no-such.hdr")
     (tmp_path / "short.raw").write_bytes(b"\0" * 100)
-    short = ctx.load("raw", path=tmp_path / "short.raw", dtype="uint16", nav_shape=(2, 2),
-                     sig_shape=(8, 8))
+    short = ctx.load(
+        "raw", path=tmp_path / "short.raw", dtype="uint16", nav_shape=(2, 2), sig_shape=(8, 8)
+    )
     with pytest.raises(RuntimeError, match="need bytes up to 128, the file has 100"):
         ctx.run_udf(dataset=short, udf=SumUDF())
     with pytest.raises(TypeError, match="unknown"):
         ctx.load("npy", path=tmp_path / "x.npy", colour="blue")
     with pytest.raises(ValueError, match="scan"):
-        ctx.run_udf(dataset=ctx.load("memory", data=np.zeros((2, 2, 4, 4), np.uint8)),
-                    udf=SumUDF(), roi=np.ones((3, 3), bool))
+        ctx.run_udf(
+            dataset=ctx.load("memory", data=np.zeros((2, 2, 4, 4), np.uint8)),
+            udf=SumUDF(),
+            roi=np.ones((3, 3), bool),
+        )
 
 
 class Boom(UDF):
@@ -181,7 +202,7 @@ class Boom(UDF):
 
 
 class Keeps(UDF):
-    kept = []
+    kept: ClassVar[list] = []
 
     def get_preferred_input_dtype(self):
         return self.USE_NATIVE_DTYPE

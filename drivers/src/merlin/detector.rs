@@ -382,7 +382,9 @@ impl Detector for MerlinDetector {
                                 waited_s: deadline.as_secs_f64(),
                             });
                         }
-                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break from_header,
+                        Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                            break from_header;
+                        }
                     }
                 }
             }

@@ -24,17 +24,18 @@ positions only (nav buffers with a ROI: ``(positions in ROI,) + extra_shape``).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 __all__ = [
     "UDF",
-    "UDFMeta",
     "BufferWrapper",
-    "UDFRunCancelled",
-    "UDFException",
     "Shape",
+    "UDFException",
+    "UDFMeta",
+    "UDFRunCancelled",
 ]
 
 
@@ -167,7 +168,9 @@ class BufferWrapper:
         if use not in (None, "private", "result_only"):
             raise UDFException(f"buffer use must be None, 'private' or 'result_only', not {use!r}")
         self.kind = kind
-        self.extra_shape = tuple(int(x) for x in np.atleast_1d(extra_shape)) if extra_shape != () else ()
+        self.extra_shape = (
+            tuple(int(x) for x in np.atleast_1d(extra_shape)) if extra_shape != () else ()
+        )
         self.dtype = np.dtype(dtype)
         self.where = where
         self.use = use
@@ -177,7 +180,7 @@ class BufferWrapper:
         self._roi: np.ndarray | None = None
 
     # Filled by the runner.
-    def _set(self, raw: np.ndarray, nav_shape, roi) -> "BufferWrapper":
+    def _set(self, raw: np.ndarray, nav_shape, roi) -> BufferWrapper:
         self._raw = raw
         self._nav_shape = tuple(nav_shape)
         self._roi = roi
@@ -221,37 +224,42 @@ class BufferWrapper:
 
 class _Views:
     """``self.results`` inside a UDF, and ``dest``/``src`` in :meth:`UDF.merge`: buffer
-    name → NumPy view, as attributes and items."""
+    name → NumPy view, as attributes and items. The views are plain instance attributes,
+    so reading one costs what reading any attribute costs (the frame loop swaps them per
+    frame)."""
 
     def __init__(self, views: dict[str, np.ndarray], wrappers: dict[str, BufferWrapper]):
-        object.__setattr__(self, "_views", views)
-        object.__setattr__(self, "_wrappers", wrappers)
-
-    def __getattr__(self, k):
-        try:
-            return self._views[k]
-        except KeyError:
-            raise AttributeError(f"no result buffer named {k!r}") from None
+        d = self.__dict__
+        d.update(views)
+        d["_names"] = tuple(views)
+        d["_wrappers"] = wrappers
 
     def __setattr__(self, k, v):
-        if k not in self._views:
+        # `self.results.x = value` writes into the buffer, as in LiberTEM.
+        if k not in self._names:
             raise AttributeError(f"no result buffer named {k!r}")
-        self._views[k][...] = v
+        self.__dict__[k][...] = v
+
+    def __getattr__(self, k):
+        # Only reached for names that are not buffers.
+        raise AttributeError(f"no result buffer named {k!r}")
 
     def __getitem__(self, k):
-        return self._views[k]
+        if k not in self._names:
+            raise KeyError(k)
+        return self.__dict__[k]
 
     def __contains__(self, k) -> bool:
-        return k in self._views
+        return k in self._names
 
     def __iter__(self):
-        return iter(self._views)
+        return iter(self._names)
 
     def keys(self):
-        return self._views.keys()
+        return list(self._names)
 
     def items(self):
-        return self._views.items()
+        return [(k, self.__dict__[k]) for k in self._names]
 
     def get_buffer(self, k) -> BufferWrapper:
         """The :class:`BufferWrapper` of buffer ``k`` (``.data``, ``.raw_data``)."""
@@ -326,7 +334,9 @@ class UDF:
         )
 
     # --- helpers ------------------------------------------------------------------------
-    def buffer(self, kind: str, dtype="float32", extra_shape=(), where=None, use=None) -> BufferWrapper:
+    def buffer(
+        self, kind: str, dtype="float32", extra_shape=(), where=None, use=None
+    ) -> BufferWrapper:
         """Declares a result buffer.
 
         Parameters
@@ -345,7 +355,7 @@ class UDF:
         """
         return BufferWrapper(kind=kind, extra_shape=extra_shape, dtype=dtype, where=where, use=use)
 
-    def copy(self) -> "UDF":
+    def copy(self) -> UDF:
         """A fresh instance with the same parameters."""
         return type(self)(**self._kwargs)
 

@@ -20,7 +20,7 @@ class BuiltinUDF(UDF):
 
     def _python_fallback(self, nav_shape, sig_shape, dtype):
         """A Python UDF to run instead, when the engine cannot (None: the engine can)."""
-        return None
+        return
 
     def _results(self, raw: dict, nav_shape, sig_shape, roi) -> dict[str, BufferWrapper]:
         """LiberTEM's buffers from the engine's ``{name: (kind, unit, dtype, values)}``."""

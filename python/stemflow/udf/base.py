@@ -1,5 +1,5 @@
 """LiberTEM's ``libertem.udf.base`` names."""
 
-from . import UDF, BufferWrapper, UDFMeta, UDFRunCancelled, UDFException  # noqa: F401
+from . import UDF, BufferWrapper, UDFException, UDFMeta, UDFRunCancelled
 
-__all__ = ["UDF", "BufferWrapper", "UDFMeta", "UDFRunCancelled", "UDFException"]
+__all__ = ["UDF", "BufferWrapper", "UDFException", "UDFMeta", "UDFRunCancelled"]

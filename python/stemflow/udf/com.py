@@ -10,7 +10,7 @@ import numpy as np
 
 from ._builtin import BuiltinUDF
 
-__all__ = ["CoMUDF", "CoMParams", "RegressionOptions"]
+__all__ = ["CoMParams", "CoMUDF", "RegressionOptions"]
 
 
 class RegressionOptions:
@@ -81,7 +81,9 @@ class CoMUDF(BuiltinUDF):
         ``ri`` other than 0, or a regression.
     """
 
-    def __init__(self, com_params: CoMParams = CoMParams()):
+    def __init__(self, com_params: CoMParams | None = None):
+        if com_params is None:
+            com_params = CoMParams()
         if com_params.ri not in (None, 0, 0.0):
             raise NotImplementedError("CoMUDF with an inner radius (ri) is not offered")
         if com_params.regression != RegressionOptions.NO_REGRESSION:
@@ -89,11 +91,29 @@ class CoMUDF(BuiltinUDF):
         super().__init__(com_params=com_params)
 
     @classmethod
-    def with_params(cls, *, cy=None, cx=None, r=float("inf"), ri=0.0, scan_rotation=0.0,
-                    flip_y=False, regression=RegressionOptions.NO_REGRESSION) -> "CoMUDF":
+    def with_params(
+        cls,
+        *,
+        cy=None,
+        cx=None,
+        r=float("inf"),
+        ri=0.0,
+        scan_rotation=0.0,
+        flip_y=False,
+        regression=RegressionOptions.NO_REGRESSION,
+    ) -> CoMUDF:
         """A CoMUDF from keyword parameters (see :class:`CoMParams`)."""
-        return cls(CoMParams(cy=cy, cx=cx, r=r, ri=ri, scan_rotation=scan_rotation,
-                             flip_y=flip_y, regression=regression))
+        return cls(
+            CoMParams(
+                cy=cy,
+                cx=cx,
+                r=r,
+                ri=ri,
+                scan_rotation=scan_rotation,
+                flip_y=flip_y,
+                regression=regression,
+            )
+        )
 
     def _centre(self, sig_shape):
         p = self.params.com_params

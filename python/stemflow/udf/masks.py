@@ -53,13 +53,27 @@ class ApplyMasksUDF(BuiltinUDF):
         ``shifts`` given.
     """
 
-    def __init__(self, mask_factories, use_sparse=None, mask_count=None, mask_dtype=None,
-                 preferred_dtype=None, backends=None, shifts=None):
+    def __init__(
+        self,
+        mask_factories,
+        use_sparse=None,
+        mask_count=None,
+        mask_dtype=None,
+        preferred_dtype=None,
+        backends=None,
+        shifts=None,
+    ):
         if shifts is not None:
             raise NotImplementedError("ApplyMasksUDF(shifts=...) is not offered")
-        super().__init__(mask_factories=mask_factories, use_sparse=use_sparse,
-                         mask_count=mask_count, mask_dtype=mask_dtype,
-                         preferred_dtype=preferred_dtype, backends=backends, shifts=shifts)
+        super().__init__(
+            mask_factories=mask_factories,
+            use_sparse=use_sparse,
+            mask_count=mask_count,
+            mask_dtype=mask_dtype,
+            preferred_dtype=preferred_dtype,
+            backends=backends,
+            shifts=shifts,
+        )
         self._masks = None
 
     def _stack(self, sig_shape) -> np.ndarray:
@@ -84,8 +98,9 @@ class ApplyMasksUDF(BuiltinUDF):
         n = len(raw)
         cols = [np.asarray(raw[f"m{i}"][3], dtype=np.float64) for i in range(n)]
         stack = np.stack(cols, axis=-1)
-        return {"intensity": self._wrap("nav", stack, nav_shape, roi, unit="counts",
-                                        extra_shape=(n,))}
+        return {
+            "intensity": self._wrap("nav", stack, nav_shape, roi, unit="counts", extra_shape=(n,))
+        }
 
 
 class _WeightedMasksUDF(UDF):
@@ -98,8 +113,11 @@ class _WeightedMasksUDF(UDF):
         return np.float64
 
     def get_result_buffers(self):
-        return {"intensity": self.buffer(kind="nav", dtype="float64",
-                                         extra_shape=(len(self.params.masks),))}
+        return {
+            "intensity": self.buffer(
+                kind="nav", dtype="float64", extra_shape=(len(self.params.masks),)
+            )
+        }
 
     def process_partition(self, partition):
         flat = partition.reshape(partition.shape[0], -1)

@@ -31,8 +31,11 @@ class PickUDF(UDF):
 
     def get_result_buffers(self):
         sig = tuple(self.meta.dataset_shape.sig)
-        return {"intensity": self.buffer(kind="single", dtype=self.meta.input_dtype,
-                                         extra_shape=(self._count(),) + sig)}
+        return {
+            "intensity": self.buffer(
+                kind="single", dtype=self.meta.input_dtype, extra_shape=(self._count(),) + sig
+            )
+        }
 
     def process_partition(self, partition):
         nav = tuple(self.meta.dataset_shape.nav)

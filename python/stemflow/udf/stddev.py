@@ -26,6 +26,7 @@ class StdDevUDF(BuiltinUDF):
 
     def _merge_raw(self, parts):
         """Chan et al.'s pairwise update of (n, mean, M2) per pixel, min/max/sum combined."""
+
         def get(p, k):
             return np.asarray(p[k][3], dtype=np.float64)
 
@@ -47,11 +48,22 @@ class StdDevUDF(BuiltinUDF):
             mean = mean + delta * nb / tot
             m2 = m2 + m2b + delta * delta * n * nb / tot
             n = tot
-            mn, mx, total = np.fmin(mn, get(p, "min")), np.fmax(mx, get(p, "max")), total + get(p, "sum")
+            mn, mx, total = (
+                np.fmin(mn, get(p, "min")),
+                np.fmax(mx, get(p, "max")),
+                total + get(p, "sum"),
+            )
         var = m2 / n if n else m2 * np.nan
         out = dict(first)
-        for k, v in (("mean", mean), ("var", var), ("std", np.sqrt(var)), ("min", mn),
-                     ("max", mx), ("sum", total), ("frames", np.array(n))):
+        for k, v in (
+            ("mean", mean),
+            ("var", var),
+            ("std", np.sqrt(var)),
+            ("min", mn),
+            ("max", mx),
+            ("sum", total),
+            ("frames", np.array(n)),
+        ):
             kind, unit, dtype, _ = first[k]
             out[k] = (kind, unit, dtype, v)
         return out
@@ -68,7 +80,8 @@ class StdDevUDF(BuiltinUDF):
             "var": self._wrap("sig", var, nav_shape, roi, unit="counts²"),
             "std": self._wrap("sig", v("std"), nav_shape, roi, unit="counts"),
             "varsum": self._wrap("sig", var * n, nav_shape, roi, unit="counts²"),
-            "num_frames": self._wrap("single", np.array([n], dtype=np.int64), nav_shape, roi,
-                                     extra_shape=(1,)),
+            "num_frames": self._wrap(
+                "single", np.array([n], dtype=np.int64), nav_shape, roi, extra_shape=(1,)
+            ),
         }
         return out

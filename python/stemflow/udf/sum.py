@@ -22,5 +22,5 @@ class SumUDF(BuiltinUDF):
         return {"kind": "sum"}
 
     def _results(self, raw, nav_shape, sig_shape, roi):
-        kind, unit, _, v = raw["intensity"]
+        _, unit, _, v = raw["intensity"]
         return {"intensity": self._wrap("sig", v, nav_shape, roi, "float64", unit)}

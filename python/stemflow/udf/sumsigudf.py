@@ -21,5 +21,5 @@ class SumSigUDF(BuiltinUDF):
         return {"kind": "sum_sig"}
 
     def _results(self, raw, nav_shape, sig_shape, roi):
-        kind, unit, _, v = raw["intensity"]
+        _, unit, _, v = raw["intensity"]
         return {"intensity": self._wrap("nav", v, nav_shape, roi, "float64", unit)}

@@ -11,8 +11,7 @@ Usage: python libertem_live_notebook.py MIB_HDR CONTROL_PORT DATA_PORT OUT_DIR
 import sys
 
 import numpy as np
-
-import libertem.masks as masks
+from libertem import masks
 from libertem.udf import UDF
 from libertem.udf.com import CoMUDF
 from libertem.udf.masks import ApplyMasksUDF
@@ -66,15 +65,23 @@ def main():
     with LiveContext() as ctx:
         ds = ctx.load("mib", path=hdr, nav_shape=(3, 3))
         sy, sx = tuple(ds.shape.sig)
-        res = ctx.run_udf(dataset=ds, udf=[
-            SumUDF(), SumSigUDF(), MaxUDF(), FrameSumUDF(),
-            ApplyMasksUDF(mask_factories=[
-                lambda: masks.circular(sx / 2, sy / 2, sx, sy, 40),
-                lambda: masks.ring(sx / 2, sy / 2, sx, sy, 100, 60),
-            ]),
-            StdDevUDF(),
-            CoMUDF.with_params(cy=sy / 2, cx=sx / 2, r=50),
-        ])
+        res = ctx.run_udf(
+            dataset=ds,
+            udf=[
+                SumUDF(),
+                SumSigUDF(),
+                MaxUDF(),
+                FrameSumUDF(),
+                ApplyMasksUDF(
+                    mask_factories=[
+                        lambda: masks.circular(sx / 2, sy / 2, sx, sy, 40),
+                        lambda: masks.ring(sx / 2, sy / 2, sx, sy, 100, 60),
+                    ]
+                ),
+                StdDevUDF(),
+                CoMUDF.with_params(cy=sy / 2, cx=sx / 2, r=50),
+            ],
+        )
         results["off_sum"] = res[0]["intensity"].data
         results["off_sumsig"] = res[1]["intensity"].data
         results["off_max"] = res[2]["maxbuf"].data
@@ -86,14 +93,19 @@ def main():
 
         nav = (6, 8)
         conn = ctx.make_connection("merlin").open(
-            api_host="127.0.0.1", api_port=control_port,
-            data_host="127.0.0.1", data_port=data_port,
+            api_host="127.0.0.1",
+            api_port=control_port,
+            data_host="127.0.0.1",
+            data_port=data_port,
         )
         try:
-            aq = ctx.make_acquisition(conn=conn, nav_shape=nav,
-                                      hooks=StartAcquisition(control_port, nav[0] * nav[1]))
-            res = ctx.run_udf(dataset=aq, udf=[SumUDF(), MaxUDF(), FrameSumUDF(),
-                                               RecordUDF(out + "/live_frames.npy")])
+            aq = ctx.make_acquisition(
+                conn=conn, nav_shape=nav, hooks=StartAcquisition(control_port, nav[0] * nav[1])
+            )
+            res = ctx.run_udf(
+                dataset=aq,
+                udf=[SumUDF(), MaxUDF(), FrameSumUDF(), RecordUDF(out + "/live_frames.npy")],
+            )
         finally:
             conn.close()
         results["live_sum"] = res[0]["intensity"].data
