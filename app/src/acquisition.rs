@@ -201,17 +201,19 @@ fn acquire_detector(args: &AcquireOptions) -> Result<DetectorEndpoint> {
 /// cannot be created, the run failed or lost frames (the outputs are written first), or
 /// [`crate::progress::Cancelled`] when the user cancelled it.
 pub fn acquire(args: &AcquireOptions) -> Result<()> {
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating output folder {}", args.out.display()))?;
     // Geometry from the frame shape: known after arming, so the UDFs (default set or spec)
     // are built then (see reductions::builder_with).
     let a = &args.reductions;
     let reductions = Reductions::from_choice(a)?;
-    if !reductions.is_default() {
-        println!("{}", reductions.describe());
-    }
+    let described = (!reductions.is_default()).then(|| reductions.describe());
     let pipeline = reductions::builder_with(None, Arc::new(reductions), !args.no_raw);
+    // The request first: a bad shape or host creates no output folder.
     let (spec, req) = external_request(args, pipeline, Some(args.out.join("acquisition.h5")))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    if let Some(d) = described {
+        println!("{d}");
+    }
     let rt = runtime()?;
     let result = rt.block_on(run_one(spec, req, args.live_view));
     finish(result, &args.out, &Geometry::default())

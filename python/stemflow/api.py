@@ -98,19 +98,47 @@ class UDFResults:
 
 
 class Hooks:
-    """Callbacks around a live acquisition; subclass and override.
+    """Callbacks around a live acquisition; subclass and override what you need.
 
-    ``on_ready_for_data(env)``: active mode, once the detector is armed and the receiver
-    ready (``env.aq.shape.nav``) — trigger the scan here. ``on_determine_nav_shape(env)``:
-    passive mode, may return the scan shape. An exception raised by a hook fails the run
-    and disarms the detector.
+    LiberTEM-live's two:
+
+    * ``on_ready_for_data(env)``: once the receiver is ready (``env.aq.shape.nav``). With a
+      controller, after stemflow armed the detector and before it triggers — start an
+      external scan here; without one, start the acquisition here.
+    * ``on_determine_nav_shape(env)``: passive mode, may return the scan shape (same number
+      of positions as the detector sends).
+
+    stemflow's other hooks (those of its sequence scripts):
+
+    * ``on_setup(env)``: before anything is sent to the detector;
+    * ``on_acquisition_done(env)``: after the last frame, with ``env.results`` (the final
+      :class:`UDFResults`) and ``env.aq.record``;
+    * ``on_error(env)``: the run failed or was cancelled, ``env.error`` the exception
+      (re-raised after the hook);
+    * ``on_cleanup(env)``: always, last.
+
+    An exception raised by ``on_setup``, ``on_ready_for_data`` or
+    ``on_determine_nav_shape`` fails the run cleanly (the detector disarmed, the recording
+    finished).
     """
+
+    def on_setup(self, env) -> None:
+        pass
 
     def on_ready_for_data(self, env) -> None:
         pass
 
     def on_determine_nav_shape(self, env):
         return None
+
+    def on_acquisition_done(self, env) -> None:
+        pass
+
+    def on_error(self, env) -> None:
+        pass
+
+    def on_cleanup(self, env) -> None:
+        pass
 
 
 def _roi_mask(roi, nav_shape) -> np.ndarray | None:
@@ -631,12 +659,25 @@ class LiveContext(Context):
         controller=None,
         pending_aq=None,
         hooks=None,
+        output=None,
+        record_raw: bool = True,
     ):
         """An acquisition on ``conn``, used like a data set in :meth:`run_udf`.
 
         Active mode (``controller`` from ``conn.get_active_controller(...)``): stemflow
-        configures and arms the detector, then calls ``hooks.on_ready_for_data``. Passive
-        mode (``pending_aq`` from ``conn.wait_for_acquisition``): someone else arms it.
+        configures and arms the detector, then calls ``hooks.on_ready_for_data``. Without a
+        controller, ``hooks.on_ready_for_data`` starts the acquisition (LiberTEM-live's
+        way). Passive mode (``pending_aq`` from ``conn.wait_for_acquisition``): someone
+        else arms it. See :class:`stemflow.live.Acquisition`.
+
+        Parameters
+        ----------
+        output : str or os.PathLike, optional
+            stemflow's addition: an HDF5 file (stemflow's recording layout,
+            ``docs/formats.md``) the raw frames, their validity and the run record are
+            written to while they are processed (active and hook-driven modes).
+        record_raw : bool
+            False: the file gets the validity map, metadata and results, not the frames.
 
         Raises
         ------
@@ -646,5 +687,11 @@ class LiveContext(Context):
         from .live import Acquisition
 
         return Acquisition(
-            conn, nav_shape=nav_shape, controller=controller, pending_aq=pending_aq, hooks=hooks
+            conn,
+            nav_shape=nav_shape,
+            controller=controller,
+            pending_aq=pending_aq,
+            hooks=hooks,
+            output=output,
+            record_raw=record_raw,
         )

@@ -263,10 +263,13 @@ class PendingAcquisition:
 
 
 class _Env:
-    """What a hook is given: ``env.aq`` (the acquisition: ``.shape.nav``, ``.shape.sig``)."""
+    """What a hook is given: ``env.aq`` (the acquisition: ``.shape.nav``, ``.shape.sig``,
+    ``.record``), and for some hooks ``env.results`` or ``env.error``."""
 
-    def __init__(self, aq):
+    def __init__(self, aq, results=None, error=None):
         self.aq = aq
+        self.results = results
+        self.error = error
 
 
 class Acquisition:
@@ -326,12 +329,14 @@ class Acquisition:
     def _plan_maker(self, ctx, udfs, roi, ref):
         from .api import _Plan, _roi_mask
 
+        passive = self.pending is not None
+
         def make(nav, sig, dtype):
             nav = tuple(nav)
             given = tuple(self.shape.nav) if len(self.shape.nav) else None
             if given is not None and len(given) == 2 and int(np.prod(given)) == int(np.prod(nav)):
                 nav = given
-            if self.pending is not None and self.hooks is not None:
+            if passive and self.hooks is not None:
                 decided = self.hooks.on_determine_nav_shape(_Env(self))
                 if decided is not None:
                     decided = tuple(decided)
@@ -349,7 +354,26 @@ class Acquisition:
 
         return make
 
+    def _hook(self, name: str, **env) -> None:
+        f = getattr(self.hooks, name, None) if self.hooks is not None else None
+        if f is not None:
+            f(_Env(self, **env))
+
     def _run_live(self, ctx, udfs, roi, progress, plots, partial):
+        """The run with stemflow's hooks around it (see :class:`stemflow.api.Hooks`)."""
+        last = None
+        try:
+            self._hook("on_setup")
+            for last in self._run(ctx, udfs, roi, progress, plots, partial):
+                yield last
+            self._hook("on_acquisition_done", results=last)
+        except BaseException as e:
+            self._hook("on_error", error=e)
+            raise
+        finally:
+            self._hook("on_cleanup")
+
+    def _run(self, ctx, udfs, roi, progress, plots, partial):
         from .api import _drive, _PlanRef
 
         ref = _PlanRef()

@@ -191,3 +191,130 @@ def test_unreachable_detector_names_the_address(ctx):
     conn = ctx.make_connection("merlin").open(data_host="127.0.0.1", data_port=1, api_port=2)
     with pytest.raises(Exception, match="127.0.0.1"):
         ctx.run_udf(dataset=ctx.make_acquisition(conn=conn, nav_shape=(2, 2)), udf=SumUDF())
+
+
+class FailsAtRow(SumSigNav):
+    def process_frame(self, frame):
+        if self.meta.coordinates[0, 0] == 5:
+            raise ArithmeticError("bad frame at row 5")
+        super().process_frame(frame)
+
+
+def test_a_failing_udf_ends_the_live_run_with_its_traceback_and_the_recording_is_whole(
+    ctx, sim, tmp_path
+):
+    h5py = pytest.importorskip("h5py")
+    out = tmp_path / "live.h5"
+    with connect(ctx, sim) as conn:
+        aq = ctx.make_acquisition(
+            conn=conn,
+            nav_shape=NAV,
+            output=out,
+            controller=conn.get_active_controller(count_time=1e-4),
+        )
+        with pytest.raises(ArithmeticError, match="row 5") as info:
+            ctx.run_udf(dataset=aq, udf=[SumUDF(), FailsAtRow()])
+        assert any(t.name == "process_frame" for t in info.traceback)
+    with h5py.File(out, "r") as f:
+        assert f["/entry"].attrs["recording_complete"] == 1
+        validity = f["/entry/data/validity"][()]
+        frames = f["/entry/data/frames"]
+        received = int(f["/entry/data/validity"].attrs["frames_received"])
+        # Every frame that arrived is recorded (and marked so); none is lost.
+        assert received == int((validity == 1).sum()) > 0
+        assert int(f["/entry/data/validity"].attrs["frames_lost"]) == 0
+        ys, xs = np.nonzero(validity == 1)
+        assert all(frames[y, x].sum() > 0 for y, x in zip(ys[:5], xs[:5]))
+
+
+class Normalised(SumSigNav):
+    """postprocess on the merged buffers (divides by the frame count)."""
+
+    def postprocess(self):
+        self.results.intensity[:] = self.results.intensity / self.results.intensity.size
+
+
+def test_postprocess_and_on_determine_nav_shape_in_passive_mode(ctx, sim):
+    n = int(np.prod(NAV))
+
+    class Shape(Hooks):
+        def on_determine_nav_shape(self, env):
+            return (NAV[1], NAV[0])  # the transposed scan, same number of positions
+
+    def operator():
+        time.sleep(0.3)
+        with MerlinControl(host="127.0.0.1", port=sim.control_port, timeout=2.0) as c:
+            c.set("NUMFRAMESTOACQUIRE", n)
+            c.set("NUMFRAMESPERTRIGGER", n)
+            c.set("TRIGGERSTART", 5)
+            c.cmd("STARTACQUISITION")
+            c.cmd("SOFTTRIGGER")
+
+    with connect(ctx, sim) as conn:
+        threading.Thread(target=operator).start()
+        pending = conn.wait_for_acquisition(timeout=10.0)
+        aq = ctx.make_acquisition(conn=conn, pending_aq=pending, hooks=Shape())
+        res = ctx.run_udf(dataset=aq, udf=[SumSigUDF(), Normalised()])
+    assert tuple(aq.shape.nav) == (NAV[1], NAV[0])
+    plain = res[0]["intensity"].data
+    assert plain.shape == (NAV[1], NAV[0])
+    assert np.allclose(res[1]["intensity"].data, plain / plain.size)
+
+
+def test_dectris_active_mode_from_the_simulator(ctx):
+    from stemflow.sim import DectrisSimulator
+
+    with DectrisSimulator(nav_shape=(6, 7), sig_shape=(96, 96)) as dsim:
+        conn = ctx.make_connection("dectris").open(
+            api_host="127.0.0.1",
+            api_port=dsim.api_port,
+            data_host="127.0.0.1",
+            data_port=dsim.stream_port,
+        )
+        aq = ctx.make_acquisition(
+            conn=conn,
+            nav_shape=(6, 7),
+            controller=conn.get_active_controller(
+                trigger_mode="internal", frame_time=1e-3, count_time=1e-3
+            ),
+        )
+        res = ctx.run_udf(dataset=aq, udf=[SumUDF(), SumSigUDF(), SumSigNav()])
+    assert tuple(aq.shape.sig) == (96, 96)
+    d = res[1]["intensity"].data
+    assert d.shape == (6, 7) and not np.isnan(d).any() and d.sum() > 0
+    assert np.array_equal(d, res[2]["intensity"].data)
+    assert res[0]["intensity"].data.sum() == d.sum()
+
+
+def test_stemflows_other_hooks_run_in_order(ctx, sim):
+    calls = []
+
+    class All(Hooks):
+        def on_setup(self, env):
+            calls.append("setup")
+
+        def on_ready_for_data(self, env):
+            calls.append("ready")
+
+        def on_acquisition_done(self, env):
+            calls.append(("done", env.results.frames_processed, env.aq.record["exit_status"]))
+
+        def on_error(self, env):
+            calls.append(("error", type(env.error).__name__))
+
+        def on_cleanup(self, env):
+            calls.append("cleanup")
+
+    with connect(ctx, sim) as conn:
+        aq = ctx.make_acquisition(
+            conn=conn, nav_shape=NAV, hooks=All(), controller=conn.get_active_controller()
+        )
+        ctx.run_udf(dataset=aq, udf=SumUDF())
+        assert calls == ["setup", "ready", ("done", int(np.prod(NAV)), "completed"), "cleanup"]
+        calls.clear()
+        aq = ctx.make_acquisition(
+            conn=conn, nav_shape=NAV, hooks=All(), controller=conn.get_active_controller()
+        )
+        with pytest.raises(ArithmeticError):
+            ctx.run_udf(dataset=aq, udf=[SumUDF(), FailsAtRow()])
+        assert calls == ["setup", "ready", ("error", "ArithmeticError"), "cleanup"]

@@ -306,3 +306,29 @@ def test_cancel_raises_udf_run_cancelled(ctx):
         gen.throw(UDFRunCancelled("stop"))
     r = ctx.run_udf(dataset=ds, udf=SumUDF(), roi=(0, 0))
     assert r["intensity"].data.sum() == 32 * 32
+
+
+def test_jupyter_plots_update_display_handles(ctx, monkeypatch):
+    """The Jupyter path (IPython display handles, updated in place) runs headless."""
+    pytest.importorskip("IPython")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import IPython.display
+
+    updates = []
+
+    class Handle:
+        def update(self, obj):
+            updates.append(obj)
+
+    monkeypatch.setattr(IPython.display, "display", lambda obj, display_id=None: Handle())
+    big = np.ones((64, 64, 64, 64), dtype=np.uint16)
+    ds = ctx.load("memory", data=big)
+    ctx.run_udf(dataset=ds, udf=[SumUDF(), SumSigUDF()], plots="jupyter")
+    # One figure per 2-D result, each updated at least at the end.
+    figs = {id(f) for f in updates}
+    assert len(figs) == 2 and len(updates) >= 2
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
