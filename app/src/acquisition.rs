@@ -297,6 +297,57 @@ pub fn acquire_with(
 ) -> Result<Result<RunRecord, RunFailure>> {
     let (spec, mut req) = external_request(args, pipeline, output)?;
     req.ready_hook = ready_hook;
+    run_quietly(spec, req, cancel)
+}
+
+/// One scan on the simulated instrument of `profile` (the embedded one when `None`), on a
+/// scan of `nav_shape` if given, for a front end that brings its own processing — as
+/// [`acquire_with`], the scan engine triggering the detector as in [`simulate`].
+///
+/// # Errors
+/// The profile cannot be loaded or assembled, or the instrument cannot start.
+pub fn simulate_with(
+    profile: Option<&std::path::Path>,
+    nav_shape: Option<stemflow_core::NavShape>,
+    pipeline: PipelineBuilder,
+    output: Option<std::path::PathBuf>,
+    ready_hook: Option<ReadyHook>,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Result<RunRecord, RunFailure>> {
+    let mut profile = match profile {
+        Some(p) => Profile::load(p)?,
+        None => Profile::simulated(),
+    };
+    if let Some(n) = nav_shape {
+        profile.scan.nav_shape = [n.rows, n.cols];
+    }
+    let SimulatedInstrument {
+        sim, spec, plan, ..
+    } = assemble_simulated(&profile, MicroscopeFaults::default())?;
+    let req = AcquisitionRequest {
+        mode: ArmMode::Active,
+        detector: plan.detector_settings(),
+        scan: Some(plan.scan_settings()),
+        microscope: plan.microscope.clone(),
+        arm_deadline: Duration::from_secs(5),
+        deadline_margin: Duration::from_secs(10),
+        output,
+        pipeline,
+        label: "simulated".into(),
+        nav_from_detector: false,
+        ready_hook,
+    };
+    let r = run_quietly(spec, req, cancel);
+    drop(sim);
+    r
+}
+
+/// Runs `req` on a new instrument of `spec` without terminal output; `cancel` cancels it.
+fn run_quietly(
+    spec: InstrumentSpec,
+    req: AcquisitionRequest,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Result<RunRecord, RunFailure>> {
     let rt = runtime()?;
     rt.block_on(async move {
         let mut inst = Instrument::start(spec)

@@ -178,7 +178,7 @@ struct LiveOutcome {
 
 /// Runs one acquisition.
 ///
-/// `options`: `detector`, `host`, ports, `mode` (`active`/`passive`), `nav_shape`,
+/// `options`: `detector` (`merlin`, `dectris`, or `simulated` with `profile`), `host`, ports, `mode` (`active`/`passive`), `nav_shape`,
 /// `trigger`, `exposure_s`, `counter_depth`, `arm_timeout_s`, `frame_timeout_s`,
 /// `first_frame_timeout_s`, `output` (HDF5 recording path or None), `record_raw`.
 /// `on_armed(nav_shape, sig_shape, dtype)` returns `(builtins, python_runners, roi,
@@ -201,7 +201,16 @@ fn live_run(
     cancel: Option<Py<CancelToken>>,
     snapshot_interval_s: f64,
 ) -> PyResult<Py<PyAny>> {
-    let args = acquire_options(options)?;
+    // `simulated`: the simulated instrument of a profile (scan engine, microscope and a
+    // detector simulator wired by a trigger line), as `stemflow simulate` runs it.
+    let simulated = opt::<String>(options, "detector", "merlin".into())? == "simulated";
+    let args = if simulated {
+        let o = options.copy()?;
+        o.set_item("detector", "merlin")?;
+        acquire_options(&o)?
+    } else {
+        acquire_options(options)?
+    };
     let output: Option<PathBuf> = opt(options, "output", None)?;
     let record_raw = !args.no_raw;
     let flag = match &cancel {
@@ -308,9 +317,30 @@ fn live_run(
             })
         }) as ReadyHook
     });
-    let run = py.detach(|| {
-        stemflow_app::acquisition::acquire_with(&args, pipeline, output, hook, Arc::clone(&flag))
-    });
+    let run = if simulated {
+        let profile: Option<PathBuf> = opt(options, "profile", None)?;
+        let nav = args.nav_shape;
+        py.detach(|| {
+            stemflow_app::acquisition::simulate_with(
+                profile.as_deref(),
+                nav,
+                pipeline,
+                output,
+                hook,
+                Arc::clone(&flag),
+            )
+        })
+    } else {
+        py.detach(|| {
+            stemflow_app::acquisition::acquire_with(
+                &args,
+                pipeline,
+                output,
+                hook,
+                Arc::clone(&flag),
+            )
+        })
+    };
     if let Some(e) = shared.take_error() {
         return Err(e);
     }

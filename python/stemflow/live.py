@@ -8,6 +8,7 @@ Live processing runs on this machine (Dask executors are for offline data).
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from typing import Any
@@ -47,9 +48,10 @@ def connection_builder(detector_type: str) -> _Builder:
     t = detector_type.lower()
     if t in ("arina", "dectris", "quadro", "eiger"):
         t = "dectris"
-    if t not in _DEFAULT_PORTS:
+    if t not in _DEFAULT_PORTS and t != "simulated":
         raise ValueError(
-            f"unknown or unsupported detector type {detector_type!r}: give 'merlin' or 'dectris'"
+            f"unknown or unsupported detector type {detector_type!r}: give 'merlin', "
+            "'dectris' or 'simulated'"
         )
     return _Builder(t)
 
@@ -65,6 +67,7 @@ class _Builder:
         api_host: str | None = None,
         api_port: int | None = None,
         drain: bool = False,
+        profile=None,
         **kwargs,
     ) -> Connection:
         """A connection with LiberTEM-live's keyword names: ``data_host``, ``data_port``
@@ -73,9 +76,19 @@ class _Builder:
         (``drain``, buffer sizes, ``bytes_per_frame``, …) are accepted; stemflow's receivers
         size their buffers themselves.
 
+        ``make_connection("simulated").open(profile=None)``: stemflow's simulated
+        instrument (its scan engine triggering a simulated Merlin over a modelled trigger
+        line, a microscope, a synthetic specimen) from an instrument profile (TOML; the
+        embedded one by default), as ``stemflow simulate`` runs it.
+
         The connection is persistent across acquisitions; close it with ``close()`` or a
         ``with`` block.
         """
+        if self.detector == "simulated":
+            return Connection("simulated", None, None, None, None, profile=profile)
+        return self._open(data_host, data_port, api_host, api_port)
+
+    def _open(self, data_host, data_port, api_host, api_port) -> Connection:
         api_default, data_default = _DEFAULT_PORTS[self.detector]
         return Connection(
             detector=self.detector,
@@ -125,16 +138,20 @@ class ActiveController:
 
 
 class Connection:
-    """A connection to a detector (``merlin`` or ``dectris``)."""
+    """A connection to a detector (``merlin`` or ``dectris``) or to stemflow's simulated
+    instrument (``simulated``)."""
 
-    def __init__(self, detector, data_host, data_port, api_host, api_port):
+    def __init__(self, detector, data_host, data_port, api_host, api_port, profile=None):
         self.detector = detector
         self.data_host, self.data_port = data_host, data_port
         self.api_host, self.api_port = api_host, api_port
+        self.profile = None if profile is None else os.fspath(profile)
         self._closed = False
 
     def options(self) -> dict:
-        """The receiver's addresses for the Rust side."""
+        """The receiver's addresses (or the profile) for the Rust side."""
+        if self.detector == "simulated":
+            return {"detector": "simulated", "profile": self.profile}
         o = {"detector": self.detector, "host": self.data_host}
         if self.detector == "merlin":
             o.update(control_port=self.api_port, data_port=self.data_port)
@@ -160,6 +177,8 @@ class Connection:
         RuntimeError
             The receiver could not connect, naming the detector and the address.
         """
+        if self.detector == "simulated":
+            raise ValueError("the simulated instrument runs in active mode only")
         pending = PendingAcquisition(self, timeout, nav_shape)
         return pending if pending.wait() else None
 
