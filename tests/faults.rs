@@ -12,7 +12,7 @@ use common::scratch::ScratchDir;
 use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use stemflow_core::NavShape;
 use stemflow_simulators::merlin::MerlinFaults;
 
@@ -199,4 +199,56 @@ fn a_killed_recording_says_what_it_holds() {
     assert!(md.microscope.is_some(), "no microscope read-back: {md:?}");
     assert!(md.scan.is_some(), "no scan settings: {md:?}");
     assert_eq!(md.nav_shape, Some(NavShape::new(64, 64)), "{md:?}");
+}
+
+/// A 1 KB `.npy` whose header declares 100000 × 100000 frames of 256 × 256 u16, and a raw
+/// file given a per-frame header of 2^64 − 1 bytes: `process` exits 1 within a second,
+/// naming the declared and the real sizes, and creates no recording (no panic, no 1.3 PB
+/// sparse file).
+#[test]
+fn process_refuses_sizes_a_file_cannot_hold() {
+    let dir = ScratchDir::new("faults-forged-sizes");
+    let npy = dir.path().join("forged.npy");
+    let mut bytes = stemflow_processing::io::npy::header_bytes("<u2", &[100000, 100000, 256, 256]);
+    bytes.extend_from_slice(&[0u8; 1024]);
+    std::fs::write(&npy, bytes).unwrap();
+    let out = dir.path().join("out-npy");
+    let t0 = Instant::now();
+    let run = command::stemflow(
+        &["process", path_arg(&npy), "--out", path_arg(&out)],
+        dir.path(),
+        "forged-npy",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    assert!(t0.elapsed() < Duration::from_secs(5), "{}", run.describe());
+    assert!(
+        run.stderr.contains("1310720000000000 bytes of data")
+            && run.stderr.contains("the file holds 1024"),
+        "{}",
+        run.describe()
+    );
+    assert!(!out.join("scan.h5").exists() && !out.join("processed.h5").exists());
+
+    let raw = dir.path().join("frames.raw");
+    std::fs::write(&raw, [0u8; 512]).unwrap();
+    let out = dir.path().join("out-raw");
+    let run = command::stemflow(
+        &[
+            "process",
+            path_arg(&raw),
+            "--nav-shape",
+            "2x2",
+            "--sig-shape",
+            "8x8",
+            "--frame-header-bytes",
+            "18446744073709551615",
+            "--out",
+            path_arg(&out),
+        ],
+        dir.path(),
+        "forged-raw",
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    assert!(!run.stderr.contains("panicked"), "{}", run.describe());
+    assert!(run.stderr.contains("more than 2^64"), "{}", run.describe());
 }

@@ -28,7 +28,7 @@ impl NavShape {
     }
     /// True when the scan has no positions.
     pub const fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.rows == 0 || self.cols == 0
     }
 }
 
@@ -87,7 +87,7 @@ impl SigShape {
     }
     /// True when the frame has no pixels.
     pub const fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.rows == 0 || self.cols == 0
     }
 }
 

@@ -544,3 +544,61 @@ fn hdf5_errors_name_file_dataset_and_type() {
         }
     }
 }
+
+/// Sizes from a file's header are untrusted: a 1 KB `.npy` declaring 100000 × 100000 ×
+/// 256 × 256 frames, one whose shape overflows 64 bits, and a raw layout whose per-frame
+/// header is 2^64 − 1 bytes are refused when opened, naming the sizes, before anything
+/// is allocated or created.
+#[test]
+fn forged_sizes_are_refused_when_opened() {
+    let dir = Scratch::new("forged");
+    let big = dir.join("big.npy");
+    let mut bytes = stemflow_processing::io::npy::header_bytes("<u2", &[100000, 100000, 256, 256]);
+    bytes.extend_from_slice(&[0u8; 1024]);
+    std::fs::write(&big, bytes).unwrap();
+    match NpyDataSet::open(&big) {
+        Err(IoError::Format { detail, .. }) => {
+            assert!(detail.contains("[100000, 100000, 256, 256]"), "{detail}");
+            assert!(
+                detail.contains("1310720000000000 bytes of data"),
+                "{detail}"
+            );
+            assert!(detail.contains("the file holds 1024"), "{detail}");
+        }
+        other => panic!("expected a format error, got {:?}", other.map(|_| ())),
+    }
+
+    let huge = dir.join("huge.npy");
+    let bytes = stemflow_processing::io::npy::header_bytes("<u2", &[1 << 32, 1 << 32, 4, 4]);
+    std::fs::write(&huge, bytes).unwrap();
+    match NpyDataSet::open(&huge) {
+        Err(IoError::Format { detail, .. }) => {
+            // npyz's count overflows first in builds with overflow checks.
+            assert!(
+                detail.contains("more than 2^64") || detail.contains("fit in 64 bits"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected a format error, got {:?}", other.map(|_| ())),
+    }
+
+    let raw = dir.join("frames.raw");
+    std::fs::write(&raw, [0u8; 512]).unwrap();
+    let spec = RawSpec {
+        nav_shape: NavShape::new(2, 2),
+        sig_shape: SigShape::new(8, 8),
+        dtype: DType::U16,
+        byte_order: ByteOrder::Little,
+        offset: 0,
+        frame_header_bytes: u64::MAX,
+    };
+    match RawDataSet::open(&raw, spec) {
+        Err(IoError::Format { detail, .. }) => {
+            assert!(
+                detail.contains("18446744073709551615 header bytes"),
+                "{detail}"
+            )
+        }
+        other => panic!("expected a format error, got {:?}", other.map(|_| ())),
+    }
+}

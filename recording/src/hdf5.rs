@@ -77,7 +77,14 @@ pub struct RecordingSpec {
     /// How long `write_tile` or `flush` waits for a writer that has fallen behind before
     /// failing with [`RecordingError::WriterStalled`].
     pub stall_timeout: Duration,
+    /// Bytes of the disk left free after an uncompressed recording's frames are allocated
+    /// (default [`DEFAULT_DISK_RESERVE`]): a recording that would not fit is refused
+    /// before the file is created.
+    pub disk_reserve: u64,
 }
+
+/// Bytes left free on the disk beside an uncompressed recording: 256 MiB.
+pub const DEFAULT_DISK_RESERVE: u64 = 256 << 20;
 
 impl RecordingSpec {
     /// A spec with the defaults: ~2 MiB chunks, no compression, a writer thread with 8 tiles
@@ -92,7 +99,42 @@ impl RecordingSpec {
             writer_queue: 8,
             flush_interval: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(30),
+            disk_reserve: DEFAULT_DISK_RESERVE,
         }
+    }
+
+    /// Bytes of the frames, uncompressed: nav positions × pixels × pixel size.
+    pub fn frame_bytes(&self) -> u128 {
+        self.nav_shape.rows as u128
+            * self.nav_shape.cols as u128
+            * self.sig_shape.rows as u128
+            * self.sig_shape.cols as u128
+            * self.dtype.size() as u128
+    }
+}
+
+/// Bytes free for an unprivileged writer on the file system holding `dir`; `None` when it
+/// cannot be told.
+fn available_bytes(dir: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+        // SAFETY: a valid NUL-terminated path and a buffer of the right type; the struct is
+        // read only when the call succeeded.
+        let st = unsafe {
+            if libc::statvfs(c.as_ptr(), st.as_mut_ptr()) != 0 {
+                return None;
+            }
+            st.assume_init()
+        };
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
     }
 }
 
@@ -507,6 +549,40 @@ fn check_spec(path: &Path, spec: &RecordingSpec) -> Result<(), RecordingError> {
     }
     if spec.frames_per_chunk == 0 {
         return Err(bad("frames_per_chunk is 0, must be at least 1".into()));
+    }
+    let frames = spec.nav_shape.rows as u128 * spec.nav_shape.cols as u128;
+    if frames > usize::MAX as u128 || spec.frame_bytes() > u64::MAX as u128 {
+        return Err(bad(format!(
+            "{} × {} scan positions of {} {} frames do not fit in a file ({} bytes)",
+            spec.nav_shape.rows,
+            spec.nav_shape.cols,
+            spec.sig_shape,
+            spec.dtype,
+            spec.frame_bytes()
+        )));
+    }
+    if spec.compression.is_none() {
+        // Uncompressed chunks are all allocated when the file is created: the frames must
+        // fit on the disk, with the reserve left free.
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if let Some(free) = available_bytes(dir) {
+            let need = spec.frame_bytes() + spec.disk_reserve as u128;
+            if need > free as u128 {
+                return Err(bad(format!(
+                    "the frames need {} bytes ({} positions × {} {} frames), the disk holding \
+                     {} has {free} bytes free and {} are kept free",
+                    spec.frame_bytes(),
+                    spec.nav_shape,
+                    spec.sig_shape,
+                    spec.dtype,
+                    dir.display(),
+                    spec.disk_reserve
+                )));
+            }
+        }
     }
     let chunk = layout::chunk_shape(spec.nav_shape, spec.sig_shape, spec.frames_per_chunk);
     let chunk_bytes = chunk.iter().product::<usize>() * spec.dtype.size();

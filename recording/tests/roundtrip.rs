@@ -274,3 +274,40 @@ fn child_process_started_during_recording_does_not_lock_the_file() {
     assert!(open_recording(&path).unwrap().is_complete());
     std::fs::remove_file(&path).unwrap();
 }
+
+/// A recording that cannot fit on the disk (an HDR announcing 10^10 frames) is refused
+/// before its file is created, naming the bytes needed and free; one whose size does not
+/// fit in 64 bits as well.
+#[test]
+fn a_recording_larger_than_the_disk_is_refused_before_the_file_exists() {
+    use stemflow_core::{NavShape, SigShape};
+    let path = scratch("too-big.h5");
+    let spec = RecordingSpec::new(
+        NavShape::new(100000, 100000),
+        SigShape::new(256, 256),
+        DType::U16,
+    );
+    let Err(e) = Hdf5Recorder::create(&path, spec) else {
+        panic!("a recording of 1.3 PB was created");
+    };
+    let text = e.to_string();
+    assert!(matches!(e, RecordingError::Spec { .. }), "{text}");
+    assert!(
+        text.contains("the frames need 1310720000000000 bytes"),
+        "{text}"
+    );
+    assert!(text.contains("bytes free"), "{text}");
+    assert!(!path.exists(), "the file was created");
+
+    let spec = RecordingSpec::new(
+        NavShape::new(1 << 32, 1 << 32),
+        SigShape::new(256, 256),
+        DType::U16,
+    );
+    let Err(e) = Hdf5Recorder::create(&path, spec) else {
+        panic!("a recording of 2^64 frames was created");
+    };
+    let text = e.to_string();
+    assert!(text.contains("do not fit in a file"), "{text}");
+    assert!(!path.exists());
+}

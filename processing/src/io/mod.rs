@@ -141,6 +141,32 @@ impl RawSpec {
     }
 }
 
+/// The byte just past the last frame of `spec` with pixels of `element`, computed without
+/// overflow.
+///
+/// # Errors
+/// [`IoError::Format`] when a frame's size, the scan's frame count or the end does not fit
+/// in 64 bits.
+fn layout_end(path: &Path, spec: &RawSpec, element: ElementType) -> Result<u64, IoError> {
+    let frames = (spec.nav_shape.rows as u128) * (spec.nav_shape.cols as u128);
+    let pixels = (spec.sig_shape.rows as u128) * (spec.sig_shape.cols as u128);
+    let stride = spec.frame_header_bytes as u128 + pixels * element.size() as u128;
+    let end = spec.offset as u128 + frames * stride;
+    if frames > usize::MAX as u128 || pixels > usize::MAX as u128 || end > u64::MAX as u128 {
+        return Err(IoError::Format {
+            path: path.to_path_buf(),
+            detail: format!(
+                "the layout does not fit in a file: {} bytes of offset + {frames} frames × \
+                 ({} header bytes + {pixels} pixels × {} bytes) = {end} bytes, more than 2^64",
+                spec.offset,
+                spec.frame_header_bytes,
+                element.size()
+            ),
+        });
+    }
+    Ok(end as u64)
+}
+
 /// Frames at fixed positions in a file: raw binary, `.npy`, and headered frame files such
 /// as Merlin `.mib` (a per-frame header of fixed size).
 ///
@@ -177,8 +203,11 @@ impl RawDataSet {
     /// `element.size()` bytes per pixel.
     ///
     /// # Errors
-    /// [`IoError::Io`] when the file cannot be opened.
+    /// [`IoError::Io`] when the file cannot be opened; [`IoError::Format`] for a layout
+    /// whose byte positions do not fit in 64 bits (a forged header, a mistyped
+    /// `--frame-header-bytes`), naming the offset, frames and frame size.
     pub fn open_as(path: &Path, spec: RawSpec, element: ElementType) -> Result<Self, IoError> {
+        layout_end(path, &spec, element)?;
         let file = std::fs::File::open(path).map_err(|e| IoError::io(path, "opening", e))?;
         let size = file
             .metadata()
@@ -196,6 +225,11 @@ impl RawDataSet {
             size,
             scratch: Vec::new(),
         })
+    }
+
+    /// Bytes the layout needs: offset + frames × (frame header + pixels).
+    pub fn layout_bytes(&self) -> u64 {
+        self.spec.offset + self.frames * self.spec.stride_of(self.element)
     }
 
     /// The layout; its `dtype` is the frames' type (see [`RawDataSet::element`]).
@@ -370,9 +404,22 @@ impl NpyDataSet {
             offset: h.data_offset,
             frame_header_bytes: 0,
         };
-        Ok(Self {
-            raw: RawDataSet::open_as(path, spec, element)?,
-        })
+        let raw = RawDataSet::open_as(path, spec, element)?;
+        // A .npy holds its whole array: a header declaring more than the file holds is
+        // corrupt (or forged), said now rather than after a recording of that size exists.
+        let needed = raw.layout_bytes();
+        if needed > raw.size {
+            return Err(bad(format!(
+                "the header declares shape {:?} of {}-byte elements: {} bytes of data after its \
+                 {}-byte header, the file holds {}",
+                h.shape,
+                element.size(),
+                needed - h.data_offset,
+                h.data_offset,
+                raw.size.saturating_sub(h.data_offset)
+            )));
+        }
+        Ok(Self { raw })
     }
 }
 

@@ -116,13 +116,23 @@ pub fn read_header(path: &Path) -> Result<NpyHeader, IoError> {
     bytes.resize(start + len, 0);
     f.read_exact(&mut bytes[start..])
         .map_err(|e| IoError::io(path, "reading the .npy header", e))?;
-    let parsed = npyz::NpyHeader::from_reader(bytes.as_slice()).map_err(|e| {
-        let text = String::from_utf8_lossy(&bytes[start..]);
-        let text = text.trim_end();
-        let shown: String = text.chars().take(300).collect();
-        let more = if shown.len() < text.len() { "…" } else { "" };
-        format_err(path, format!("invalid .npy header {shown}{more}: {e}"))
-    })?;
+    // npyz multiplies the shape's dimensions in u64, which a forged shape overflows (a
+    // panic in builds with overflow checks): said as an error, checked again by our readers
+    // in u128 (RawDataSet::open_as).
+    let parsed = std::panic::catch_unwind(|| npyz::NpyHeader::from_reader(bytes.as_slice()))
+        .map_err(|_| {
+            format_err(
+                path,
+                "the header's shape has more elements than fit in 64 bits".to_string(),
+            )
+        })?
+        .map_err(|e| {
+            let text = String::from_utf8_lossy(&bytes[start..]);
+            let text = text.trim_end();
+            let shown: String = text.chars().take(300).collect();
+            let more = if shown.len() < text.len() { "…" } else { "" };
+            format_err(path, format!("invalid .npy header {shown}{more}: {e}"))
+        })?;
     to_header(path, &parsed, (start + len) as u64)
 }
 
@@ -214,19 +224,26 @@ pub fn read_nonzero(path: &Path) -> Result<(Vec<usize>, Vec<bool>), IoError> {
         return Err(format_err(path, "Fortran-order arrays are not supported"));
     }
     let bytes = std::fs::read(path).map_err(|e| IoError::io(path, "reading", e))?;
-    let n: usize = h.shape.iter().product();
     let size = h.item_size();
+    let n = h
+        .shape
+        .iter()
+        .try_fold(size, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format_err(path, format!("shape {:?} overflows", h.shape)))?
+        / size.max(1);
     let start = h.data_offset as usize;
-    let data = bytes.get(start..start + n * size).ok_or_else(|| {
-        format_err(
-            path,
-            format!(
-                "{} data bytes expected after the header, {} present",
-                n * size,
-                bytes.len().saturating_sub(start)
-            ),
-        )
-    })?;
+    let data = bytes
+        .get(start..start.saturating_add(n * size))
+        .ok_or_else(|| {
+            format_err(
+                path,
+                format!(
+                    "{} data bytes expected after the header, {} present",
+                    n * size,
+                    bytes.len().saturating_sub(start)
+                ),
+            )
+        })?;
     // Any nonzero byte makes an integer or bool nonzero; floats need -0.0 treated as zero.
     let values = data
         .chunks_exact(size)
