@@ -252,3 +252,84 @@ fn process_refuses_sizes_a_file_cannot_hold() {
     assert!(!run.stderr.contains("panicked"), "{}", run.describe());
     assert!(run.stderr.contains("more than 2^64"), "{}", run.describe());
 }
+
+/// Passive mode with `--nav-shape 8x8`, and the operator's acquisition announces 50 or 80
+/// frames in its HDR: the run ends with counts that add up to the 64 scan positions in
+/// run.json and in the recording, which is finished; fewer frames end as completed with
+/// loss (exit 1) naming what the detector announced, more as completed (the frames beyond
+/// the scan are not kept).
+#[test]
+fn an_hdr_announcing_fewer_or_more_frames_than_the_scan_is_accounted_for() {
+    use stemflow_drivers::merlin::control::MerlinControl;
+    for (announced, code) in [(50u64, 1), (80, 0)] {
+        let (_sim, c, d) = fast_merlin_sim(10, 8, MerlinFaults::default());
+        let dir = ScratchDir::new(&format!("fault-hdr-{announced}"));
+        let out = dir.path().join("out");
+        let (mut cmd, _o, err) = command::command(
+            &[
+                "acquire",
+                "--mode",
+                "passive",
+                "--control-port",
+                &c,
+                "--data-port",
+                &d,
+                "--nav-shape",
+                "8x8",
+                "--arm-timeout-s",
+                "30",
+                "--frame-timeout-s",
+                "2",
+                "--out",
+                path_arg(&out),
+            ],
+            dir.path(),
+            "hdr",
+        );
+        let mut child = common::process::ChildGuard::spawn("stemflow acquire", &mut cmd);
+        // The receiver connects when the instrument starts; then the operator starts an
+        // acquisition of `announced` frames, soft-triggered.
+        std::thread::sleep(Duration::from_millis(1500));
+        let addr = format!("127.0.0.1:{c}").parse().unwrap();
+        let mut ctl = MerlinControl::connect(addr, Duration::from_secs(2), Duration::from_secs(2))
+            .expect("control port");
+        for (k, v) in [
+            ("NUMFRAMESTOACQUIRE", announced.to_string()),
+            ("NUMFRAMESPERTRIGGER", announced.to_string()),
+            ("TRIGGERSTART", "5".into()),
+        ] {
+            ctl.set(k, &v).expect("SET");
+        }
+        ctl.cmd("STARTACQUISITION").expect("STARTACQUISITION");
+        ctl.cmd("SOFTTRIGGER").expect("SOFTTRIGGER");
+        let status = child
+            .wait_timeout(Duration::from_secs(60))
+            .expect("acquire did not end");
+        let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+        assert_eq!(status.code(), Some(code), "{announced}: {stderr}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+        let n = |k: &str| json[k].as_u64().unwrap_or_else(|| panic!("{k}: {json:#}"));
+        assert_eq!(n("frames_expected"), 64, "{json:#}");
+        assert_eq!(
+            n("frames_received")
+                + n("frames_lost")
+                + n("frames_damaged")
+                + n("frames_not_acquired"),
+            64,
+            "{json:#}"
+        );
+        assert_eq!(n("frames_received"), announced.min(64), "{json:#}");
+        assert!(
+            json["end_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("announced {announced} frames"))),
+            "{json:#}"
+        );
+        let rec = stemflow_recording::reader::open_recording(out.join("acquisition.h5"))
+            .expect("opening the recording");
+        assert!(rec.is_complete(), "the recording was not finished");
+        let v = rec.validity().expect("validity map");
+        assert_eq!((v.len(), v.received() as u64), (64, announced.min(64)));
+    }
+}

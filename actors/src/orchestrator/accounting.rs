@@ -5,7 +5,40 @@
 
 use crate::processing::PipelineOutput;
 use stemflow_core::detector::AcquisitionEnd;
-use stemflow_core::validity::FrameStatus;
+use stemflow_core::validity::{FrameStatus, FrameValidity};
+
+/// Fits the detector side's account of an acquisition to the scan of `scan` positions:
+/// a detector that announced fewer frames (its HDR, set by someone else in passive mode)
+/// leaves the positions after them lost; frames beyond the scan were never positions of it
+/// (the pipeline dropped them) and are not counted. The counts are taken from the fitted
+/// map, and the end reason says what the detector announced.
+pub(super) fn fit_to_scan(end: &mut AcquisitionEnd, scan: usize) {
+    let announced = end.validity.len();
+    if announced == scan {
+        return;
+    }
+    let mut v = FrameValidity::new(scan);
+    for i in 0..announced.min(scan) {
+        let status = end.validity.status(i);
+        if status != FrameStatus::Missing {
+            v.mark(i as u64, status);
+        }
+    }
+    end.expected = scan as u64;
+    end.received = v.received() as u64;
+    end.damaged = v.damaged() as u64;
+    end.lost = v.missing() as u64;
+    end.validity = v;
+    end.reason = format!(
+        "{} (the detector announced {announced} frames for a scan of {scan} positions{})",
+        end.reason,
+        if announced > scan {
+            "; the frames beyond the scan are not kept"
+        } else {
+            ""
+        }
+    );
+}
 
 /// Recounts `end` with the pipeline's `output`; returns the frames not acquired (0 unless
 /// the run was cancelled).
@@ -76,6 +109,26 @@ mod tests {
 
     /// A completed run: an undecodable frame moves from received to damaged; nothing is
     /// "not acquired".
+    #[test]
+    fn an_end_that_announced_fewer_or_more_frames_fits_the_scan() {
+        let mut fewer = end_with(50, &(0..50).collect::<Vec<_>>());
+        fit_to_scan(&mut fewer, 64);
+        assert_eq!(
+            (fewer.expected, fewer.received, fewer.lost, fewer.damaged),
+            (64, 50, 14, 0)
+        );
+        assert_eq!(fewer.validity.len(), 64);
+        assert!(
+            fewer
+                .reason
+                .contains("announced 50 frames for a scan of 64")
+        );
+        let mut more = end_with(80, &(0..80).collect::<Vec<_>>());
+        fit_to_scan(&mut more, 64);
+        assert_eq!((more.expected, more.received, more.lost), (64, 64, 0));
+        assert!(more.reason.contains("beyond the scan"));
+    }
+
     #[test]
     fn damaged_frames_are_not_received() {
         let mut end = end_with(4, &[0, 1, 2, 3]);

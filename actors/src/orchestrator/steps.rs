@@ -556,6 +556,7 @@ impl Instrument {
                 received: output.frames_processed,
             });
         };
+        accounting::fit_to_scan(&mut end, ctx.expected as usize);
         ctx.not_acquired = accounting::recount(&mut end, output);
         ctx.end = Some(end.clone());
         let lost_now = end.lost + end.damaged;
