@@ -287,9 +287,18 @@ pub struct AcquireArgs {
     /// Merlin counter depth (active mode): 1, 6, 12 or 24 bits.
     #[arg(long, default_value_t = 12)]
     pub counter_depth: u32,
-    /// Exposure per frame, ms (active mode).
+    /// Exposure per frame, ms (active mode): the frame period and the count time unless
+    /// --frame-time-ms / --count-time-ms give them apart.
     #[arg(long, default_value_t = 1.0)]
     pub exposure_ms: f64,
+    /// Frame period, ms (active mode; default: --exposure-ms).
+    #[arg(long)]
+    pub frame_time_ms: Option<f64>,
+    /// Count time per frame, ms (active mode; default: the frame period). A DECTRIS detector
+    /// needs count time ≤ frame time − readout: a longer one becomes the frame time minus
+    /// the readout time the detector reports (stored in the run's metadata).
+    #[arg(long)]
+    pub count_time_ms: Option<f64>,
     /// Trigger (active mode).
     #[arg(long, value_enum, default_value = "soft")]
     pub trigger: TriggerArg,
@@ -560,6 +569,8 @@ impl From<AcquireArgs> for app::AcquireOptions {
             out: a.out,
             counter_depth: a.counter_depth,
             exposure_ms: a.exposure_ms,
+            frame_time_ms: a.frame_time_ms,
+            count_time_ms: a.count_time_ms,
             trigger: match a.trigger {
                 TriggerArg::Internal => DetectorTrigger::Internal,
                 TriggerArg::Soft => DetectorTrigger::Soft,

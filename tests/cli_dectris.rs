@@ -213,3 +213,72 @@ fn passive_acquire_of_a_series_armed_elsewhere_with_a_scan_shape_hint() {
     assert_eq!((rec.nav_shape().rows, rec.nav_shape().cols), (16, 16));
     assert_eq!(rec.metadata().expect("metadata").mode, "passive");
 }
+
+/// DECTRIS active mode with the frame period and the count time apart: `--frame-time-ms 2`
+/// alone gives a count time of the frame period minus the detector's readout time (read
+/// back over REST; a detector needs `count_time ≤ frame_time − readout`), `--count-time-ms
+/// 1 --frame-time-ms 2` gives both as asked; the recording's metadata holds what the
+/// detector read back, readout time included.
+#[test]
+fn dectris_frame_time_and_count_time_apart() {
+    use stemflow_core::{NavShape, SigShape};
+    use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig, DectrisSource};
+    let dir = ScratchDir::new("cli-dectris-times");
+    for (tag, extra, count) in [
+        ("frame", vec!["--frame-time-ms", "2"], 0.002 - 1e-7),
+        (
+            "both",
+            vec!["--frame-time-ms", "2", "--count-time-ms", "1"],
+            0.001,
+        ),
+    ] {
+        // One simulator per acquisition (each `stemflow acquire` is a new stream client).
+        let sim = DectrisSim::start(DectrisSimConfig::new(DectrisSource::synthetic(
+            NavShape::new(4, 4),
+            SigShape::new(32, 32),
+        )))
+        .expect("DECTRIS simulator");
+        let (api, stream) = (
+            sim.api_addr().port().to_string(),
+            sim.stream_addr().port().to_string(),
+        );
+        let out = dir.path().join(tag);
+        let mut args = vec![
+            "acquire",
+            "--detector",
+            "dectris",
+            "--api-port",
+            &api,
+            "--stream-port",
+            &stream,
+            "--trigger",
+            "internal",
+            "--nav-shape",
+            "4x4",
+            "--out",
+            out.to_str().expect("utf-8"),
+        ];
+        args.extend(extra.iter());
+        let (ok, text) = stemflow(&args);
+        assert!(ok, "{tag}: {}", tail(&text, 4000));
+        let meta = open_recording(out.join("acquisition.h5"))
+            .expect("recording")
+            .metadata()
+            .expect("metadata");
+        let get = |k: &str| -> f64 {
+            meta.detector_settings
+                .get(k)
+                .unwrap_or_else(|| panic!("{tag}: no {k} in {:?}", meta.detector_settings))
+                .parse()
+                .unwrap_or_else(|_| panic!("{tag}: {k} is not a number"))
+        };
+        assert!((get("frame_time") - 0.002).abs() < 1e-12, "{tag}");
+        assert!(
+            (get("count_time") - count).abs() < 1e-12,
+            "{tag}: {}",
+            get("count_time")
+        );
+        assert!((get("detector_readout_time") - 1e-7).abs() < 1e-15, "{tag}");
+        sim.stop();
+    }
+}

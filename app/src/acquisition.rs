@@ -242,8 +242,12 @@ fn external_request(
     };
     let settings = DetectorSettings {
         nav_shape: nav,
-        exposure_s: args.exposure_ms * 1e-3,
-        frame_time_s: args.exposure_ms * 1e-3,
+        exposure_s: args
+            .count_time_ms
+            .or(args.frame_time_ms)
+            .unwrap_or(args.exposure_ms)
+            * 1e-3,
+        frame_time_s: args.frame_time_ms.unwrap_or(args.exposure_ms) * 1e-3,
         trigger,
         frames_per_trigger,
         // DECTRIS detectors report their bit depth; only the Merlin's is set.

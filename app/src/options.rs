@@ -112,8 +112,15 @@ pub struct AcquireOptions {
     pub out: PathBuf,
     /// Merlin counter depth (active mode): 1, 6, 12 or 24 bits.
     pub counter_depth: u32,
-    /// Exposure per frame, ms (active mode).
+    /// Exposure per frame, ms (active mode); the frame period and the count time unless
+    /// given apart.
     pub exposure_ms: f64,
+    /// Frame period, ms (active mode); `None`: `exposure_ms`.
+    pub frame_time_ms: Option<f64>,
+    /// Count time (exposure) per frame, ms (active mode); `None`: the frame period. A DECTRIS
+    /// detector needs `count_time ≤ frame_time − readout`: a longer one is shortened to the
+    /// frame period minus the readout time read back from the detector.
+    pub count_time_ms: Option<f64>,
     /// Trigger (active mode).
     pub trigger: DetectorTrigger,
     /// Seconds to wait for the arm confirmation (passive: for someone to arm).
@@ -147,6 +154,8 @@ impl Default for AcquireOptions {
             out: PathBuf::from("out"),
             counter_depth: 12,
             exposure_ms: 1.0,
+            frame_time_ms: None,
+            count_time_ms: None,
             trigger: DetectorTrigger::Soft,
             arm_timeout_s: 30.0,
             frame_timeout_s: 5.0,

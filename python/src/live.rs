@@ -152,6 +152,8 @@ fn acquire_options(d: &Bound<'_, PyDict>) -> PyResult<AcquireOptions> {
     };
     a.counter_depth = opt(d, "counter_depth", a.counter_depth)?;
     a.exposure_ms = opt(d, "exposure_s", a.exposure_ms * 1e-3)? * 1e3;
+    a.frame_time_ms = opt::<Option<f64>>(d, "frame_time_s", None)?.map(|t| t * 1e3);
+    a.count_time_ms = opt::<Option<f64>>(d, "count_time_s", None)?.map(|t| t * 1e3);
     a.arm_timeout_s = opt(d, "arm_timeout_s", a.arm_timeout_s)?;
     a.frame_timeout_s = opt(d, "frame_timeout_s", a.frame_timeout_s)?;
     a.first_frame_timeout_s = opt(d, "first_frame_timeout_s", a.first_frame_timeout_s)?;

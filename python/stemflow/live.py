@@ -133,6 +133,8 @@ class ActiveController:
         return {
             "trigger": self.trigger_mode,
             "exposure_s": float(t),
+            "frame_time_s": None if self.frame_time is None else float(self.frame_time),
+            "count_time_s": None if self.count_time is None else float(self.count_time),
             "counter_depth": int(self.counter_depth),
         }
 

@@ -304,6 +304,46 @@ impl DectrisDetector {
         Ok(())
     }
 
+    /// The exposure (`count_time`) for settings `s`: the one asked for, unless it leaves no
+    /// time in the frame period for the readout — a detector needs `count_time ≤
+    /// frame_time − detector_readout_time` (SIMPLON, protocols.md §2.3; the DCU would
+    /// otherwise move one of them) — then the frame period minus the readout time read
+    /// back from the detector, which goes into `readback`.
+    ///
+    /// # Errors
+    /// [`DeviceError::Rejected`] when the frame period is not longer than the readout time.
+    fn count_time_for(
+        &self,
+        s: &DetectorSettings,
+        readback: &mut BTreeMap<String, String>,
+    ) -> Result<f64, DeviceError> {
+        let v = self
+            .rest
+            .detector_config("detector_readout_time")
+            .map_err(|e| rest_err(&self.name, "reading detector_readout_time", e))?;
+        let readout = v.as_f64().filter(|r| *r >= 0.0).unwrap_or(0.0);
+        readback.insert("detector_readout_time".into(), readout.to_string());
+        if s.exposure_s + readout <= s.frame_time_s {
+            return Ok(s.exposure_s);
+        }
+        let count = s.frame_time_s - readout;
+        if count <= 0.0 {
+            return Err(DeviceError::Rejected {
+                device: self.name.clone(),
+                setting: "frame_time".into(),
+                requested: format!("{} s", s.frame_time_s),
+                actual: format!("not longer than the detector's readout time, {readout} s"),
+            });
+        }
+        tracing::info!(
+            "{}: count_time {count} s (frame_time {} s minus the readout time {readout} s; {} s asked for)",
+            self.name,
+            s.frame_time_s,
+            s.exposure_s
+        );
+        Ok(count)
+    }
+
     fn get_u64(&self, param: &str) -> Result<u64, DeviceError> {
         let v = self
             .rest
@@ -390,7 +430,8 @@ impl Detector for DectrisDetector {
         self.put(&mut readback, "trigger_mode", Value::from(mode.as_str()))?;
         self.put(&mut readback, "ntrigger", Value::from(ntrigger))?;
         self.put(&mut readback, "nimages", Value::from(nimages))?;
-        self.put(&mut readback, "count_time", Value::from(s.exposure_s))?;
+        let count_time = self.count_time_for(s, &mut readback)?;
+        self.put(&mut readback, "count_time", Value::from(count_time))?;
         self.put(&mut readback, "frame_time", Value::from(s.frame_time_s))?;
         if self.cfg.configure_stream {
             let what = |w: &str| format!("configuring the stream ({w})");
