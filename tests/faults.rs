@@ -333,3 +333,54 @@ fn an_hdr_announcing_fewer_or_more_frames_than_the_scan_is_accounted_for() {
         assert_eq!((v.len(), v.received() as u64), (64, announced.min(64)));
     }
 }
+
+/// One frame of the wrong size in the middle of a Merlin stream (MPX framing intact): that
+/// frame is counted damaged, the stream goes on, and every other frame is received —
+/// as a DECTRIS image that fails to decode — instead of the rest of the scan being lost.
+#[test]
+fn one_frame_of_the_wrong_size_is_damaged_and_the_stream_goes_on() {
+    let faults = MerlinFaults {
+        wrong_size_at: Some(5),
+        ..MerlinFaults::default()
+    };
+    let (_sim, c, d) = fast_merlin_sim(4, 4, faults);
+    let dir = ScratchDir::new("fault-wrong-size");
+    let out = dir.path().join("out");
+    let run = command::stemflow(
+        &[
+            "acquire",
+            "--control-port",
+            &c,
+            "--data-port",
+            &d,
+            "--nav-shape",
+            "4x4",
+            "--frame-timeout-s",
+            "2",
+            "--out",
+            path_arg(&out),
+        ],
+        dir.path(),
+        "wrong-size",
+    );
+    // Completed with one damaged frame: exit 1, the summary says so.
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).unwrap()).unwrap();
+    let n = |k: &str| json[k].as_u64().unwrap_or_else(|| panic!("{k}: {json:#}"));
+    assert_eq!(
+        (n("frames_received"), n("frames_damaged"), n("frames_lost")),
+        (15, 1, 0),
+        "{json:#}"
+    );
+    assert_eq!(json["exit_status"], "completed_with_loss", "{json:#}");
+    let rec = stemflow_recording::reader::open_recording(out.join("acquisition.h5"))
+        .expect("opening the recording");
+    let v = rec.validity().expect("validity map");
+    assert_eq!(
+        v.status(5),
+        stemflow_core::validity::FrameStatus::Damaged,
+        "frame 5"
+    );
+    assert_eq!(v.received(), 15);
+}

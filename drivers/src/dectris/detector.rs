@@ -312,16 +312,25 @@ impl DectrisDetector {
     ///
     /// # Errors
     /// [`DeviceError::Rejected`] when the frame period is not longer than the readout time.
+    /// A detector that does not report its readout time gets the count time asked for.
     fn count_time_for(
         &self,
         s: &DetectorSettings,
         readback: &mut BTreeMap<String, String>,
     ) -> Result<f64, DeviceError> {
-        let v = self
-            .rest
-            .detector_config("detector_readout_time")
-            .map_err(|e| rest_err(&self.name, "reading detector_readout_time", e))?;
-        let readout = v.as_f64().filter(|r| *r >= 0.0).unwrap_or(0.0);
+        // A detector that does not offer the key (older firmware, a minimal DCU) is taken
+        // at its word: the settings go as asked and its own consequences are read back.
+        let readout = match self.rest.detector_config("detector_readout_time") {
+            Ok(v) => v.as_f64().filter(|r| *r >= 0.0),
+            Err(e) => {
+                tracing::warn!("{}: detector_readout_time not readable: {e}", self.name);
+                None
+            }
+        };
+        let Some(readout) = readout else {
+            readback.insert("detector_readout_time".into(), "unknown".into());
+            return Ok(s.exposure_s);
+        };
         readback.insert("detector_readout_time".into(), readout.to_string());
         if s.exposure_s + readout <= s.frame_time_s {
             return Ok(s.exposure_s);

@@ -395,8 +395,9 @@ impl Protocol for MerlinProtocol {
         sink: &mut Sink<'_, Self>,
     ) -> Result<Flow, MerlinError> {
         let seq = match self.frame_header(prefix, sink)? {
-            Some(seq) => seq,
-            None => return Ok(Flow::Stopped),
+            Head::Frame(seq) => seq,
+            Head::Skipped => return Ok(Flow::Continue),
+            Head::Stopped => return Ok(Flow::Stopped),
         };
         if seq == 0 {
             return Err(MerlinError::Sequence {
@@ -706,15 +707,19 @@ impl MerlinProtocol {
 
     /// Reads the rest of one MQ1 frame header (its tag is read) and checks it against the
     /// acquisition's format; the first frame of an acquisition sets the format (decoder,
-    /// pool, `FirstFrame`). Returns its sequence number, or `None` on stop. A frame that
-    /// arrived unusable is counted damaged before the error.
+    /// pool, `FirstFrame`). Returns its sequence number, [`Head::Skipped`] for a frame of
+    /// the wrong size that was skipped, or [`Head::Stopped`]. A frame that arrived unusable
+    /// is counted damaged before the error.
     fn frame_header(
         &mut self,
         prefix: MpxPrefix,
         sink: &mut Sink<'_, Self>,
-    ) -> Result<Option<u64>, MerlinError> {
+    ) -> Result<Head, MerlinError> {
         let Some(f) = self.format else {
-            return self.first_frame(prefix, sink);
+            return Ok(match self.first_frame(prefix, sink)? {
+                Some(seq) => Head::Frame(seq),
+                None => Head::Stopped,
+            });
         };
         let device = self.cfg.device.clone();
         let message = prefix.payload_len();
@@ -723,12 +728,31 @@ impl MerlinProtocol {
         if prefix.length != f.mpx_length {
             // It arrived, but unusable.
             sink.damaged(next_seq - 1, 1);
-            return Err(MerlinError::FrameSize {
+            let error = MerlinError::FrameSize {
                 device,
                 sequence: next_seq,
                 expected: f.mpx_length - 1,
                 observed: message as u64,
-            });
+            };
+            // The MPX framing says where this message ends: skip it and go on with the
+            // next frame (one damaged frame, as a DECTRIS image that fails to decode),
+            // unless its length is implausible (then the stream is not trusted further).
+            if prefix.length > 2 * f.mpx_length {
+                return Err(error);
+            }
+            tracing::warn!("{error}; frame counted damaged, the stream goes on");
+            let rest = message - 4;
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let skipped = self.conn.skip(rest, &mut scratch, self.cfg.frame_timeout);
+            self.scratch = scratch;
+            let total = (START_LEN + rest) as u64;
+            let what = FrameName(next_seq);
+            return match skipped.map_err(self.io_error("skipping a frame of the wrong size"))? {
+                (Fill::Done, _) => Ok(Head::Skipped),
+                (Fill::Stopped(_), _) => Ok(Head::Stopped),
+                (Fill::Eof(_), n) => Err(self.truncated(&what, total, (START_LEN + n) as u64)),
+                (Fill::TimedOut(_), n) => Err(self.stalled(&what, total, (START_LEN + n) as u64)),
+            };
         }
         let mut head = std::mem::take(&mut self.head);
         head.resize(f.data_offset, 0);
@@ -741,7 +765,7 @@ impl MerlinProtocol {
             Ok(Body::Complete) => mq1::quick_parse(&head),
             Ok(Body::Stopped) => {
                 self.head = head;
-                return Ok(None);
+                return Ok(Head::Stopped);
             }
             Err(e) => {
                 self.head = head;
@@ -763,7 +787,7 @@ impl MerlinProtocol {
                 observed: offset,
             });
         }
-        Ok(Some(seq))
+        Ok(Head::Frame(seq))
     }
 
     /// Reads and parses the first frame header of an acquisition, builds the decoder and
@@ -870,4 +894,14 @@ impl MerlinProtocol {
                 source,
             })
     }
+}
+
+/// What reading a frame header gave.
+enum Head {
+    /// A frame of the acquisition's format, with its sequence number (from 1).
+    Frame(u64),
+    /// A frame of another size, counted damaged and skipped.
+    Skipped,
+    /// The receiver was stopped.
+    Stopped,
 }
