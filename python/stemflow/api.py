@@ -501,7 +501,17 @@ class Context:
         yield from _drive(_PlanRef(plan), progress, plots, partial, start)
 
 
-def _damage(plan: _Plan, frames_processed: int) -> np.ndarray:
+def _damage(plan: _Plan, frames_processed: int, engine=None) -> np.ndarray:
+    """Nav-shaped: True where a frame was processed. From a built-in nav buffer when the
+    run has one (positions not yet merged are NaN there); else the first
+    ``frames_processed`` positions (exact at the end of a run, approximate for partial
+    results, whose partitions finish out of order)."""
+    for raw in engine or ():
+        for kind, _unit, _dtype, values in raw.values():
+            if kind == "nav":
+                v = np.asarray(values)
+                done = ~np.isnan(v)
+                return done.reshape(plan.nav_shape + (-1,)).any(axis=-1)
     d = np.zeros(plan.nav_shape, dtype=bool)
     d.reshape(-1)[:frames_processed] = True
     if plan.roi is not None:
@@ -571,7 +581,7 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
                 frames, engine = item
                 plan = ref.plan
                 res = UDFResults(
-                    plan.results(engine, final=False), frames, _damage(plan, frames), False
+                    plan.results(engine, final=False), frames, _damage(plan, frames, engine), False
                 )
                 if plots:
                     if viz is None:
@@ -597,7 +607,12 @@ def _drive(ref: _PlanRef, progress, plots, partial, start, token=None) -> Iterat
         raise RuntimeError(error or "the run ended without results")
     if prog is not None:
         prog.update(done, final=True)
-    res = UDFResults(plan.results(summary["results"], final=True), done, _damage(plan, done), True)
+    res = UDFResults(
+        plan.results(summary["results"], final=True),
+        done,
+        _damage(plan, done, summary["results"]),
+        True,
+    )
     res.record = summary.get("record")
     if plots:
         if viz is None:

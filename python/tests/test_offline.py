@@ -248,12 +248,32 @@ def test_frames_are_read_only_views(ctx, data):
 
 
 def test_run_udf_iter_yields_partial_then_final_results(ctx):
-    big = np.ones((64, 64, 64, 64), dtype=np.uint16)
+    class Slow(UDF):
+        """Takes 0.1 s per partition, so that the run lasts several snapshot intervals."""
+
+        def get_result_buffers(self):
+            return {"x": self.buffer(kind="nav")}
+
+        def process_partition(self, partition):
+            import time
+
+            time.sleep(0.1)
+            self.results.x[:] = 1
+
+    big = np.ones((64, 64, 16, 16), dtype=np.uint16)
     ds = ctx.load("memory", data=big)
-    parts = list(ctx.run_udf_iter(dataset=ds, udf=[SumSigUDF(), MaxUDF()]))
+    parts = list(ctx.run_udf_iter(dataset=ds, udf=[SumSigUDF(), MaxUDF(), Slow()]))
     assert parts[-1].finished and all(not p.finished for p in parts[:-1])
     assert parts[-1].frames_processed == 64 * 64
-    assert np.all(parts[-1].buffers[0]["intensity"].data == 64 * 64)
+    assert np.all(parts[-1].buffers[0]["intensity"].data == 16 * 16)
+    # Partial results came while the run went on: fewer frames, NaN where not yet done.
+    partial = [p for p in parts[:-1] if 0 < p.frames_processed < 64 * 64]
+    assert partial, [p.frames_processed for p in parts]
+    p = partial[0]
+    done = p.damage
+    assert done.sum() == p.frames_processed
+    assert np.isnan(p.buffers[0]["intensity"].data[~done]).all()
+    assert (p.buffers[0]["intensity"].data[done] == 16 * 16).all()
     counts = [p.frames_processed for p in parts]
     assert counts == sorted(counts)
 
