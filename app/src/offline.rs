@@ -200,7 +200,9 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
         println!("{}", reductions.describe());
     }
     let h5 = args.out.join("processed.h5");
-    let mut rec = Hdf5Recorder::create(&h5, RecordingSpec::new(nav, sig, dtype))?;
+    let mut spec = RecordingSpec::new(nav, sig, dtype);
+    spec.frames_written = !args.no_raw;
+    let mut rec = Hdf5Recorder::create(&h5, spec)?;
     let sink = (!args.no_raw).then_some(&mut rec as &mut dyn stemflow_core::sink::TileSink);
     let summary = reduce(data.as_mut(), nav, &reductions, sink, &cancel)?;
     let cancelled = summary.outcome == Outcome::Cancelled;

@@ -81,6 +81,10 @@ pub struct RecordingSpec {
     /// (default [`DEFAULT_DISK_RESERVE`]): a recording that would not fit is refused
     /// before the file is created.
     pub disk_reserve: u64,
+    /// Whether frames will be written (default true). A recording that only keeps the
+    /// validity map, metadata and results (`process --no-raw`) takes no disk for its
+    /// frames (the file is sparse) and is not checked against the free space.
+    pub frames_written: bool,
 }
 
 /// Bytes left free on the disk beside an uncompressed recording: 256 MiB.
@@ -100,6 +104,7 @@ impl RecordingSpec {
             flush_interval: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(30),
             disk_reserve: DEFAULT_DISK_RESERVE,
+            frames_written: true,
         }
     }
 
@@ -561,7 +566,7 @@ fn check_spec(path: &Path, spec: &RecordingSpec) -> Result<(), RecordingError> {
             spec.frame_bytes()
         )));
     }
-    if spec.compression.is_none() {
+    if spec.compression.is_none() && spec.frames_written {
         // Uncompressed chunks are all allocated when the file is created: the frames must
         // fit on the disk, with the reserve left free.
         let dir = match path.parent() {
