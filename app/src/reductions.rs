@@ -226,40 +226,66 @@ fn run(
             .build(&g, inputs.sig_shape, inputs.nav_shape)
             .map_err(|e| format!("{e:#}"))?;
         let cfg = reductions.run_config(inputs.nav_shape, inputs.sig_shape, inputs.dtype, roi);
-        let mut recording = inputs.recording;
-        let sink: Option<&mut dyn TileSink> = if record_raw {
-            recording.as_deref_mut().map(|r| r as &mut dyn TileSink)
-        } else {
-            None
-        };
-        let mut on_snapshot = |s: &stemflow_processing::Snapshot| {
-            let _ = snaps.send(Arc::new(LiveSnapshot {
-                frames_processed: s.frames_processed,
-                results: s.results.clone(),
-            }));
-        };
-        let summary = stemflow_processing::run_live(
+        let (output, _) = run_pipeline(
             inputs.stacks,
+            inputs.recording,
             &udfs,
             &cfg,
-            sink,
-            &mut on_snapshot,
+            record_raw,
             &cancel,
-        )
-        .map_err(|e| e.to_string())?;
-        let _ = snaps.send(Arc::new(LiveSnapshot {
-            frames_processed: summary.frames_processed,
-            results: summary.results.clone(),
-        }));
-        Ok(PipelineOutput {
-            results: summary.results,
-            frames_processed: summary.frames_processed,
-            damaged: summary.damaged,
-            cancelled: summary.outcome == Outcome::Cancelled,
-            unprocessed_from: summary.unprocessed_from,
-            recording,
-        })
+            &snaps,
+            &mut |_| {},
+        )?;
+        Ok(output)
     })
+}
+
+/// The body of a live pipeline: runs `udfs` with `cfg` on the acquisition's `stacks`, the
+/// raw frames into `recording` when `record_raw`; every snapshot, and the final results,
+/// go to the orchestrator through `snaps` and to `on_snapshot` (a front end's own view).
+///
+/// Returns the pipeline's output (the recording handed back) and the engine's summary.
+///
+/// # Errors
+/// The engine's error, as text.
+#[allow(clippy::too_many_arguments)]
+pub fn run_pipeline(
+    stacks: crossbeam_channel::Receiver<stemflow_core::frame::RawStack>,
+    mut recording: Option<Box<dyn stemflow_actors::recorder::Recording>>,
+    udfs: &[Box<dyn Udf>],
+    cfg: &RunConfig,
+    record_raw: bool,
+    cancel: &std::sync::atomic::AtomicBool,
+    snaps: &tokio::sync::watch::Sender<Arc<LiveSnapshot>>,
+    on_snapshot: &mut dyn FnMut(&stemflow_processing::Snapshot),
+) -> Result<(PipelineOutput, stemflow_processing::RunSummary), String> {
+    let sink: Option<&mut dyn TileSink> = if record_raw {
+        recording.as_deref_mut().map(|r| r as &mut dyn TileSink)
+    } else {
+        None
+    };
+    let mut on_snap = |s: &stemflow_processing::Snapshot| {
+        let _ = snaps.send(Arc::new(LiveSnapshot {
+            frames_processed: s.frames_processed,
+            results: s.results.clone(),
+        }));
+        on_snapshot(s);
+    };
+    let summary = stemflow_processing::run_live(stacks, udfs, cfg, sink, &mut on_snap, cancel)
+        .map_err(|e| e.to_string())?;
+    let _ = snaps.send(Arc::new(LiveSnapshot {
+        frames_processed: summary.frames_processed,
+        results: summary.results.clone(),
+    }));
+    let output = PipelineOutput {
+        results: summary.results.clone(),
+        frames_processed: summary.frames_processed,
+        damaged: summary.damaged.clone(),
+        cancelled: summary.outcome == Outcome::Cancelled,
+        unprocessed_from: summary.unprocessed_from,
+        recording,
+    };
+    Ok((output, summary))
 }
 
 /// A pipeline builder running `reductions`, built for the shapes announced at arm time; the

@@ -17,13 +17,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use stemflow_actors::orchestrator::{PipelineBuilder, ReadyHook, RunRecord};
-use stemflow_actors::processing::{LiveSnapshot, PipelineOutput};
 use stemflow_app::options::{AcquireOptions, SimOptions};
 use stemflow_app::registry::DetectorKind;
 use stemflow_app::sim::RunningSim;
 use stemflow_core::detector::{ArmMode, DetectorTrigger};
 use stemflow_core::result::UdfResults;
-use stemflow_core::sink::TileSink;
 use stemflow_core::{NavShape, SigShape};
 use stemflow_processing::{Outcome, RunConfig};
 
@@ -255,17 +253,7 @@ fn live_run(
                 if let Some(r) = roi {
                     cfg = cfg.with_roi(r);
                 }
-                let mut recording = inputs.recording;
-                let sink: Option<&mut dyn TileSink> = if record_raw {
-                    recording.as_deref_mut().map(|r| r as &mut dyn TileSink)
-                } else {
-                    None
-                };
                 let mut on_snap = |s: &stemflow_processing::Snapshot| {
-                    let _ = snaps.send(Arc::new(LiveSnapshot {
-                        frames_processed: s.frames_processed,
-                        results: s.results.clone(),
-                    }));
                     if let Some(cb) = on_snapshot.as_ref() {
                         Python::attach(|py| {
                             let r = results::to_py(py, &s.results)
@@ -276,35 +264,24 @@ fn live_run(
                         });
                     }
                 };
-                let summary = stemflow_processing::run_live(
+                let run = stemflow_app::reductions::run_pipeline(
                     inputs.stacks,
+                    inputs.recording,
                     &list,
                     &cfg,
-                    sink,
-                    &mut on_snap,
+                    record_raw,
                     &cancel,
-                )
-                .map_err(|e| e.to_string())?;
+                    &snaps,
+                    &mut on_snap,
+                );
                 // The Python UDF tasks hold Python objects: dropped with the GIL.
                 Python::attach(|_| drop(list));
-                {
-                    let mut o = outcome.lock().unwrap_or_else(|p| p.into_inner());
-                    o.results = summary.results.clone();
-                    o.frames_processed = summary.frames_processed;
-                    o.cancelled = summary.outcome == Outcome::Cancelled;
-                }
-                let _ = snaps.send(Arc::new(LiveSnapshot {
-                    frames_processed: summary.frames_processed,
-                    results: summary.results.clone(),
-                }));
-                Ok(PipelineOutput {
-                    results: summary.results,
-                    frames_processed: summary.frames_processed,
-                    damaged: summary.damaged,
-                    cancelled: summary.outcome == Outcome::Cancelled,
-                    unprocessed_from: summary.unprocessed_from,
-                    recording,
-                })
+                let (output, summary) = run?;
+                let mut o = outcome.lock().unwrap_or_else(|p| p.into_inner());
+                o.results = summary.results;
+                o.frames_processed = summary.frames_processed;
+                o.cancelled = summary.outcome == Outcome::Cancelled;
+                Ok(output)
             })
         })
     };
