@@ -80,6 +80,8 @@ pub struct RunArgs {
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
     /// Blank the beam when the sequence ends (every exit path).
     #[arg(long)]
     pub blank_beam_on_cleanup: bool,
@@ -125,6 +127,8 @@ pub struct QueueArgs {
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
     /// Simulated-instrument fault: this microscope setting (e.g. `defocus_m`) does not take.
     #[arg(long)]
     pub sim_stuck_setting: Option<String>,
@@ -138,6 +142,52 @@ pub struct QueueArgs {
     /// `live view: http://ADDR/`.
     #[arg(long, value_name = "ADDR")]
     pub live_view: Option<SocketAddr>,
+}
+
+/// How a run records: compression, overwriting an earlier run, calibration (every command
+/// that writes a recording).
+#[derive(Args, Debug, Clone, Default)]
+pub struct RecordingArgs {
+    /// Frame compression: none, deflate (gzip level 1 with byte shuffle: every reader opens
+    /// it as installed), deflate:1 … deflate:9, or bslz4 (bitshuffle-LZ4, HDF5 filter
+    /// 32008: readers need `pip install hdf5plugin`). Default: the profile's, else deflate.
+    #[arg(long, value_name = "NAME", value_parser = parse_compression)]
+    pub compression: Option<stemflow_app::options::Compression>,
+    /// Replace the outputs of an earlier run in the output folder (without it such a
+    /// folder is refused).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Scan step, nm per scan position (the calibration of the scan axes); overrides the
+    /// profile's `[scan] step_nm`.
+    #[arg(long, value_name = "NM")]
+    pub scan_step_nm: Option<f64>,
+    /// Scan rotation, degrees; overrides the profile's `[scan] rotation_deg`.
+    #[arg(long, value_name = "DEG")]
+    pub scan_rotation_deg: Option<f64>,
+    /// Detector pixel pitch, µm; default: the profile's, the detector's read-back value or
+    /// its model's (Merlin 55, ARINA 100, QUADRO 75).
+    #[arg(long, value_name = "UM")]
+    pub pixel_pitch_um: Option<f64>,
+}
+
+/// `--compression`.
+///
+/// # Errors
+/// Not one of the names.
+pub fn parse_compression(text: &str) -> Result<stemflow_app::options::Compression, String> {
+    text.parse()
+}
+
+impl From<RecordingArgs> for app::RecordingChoice {
+    fn from(a: RecordingArgs) -> Self {
+        Self {
+            compression: a.compression,
+            overwrite: a.overwrite,
+            scan_step_nm: a.scan_step_nm,
+            scan_rotation_deg: a.scan_rotation_deg,
+            pixel_pitch_um: a.pixel_pitch_um,
+        }
+    }
 }
 
 /// Which reductions a run computes, over which scan positions and how often it shows them
@@ -215,6 +265,8 @@ pub struct SimulateArgs {
     /// Do not record raw frames (results and images are still written).
     #[arg(long)]
     pub no_raw: bool,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
     /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
     /// a free one): `/` a page of the images, `/status.json`, `/result/<udf>/<buffer>.png`.
     /// The bound address is printed to stderr as `live view: http://ADDR/`.
@@ -317,6 +369,8 @@ pub struct AcquireArgs {
     /// Do not record raw frames.
     #[arg(long)]
     pub no_raw: bool,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
     /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
     /// a free one): `/` a page of the images, `/status.json`, `/result/<udf>/<buffer>.png`.
     /// The bound address is printed to stderr as `live view: http://ADDR/`.
@@ -363,10 +417,12 @@ pub struct ProcessArgs {
     /// Output folder.
     #[arg(long, default_value = "out")]
     pub out: PathBuf,
-    /// Do not copy the frames into `processed.h5` (results, images and run.json are still
-    /// written).
+    /// Do not copy the frames into the recording (results, images and run.json are still
+    /// written; the file holds no frames dataset).
     #[arg(long)]
     pub no_raw: bool,
+    #[command(flatten)]
+    pub recording: RecordingArgs,
     #[command(flatten)]
     pub reductions: ReductionArgs,
 }
@@ -474,6 +530,23 @@ pub struct BenchDectrisArgs {
     /// Repetitions per configuration (the best is reported).
     #[arg(long, default_value_t = 2)]
     pub repeat: usize,
+    /// Recording modes, comma separated: off (no recording), none, deflate, deflate:N,
+    /// bslz4 (raw frames into a scratch file in the temporary folder, removed after). Each
+    /// is reported with its rate as a percentage of `off`'s.
+    #[arg(long, default_value = "off", value_delimiter = ',', value_parser = parse_record_mode)]
+    pub record: Vec<stemflow_app::bench::RecordMode>,
+}
+
+/// A `--record` mode: `off`, or a compression name.
+///
+/// # Errors
+/// Neither `off` nor a compression.
+pub fn parse_record_mode(text: &str) -> Result<stemflow_app::bench::RecordMode, String> {
+    if text.trim() == "off" {
+        Ok(None)
+    } else {
+        parse_compression(text).map(Some)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -516,6 +589,9 @@ pub struct BenchMerlinArgs {
     /// Repetitions per configuration (the best is reported).
     #[arg(long, default_value_t = 2)]
     pub repeat: usize,
+    /// Recording modes, comma separated, as for `bench dectris --record`.
+    #[arg(long, default_value = "off", value_delimiter = ',', value_parser = parse_record_mode)]
+    pub record: Vec<stemflow_app::bench::RecordMode>,
 }
 
 impl From<ReductionArgs> for app::ReductionChoice {
@@ -536,6 +612,7 @@ impl From<SimulateArgs> for app::SimulateOptions {
             profile: a.profile,
             nav_shape: a.nav_shape,
             no_raw: a.no_raw,
+            recording: a.recording.into(),
             live_view: a.live_view,
             reductions: a.reductions.into(),
         }
@@ -581,6 +658,7 @@ impl From<AcquireArgs> for app::AcquireOptions {
             first_frame_timeout_s: a.first_frame_timeout_s,
             raw: a.raw,
             no_raw: a.no_raw,
+            recording: a.recording.into(),
             live_view: a.live_view,
             reductions: a.reductions.into(),
         }
@@ -609,6 +687,7 @@ impl From<ProcessArgs> for app::ProcessOptions {
             },
             out: a.out,
             no_raw: a.no_raw,
+            recording: a.recording.into(),
             reductions: a.reductions.into(),
         }
     }
@@ -626,6 +705,7 @@ impl From<RunArgs> for app::RunOptions {
                 profile: a.profile,
                 reductions: a.reductions.into(),
                 no_raw: a.no_raw,
+                recording: a.recording.into(),
                 live_view: a.live_view,
                 sim_stuck_setting: a.sim_stuck_setting,
                 sim_beam_dip: a.sim_beam_dip,
@@ -645,6 +725,7 @@ impl From<QueueArgs> for app::QueueRunOptions {
                 profile: a.profile,
                 reductions: a.reductions.into(),
                 no_raw: a.no_raw,
+                recording: a.recording.into(),
                 live_view: a.live_view,
                 sim_stuck_setting: a.sim_stuck_setting,
                 sim_beam_dip: a.sim_beam_dip,
@@ -695,6 +776,7 @@ impl From<BenchMerlinArgs> for app::BenchMerlinOptions {
             sig_shape: a.sig_shape,
             counter_depth: a.counter_depth,
             repeat: a.repeat,
+            record: a.record,
         }
     }
 }
@@ -717,6 +799,7 @@ impl From<BenchDectrisArgs> for app::BenchDectrisOptions {
         Self {
             nav_shape: a.nav_shape,
             repeat: a.repeat,
+            record: a.record,
         }
     }
 }

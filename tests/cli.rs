@@ -100,7 +100,7 @@ fn simulated_instrument_scan_writes_recording_and_images() {
         );
     }
 
-    let rec = open(&out.join("scan.h5"));
+    let rec = open(&out.join("recording.hspy"));
     assert!(rec.is_complete(), "recording not marked complete");
     assert_eq!((rec.nav_shape().rows, rec.nav_shape().cols), (16, 16));
     assert_eq!((rec.sig_shape().rows, rec.sig_shape().cols), (256, 256));
@@ -152,14 +152,22 @@ fn simulated_instrument_scan_writes_recording_and_images() {
         "virtual BF vs ADF correlation {r:.3}, expected clearly negative"
     );
 
-    for png in [
-        "virtual_bf.png",
-        "virtual_adf.png",
-        "com_x.png",
-        "com_y.png",
-    ] {
-        assert_eq!(png_size(&out.join(png)), (16, 16), "{png} size");
+    // One figure per map, enlarged (16 positions at 32 pixels each, plus title, colour bar
+    // and margins), beside a grey image of one pixel per position; the mean diffraction
+    // pattern (256 × 256 at 2 pixels each) and the overview.
+    for name in ["virtual_bf", "virtual_adf", "com_x", "com_y"] {
+        let (w, h) = png_size(&out.join(format!("{name}.png")));
+        assert!(w > 512 && h > 512, "{name}.png is {w} × {h}");
+        let raw = format!("{name}_raw.png");
+        assert_eq!(png_size(&out.join(&raw)), (16, 16), "{raw} size");
     }
+    let (w, h) = png_size(&out.join("mean_diffraction_pattern.png"));
+    assert!(
+        w > 512 && h > 512,
+        "mean_diffraction_pattern.png is {w} × {h}"
+    );
+    let (w, h) = png_size(&out.join("overview.png"));
+    assert!(w > 3 * 256 && h > 3 * 256, "overview.png is {w} × {h}");
     let record: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
             .expect("run.json is JSON");
@@ -269,8 +277,8 @@ fn live_equals_offline(stem: &str) {
     );
     run.assert_success(&format!("stemflow process {stem}"));
 
-    let a = open(&live.join("acquisition.h5"));
-    let b = open(&offline.join("processed.h5"));
+    let a = open(&live.join("recording.hspy"));
+    let b = open(&offline.join("recording.hspy"));
     assert_eq!(a.frames(), 9, "{stem}: live frames");
     assert_eq!(b.frames(), 9, "{stem}: offline frames");
     assert_eq!(a.sig_shape(), b.sig_shape(), "{stem}: sig shape");
@@ -397,7 +405,7 @@ fn passive_acquire_records_acquisition_armed_elsewhere() {
         "{}",
         run.describe()
     );
-    let rec = open(&out.join("acquisition.h5"));
+    let rec = open(&out.join("recording.hspy"));
     assert_eq!(rec.frames(), 9);
     // The hint `?x3` folds the 9 announced frames into 3 lines of 3.
     assert_eq!((rec.nav_shape().rows, rec.nav_shape().cols), (3, 3));

@@ -146,7 +146,7 @@ fn spec(path: &Path) {
 }
 
 /// `stemflow process` on a long input: SIGINT after it started → exit 130 within seconds,
-/// `run.json` and `processed.h5` written, `exit_status = "cancelled"`, fewer frames
+/// `run.json` and `recording.hspy` written, `exit_status = "cancelled"`, fewer frames
 /// processed than expected, and the one-line message on stderr.
 #[cfg(unix)]
 #[test]
@@ -172,7 +172,7 @@ fn cancels_process(stop: Stop) {
     spec(&spec_path);
     let out = dir.path().join("out");
     let mut cmd = stemflow();
-    // --no-raw: the frames read are not copied into processed.h5 (no disk needed).
+    // --no-raw: the frames read are not copied into recording.hspy (no disk needed).
     cmd.args([
         "process",
         "--format",
@@ -230,8 +230,8 @@ fn cancels_process(stop: Stop) {
     let done = run["frames_processed"].as_u64().expect("frames_processed");
     assert!(done < frames, "all {done} frames processed: not cancelled");
     assert!(
-        out.join("processed.h5").is_file(),
-        "processed.h5 not written"
+        out.join("recording.hspy").is_file(),
+        "recording.hspy not written"
     );
     assert!(
         run["results"].as_array().is_some_and(|r| !r.is_empty()),
@@ -322,10 +322,13 @@ fn cancels_a_live_simulated_scan(stop: Stop) {
         .expect("frames_not_acquired");
     assert!(not_acquired > 0, "{run:#}");
     assert_eq!(received + damaged + not_acquired, frames, "{run:#}");
-    assert!(out.join("scan.h5").is_file(), "recording not finished");
+    assert!(
+        out.join("recording.hspy").is_file(),
+        "recording not finished"
+    );
     // The recording's validity map says the same: code 3 for the positions never scanned.
-    let rec =
-        stemflow_recording::reader::open_recording(out.join("scan.h5")).expect("opening scan.h5");
+    let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
+        .expect("opening recording.hspy");
     let v = rec.validity().expect("validity map");
     assert_eq!(v.not_acquired() as u64, not_acquired);
     assert_eq!(v.missing(), 0, "lost frames in the map");

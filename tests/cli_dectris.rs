@@ -83,7 +83,7 @@ fn acquire_from_the_dectris_simulator_replaying_the_capture() {
     drop(log);
     drop(sim);
 
-    let rec = open_recording(out.join("acquisition.h5")).expect("recording");
+    let rec = open_recording(out.join("recording.hspy")).expect("recording");
     assert_eq!(rec.frames(), 256);
     assert_eq!((rec.sig_shape().rows, rec.sig_shape().cols), (256, 256));
     let meta = rec.metadata().expect("metadata");
@@ -92,7 +92,7 @@ fn acquire_from_the_dectris_simulator_replaying_the_capture() {
     let processed = dir.path().join("offline");
     let (ok, text) = stemflow(&[
         "process",
-        out.join("acquisition.h5").to_str().expect("utf-8"),
+        out.join("recording.hspy").to_str().expect("utf-8"),
         "--out",
         processed.to_str().expect("utf-8"),
     ]);
@@ -135,7 +135,7 @@ fn simulated_instrument_with_a_dectris_detector() {
         "{}",
         tail(&text, 4000)
     );
-    let rec = open_recording(out.join("scan.h5")).expect("recording");
+    let rec = open_recording(out.join("recording.hspy")).expect("recording");
     assert_eq!(rec.frames(), 144);
     assert_eq!((rec.sig_shape().rows, rec.sig_shape().cols), (192, 192));
     assert_eq!(rec.dtype(), stemflow_core::DType::U16);
@@ -209,7 +209,7 @@ fn passive_acquire_of_a_series_armed_elsewhere_with_a_scan_shape_hint() {
         "{}",
         tail(&text, 4000)
     );
-    let rec = open_recording(out.join("acquisition.h5")).expect("recording");
+    let rec = open_recording(out.join("recording.hspy")).expect("recording");
     assert_eq!((rec.nav_shape().rows, rec.nav_shape().cols), (16, 16));
     assert_eq!(rec.metadata().expect("metadata").mode, "passive");
 }
@@ -261,7 +261,7 @@ fn dectris_frame_time_and_count_time_apart() {
         args.extend(extra.iter());
         let (ok, text) = stemflow(&args);
         assert!(ok, "{tag}: {}", tail(&text, 4000));
-        let meta = open_recording(out.join("acquisition.h5"))
+        let meta = open_recording(out.join("recording.hspy"))
             .expect("recording")
             .metadata()
             .expect("metadata");
@@ -281,4 +281,128 @@ fn dectris_frame_time_and_count_time_apart() {
         assert!((get("detector_readout_time") - 1e-7).abs() < 1e-15, "{tag}");
         sim.stop();
     }
+}
+
+/// Starts `stemflow sim dectris` replaying `capture`; returns it, its stdout tap and the
+/// REST and stream ports it printed.
+fn start_dectris_sim(capture: &std::path::Path) -> (ChildGuard, common::process::LogTap, u16, u16) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
+    cmd.args(["sim", "dectris", "--api-port", "0", "--stream-port", "0"])
+        .args(["--fast", "--duration-s", "120", "--recording"])
+        .arg(capture)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut sim = ChildGuard::spawn("stemflow sim dectris", &mut cmd);
+    let log = sim.tap_stdout();
+    let ports = log.wait_for(
+        Duration::from_secs(30),
+        || sim.try_status().is_none(),
+        |text| {
+            let line = text.lines().find(|l| l.starts_with("api_port="))?;
+            let mut it = line
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('=')?.1.parse::<u16>().ok());
+            Some((it.next()?, it.next()?))
+        },
+    );
+    let Some((api, stream)) = ports else {
+        panic!("`stemflow sim dectris` printed no ports: {}", log.text());
+    };
+    (sim, log, api, stream)
+}
+
+/// The message parts of a stream capture (dump format, shared/data/README.md §4.2: an
+/// 8-byte little-endian length, then the part).
+fn capture_parts(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut parts = Vec::new();
+    let mut pos = 0;
+    while pos + 8 <= bytes.len() {
+        let len = u64::from_le_bytes(bytes[pos..pos + 8].try_into().expect("8 bytes")) as usize;
+        let end = (pos + 8 + len).min(bytes.len());
+        parts.push(&bytes[pos + 8..end]);
+        pos = end;
+    }
+    parts
+}
+
+/// `--compression bslz4` with a DECTRIS detector: the frames the detector sent as
+/// bitshuffle-LZ4 blobs are the recording's chunks byte for byte (HDF5 direct chunk write,
+/// no decode and re-encode), the file is as small as the stream, and the frames read back
+/// (through stemflow's filter) are the capture's (their total is the README's).
+#[test]
+fn dectris_bslz4_frames_are_recorded_as_they_came() {
+    let capture = shared_data().join("dectris/stream-v1/synthetic_16x16_256_u16.dump");
+    let (sim, log, api, stream) = start_dectris_sim(&capture);
+    let dir = ScratchDir::new("cli-dectris-bslz4");
+    let out = dir.path().join("live");
+    let (api_s, stream_s) = (api.to_string(), stream.to_string());
+    let (ok, text) = stemflow(&[
+        "acquire",
+        "--detector",
+        "dectris",
+        "--api-port",
+        &api_s,
+        "--stream-port",
+        &stream_s,
+        "--trigger",
+        "internal",
+        "--nav-shape",
+        "16x16",
+        "--exposure-ms",
+        "0.1",
+        "--compression",
+        "bslz4",
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    drop(log);
+    drop(sim);
+    assert!(ok, "acquire failed:\n{}", tail(&text, 6000));
+    assert!(
+        text.contains("256 expected, 256 received, 0 lost, 0 damaged, 256 processed"),
+        "{}",
+        tail(&text, 6000)
+    );
+    let file = out.join("recording.hspy");
+
+    // Frame 0's blob as the capture holds it: the first part whose bitshuffle-LZ4 header
+    // declares one 256 × 256 u16 frame (131072 bytes).
+    let bytes = std::fs::read(&capture).expect("capture");
+    let blobs: Vec<&[u8]> = capture_parts(&bytes)
+        .into_iter()
+        .filter(|p| p.len() > 12 && p[..8] == 131_072u64.to_be_bytes())
+        .collect();
+    assert_eq!(blobs.len(), 256, "one blob per frame in the capture");
+    let blob_bytes: usize = blobs.iter().map(|b| b.len()).sum();
+    let h5 = hdf5::File::open(&file).expect("open");
+    let frames = h5.dataset("/entry/data/frames").expect("frames");
+    for (i, blob) in blobs.iter().enumerate().step_by(37) {
+        let offset = [(i / 16) as u64, (i % 16) as u64, 0, 0];
+        let chunk = stemflow_recording::bslz4::read_chunk(&frames, &offset).expect("chunk");
+        assert!(
+            chunk == *blob,
+            "frame {i}: the stored chunk is not the detector's blob"
+        );
+    }
+    drop(frames);
+    drop(h5);
+    let size = std::fs::metadata(&file).expect("size").len() as usize;
+    assert!(
+        size < blob_bytes + (1 << 20),
+        "recording {size} bytes for {blob_bytes} bytes of stream"
+    );
+
+    let processed = dir.path().join("offline");
+    let (ok, text) = stemflow(&[
+        "process",
+        file.to_str().expect("utf-8"),
+        "--out",
+        processed.to_str().expect("utf-8"),
+    ]);
+    assert!(ok, "process failed:\n{}", tail(&text, 4000));
+    assert!(
+        text.contains("sum over all frames and pixels: 34446517"),
+        "{}",
+        tail(&text, 4000)
+    );
 }

@@ -2,8 +2,8 @@
 //! `.npy`, a big-endian int16 `.npy` and a big-endian int16 raw file of a 4 × 4 scan of
 //! 32 × 32 frames holding negative values (and fractions, for float32). The run must end
 //! with exit status 0; the per-frame sums over the signal (`sum_sig`) and the per-pixel sums
-//! over the scan (`sum`) in `processed.h5` must equal a reference computed here; the frames
-//! copied into `processed.h5` must be the file's values (float32 frames); `run.json` must
+//! over the scan (`sum`) in `recording.hspy` must equal a reference computed here; the frames
+//! copied into `recording.hspy` must be the file's values (float32 frames); `run.json` must
 //! report a completed run of 16 frames with float64 results.
 //!
 //! Every child process runs under a deadline and is killed (with its process group) when
@@ -86,7 +86,7 @@ fn process_and_check(args: &[&str], out: &Path, scratch: &Path, frames: &[Vec<f6
         "the summary line should name the frames' dtype float32: {}",
         run.describe()
     );
-    let h5 = out.join("processed.h5");
+    let h5 = out.join("recording.hspy");
     let rec = open_recording(&h5).unwrap_or_else(|e| panic!("{}: {e}", h5.display()));
     // The reference has negative frame totals and pixel sums, which must survive.
     let per_frame: Vec<f64> = frames.iter().map(|f| f.iter().sum()).collect();

@@ -144,7 +144,7 @@ fn process_with_a_spec_matches_a_naive_reference_inside_the_roi() {
 
     let frames = frames(&hdr);
     assert_eq!(frames.len(), 9);
-    let res = results(&out.join("processed.h5"));
+    let res = results(&out.join("recording.hspy"));
     assert_eq!(
         udf_names(&res),
         ["det", "radial", "stats"],
@@ -319,7 +319,7 @@ fn process_with_a_spec_matches_a_naive_reference_inside_the_roi() {
         "process --roi-mask failed: {}",
         run.describe()
     );
-    let res = results(&out2.join("processed.h5"));
+    let res = results(&out2.join("recording.hspy"));
     let tri_sums = &buffer(&res, "det", "tri").data;
     let want: f64 = tri.iter().map(|&p| frames[8][p]).sum();
     assert_eq!(tri_sums[8], want);
@@ -453,8 +453,8 @@ fn acquire_with_a_spec_equals_process_with_it() {
     );
     assert!(run.status.success(), "process failed: {}", run.describe());
 
-    let a = results(&live.join("acquisition.h5"));
-    let b = results(&offline.join("processed.h5"));
+    let a = results(&live.join("recording.hspy"));
+    let b = results(&offline.join("recording.hspy"));
     assert_eq!(udf_names(&a), ["det", "radial", "stats"]);
     assert_eq!(udf_names(&a), udf_names(&b));
     type Bits = Vec<(String, String, Vec<usize>, Vec<u64>)>;
@@ -538,7 +538,7 @@ fn a_bad_spec_fails_clearly() {
             run.describe()
         );
         assert!(
-            !out.join("processed.h5").exists(),
+            !out.join("recording.hspy").exists(),
             "case {i}: a recording was written"
         );
     }
@@ -591,7 +591,7 @@ fn live_run_computes_the_spec_udfs() {
         "{}",
         run.describe()
     );
-    let h5 = out.join("scan.h5");
+    let h5 = out.join("recording.hspy");
     let res = results(&h5);
     assert_eq!(udf_names(&res), ["slit", "stats", "sum_sig"]);
     // 32 positions in the ROI (rows 0..4 of 8 × 8).
@@ -671,7 +671,7 @@ fn profile_spec_is_used_by_the_live_runs() {
         "profile",
     );
     assert!(run.status.success(), "run failed: {}", run.describe());
-    let res = results(&out.join("scan.h5"));
+    let res = results(&out.join("recording.hspy"));
     assert_eq!(udf_names(&res), ["pick", "radial"]);
     // 256 × 256 frames, 32-pixel bins out to the corner (181 px): 6 bins.
     assert_eq!(buffer(&res, "radial", "profile").shape, vec![4, 4, 6]);
@@ -688,11 +688,7 @@ fn profile_spec_is_used_by_the_live_runs() {
         "plan",
     );
     assert!(run.status.success(), "plan failed: {}", run.describe());
-    let h5: Vec<PathBuf> = std::fs::read_dir(&out)
-        .expect("plan output")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "h5"))
-        .collect();
+    let h5 = plan_recordings(&out);
     assert_eq!(h5.len(), 1, "{h5:?}");
     let res = results(&h5[0]);
     assert_eq!(udf_names(&res), ["pick", "radial"]);
@@ -720,6 +716,28 @@ fn profile_spec_is_used_by_the_live_runs() {
         "{}",
         run.describe()
     );
+}
+
+/// The recordings of a plan's acquisitions: `OUT/NNN_label/recording.hspy`, each folder
+/// holding run.json and the images too, as a single run's output folder does.
+fn plan_recordings(out: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(out)
+        .expect("plan output")
+        .map(|e| e.expect("entry").path())
+        .filter(|d| d.is_dir())
+        .map(|d| d.join("recording.hspy"))
+        .filter(|p| p.is_file())
+        .collect();
+    found.sort();
+    for rec in &found {
+        let dir = rec.parent().expect("acquisition folder");
+        let run: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("run.json")).expect("the acquisition's run.json"),
+        )
+        .expect("run.json is JSON");
+        assert_eq!(run["exit_status"], "completed", "{}", dir.display());
+    }
+    found
 }
 
 /// `run` and `queue` take `--roi-rect` like `process` and `acquire`: the plan's recording
@@ -756,12 +774,17 @@ fn run_and_queue_take_a_roi_checked_against_every_scan() {
         "{}",
         run.describe()
     );
-    let h5: Vec<PathBuf> = std::fs::read_dir(&out)
-        .expect("plan output")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "h5"))
-        .collect();
+    let h5 = plan_recordings(&out);
     assert_eq!(h5.len(), 1, "{h5:?}");
+    // The acquisition's folder has its images, as a single run's has.
+    let acq_dir = h5[0].parent().expect("folder");
+    for png in ["sum_sig_intensity.png", "virtual_bf.png", "overview.png"] {
+        assert!(
+            acq_dir.join(png).is_file(),
+            "{png} missing in {}",
+            acq_dir.display()
+        );
+    }
     let res = results(&h5[0]);
     let sum_sig = buffer(&res, "sum_sig", "intensity");
     assert_eq!(sum_sig.shape, vec![8, 8]);

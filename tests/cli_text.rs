@@ -235,7 +235,102 @@ fn process_checks_the_scan_shape_against_the_frames() {
         "the inferred shape is not said: {}",
         run.describe()
     );
-    let rec = stemflow_recording::reader::open_recording(out.join("processed.h5"))
-        .expect("opening processed.h5");
+    let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
+        .expect("opening recording.hspy");
     assert_eq!(rec.nav_shape(), stemflow_core::NavShape::new(3, 3));
+}
+
+/// `stemflow process` with stderr in a log file: a plain progress line (frames done of the
+/// total, GB/s, the time left) every `STEMFLOW_PROGRESS_INTERVAL_S` seconds while it runs,
+/// with no escape sequences; and nothing for a run shorter than the default interval (5 s).
+#[test]
+fn process_writes_plain_progress_lines_when_redirected() {
+    let dir = ScratchDir::new("text-progress");
+    // A sparse raw file of 8192 zero frames of 256 × 256 u16: 1 GiB to read, no disk blocks.
+    let raw = dir.path().join("long.raw");
+    let frames: u64 = 8192;
+    std::fs::File::create(&raw)
+        .and_then(|f| f.set_len(frames * 256 * 256 * 2))
+        .expect("creating the raw file");
+    let out = dir.path().join("out-long");
+    let args = [
+        "process",
+        "--format",
+        "raw",
+        "--nav-shape",
+        "64x128",
+        "--sig-shape",
+        "256x256",
+        "--dtype",
+        "u16",
+        "--no-raw",
+        "--snapshot-interval-ms",
+        "10",
+        "--out",
+        path_arg(&out),
+        path_arg(&raw),
+    ];
+    let interval = 0.02;
+    let run = command::stemflow_with_env(
+        &args,
+        &[("STEMFLOW_PROGRESS_INTERVAL_S", "0.02")],
+        dir.path(),
+        "progress-long",
+    );
+    run.assert_success("process of 1 GiB");
+    // The processing time, from `processed 8192 frames of … in 1.23 s`.
+    let took: f64 = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("processed 8192 frames"))
+        .and_then(|l| l.rsplit(" in ").next())
+        .and_then(|l| l.trim_end_matches(" s").parse().ok())
+        .unwrap_or_else(|| panic!("no `processed` line: {}", run.describe()));
+    assert!(
+        took > 5.0 * interval,
+        "processing took {took} s, too short to show progress lines (input too small for this machine)"
+    );
+    let lines: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("processing: "))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no progress line in {took} s: {}",
+        run.describe()
+    );
+    for line in &lines {
+        assert!(
+            line.contains(&format!("/{frames} frames (")) && line.contains(" GB/s"),
+            "progress line `{line}` lacks frames or GB/s: {}",
+            run.describe()
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains(", ETA ")),
+        "no progress line says the time left: {lines:?}"
+    );
+    assert!(
+        !run.stderr.contains('\u{1b}'),
+        "escape sequences in a redirected log: {}",
+        run.describe()
+    );
+    // A short run at the default interval says nothing on stderr about progress.
+    let small = dir.path().join("small.raw");
+    std::fs::File::create(&small)
+        .and_then(|f| f.set_len(16 * 256 * 256 * 2))
+        .expect("creating the small raw file");
+    let out = dir.path().join("out-short");
+    let mut short = args;
+    short[4] = "4x4";
+    short[13] = path_arg(&out);
+    short[14] = path_arg(&small);
+    let run = command::stemflow(&short, dir.path(), "progress-short");
+    run.assert_success("process of 16 frames");
+    assert!(
+        !run.stderr.contains("processing: "),
+        "a progress line for a short run: {}",
+        run.describe()
+    );
 }

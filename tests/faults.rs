@@ -133,7 +133,7 @@ fn garbage_mid_stream_names_its_cause_in_run_json_and_the_recording() {
         "{json:#}"
     );
     assert!(frames("frames_lost") > 0, "{json:#}");
-    let rec = stemflow_recording::reader::open_recording(out.join("acquisition.h5"))
+    let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
         .expect("opening the recording");
     let stored: serde_json::Value = serde_json::from_str(
         &rec.run_record_json()
@@ -186,7 +186,7 @@ fn a_killed_recording_says_what_it_holds() {
         status.is_some_and(|s| s.code().is_none()),
         "not killed: {status:?}"
     );
-    let rec = stemflow_recording::reader::open_recording(out.join("scan.h5"))
+    let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
         .expect("the killed recording opens");
     assert!(!rec.is_complete(), "a killed recording marked complete");
     let md = rec.metadata().expect("the killed recording's metadata");
@@ -227,7 +227,7 @@ fn process_refuses_sizes_a_file_cannot_hold() {
         "{}",
         run.describe()
     );
-    assert!(!out.join("scan.h5").exists() && !out.join("processed.h5").exists());
+    assert!(!out.join("recording.hspy").exists() && !out.join("recording.hspy").exists());
 
     let raw = dir.path().join("frames.raw");
     std::fs::write(&raw, [0u8; 512]).unwrap();
@@ -326,7 +326,7 @@ fn an_hdr_announcing_fewer_or_more_frames_than_the_scan_is_accounted_for() {
                 .is_some_and(|r| r.contains(&format!("announced {announced} frames"))),
             "{json:#}"
         );
-        let rec = stemflow_recording::reader::open_recording(out.join("acquisition.h5"))
+        let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
             .expect("opening the recording");
         assert!(rec.is_complete(), "the recording was not finished");
         let v = rec.validity().expect("validity map");
@@ -374,7 +374,7 @@ fn one_frame_of_the_wrong_size_is_damaged_and_the_stream_goes_on() {
         "{json:#}"
     );
     assert_eq!(json["exit_status"], "completed_with_loss", "{json:#}");
-    let rec = stemflow_recording::reader::open_recording(out.join("acquisition.h5"))
+    let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
         .expect("opening the recording");
     let v = rec.validity().expect("validity map");
     assert_eq!(

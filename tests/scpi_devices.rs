@@ -359,7 +359,8 @@ fn profiles_with_scpi_devices_run_the_whole_scan() {
                 "{profile}: no `{needle}` in:\n{text}"
             );
         }
-        let rec = stemflow_recording::reader::open_recording(out.join("scan.h5")).expect("h5");
+        let rec =
+            stemflow_recording::reader::open_recording(out.join("recording.hspy")).expect("h5");
         let meta = rec.metadata().expect("metadata");
         let m = meta.microscope.expect("column state read back");
         assert_eq!(m.high_tension_v, 200e3, "{profile}");

@@ -173,6 +173,7 @@ fn request(p: PipelineBuilder) -> AcquisitionRequest {
         label: "test".into(),
         nav_from_detector: false,
         ready_hook: None,
+        calibration: Default::default(),
     }
 }
 

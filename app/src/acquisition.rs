@@ -34,13 +34,16 @@ pub fn simulate(args: &SimulateOptions) -> Result<()> {
     if let Some(n) = args.nav_shape {
         profile.scan.nav_shape = [n.rows, n.cols];
     }
+    // Before anything starts: an earlier run's outputs are not silently replaced.
+    output::prepare_out(&args.out, args.recording.overwrite)?;
+    let recording = output::recording_output(&args.recording, args.no_raw, Some(&profile))?;
     let SimulatedInstrument {
         sim,
         spec,
         geometry,
         plan,
         reductions,
-    } = assemble_simulated(&profile, MicroscopeFaults::default())?;
+    } = assemble_simulated(&profile, MicroscopeFaults::default(), recording)?;
     let reductions = reductions.with_choice(&args.reductions)?;
     if !reductions.is_default() {
         // Checked against this scan's shapes now, so that a bad spec fails before the scan.
@@ -64,9 +67,7 @@ pub fn simulate(args: &SimulateOptions) -> Result<()> {
         summary.frames,
         summary.data_bytes as f64 / 1e6
     );
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating output folder {}", args.out.display()))?;
-    let h5 = args.out.join("scan.h5");
+    let h5 = args.out.join(stemflow_core::metadata::RECORDING_FILE);
     let req = AcquisitionRequest {
         mode: ArmMode::Active,
         detector: plan.detector_settings(),
@@ -79,6 +80,11 @@ pub fn simulate(args: &SimulateOptions) -> Result<()> {
         label: "simulated".into(),
         nav_from_detector: false,
         ready_hook: None,
+        calibration: args.recording.calibration(
+            profile.scan.step_nm,
+            profile.scan.rotation_deg,
+            profile.detector.pixel_pitch_um,
+        ),
     };
     let rt = runtime()?;
     let result = rt.block_on(run_one(spec, req, args.live_view));
@@ -153,7 +159,11 @@ fn finish(
         println!("result           {line}");
     }
     output::write_run_record(out, &record, &snap.results)?;
-    let images = output::write_images(out, &snap.results, record.metadata.nav_shape)?;
+    let image_opts = output::ImageOptions {
+        frames_summed: Some(snap.frames_processed),
+        ..output::ImageOptions::for_record(&record)
+    };
+    let images = output::write_images(out, &snap.results, record.metadata.nav_shape, &image_opts)?;
     for p in images {
         println!("wrote {}", p.display());
     }
@@ -208,9 +218,12 @@ pub fn acquire(args: &AcquireOptions) -> Result<()> {
     let described = (!reductions.is_default()).then(|| reductions.describe());
     let pipeline = reductions::builder_with(None, Arc::new(reductions), !args.no_raw);
     // The request first: a bad shape or host creates no output folder.
-    let (spec, req) = external_request(args, pipeline, Some(args.out.join("acquisition.h5")))?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    let (spec, req) = external_request(
+        args,
+        pipeline,
+        Some(args.out.join(stemflow_core::metadata::RECORDING_FILE)),
+    )?;
+    output::prepare_out(&args.out, args.recording.overwrite)?;
     if let Some(d) = described {
         println!("{d}");
     }
@@ -261,7 +274,11 @@ fn external_request(
         detector: acquire_detector(args)?.factory(),
         scan: None,
         microscope: None,
-        recording: recording_factory(),
+        recording: recording_factory(output::recording_output(
+            &args.recording,
+            args.no_raw,
+            None,
+        )?),
     };
     let req = AcquisitionRequest {
         mode,
@@ -277,6 +294,7 @@ fn external_request(
             ArmMode::Passive => "passive".into(),
         },
         nav_from_detector: args.nav_shape.is_none(),
+        calibration: args.recording.calibration(None, 0.0, None),
         ready_hook: None,
     };
     Ok((spec, req))
@@ -299,13 +317,20 @@ pub fn acquire_with(
     ready_hook: Option<ReadyHook>,
     cancel: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Result<RunRecord, RunFailure>> {
+    let alias_for = output.clone();
     let (spec, mut req) = external_request(args, pipeline, output)?;
     req.ready_hook = ready_hook;
-    run_quietly(spec, req, cancel)
+    let r = run_quietly(spec, req, cancel);
+    if let Some(p) = alias_for {
+        output::link_emd_alias_for(&p);
+    }
+    r
 }
 
 /// One scan on the simulated instrument of `profile` (the embedded one when `None`), on a
-/// scan of `nav_shape` if given, for a front end that brings its own processing — as
+/// scan of `nav_shape` if given, recorded as `recording` says (its `no_raw` and
+/// `recording` options; the detector options are not used), for a front end that brings
+/// its own processing — as
 /// [`acquire_with`], the scan engine triggering the detector as in [`simulate`].
 ///
 /// # Errors
@@ -313,6 +338,7 @@ pub fn acquire_with(
 pub fn simulate_with(
     profile: Option<&std::path::Path>,
     nav_shape: Option<stemflow_core::NavShape>,
+    recording: &AcquireOptions,
     pipeline: PipelineBuilder,
     output: Option<std::path::PathBuf>,
     ready_hook: Option<ReadyHook>,
@@ -325,9 +351,10 @@ pub fn simulate_with(
     if let Some(n) = nav_shape {
         profile.scan.nav_shape = [n.rows, n.cols];
     }
+    let rec = output::recording_output(&recording.recording, recording.no_raw, Some(&profile))?;
     let SimulatedInstrument {
         sim, spec, plan, ..
-    } = assemble_simulated(&profile, MicroscopeFaults::default())?;
+    } = assemble_simulated(&profile, MicroscopeFaults::default(), rec)?;
     let req = AcquisitionRequest {
         mode: ArmMode::Active,
         detector: plan.detector_settings(),
@@ -340,9 +367,18 @@ pub fn simulate_with(
         label: "simulated".into(),
         nav_from_detector: false,
         ready_hook,
+        calibration: recording.recording.calibration(
+            profile.scan.step_nm,
+            profile.scan.rotation_deg,
+            profile.detector.pixel_pitch_um,
+        ),
     };
+    let alias_for = req.output.clone();
     let r = run_quietly(spec, req, cancel);
     drop(sim);
+    if let Some(p) = alias_for {
+        output::link_emd_alias_for(&p);
+    }
     r
 }
 

@@ -53,9 +53,10 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-/// The recorder actor's factory: HDF5 recordings ([`crate::output::open_recording`]).
-pub fn recording_factory() -> RecordingFactory {
-    Arc::new(crate::output::open_recording)
+/// The recorder actor's factory: HDF5 recordings ([`crate::output::open_recording`]) made
+/// as `out` says.
+pub fn recording_factory(out: crate::output::RecordingOutput) -> RecordingFactory {
+    Arc::new(move |req| crate::output::open_recording(req, out))
 }
 
 /// The simulators a profile asked for, kept running for the instrument's lifetime.
@@ -104,6 +105,7 @@ pub struct SimulatedInstrument {
 pub fn assemble_simulated(
     profile: &Profile,
     microscope_faults: MicroscopeFaults,
+    recording: crate::output::RecordingOutput,
 ) -> Result<SimulatedInstrument> {
     let nav = profile.nav_shape();
     let sig = profile.sig_shape();
@@ -175,7 +177,7 @@ pub fn assemble_simulated(
         detector,
         scan: Some(scan),
         microscope: Some(microscope),
-        recording: recording_factory(),
+        recording: recording_factory(recording),
     };
     let r = &profile.reductions;
     let geometry = Geometry {

@@ -15,6 +15,7 @@
 //!   and unattended queues through the executor that connects the sequence engine to the
 //!   orchestrator.
 //! - [`output`]: run records (run.json), the HDF5 recording adapter, PNG images;
+//!   [`figure`]: the figures in those images (colour maps, colour and scale bars, plots);
 //!   [`live_view`]: partial results over HTTP; [`progress`]: the terminal's progress view
 //!   and Ctrl-C handling.
 //! - [`bench`]: the throughput and latency benchmarks.
@@ -39,6 +40,7 @@
 
 pub mod acquisition;
 pub mod bench;
+pub mod figure;
 pub mod instrument;
 pub mod live_view;
 pub mod offline;

@@ -19,7 +19,7 @@
 //!   counts the snapshots seen (0: none yet), `finite` the finite values of the buffer
 //!   (positions processed so far, for a nav buffer), `image` the URL of its PNG or null.
 //! - `GET /result/<udf>/<buffer>.png`: that 2-D nav result as an 8-bit greyscale PNG of
-//!   `nav_cols × nav_rows` pixels, scaled as the final `<udf>_<buffer>.png` outputs are
+//!   `nav_cols × nav_rows` pixels, scaled as the final `<udf>_<buffer>_raw.png` outputs are
 //!   (signed maps symmetric about zero, NaN black); 404 with the names that exist.
 
 use anyhow::{Context, Result};

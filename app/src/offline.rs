@@ -7,17 +7,18 @@ use crate::options::{DataSetOptions, FileFormat, ProcessOptions};
 use crate::output;
 use crate::reductions::{Geometry, Reductions};
 use anyhow::{Context, Result, bail};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use stemflow_core::NavShape;
 use stemflow_core::metadata::RunMetadata;
 use stemflow_core::result::UdfResults;
 use stemflow_core::validity::FrameValidity;
+use stemflow_core::{NavShape, SigShape};
 use stemflow_drivers::dectris::DectrisDataSet;
 use stemflow_drivers::merlin::{MibDataSet, MibFile};
 use stemflow_processing::io::{ByteOrder, ElementType};
 use stemflow_processing::{
-    DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary, run_dataset,
+    DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary, Snapshot,
+    run_dataset,
 };
 use stemflow_recording::hdf5::{Hdf5Recorder, RecordingSpec};
 
@@ -42,7 +43,7 @@ fn format_of(args: &DataSetOptions) -> Result<FileFormat> {
     Ok(match ext.as_str() {
         "hdr" | "mib" => FileFormat::Merlin,
         "npy" => FileFormat::Npy,
-        "h5" | "hdf5" | "nxs" => FileFormat::Hdf5,
+        "h5" | "hdf5" | "nxs" | "hspy" | "emd" => FileFormat::Hdf5,
         "raw" | "bin" | "dat" => FileFormat::Raw,
         _ => bail!(
             "cannot tell the format of {} from its extension; give --format merlin|npy|raw|hdf5",
@@ -116,8 +117,9 @@ pub fn open_dataset(args: &DataSetOptions) -> Result<Box<dyn DataSet>> {
 /// Runs `reductions` (without a spec: the live-view set, [`crate::reductions::udfs`] on a centred
 /// [`Geometry`]) over every frame of `data` with scan `nav`, over the ROI if one is given;
 /// `sink` receives every decoded tile (e.g. an HDF5 recorder), inside the ROI or not.
-/// Setting `cancel` ends the run within about 10 ms with the results so far
-/// ([`stemflow_processing::Outcome::Cancelled`]).
+/// `on_progress` gets the frames processed so far at each of the engine's snapshots (every
+/// snapshot interval, and at the end). Setting `cancel` ends the run within about 10 ms with
+/// the results so far ([`stemflow_processing::Outcome::Cancelled`]).
 ///
 /// # Errors
 /// The spec does not fit the data (naming the spec file, entry and key); reading and
@@ -126,13 +128,21 @@ pub fn reduce(
     data: &mut dyn DataSet,
     nav: NavShape,
     reductions: &Reductions,
+    geometry: &Geometry,
     sink: Option<&mut dyn stemflow_core::sink::TileSink>,
+    on_progress: &mut dyn FnMut(u64),
     cancel: &AtomicBool,
 ) -> Result<RunSummary> {
-    let g = Geometry::centred(data.sig_shape());
-    let (list, roi) = reductions.build(&g, data.sig_shape(), nav)?;
+    let (list, roi) = reductions.build(geometry, data.sig_shape(), nav)?;
     let cfg = reductions.run_config(nav, data.sig_shape(), data.dtype(), roi);
-    let summary = run_dataset(data, &list, &cfg, sink, &mut |_| {}, cancel)?;
+    let summary = run_dataset(
+        data,
+        &list,
+        &cfg,
+        sink,
+        &mut |s: &Snapshot| on_progress(s.frames_processed),
+        cancel,
+    )?;
     Ok(summary)
 }
 
@@ -172,7 +182,83 @@ pub fn scan_shape(args: &DataSetOptions, data: &dyn DataSet) -> Result<NavShape>
     Ok(own)
 }
 
+/// What a stemflow recording given to `process` says about the run that made it.
+struct StoredRun {
+    /// The live run's metadata (microscope, scan, calibration, detector).
+    metadata: RunMetadata,
+    /// The virtual detectors of the default UDF set, when the run used it.
+    geometry: Option<Geometry>,
+}
+
+/// The metadata and default-UDF geometry of the stemflow recording `path` (frames of
+/// `sig`), or `None` for any other HDF5 file.
+fn stored_run(path: &Path, sig: SigShape) -> Option<StoredRun> {
+    let rec = stemflow_recording::open_recording(path).ok()?;
+    let metadata = rec.metadata().ok()?;
+    let results = rec.results().unwrap_or_default();
+    let params = |udf: &str| -> Option<serde_json::Value> {
+        let r = results.iter().find(|r| r.udf == udf)?;
+        serde_json::from_str(&r.params).ok()
+    };
+    let geometry = (|| {
+        let v = params("virtual")?;
+        let masks = v.get("masks")?.as_array()?;
+        let mask = |name: &str| {
+            masks
+                .iter()
+                .find(|m| m.get("name").and_then(|n| n.as_str()) == Some(name))
+                .and_then(|m| m.get("mask"))
+        };
+        let (bf, adf) = (mask("bf")?, mask("adf")?);
+        let num = |m: &serde_json::Value, k: &str| m.get(k).and_then(serde_json::Value::as_f64);
+        let com = params("com")?;
+        let g = Geometry {
+            cx: num(bf, "cx")?,
+            cy: num(bf, "cy")?,
+            bf_radius: num(bf, "r")?,
+            adf_inner: num(adf, "r_inner")?,
+            adf_outer: num(adf, "r_outer")?,
+            com_radius: num(&com, "mask_radius")?,
+        };
+        // Only a geometry that fits these frames (the recording's own).
+        (g.cx < sig.cols as f64 && g.cy < sig.rows as f64).then_some(g)
+    })();
+    Some(StoredRun { metadata, geometry })
+}
+
+/// Refuses an input file that is one of the outputs `process` would write into `out` (its
+/// recording would be replaced while being read).
+///
+/// # Errors
+/// The input is `out`'s recording (or its py4DSTEM link).
+fn refuse_input_among_outputs(input: &Path, out: &Path) -> Result<()> {
+    let (Ok(i), Ok(o)) = (input.canonicalize(), out.canonicalize()) else {
+        return Ok(());
+    };
+    let outputs = [
+        stemflow_core::metadata::RECORDING_FILE,
+        stemflow_core::metadata::EMD_ALIAS,
+    ];
+    if outputs
+        .iter()
+        .any(|n| o.join(n).canonicalize().ok() == Some(i.clone()))
+    {
+        bail!(
+            "{} is the recording that --out {} would hold: write the results into another \
+             folder (--out)",
+            input.display(),
+            out.display()
+        );
+    }
+    Ok(())
+}
+
 /// `stemflow process PATH`.
+///
+/// While the frames are processed, stderr shows their progress
+/// ([`crate::progress::FrameProgress`]): a bar with the frames done of those to process
+/// (inside the ROI), GB/s of frame data and the time left on a terminal, else a plain line
+/// every 5 s (none for a shorter run).
 ///
 /// The first Ctrl-C ends the run within about 10 ms; the outputs are written as usual with
 /// `exit_status = "cancelled"` in `run.json` and the recording's run record, and the error
@@ -182,8 +268,8 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
     let cancel = interrupt_flag();
     let r = &args.reductions;
     let reductions = Reductions::from_choice(r)?;
-    std::fs::create_dir_all(&args.out)
-        .with_context(|| format!("creating output folder {}", args.out.display()))?;
+    refuse_input_among_outputs(&args.data.path, &args.out)?;
+    output::prepare_out(&args.out, args.recording.overwrite)?;
     let t0 = std::time::Instant::now();
     let start_time = stemflow_actors::orchestrator::now_rfc3339();
     let mut data = open_dataset(&args.data)?;
@@ -195,16 +281,53 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
     let frames_in_file = data.frames();
     // Built once before the recording is created, so that a spec that does not fit the
     // data leaves no half-written file behind.
-    reductions.build(&Geometry::centred(sig), sig, nav)?;
+    // A stemflow recording keeps the run's metadata and the default UDFs' parameters:
+    // offline gives the results the live run gave unless told otherwise.
+    let stored = (format_of(&args.data)? == FileFormat::Hdf5)
+        .then(|| stored_run(&source, sig))
+        .flatten();
+    let geometry = match (&stored, reductions.is_default()) {
+        (Some(s), true) => match s.geometry {
+            Some(g) => {
+                println!(
+                    "virtual detectors as recorded by the live run: BF r = {:.1} px, ADF {:.1}–{:.1} px, CoM r = {:.1} px, centre ({:.1}, {:.1}) (give --reductions for others)",
+                    g.bf_radius, g.adf_inner, g.adf_outer, g.com_radius, g.cx, g.cy
+                );
+                g
+            }
+            None => Geometry::centred(sig),
+        },
+        _ => Geometry::centred(sig),
+    };
+    let (_, roi) = reductions.build(&geometry, sig, nav)?;
     if !reductions.is_default() {
         println!("{}", reductions.describe());
     }
-    let h5 = args.out.join("processed.h5");
+    let h5 = args.out.join(stemflow_core::metadata::RECORDING_FILE);
     let mut spec = RecordingSpec::new(nav, sig, dtype);
     spec.frames_written = !args.no_raw;
+    spec.compression = output::recording_output(&args.recording, args.no_raw, None)?.compression;
+    let spec_compression = spec.compression;
     let mut rec = Hdf5Recorder::create(&h5, spec)?;
     let sink = (!args.no_raw).then_some(&mut rec as &mut dyn stemflow_core::sink::TileSink);
-    let summary = reduce(data.as_mut(), nav, &reductions, sink, &cancel)?;
+    // The frames the UDFs will process (those inside the ROI): what the engine counts.
+    let to_process = roi
+        .as_ref()
+        .map_or(nav.len(), |r| r.count())
+        .min(usize::try_from(frames_in_file).unwrap_or(usize::MAX)) as u64;
+    let bytes_per_frame = (sig.len() * dtype.size()) as u64;
+    let mut progress =
+        crate::progress::FrameProgress::new("processing", to_process, bytes_per_frame);
+    let summary = reduce(
+        data.as_mut(),
+        nav,
+        &reductions,
+        &geometry,
+        sink,
+        &mut |done| progress.update(done),
+        &cancel,
+    )?;
+    progress.finish();
     let cancelled = summary.outcome == Outcome::Cancelled;
     // A cancelled run read a prefix of the file (partitions in order); the rest is missing.
     let frames_read = if cancelled {
@@ -232,9 +355,19 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
         FileFormat::Raw => "raw file",
         FileFormat::Hdf5 => "hdf5 file",
     };
-    let metadata = RunMetadata {
+    // A stemflow recording's instrument state carries over (microscope, scan, detector
+    // settings), so the calibration does too; the command line's inputs win.
+    let earlier = stored.map(|s| s.metadata);
+    let mut metadata = RunMetadata {
         detector: format!("{detector} {}", source.display()),
-        detector_header: header,
+        detector_header: header
+            .or_else(|| earlier.as_ref().and_then(|m| m.detector_header.clone())),
+        detector_settings: earlier
+            .as_ref()
+            .map(|m| m.detector_settings.clone())
+            .unwrap_or_default(),
+        microscope: earlier.as_ref().and_then(|m| m.microscope.clone()),
+        scan: earlier.as_ref().and_then(|m| m.scan.clone()),
         nav_shape: Some(nav),
         sig_shape: Some(sig),
         dtype: Some(dtype),
@@ -244,6 +377,21 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
         stop_time: stemflow_actors::orchestrator::now_rfc3339(),
         ..RunMetadata::default()
     };
+    let before = earlier.as_ref().and_then(|m| m.calibration.clone());
+    let mut inputs = args.recording.calibration(
+        before.as_ref().and_then(|c| c.scan_step_nm),
+        before.as_ref().map_or(0.0, |c| c.scan_rotation_deg),
+        before.as_ref().and_then(|c| c.pixel_pitch_um),
+    );
+    if inputs.pixel_pitch_um.is_none() {
+        // The recording's detector name (e.g. `merlin @ …`) gives its model's pitch.
+        inputs.pixel_pitch_um = earlier
+            .as_ref()
+            .and_then(|m| stemflow_core::metadata::pixel_pitch_um_for_model(&m.detector));
+    }
+    metadata.calibration = Some(stemflow_core::metadata::Calibration::derive(
+        &metadata, &inputs,
+    ));
     let record = serde_json::json!({
         "exit_status": if cancelled { "cancelled" } else { "completed" },
         "frames_expected": nav.len(),
@@ -256,6 +404,9 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
         "reductions": reductions.spec.as_ref().map(|(p, _)| p.display().to_string()),
         "results": output::results_index(&summary.results),
         "udfs": output::udfs_index(&summary.results),
+        "calibration": metadata.calibration,
+        "compression": spec_compression.name(),
+        "frames_recorded": !args.no_raw,
     });
     rec.finish(&summary.results, &validity, &metadata, Some(&record))?;
     let converted = if file_dtype.is_converted() {
@@ -287,13 +438,22 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
         println!("  {line}");
     }
     println!("wrote {}", h5.display());
-    for p in output::write_images(&args.out, &summary.results, Some(nav))? {
+    let image_opts = output::ImageOptions {
+        frames_summed: Some(summary.frames_processed),
+        scan_step: metadata
+            .calibration
+            .as_ref()
+            .and_then(|c| c.scan_step_nm)
+            .map(|s| (s, "nm".to_string())),
+    };
+    for p in output::write_images(&args.out, &summary.results, Some(nav), &image_opts)? {
         println!("wrote {}", p.display());
     }
     std::fs::write(
         args.out.join("run.json"),
         serde_json::to_string_pretty(&record)?,
     )?;
+    output::link_emd_alias(&args.out);
     if cancelled {
         return Err(
             crate::progress::Cancelled::after(summary.frames_processed, nav.len() as u64).into(),

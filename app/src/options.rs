@@ -10,9 +10,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 use stemflow_core::detector::{ArmMode, DetectorTrigger};
+use stemflow_core::metadata::CalibrationInputs;
 use stemflow_core::{NavShape, SigShape};
 use stemflow_drivers::nav_hint::NavHint;
 use stemflow_processing::RoiRect;
+pub use stemflow_recording::hdf5::Compression;
 
 /// The engine's default time between two snapshots, ms.
 pub const DEFAULT_SNAPSHOT_INTERVAL_MS: u64 = 100;
@@ -53,6 +55,45 @@ impl ReductionChoice {
     }
 }
 
+/// How a run records (every command that writes a recording): raw frames or not, the
+/// frames' compression, whether an earlier run's outputs may be replaced, and what the user
+/// tells about the calibration.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RecordingChoice {
+    /// Frame compression; `None`: the profile's, else [`DEFAULT_COMPRESSION`].
+    pub compression: Option<Compression>,
+    /// Replace the outputs of an earlier run in the output folder (default: refuse).
+    pub overwrite: bool,
+    /// Scan step, nm per position; overrides the profile's `[scan] step_nm`.
+    pub scan_step_nm: Option<f64>,
+    /// Scan rotation, degrees; overrides the profile's `[scan] rotation_deg`.
+    pub scan_rotation_deg: Option<f64>,
+    /// Detector pixel pitch, µm; overrides the profile's and the detector model's.
+    pub pixel_pitch_um: Option<f64>,
+}
+
+/// The frame compression when neither the command line nor the profile chooses one:
+/// deflate (level 1) with byte shuffle, the one every reader opens as installed from PyPI
+/// (HyperSpy, py4DSTEM, LiberTEM and h5py read it with libhdf5's built-in filter).
+pub const DEFAULT_COMPRESSION: Compression = Compression::Deflate { level: 1 };
+
+impl RecordingChoice {
+    /// The calibration inputs: these options over the profile's values (`profile_step`,
+    /// `profile_rotation`, `profile_pitch`).
+    pub fn calibration(
+        &self,
+        profile_step: Option<f64>,
+        profile_rotation: f64,
+        profile_pitch: Option<f64>,
+    ) -> CalibrationInputs {
+        CalibrationInputs {
+            scan_step_nm: self.scan_step_nm.or(profile_step),
+            scan_rotation_deg: self.scan_rotation_deg.unwrap_or(profile_rotation),
+            pixel_pitch_um: self.pixel_pitch_um.or(profile_pitch),
+        }
+    }
+}
+
 /// One 4D-STEM scan on the simulated instrument ([`crate::acquisition::simulate`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SimulateOptions {
@@ -64,6 +105,8 @@ pub struct SimulateOptions {
     pub nav_shape: Option<NavShape>,
     /// Do not record raw frames (results and images are still written).
     pub no_raw: bool,
+    /// Compression, overwriting, calibration.
+    pub recording: RecordingChoice,
     /// Serve the partial results over HTTP on this address (port 0: a free one).
     pub live_view: Option<SocketAddr>,
     /// The reductions.
@@ -77,6 +120,7 @@ impl Default for SimulateOptions {
             profile: None,
             nav_shape: None,
             no_raw: false,
+            recording: RecordingChoice::default(),
             live_view: None,
             reductions: ReductionChoice::default(),
         }
@@ -133,6 +177,8 @@ pub struct AcquireOptions {
     pub raw: bool,
     /// Do not record raw frames.
     pub no_raw: bool,
+    /// Compression, overwriting, calibration.
+    pub recording: RecordingChoice,
     /// Serve the partial results over HTTP on this address (port 0: a free one).
     pub live_view: Option<SocketAddr>,
     /// The reductions.
@@ -162,6 +208,7 @@ impl Default for AcquireOptions {
             first_frame_timeout_s: 10.0,
             raw: false,
             no_raw: false,
+            recording: RecordingChoice::default(),
             live_view: None,
             reductions: ReductionChoice::default(),
         }
@@ -234,6 +281,8 @@ pub struct ProcessOptions {
     /// Do not copy the frames into the recording (results, images and run.json are still
     /// written).
     pub no_raw: bool,
+    /// Compression, overwriting, calibration.
+    pub recording: RecordingChoice,
     /// The reductions.
     pub reductions: ReductionChoice,
 }
@@ -251,6 +300,8 @@ pub struct SequenceOptions {
     pub reductions: ReductionChoice,
     /// Do not record raw frames.
     pub no_raw: bool,
+    /// Compression, overwriting, calibration.
+    pub recording: RecordingChoice,
     /// Serve the partial results over HTTP on this address across every acquisition.
     pub live_view: Option<SocketAddr>,
     /// Simulated-instrument fault: this microscope setting (e.g. `defocus_m`) does not take.
@@ -268,6 +319,7 @@ impl Default for SequenceOptions {
             profile: None,
             reductions: ReductionChoice::default(),
             no_raw: false,
+            recording: RecordingChoice::default(),
             live_view: None,
             sim_stuck_setting: None,
             sim_beam_dip: None,
@@ -333,6 +385,9 @@ pub struct BenchMerlinOptions {
     pub counter_depth: Vec<u32>,
     /// Repetitions per configuration (the best is reported).
     pub repeat: usize,
+    /// Recording modes to measure each configuration in: `None` without recording, else
+    /// raw frames into a scratch HDF5 file with that compression.
+    pub record: Vec<crate::bench::RecordMode>,
 }
 
 /// `stemflow bench all` ([`crate::bench::bench_all`]).
@@ -359,4 +414,6 @@ pub struct BenchDectrisOptions {
     pub nav_shape: NavShape,
     /// Repetitions per configuration (the best is reported).
     pub repeat: usize,
+    /// Recording modes to measure each configuration in (as [`BenchMerlinOptions::record`]).
+    pub record: Vec<crate::bench::RecordMode>,
 }

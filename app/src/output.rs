@@ -1,6 +1,7 @@
 //! Outputs of a run: the summary on the terminal (with one line per UDF), `run.json` (with
-//! an index of every result buffer), PNG images of every 2-D nav result, and the HDF5
-//! recording adapter for the recorder actor.
+//! an index of every result buffer), PNG images (a figure and a one-pixel-per-position grey
+//! image of every 2-D nav result, the mean diffraction pattern, an overview; drawn by
+//! [`crate::figure`]), and the HDF5 recording adapter for the recorder actor.
 
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -8,10 +9,11 @@ use stemflow_actors::orchestrator::{ExitStatus, RunRecord};
 use stemflow_actors::recorder::{Recording, RecordingRequest};
 use stemflow_core::NavShape;
 use stemflow_core::metadata::RunMetadata;
+use stemflow_core::metadata::{EMD_ALIAS, RECORDING_FILE};
 use stemflow_core::result::{BufferKind, UdfResults};
 use stemflow_core::sink::{SinkError, TileSink};
 use stemflow_core::validity::FrameValidity;
-use stemflow_recording::hdf5::{Hdf5Recorder, RecordingSpec};
+use stemflow_recording::hdf5::{Compression, Hdf5Recorder, RecordingSpec};
 
 /// The HDF5 recording as the recorder actor's [`Recording`].
 struct Hdf5Recording(Hdf5Recorder);
@@ -22,6 +24,17 @@ impl TileSink for Hdf5Recording {
     }
     fn write_tile(&mut self, tile: &stemflow_core::frame::Tile) -> Result<(), SinkError> {
         TileSink::write_tile(&mut self.0, tile)
+    }
+    fn takes_raw(&self, filter: u32) -> bool {
+        self.0.takes_raw(filter)
+    }
+    fn write_tile_with_raw(
+        &mut self,
+        tile: &stemflow_core::frame::Tile,
+        raw: &stemflow_core::frame::RawStack,
+        damaged: &[u64],
+    ) -> Result<(), SinkError> {
+        self.0.write_tile_with_raw(tile, raw, damaged)
     }
 }
 
@@ -40,9 +53,61 @@ impl Recording for Hdf5Recording {
     }
 }
 
+/// How the recorder actor's recordings are made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordingOutput {
+    /// Record the raw frames (false: `--no-raw`; the file holds no frames dataset).
+    pub raw: bool,
+    /// The frames' compression.
+    pub compression: Compression,
+}
+
+impl Default for RecordingOutput {
+    fn default() -> Self {
+        Self {
+            raw: true,
+            compression: crate::options::DEFAULT_COMPRESSION,
+        }
+    }
+}
+
+/// The recording of a run: raw frames unless `no_raw`, the compression of `choice`, else
+/// the profile's `[recording] compression`, else [`crate::options::DEFAULT_COMPRESSION`].
+///
+/// # Errors
+/// The profile names an unknown compression (the error names the key).
+pub fn recording_output(
+    choice: &crate::options::RecordingChoice,
+    no_raw: bool,
+    profile: Option<&stemflow_config::Profile>,
+) -> Result<RecordingOutput> {
+    let from_profile = match profile.and_then(|p| p.recording.compression.as_deref()) {
+        Some(name) => Some(
+            name.parse::<Compression>()
+                .map_err(|e| anyhow::anyhow!("profile key `recording.compression`: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(RecordingOutput {
+        raw: !no_raw,
+        compression: choice
+            .compression
+            .or(from_profile)
+            .unwrap_or(crate::options::DEFAULT_COMPRESSION),
+    })
+}
+
 /// Opens an HDF5 recording for the recorder actor.
-pub fn open_recording(req: &RecordingRequest) -> Result<Box<dyn Recording>, String> {
-    let spec = RecordingSpec::new(req.nav_shape, req.sig_shape, req.dtype);
+///
+/// # Errors
+/// The recorder's error as text (it names the file and what failed).
+pub fn open_recording(
+    req: &RecordingRequest,
+    out: RecordingOutput,
+) -> Result<Box<dyn Recording>, String> {
+    let mut spec = RecordingSpec::new(req.nav_shape, req.sig_shape, req.dtype);
+    spec.frames_written = out.raw;
+    spec.compression = out.compression;
     Hdf5Recorder::create_with_metadata(&req.path, spec, Some(&req.metadata))
         .map(|r| Box::new(Hdf5Recording(r)) as Box<dyn Recording>)
         .map_err(|e| e.to_string())
@@ -118,9 +183,95 @@ pub fn print_summary(r: &RunRecord) {
     }
 }
 
+/// The files an earlier run left in an output folder (any stemflow version's names).
+const EARLIER_OUTPUTS: [&str; 6] = [
+    RECORDING_FILE,
+    EMD_ALIAS,
+    "run.json",
+    "scan.h5",
+    "acquisition.h5",
+    "processed.h5",
+];
+
+/// Makes the output folder `out` for a new run. A folder holding an earlier run's outputs
+/// (recording, run.json) is refused unless `overwrite`, which removes them (and their PNG
+/// images) first, so that nothing of the earlier run is mistaken for the new one's.
+///
+/// # Errors
+/// The folder cannot be made; it holds an earlier run and `overwrite` is false (the error
+/// names the files); an earlier output cannot be removed.
+pub fn prepare_out(out: &Path, overwrite: bool) -> Result<()> {
+    std::fs::create_dir_all(out)
+        .with_context(|| format!("creating output folder {}", out.display()))?;
+    let earlier: Vec<PathBuf> = EARLIER_OUTPUTS
+        .iter()
+        .map(|n| out.join(n))
+        .filter(|p| p.symlink_metadata().is_ok())
+        .collect();
+    if earlier.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        let names: Vec<String> = earlier
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect();
+        anyhow::bail!(
+            "{} holds the outputs of an earlier run ({}); choose another --out, or give \
+             --overwrite to replace them",
+            out.display(),
+            names.join(", ")
+        );
+    }
+    let pngs = std::fs::read_dir(out)
+        .with_context(|| format!("listing {}", out.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "png"));
+    for p in earlier.into_iter().chain(pngs) {
+        std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// Links [`EMD_ALIAS`] to the recording `out/recording.hspy` ([`link_emd_alias_for`]).
+pub fn link_emd_alias(out: &Path) {
+    link_emd_alias_for(&out.join(RECORDING_FILE));
+}
+
+/// Links `<stem>.emd` beside the recording `file` (a `.hspy` file) to it when it holds
+/// frames (the py4DSTEM view needs them), replacing an older link: py4DSTEM picks its
+/// reader by extension and reads the same file as EMD 1.0. A file system without symbolic
+/// links is said on stderr and skipped: the `.hspy` file is complete without it.
+pub fn link_emd_alias_for(file: &Path) {
+    if file.extension().is_none_or(|e| e != "hspy") {
+        return;
+    }
+    let has_frames = stemflow_recording::open_recording(file).is_ok_and(|r| r.has_frames());
+    if !has_frames {
+        return;
+    }
+    let (Some(name), alias) = (file.file_name(), file.with_extension("emd")) else {
+        return;
+    };
+    if alias.symlink_metadata().is_ok() {
+        let _ = std::fs::remove_file(&alias);
+    }
+    #[cfg(unix)]
+    if let Err(e) = std::os::unix::fs::symlink(name, &alias) {
+        eprintln!(
+            "note: could not link {} to {} ({e}); py4DSTEM users can copy or rename the \
+             file to .emd",
+            alias.display(),
+            file.display()
+        );
+    }
+}
+
 /// Writes `run.json` into `out`: the run record, plus `results`, the index of every UDF
-/// buffer computed ([`results_index`]).
+/// buffer computed ([`results_index`]); links the py4DSTEM name of the recording
+/// ([`link_emd_alias`]).
 pub fn write_run_record(out: &Path, r: &RunRecord, results: &[UdfResults]) -> Result<()> {
+    link_emd_alias(out);
     let p = out.join("run.json");
     let mut value = serde_json::to_value(r)?;
     if let Some(map) = value.as_object_mut() {
@@ -255,37 +406,168 @@ pub fn scaling_for(data: &[f64]) -> stemflow_recording::png::Scaling {
     }
 }
 
-/// Writes a PNG image `<udf>_<buffer>.png` of every 2-D nav result (shape
-/// `[nav_rows, nav_cols]`; e.g. `virtual_bf.png`, `com_x.png`). Signed maps (any negative
-/// value, e.g. CoM x/y) are scaled symmetrically about zero, the others between
-/// percentiles; NaN (outside a ROI) is black.
+/// What the figures of a run know beyond its results.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImageOptions {
+    /// The size of one scan position (the step between neighbouring positions) and its
+    /// unit, e.g. `(2.5, "nm")`: every map gets a scale bar. `None`: the scan is not
+    /// calibrated, and the maps have none.
+    pub scan_step: Option<(f64, String)>,
+    /// Frames summed into the `sum` UDF's `intensity` (the frames the UDFs processed):
+    /// `mean_diffraction_pattern.png` is that sum divided by this. `None` or 0: no mean
+    /// diffraction pattern is drawn.
+    pub frames_summed: Option<u64>,
+}
+
+impl ImageOptions {
+    /// The options for a run's record: its scan step (the calibration in its metadata) and
+    /// the frames it processed.
+    pub fn for_record(record: &RunRecord) -> Self {
+        Self {
+            scan_step: record
+                .metadata
+                .calibration
+                .as_ref()
+                .and_then(|c| c.scan_step_nm)
+                .map(|s| (s, "nm".to_string())),
+            frames_summed: Some(record.frames_processed),
+        }
+    }
+}
+
+/// The UDF whose `intensity` sig buffer is the summed diffraction pattern.
+const SUM_UDF: &str = "sum";
+
+/// Writes the images of a run into `out` and returns their paths:
+///
+/// - for every 2-D nav result (shape `[nav_rows, nav_cols]`, e.g. `virtual`/`bf`):
+///   - `<udf>_<buffer>.png`: a figure to look at — the map enlarged by a whole factor
+///     (each scan position a square of pixels) to at least 512 pixels on its longest
+///     side, in viridis, or for a signed map (any negative value: CoM x/y, divergence,
+///     curl) in blue–white–red centred on zero; a colour bar with round tick values and
+///     the buffer's unit; the title `<udf>: <buffer> (rows × cols)`; a scale bar when
+///     `opts.scan_step` is given. NaN (outside a ROI, not processed) is grey. A map one
+///     side of which is at least 16 times the other (an unshaped file's `1 × N`) is drawn
+///     as a line plot of its values in frame order instead.
+///   - `<udf>_<buffer>_raw.png`: the same values as an 8-bit grey PNG of one pixel per
+///     scan position, scaled as before and as the live view
+///     ([`stemflow_recording::png::write_png_image`]; the values at black and white in its
+///     text chunks), for programs that read the map back.
+/// - `mean_diffraction_pattern.png`: the `sum` UDF's `intensity` divided by
+///   `opts.frames_summed`, on a log scale (inferno, colour bar in decades, unit
+///   `<unit>/frame`), when both are there.
+/// - `overview.png`: every figure above, smaller, in one picture with their titles.
+///
+/// Both map colour scales use the limits of the grey PNG ([`scaling_for`]); values beyond
+/// them take the end colours.
 ///
 /// # Errors
-/// A PNG cannot be written (the error names the file).
+/// An image cannot be written (the error names the file).
 pub fn write_images(
     out: &Path,
     results: &[UdfResults],
     nav: Option<NavShape>,
+    opts: &ImageOptions,
 ) -> Result<Vec<PathBuf>> {
+    use crate::figure::{self, ColourScale, FULL, Map, TILE};
     use stemflow_recording::png::write_png_image;
-    let Some(nav) = nav else { return Ok(vec![]) };
     let mut written = Vec::new();
-    for r in results {
-        for b in &r.buffers {
-            if b.kind != BufferKind::Nav
-                || b.shape != [nav.rows, nav.cols]
-                || b.data.len() != nav.len()
-            {
-                continue;
-            }
-            let scaling = scaling_for(&b.data);
-            let p = out.join(format!("{}_{}.png", file_part(&r.udf), file_part(&b.name)));
-            write_png_image(&p, &b.data, (nav.rows, nav.cols), scaling)
-                .with_context(|| format!("writing {}", p.display()))?;
-            written.push(p);
+    let mut tiles = Vec::new();
+    let step = opts
+        .scan_step
+        .as_ref()
+        .map(|(size, unit)| (*size, unit.as_str()));
+    let maps = results
+        .iter()
+        .flat_map(|r| r.buffers.iter().map(move |b| (r, b)));
+    for (r, b) in maps {
+        let Some(nav) = nav else { break };
+        if b.kind != BufferKind::Nav || b.shape != [nav.rows, nav.cols] || b.data.len() != nav.len()
+        {
+            continue;
         }
+        let stem = format!("{}_{}", file_part(&r.udf), file_part(&b.name));
+        let p = out.join(format!("{stem}.png"));
+        let scale = ColourScale::for_map(&b.data);
+        let draw = |size| {
+            if figure::is_profile(nav.rows, nav.cols) {
+                let title = format!(
+                    "{}: {} ({} frames, no scan shape)",
+                    r.udf,
+                    b.name,
+                    nav.len()
+                );
+                figure::render_profile(&title, &b.data, &b.unit, scale, size)
+            } else {
+                let title = format!("{}: {} ({} × {})", r.udf, b.name, nav.rows, nav.cols);
+                let map = Map {
+                    title: &title,
+                    data: &b.data,
+                    rows: nav.rows,
+                    cols: nav.cols,
+                    unit: &b.unit,
+                    scale,
+                    step,
+                };
+                figure::render_map(&map, size)
+            }
+        };
+        draw(FULL).canvas.write_png(&p)?;
+        written.push(p);
+        tiles.push(draw(TILE).canvas);
+        let raw = out.join(format!("{stem}_raw.png"));
+        write_png_image(&raw, &b.data, (nav.rows, nav.cols), scaling_for(&b.data))
+            .with_context(|| format!("writing {}", raw.display()))?;
+        written.push(raw);
+    }
+    if let Some((mean, rows, cols, unit)) = mean_pattern(results, opts.frames_summed) {
+        let title = format!("mean diffraction pattern, log ({rows} × {cols})");
+        let unit = format!("{unit}/frame");
+        let map = Map {
+            title: &title,
+            data: &mean,
+            rows,
+            cols,
+            unit: &unit,
+            scale: ColourScale::for_pattern(&mean),
+            step: None,
+        };
+        let p = out.join("mean_diffraction_pattern.png");
+        figure::render_map(&map, FULL).canvas.write_png(&p)?;
+        written.push(p);
+        tiles.push(figure::render_map(&map, TILE).canvas);
+    }
+    if !tiles.is_empty() {
+        let header = match nav {
+            Some(n) => format!("stemflow results: {} × {} scan", n.rows, n.cols),
+            None => "stemflow results".to_string(),
+        };
+        let p = out.join("overview.png");
+        figure::overview(&header, &tiles).write_png(&p)?;
+        written.push(p);
     }
     Ok(written)
+}
+
+/// The mean diffraction pattern: the `sum` UDF's `intensity` (a 2-D sig buffer) divided
+/// by `frames` (> 0), with its rows, columns and unit.
+fn mean_pattern(
+    results: &[UdfResults],
+    frames: Option<u64>,
+) -> Option<(Vec<f64>, usize, usize, String)> {
+    let frames = frames.filter(|&f| f > 0)? as f64;
+    let b = results
+        .iter()
+        .find(|r| r.udf == SUM_UDF)?
+        .buffer("intensity")?;
+    let &[rows, cols] = b.shape.as_slice() else {
+        return None;
+    };
+    if b.kind != BufferKind::Sig || b.data.len() != rows * cols {
+        return None;
+    }
+    let mean = b.data.iter().map(|v| v / frames).collect();
+    Some((mean, rows, cols, b.unit.clone()))
 }
 
 #[cfg(test)]
@@ -324,10 +606,23 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("stemflow-output-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let r = results();
-        let written = write_images(&dir, &r, Some(NavShape::new(2, 3))).unwrap();
-        assert_eq!(written, vec![dir.join("my_det_a.png")]);
+        let opts = ImageOptions::default();
+        let written = write_images(&dir, &r, Some(NavShape::new(2, 3)), &opts).unwrap();
+        assert_eq!(
+            written,
+            vec![
+                dir.join("my_det_a.png"),
+                dir.join("my_det_a_raw.png"),
+                dir.join("overview.png")
+            ]
+        );
+        // The figure is enlarged (2 × 3 positions at 171 pixels each), the raw image is one
+        // pixel per position.
+        let (w, h) = png_size(&dir.join("my_det_a.png"));
+        assert!(w > 3 * 171 && h > 2 * 171, "{w} × {h}");
+        assert_eq!(png_size(&dir.join("my_det_a_raw.png")), (3, 2));
         assert!(
-            write_images(&dir, &r, Some(NavShape::new(3, 2)))
+            write_images(&dir, &r, Some(NavShape::new(3, 2)), &opts)
                 .unwrap()
                 .is_empty()
         );
@@ -349,5 +644,84 @@ mod tests {
             lines[0]
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The `sum` UDF's intensity divided by the frames summed, drawn on a log scale at the
+    /// signal's shape; an unshaped scan's maps are line plots.
+    #[test]
+    fn the_mean_diffraction_pattern_and_an_unshaped_scan() {
+        let dir = std::env::temp_dir().join(format!("stemflow-output-dp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pattern: Vec<f64> = (0..8 * 6).map(|i| f64::from(i * i)).collect();
+        let r = vec![
+            UdfResults {
+                udf: "sum".into(),
+                params: String::new(),
+                buffers: vec![ResultBuffer {
+                    name: "intensity".into(),
+                    kind: BufferKind::Sig,
+                    shape: vec![8, 6],
+                    data: pattern.clone(),
+                    unit: "counts".into(),
+                    dtype: Default::default(),
+                }],
+            },
+            UdfResults {
+                udf: "sum_sig".into(),
+                params: String::new(),
+                buffers: vec![ResultBuffer {
+                    name: "intensity".into(),
+                    kind: BufferKind::Nav,
+                    shape: vec![1, 40],
+                    data: (0..40).map(f64::from).collect(),
+                    unit: "counts".into(),
+                    dtype: Default::default(),
+                }],
+            },
+        ];
+        let (mean, rows, cols, unit) = mean_pattern(&r, Some(4)).unwrap();
+        assert_eq!((rows, cols, unit.as_str()), (8, 6, "counts"));
+        assert_eq!(mean[3], 9.0 / 4.0);
+        assert!(matches!(
+            crate::figure::ColourScale::for_pattern(&mean),
+            crate::figure::ColourScale::Log { hi, .. } if hi == 47.0 * 47.0 / 4.0
+        ));
+        assert!(mean_pattern(&r, Some(0)).is_none() && mean_pattern(&r, None).is_none());
+        let opts = ImageOptions {
+            frames_summed: Some(4),
+            ..Default::default()
+        };
+        let written = write_images(&dir, &r, Some(NavShape::new(1, 40)), &opts).unwrap();
+        let names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "sum_sig_intensity.png",
+                "sum_sig_intensity_raw.png",
+                "mean_diffraction_pattern.png",
+                "overview.png"
+            ]
+        );
+        // 8 × 6 at 64 pixels per detector pixel; the line plot is 1024 pixels wide.
+        let (w, h) = png_size(&dir.join("mean_diffraction_pattern.png"));
+        assert!(w > 6 * 64 && h > 8 * 64, "{w} × {h}");
+        assert!(png_size(&dir.join("sum_sig_intensity.png")).0 > 1024);
+        assert_eq!(png_size(&dir.join("sum_sig_intensity_raw.png")), (40, 1));
+        // Without a scan shape there are no maps, but still the pattern and the overview.
+        assert_eq!(write_images(&dir, &r, None, &opts).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Width and height of the PNG at `p`.
+    fn png_size(p: &Path) -> (u32, u32) {
+        let file = std::fs::File::open(p).unwrap();
+        let reader = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        let info = reader.info();
+        (info.width, info.height)
     }
 }

@@ -1,41 +1,294 @@
 //! The terminal view of a run: a progress bar (frames, frames/s, MB/s, lost frames) and one
-//! line per state change.
+//! line per state change for an acquisition ([`show`]); a progress bar (frames, GB/s, ETA)
+//! for work on frames that the caller counts, such as `stemflow process`
+//! ([`FrameProgress`]). Without a terminal on stderr (a log file, a pipe, a service), both
+//! write a plain progress line every [`PROGRESS_LINE_INTERVAL`] instead (nothing for work
+//! that ends sooner). Also the stop signals (Ctrl-C, SIGTERM, SIGHUP) and what a cancelled
+//! command returns ([`Cancelled`]).
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressState, ProgressStyle};
+use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 use stemflow_actors::orchestrator::{InstrumentStatus, StateChange};
 use stemflow_core::state::AcqState;
 use tokio::sync::{broadcast, watch};
 
+/// Time between two progress lines when stderr is not a terminal (unless
+/// [`PROGRESS_INTERVAL_ENV`] sets another).
+pub const PROGRESS_LINE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Environment variable with the seconds between two progress lines when stderr is not a
+/// terminal (a number > 0, e.g. `0.5`; default [`PROGRESS_LINE_INTERVAL`]).
+pub const PROGRESS_INTERVAL_ENV: &str = "STEMFLOW_PROGRESS_INTERVAL_S";
+
+/// The time between two progress lines: [`PROGRESS_INTERVAL_ENV`] when it holds a number
+/// of seconds > 0 (else a warning and the default), or [`PROGRESS_LINE_INTERVAL`].
+pub fn line_interval() -> Duration {
+    let Ok(text) = std::env::var(PROGRESS_INTERVAL_ENV) else {
+        return PROGRESS_LINE_INTERVAL;
+    };
+    match text.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s < 1e6 => Duration::from_secs_f64(s),
+        _ => {
+            tracing::warn!(
+                "{PROGRESS_INTERVAL_ENV}={text:?} is not a number of seconds > 0; using {} s",
+                PROGRESS_LINE_INTERVAL.as_secs()
+            );
+            PROGRESS_LINE_INTERVAL
+        }
+    }
+}
+
+/// One progress line, e.g. `processing: 8192/16384 frames (50 %), 1.52 GB/s, ETA 6 s`: the
+/// frames done of `total` (0: unknown, no percentage and no ETA), the data rate of
+/// `frames_per_s` frames of `bytes_per_frame` bytes, and the time left at that rate.
+pub fn progress_line(
+    what: &str,
+    done: u64,
+    total: u64,
+    frames_per_s: f64,
+    bytes_per_frame: u64,
+) -> String {
+    let gb_per_s = frames_per_s * bytes_per_frame as f64 / 1e9;
+    let mut line = if total > 0 {
+        let pct = 100.0 * done as f64 / total as f64;
+        format!("{what}: {done}/{total} frames ({pct:.0} %), {gb_per_s:.2} GB/s")
+    } else {
+        format!("{what}: {done} frames, {gb_per_s:.2} GB/s")
+    };
+    if total > done && frames_per_s > 0.0 {
+        let left = (total - done) as f64 / frames_per_s;
+        line.push_str(&format!(", ETA {}", duration_text(left)));
+    }
+    line
+}
+
+/// `s` seconds as `7 s`, `2 min 5 s`, `1 h 3 min`.
+fn duration_text(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// How [`FrameProgress`] shows itself.
+enum View {
+    /// An indicatif bar on the terminal.
+    Bar(ProgressBar),
+    /// A line on stderr every `interval`, the next one at `next`.
+    Lines {
+        /// Time between two lines.
+        interval: Duration,
+        /// When the next line is due.
+        next: Instant,
+    },
+}
+
+/// The progress of work on a known number of frames (`stemflow process`), on stderr: on a
+/// terminal a bar with frames done, GB/s and the time left; otherwise a plain line every
+/// [`line_interval`] ([`progress_line`]), and nothing for work done sooner. The caller
+/// reports the frames done ([`FrameProgress::update`]); the bar is cleared when this is
+/// finished or dropped.
+pub struct FrameProgress {
+    /// Names the work in the lines (`processing`).
+    what: &'static str,
+    /// Frames the work is to do.
+    total: u64,
+    /// Bytes of one frame, for the data rate.
+    bytes_per_frame: u64,
+    /// When the work started (for the rate of the lines).
+    start: Instant,
+    /// Bar or lines.
+    view: View,
+}
+
+impl FrameProgress {
+    /// The progress of `what` on `total` frames of `bytes_per_frame` bytes: a bar when
+    /// stderr is a terminal, else lines every [`line_interval`].
+    pub fn new(what: &'static str, total: u64, bytes_per_frame: u64) -> Self {
+        if std::io::stderr().is_terminal() {
+            Self::bar(what, total, bytes_per_frame)
+        } else {
+            Self::lines(what, total, bytes_per_frame, line_interval())
+        }
+    }
+
+    /// A bar on stderr (hidden by indicatif where stderr is not a terminal).
+    pub fn bar(what: &'static str, total: u64, bytes_per_frame: u64) -> Self {
+        let bar =
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr_with_hz(10))
+                .with_finish(ProgressFinish::AndClear);
+        let bpf = bytes_per_frame as f64;
+        let gb_per_s = move |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.2} GB/s", state.per_sec() * bpf / 1e9);
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} frames  {gb_per_s}  ETA {eta}",
+            )
+            .map(|s| s.with_key("gb_per_s", gb_per_s))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(what);
+        Self {
+            what,
+            total,
+            bytes_per_frame,
+            start: Instant::now(),
+            view: View::Bar(bar),
+        }
+    }
+
+    /// Plain lines on stderr, the first after `interval`, then every `interval`.
+    pub fn lines(what: &'static str, total: u64, bytes_per_frame: u64, interval: Duration) -> Self {
+        let start = Instant::now();
+        Self {
+            what,
+            total,
+            bytes_per_frame,
+            start,
+            view: View::Lines {
+                interval,
+                next: start + interval,
+            },
+        }
+    }
+
+    /// `done` frames are done: moves the bar, or writes a line when one is due.
+    pub fn update(&mut self, done: u64) {
+        match &mut self.view {
+            View::Bar(bar) => bar.set_position(done),
+            View::Lines { interval, next } => {
+                let now = Instant::now();
+                if now < *next {
+                    return;
+                }
+                // The next line one interval from now: a late update does not bunch lines.
+                *next = now + *interval;
+                let elapsed = now.duration_since(self.start).as_secs_f64();
+                let rate = if elapsed > 0.0 {
+                    done as f64 / elapsed
+                } else {
+                    0.0
+                };
+                say(&progress_line(
+                    self.what,
+                    done,
+                    self.total,
+                    rate,
+                    self.bytes_per_frame,
+                ));
+            }
+        }
+    }
+
+    /// The work ended: the bar is cleared (lines need nothing).
+    pub fn finish(self) {
+        if let View::Bar(bar) = &self.view {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The progress of a live acquisition on stderr, from the instrument's status: a bar
+/// (frames, frames/s, MB/s, lost frames) on a terminal, else a line every
+/// [`line_interval`] (`acquisition: 1234/4096 frames (30 %), 0.53 GB/s, ETA 4 s, 0 lost`).
+/// Cleared when dropped.
+struct AcquisitionView {
+    /// The bar (hidden by indicatif where stderr is not a terminal).
+    bar: ProgressBar,
+    /// Time between two lines without a terminal.
+    interval: Duration,
+    /// When the next line is due.
+    next_line: Instant,
+    /// When the first frame was seen, and the frames then (for the rates).
+    first_frame_at: Option<(Instant, u64)>,
+}
+
+impl AcquisitionView {
+    fn new() -> Self {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10))
+            .with_finish(ProgressFinish::AndClear);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} frames  {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        let interval = line_interval();
+        Self {
+            bar,
+            interval,
+            next_line: Instant::now() + interval,
+            first_frame_at: None,
+        }
+    }
+
+    /// Shows `s`: moves the bar, or writes a line when one is due.
+    fn show(&mut self, s: &InstrumentStatus) {
+        let bar = &self.bar;
+        bar.set_length(s.frames_expected);
+        bar.set_position(
+            s.frames_processed
+                .min(s.frames_expected.max(s.frames_processed)),
+        );
+        if s.frames_processed > 0 && self.first_frame_at.is_none() {
+            self.first_frame_at = Some((Instant::now(), s.frames_processed));
+        }
+        let (fps, mbs) = match self.first_frame_at {
+            Some((t, n0)) if t.elapsed().as_secs_f64() > 0.05 => {
+                let dt = t.elapsed().as_secs_f64();
+                let fps = s.frames_processed.saturating_sub(n0) as f64 / dt;
+                (fps, fps * s.bytes_per_frame as f64 / 1e6)
+            }
+            _ => (0.0, 0.0),
+        };
+        let lost = s.frames_lost;
+        bar.set_message(format!("{fps:>8.0} frames/s  {mbs:>8.1} MB/s  lost {lost}"));
+        if bar.is_hidden() && Instant::now() >= self.next_line {
+            self.next_line = Instant::now() + self.interval;
+            let line = progress_line(
+                "acquisition",
+                s.frames_processed,
+                s.frames_expected,
+                fps,
+                s.bytes_per_frame,
+            );
+            say(&format!("{line}, {lost} lost"));
+        }
+    }
+
+    /// Writes `line` above the bar (a plain line without a terminal).
+    fn println(&self, line: String) {
+        // Without a terminal the bar is hidden and so are its lines.
+        if self.bar.is_hidden() {
+            say(&line);
+        } else {
+            self.bar.println(line);
+        }
+    }
+}
+
 /// Shows progress until the state returns to Idle after Running (or the sender closes).
+/// Without a terminal, the state changes are plain lines and the progress a line every
+/// [`line_interval`].
 pub async fn show(
     mut status: watch::Receiver<InstrumentStatus>,
     mut changes: broadcast::Receiver<StateChange>,
 ) {
-    let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} frames  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let mut view = AcquisitionView::new();
     let t0 = Instant::now();
-    let mut first_frame_at: Option<(Instant, u64)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
             ch = changes.recv() => match ch {
                 Ok(c) => {
-                    let line = format!(
+                    view.println(format!(
                         "[{:>7.3} s] state {} --{:?}--> {}",
                         t0.elapsed().as_secs_f64(), c.from, c.event, c.to
-                    );
-                    // Without a terminal the bar is hidden and so are its lines.
-                    if bar.is_hidden() {
-                        eprintln!("{line}");
-                    } else {
-                        bar.println(line);
-                    }
+                    ));
                     if c.to == AcqState::Idle && c.from != AcqState::Idle {
                         break;
                     }
@@ -45,25 +298,26 @@ pub async fn show(
             },
             _ = tick.tick() => {
                 let s = status.borrow_and_update().clone();
-                bar.set_length(s.frames_expected);
-                bar.set_position(s.frames_processed.min(s.frames_expected.max(s.frames_processed)));
-                if s.frames_processed > 0 && first_frame_at.is_none() {
-                    first_frame_at = Some((Instant::now(), s.frames_processed));
-                }
-                let (fps, mbs) = match first_frame_at {
-                    Some((t, n0)) if t.elapsed().as_secs_f64() > 0.05 => {
-                        let dt = t.elapsed().as_secs_f64();
-                        let fps = (s.frames_processed - n0) as f64 / dt;
-                        (fps, fps * s.bytes_per_frame as f64 / 1e6)
-                    }
-                    _ => (0.0, 0.0),
-                };
-                let lost = s.frames_lost;
-                bar.set_message(format!("{fps:>8.0} frames/s  {mbs:>8.1} MB/s  lost {lost}"));
+                view.show(&s);
             }
         }
     }
-    bar.finish_and_clear();
+}
+
+/// The progress of the acquisitions of a sequence (`stemflow run`, `queue`) as [`show`]
+/// draws it, without the state changes: until the status sender closes, or until the task
+/// is aborted (the bar is then cleared).
+pub async fn show_frames(mut status: watch::Receiver<InstrumentStatus>) {
+    let mut view = AcquisitionView::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        if status.has_changed().is_err() {
+            break;
+        }
+        let s = status.borrow_and_update().clone();
+        view.show(&s);
+    }
 }
 
 /// A signal that asks stemflow to stop: each ends the running work the way Ctrl-C does
@@ -344,5 +598,42 @@ impl Signals {
             .await
             .ok()
             .map(|()| StopSignal::Interrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_progress_line_has_frames_rate_and_time_left() {
+        // 1000 of 4000 frames of 128 KiB at 10 000 frames/s: 1.31 GB/s, 0.3 s left.
+        assert_eq!(
+            progress_line("processing", 1000, 4000, 10_000.0, 131_072),
+            "processing: 1000/4000 frames (25 %), 1.31 GB/s, ETA 0 s"
+        );
+        assert_eq!(
+            progress_line("processing", 4000, 4000, 100.0, 1_000_000),
+            "processing: 4000/4000 frames (100 %), 0.10 GB/s"
+        );
+        assert_eq!(
+            progress_line("acquisition", 7, 0, 0.0, 10),
+            "acquisition: 7 frames, 0.00 GB/s"
+        );
+        assert_eq!(duration_text(59.4), "59 s");
+        assert_eq!(duration_text(125.0), "2 min 5 s");
+        assert_eq!(duration_text(3780.0), "1 h 3 min");
+    }
+
+    #[test]
+    fn lines_come_only_once_the_interval_has_passed() {
+        let mut p = FrameProgress::lines("processing", 100, 10, Duration::from_secs(3600));
+        p.update(50);
+        let View::Lines { next, .. } = p.view else {
+            panic!("not lines")
+        };
+        // No line yet: the next one is still an interval away.
+        assert!(next > Instant::now() + Duration::from_secs(3000));
+        p.finish();
     }
 }

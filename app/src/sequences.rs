@@ -7,7 +7,7 @@
 //! cleanup through the scan engine and detector actors.
 
 use crate::instrument::{SimulatedInstrument, assemble_simulated, runtime};
-use crate::options::{QueueRunOptions, ReductionChoice, RunOptions};
+use crate::options::{QueueRunOptions, ReductionChoice, RunOptions, SequenceOptions};
 use crate::reductions::{self, Geometry, Reductions};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -50,6 +50,8 @@ pub struct SimExecutor {
     /// The profile's `[reductions] spec` (default: the live-view set on `geometry`).
     reductions: std::sync::Arc<Reductions>,
     record_raw: bool,
+    /// The user's calibration inputs, for every acquisition.
+    calibration: stemflow_core::metadata::CalibrationInputs,
     started: std::time::Instant,
     /// Injected beam-current dip: (start, duration) in s after the instrument started.
     beam_dip: Option<(f64, f64)>,
@@ -72,15 +74,17 @@ impl SimExecutor {
     pub fn start(
         profile: &Profile,
         faults: MicroscopeFaults,
-        record_raw: bool,
+        recording: crate::output::RecordingOutput,
+        calibration: stemflow_core::metadata::CalibrationInputs,
     ) -> Result<(Self, ScanDefaults)> {
+        let record_raw = recording.raw;
         let SimulatedInstrument {
             sim,
             spec,
             geometry,
             plan,
             reductions,
-        } = assemble_simulated(profile, faults)?;
+        } = assemble_simulated(profile, faults, recording)?;
         let rt = runtime()?;
         let inst = rt
             .block_on(Instrument::start(spec))
@@ -94,6 +98,7 @@ impl SimExecutor {
                 geometry,
                 reductions: std::sync::Arc::new(reductions),
                 record_raw,
+                calibration,
                 started: std::time::Instant::now(),
                 beam_dip: None,
             },
@@ -157,13 +162,34 @@ impl Executor for SimExecutor {
             label: "simulated".into(),
             nav_from_detector: false,
             ready_hook: None,
+            calibration: self.calibration.clone(),
         };
         let rt = &self.rt;
         let inst = self
             .inst
             .as_mut()
             .ok_or_else(|| device("acquire", "instrument shut down"))?;
-        match rt.block_on(inst.run_acquisition(req)) {
+        // Progress on stderr while it runs: a bar, or without a terminal a line every 5 s.
+        let view = {
+            let _runtime = rt.enter();
+            tokio::spawn(crate::progress::show_frames(inst.status()))
+        };
+        let r = rt.block_on(inst.run_acquisition(req));
+        view.abort();
+        let _ = rt.block_on(view);
+        // Each acquisition's folder gets what a single run's gets: run.json and the images
+        // beside the recording (the sequence goes on if they cannot be written; said).
+        if let Some(dir) = acq.output.as_ref().and_then(|p| p.parent()) {
+            let record = match &r {
+                Ok(rec) => rec,
+                Err(f) => &f.record,
+            };
+            let results = inst.last_results().results.clone();
+            if let Err(e) = write_acquisition_outputs(dir, record, &results) {
+                eprintln!("acquisition `{}`: {e:#}", acq.label);
+            }
+        }
+        match r {
             Ok(r) => Ok(outcome(&acq.label, &r)),
             Err(f) => Err(ExecError::Acquisition {
                 message: f.error.to_string(),
@@ -298,6 +324,25 @@ impl Executor for SimExecutor {
     }
 }
 
+/// run.json and the PNG images of one acquisition of a sequence, in its folder `dir`.
+///
+/// # Errors
+/// A file cannot be written (the error names it).
+fn write_acquisition_outputs(
+    dir: &Path,
+    record: &RunRecord,
+    results: &[stemflow_core::result::UdfResults],
+) -> Result<()> {
+    crate::output::write_run_record(dir, record, results)?;
+    crate::output::write_images(
+        dir,
+        results,
+        record.metadata.nav_shape,
+        &crate::output::ImageOptions::for_record(record),
+    )?;
+    Ok(())
+}
+
 /// The error of an actor call that replies `Result<(), DeviceError>`, if any: messaging
 /// failure, no reply within the deadline, or the device's error.
 fn call_error<E: std::fmt::Display>(
@@ -401,13 +446,21 @@ fn reductions_of(profile: &Profile, args: &ReductionChoice) -> Result<Reductions
 /// Starts the simulated instrument with `reductions` and applies the profile's optics.
 fn start_instrument(
     profile: &Profile,
-    stuck: Option<&str>,
-    beam_dip: Option<&str>,
-    record_raw: bool,
+    args: &SequenceOptions,
     reductions: Reductions,
-    live_view: Option<std::net::SocketAddr>,
 ) -> Result<SimExecutor> {
-    let (mut exec, _) = SimExecutor::start(profile, faults(stuck)?, record_raw)?;
+    let (stuck, beam_dip, live_view) = (
+        args.sim_stuck_setting.as_deref(),
+        args.sim_beam_dip.as_deref(),
+        args.live_view,
+    );
+    let recording = crate::output::recording_output(&args.recording, args.no_raw, Some(profile))?;
+    let calibration = args.recording.calibration(
+        profile.scan.step_nm,
+        profile.scan.rotation_deg,
+        profile.detector.pixel_pitch_um,
+    );
+    let (mut exec, _) = SimExecutor::start(profile, faults(stuck)?, recording, calibration)?;
     if let Some(addr) = live_view {
         let lv = exec.rt.block_on(crate::live_view::LiveView::bind(addr))?;
         eprintln!("live view: http://{}/", lv.local_addr());
@@ -515,14 +568,7 @@ fn open_session(
     limit: Duration,
 ) -> Result<(Session, Arc<AtomicBool>)> {
     let args = &opts.sequence;
-    let exec = start_instrument(
-        profile,
-        args.sim_stuck_setting.as_deref(),
-        args.sim_beam_dip.as_deref(),
-        !args.no_raw,
-        reductions,
-        args.live_view,
-    )?;
+    let exec = start_instrument(profile, args, reductions)?;
     let interrupted = interrupt_on_ctrl_c(&exec, control, true);
     let mut session = Session::new(Box::new(exec), control.clone(), Some(args.out.clone()));
     session.set_log(Box::new(|m| println!("{m}")));
@@ -674,14 +720,7 @@ pub fn queue(opts: &QueueRunOptions) -> Result<()> {
         return Ok(());
     }
     println!("queue {}: {} units validated", q.name, q.units.len());
-    let exec = start_instrument(
-        &profile,
-        args.sim_stuck_setting.as_deref(),
-        args.sim_beam_dip.as_deref(),
-        !args.no_raw,
-        reductions,
-        args.live_view,
-    )?;
+    let exec = start_instrument(&profile, args, reductions)?;
     let opts = QueueOptions {
         out: args.out.clone(),
         resume,

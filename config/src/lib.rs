@@ -60,6 +60,13 @@ pub struct ScanSection {
     /// Flyback time per line, s.
     #[serde(default)]
     pub flyback_s: f64,
+    /// Scan step, nm per scan position (the scan axes' calibration); absent: uncalibrated
+    /// (axes in positions) unless given on the command line.
+    #[serde(default)]
+    pub step_nm: Option<f64>,
+    /// Scan rotation, degrees.
+    #[serde(default)]
+    pub rotation_deg: f64,
 }
 
 /// `[detector]`: which detector and its acquisition settings.
@@ -78,6 +85,9 @@ pub struct DetectorSection {
     pub exposure_s: f64,
     /// Trigger: `internal`, `soft` or `external-rising`.
     pub trigger: DetectorTrigger,
+    /// Physical pixel pitch, µm; absent: the detector's read-back value or its model's.
+    #[serde(default)]
+    pub pixel_pitch_um: Option<f64>,
 }
 
 /// `[microscope]`: optical settings applied and read back before the scan. Units: V, m, rad.
@@ -311,6 +321,19 @@ pub struct Profile {
     /// Physical devices (absent: everything simulated in-process).
     #[serde(default)]
     pub devices: DevicesSection,
+    /// How recordings are written (absent: the defaults).
+    #[serde(default)]
+    pub recording: RecordingSection,
+}
+
+/// `[recording]`: how the raw frames are stored.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSection {
+    /// Frame compression: `none`, `deflate`, `deflate:1` … `deflate:9` or `bslz4`
+    /// (checked by the application, which knows the recorder's names); absent: deflate.
+    #[serde(default)]
+    pub compression: Option<String>,
 }
 
 impl Profile {
@@ -362,6 +385,22 @@ impl Profile {
         let [r, c] = self.scan.nav_shape;
         if r == 0 || c == 0 {
             return Err(bad("scan.nav_shape", format!("{r}x{c}: both must be ≥ 1")));
+        }
+        if let Some(step) = self.scan.step_nm
+            && !(step.is_finite() && step > 0.0)
+        {
+            return Err(bad(
+                "scan.step_nm",
+                format!("{step} nm: must be a positive number"),
+            ));
+        }
+        if let Some(p) = self.detector.pixel_pitch_um
+            && !(p.is_finite() && p > 0.0)
+        {
+            return Err(bad(
+                "detector.pixel_pitch_um",
+                format!("{p} µm: must be a positive number"),
+            ));
         }
         if !(0.0..=10.0).contains(&self.scan.dwell_time_s) {
             return Err(bad(

@@ -47,6 +47,19 @@ impl DType {
             DType::F64 => "float64",
         }
     }
+    /// The type of a numpy-style [`name`](Self::name) (`uint16` → `U16`); `None` for others.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            DType::U8,
+            DType::U16,
+            DType::U32,
+            DType::U64,
+            DType::F32,
+            DType::F64,
+        ]
+        .into_iter()
+        .find(|d| d.name() == name)
+    }
     /// True for the floating-point types ([`DType::F32`], [`DType::F64`]).
     pub const fn is_float(self) -> bool {
         matches!(self, DType::F32 | DType::F64)

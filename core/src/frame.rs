@@ -109,6 +109,14 @@ pub trait FrameDecoder: Send + Sync + fmt::Debug {
     /// [`DecodeError::PayloadSize`] when the payload has the wrong length,
     /// [`DecodeError::Target`] when `out` does not fit, [`DecodeError::Malformed`] otherwise.
     fn decode_into(&self, payload: &[u8], out: PixelsMut<'_>) -> Result<(), DecodeError>;
+
+    /// When every payload is, as it stands, one frame's chunk of an HDF5 filter (DECTRIS
+    /// bitshuffle-LZ4 blobs are chunks of filter 32008, protocols.md §2.5): that filter's
+    /// id, so a recorder using the same filter can store the payload without decoding and
+    /// re-encoding it. `None` (the default): payloads must be decoded.
+    fn hdf5_chunk_filter(&self) -> Option<u32> {
+        None
+    }
 }
 
 /// Where one raw frame lies in a [`RawStack`]'s buffer.

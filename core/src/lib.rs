@@ -21,6 +21,7 @@
 //! - [`result`]: UDF result buffers (nav / sig / single) as merged, for views and recorders.
 //! - [`sink`]: the [`sink::TileSink`] trait through which decoded tiles reach a recorder.
 
+pub mod codec;
 pub mod dataset;
 pub mod detector;
 pub mod devices;

@@ -1,6 +1,6 @@
 //! Where decoded tiles go besides the UDFs: the recorder implements [`TileSink`].
 
-use crate::frame::Tile;
+use crate::frame::{RawStack, Tile};
 
 /// Error type a sink reports; the pipeline stops and reports it with the sink's name.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
@@ -18,4 +18,29 @@ pub trait TileSink: Send {
     /// # Errors
     /// Any failure to store the tile; the pipeline ends the run with it.
     fn write_tile(&mut self, tile: &Tile) -> Result<(), SinkError>;
+
+    /// Whether [`write_tile_with_raw`](Self::write_tile_with_raw) can use the payloads of
+    /// a stack whose decoder reports [`hdf5_chunk_filter`](crate::frame::FrameDecoder::hdf5_chunk_filter)
+    /// `filter`; the pipeline keeps a stack's bytes until its tile is written only then.
+    fn takes_raw(&self, filter: u32) -> bool {
+        let _ = filter;
+        false
+    }
+
+    /// Takes one tile decoded from `raw` (its first `tile.n_frames` frames), the frames in
+    /// `damaged` (acquisition indices) having failed to decode. The default writes the
+    /// decoded tile; a recorder storing the detector's own compressed chunks writes the
+    /// payloads instead.
+    ///
+    /// # Errors
+    /// As [`write_tile`](Self::write_tile).
+    fn write_tile_with_raw(
+        &mut self,
+        tile: &Tile,
+        raw: &RawStack,
+        damaged: &[u64],
+    ) -> Result<(), SinkError> {
+        let _ = (raw, damaged);
+        self.write_tile(tile)
+    }
 }

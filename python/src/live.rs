@@ -156,6 +156,12 @@ fn acquire_options(d: &Bound<'_, PyDict>) -> PyResult<AcquireOptions> {
     a.frame_timeout_s = opt(d, "frame_timeout_s", a.frame_timeout_s)?;
     a.first_frame_timeout_s = opt(d, "first_frame_timeout_s", a.first_frame_timeout_s)?;
     a.no_raw = !opt(d, "record_raw", true)?;
+    if let Some(c) = opt::<Option<String>>(d, "compression", None)? {
+        a.recording.compression = Some(c.parse().map_err(PyValueError::new_err)?);
+    }
+    a.recording.scan_step_nm = opt(d, "scan_step_nm", None)?;
+    a.recording.scan_rotation_deg = opt(d, "scan_rotation_deg", None)?;
+    a.recording.pixel_pitch_um = opt(d, "pixel_pitch_um", None)?;
     Ok(a)
 }
 
@@ -180,7 +186,9 @@ struct LiveOutcome {
 ///
 /// `options`: `detector` (`merlin`, `dectris`, or `simulated` with `profile`), `host`, ports, `mode` (`active`/`passive`), `nav_shape`,
 /// `trigger`, `exposure_s`, `counter_depth`, `arm_timeout_s`, `frame_timeout_s`,
-/// `first_frame_timeout_s`, `output` (HDF5 recording path or None), `record_raw`.
+/// `first_frame_timeout_s`, `output` (HDF5 recording path or None), `record_raw`,
+/// `compression` (`none`, `deflate`, `deflate:N`, `bslz4`), `scan_step_nm`,
+/// `scan_rotation_deg`, `pixel_pitch_um`.
 /// `on_armed(nav_shape, sig_shape, dtype)` returns `(builtins, python_runners, roi,
 /// nav_shape)` for the frames announced; `on_snapshot(frames, results)` gets the built-ins' partial
 /// results; `ready_hook(nav_shape)` runs in active mode before the trigger.
@@ -303,6 +311,7 @@ fn live_run(
             stemflow_app::acquisition::simulate_with(
                 profile.as_deref(),
                 nav,
+                &args,
                 pipeline,
                 output,
                 hook,

@@ -676,6 +676,8 @@ class LiveContext(Context):
         hooks=None,
         output=None,
         record_raw: bool = True,
+        compression: str | None = None,
+        scan_step_nm: float | None = None,
     ):
         """An acquisition on ``conn``, used like a data set in :meth:`run_udf`.
 
@@ -693,6 +695,13 @@ class LiveContext(Context):
             written to while they are processed (active and hook-driven modes).
         record_raw : bool
             False: the file gets the validity map, metadata and results, not the frames.
+        compression : str, optional
+            The frames' compression in ``output``: ``"none"``, ``"deflate"`` (the default:
+            every reader opens it), ``"deflate:N"`` (N = 1–9) or ``"bslz4"``
+            (bitshuffle-LZ4; readers need ``hdf5plugin``).
+        scan_step_nm : float, optional
+            Scan step, nm per position, for the recording's calibration (default: the
+            profile's for ``'simulated'``, else uncalibrated).
 
         Raises
         ------
@@ -709,4 +718,6 @@ class LiveContext(Context):
             hooks=hooks,
             output=output,
             record_raw=record_raw,
+            compression=compression,
+            scan_step_nm=scan_step_nm,
         )

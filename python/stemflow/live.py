@@ -324,6 +324,8 @@ class Acquisition:
         hooks=None,
         output=None,
         record_raw: bool = True,
+        compression: str | None = None,
+        scan_step_nm: float | None = None,
     ):
         if pending_aq is None and controller is None and hooks is None:
             controller = conn.get_active_controller()
@@ -335,6 +337,8 @@ class Acquisition:
         self.hooks = hooks
         self.output = output
         self.record_raw = record_raw
+        self.compression = compression
+        self.scan_step_nm = scan_step_nm
         nav = (
             tuple(nav_shape)
             if nav_shape is not None
@@ -420,6 +424,10 @@ class Acquisition:
             output=None if self.output is None else str(self.output),
             record_raw=self.record_raw,
         )
+        if self.compression is not None:
+            opts["compression"] = self.compression
+        if self.scan_step_nm is not None:
+            opts["scan_step_nm"] = float(self.scan_step_nm)
         if self.controller is not None:
             opts.update(self.controller.options())
         hook = None

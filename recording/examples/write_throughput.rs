@@ -16,6 +16,7 @@ use stemflow_core::metadata::RunMetadata;
 use stemflow_core::sink::TileSink;
 use stemflow_core::validity::FrameValidity;
 use stemflow_core::{DType, NavShape, SigShape};
+use stemflow_recording::hdf5::Compression;
 use stemflow_recording::{Hdf5Recorder, RecordingSpec};
 
 fn main() {
@@ -58,11 +59,27 @@ fn main() {
         "configuration", "caller MB/s", "closed MB/s", "fsync MB/s"
     );
     for (label, queue, compression, shuffled) in [
-        ("warm-up (page cache), not counted", 8, None, false),
-        ("inline, uncompressed", 0, None, false),
-        ("writer thread, uncompressed", 8, None, false),
-        ("writer thread, uncompressed, shuffled", 8, None, true),
-        ("writer thread, deflate 1", 8, Some(1), false),
+        (
+            "warm-up (page cache), not counted",
+            8,
+            Compression::None,
+            false,
+        ),
+        ("inline, uncompressed", 0, Compression::None, false),
+        ("writer thread, uncompressed", 8, Compression::None, false),
+        (
+            "writer thread, uncompressed, shuffled",
+            8,
+            Compression::None,
+            true,
+        ),
+        (
+            "writer thread, deflate 1",
+            8,
+            Compression::Deflate { level: 1 },
+            false,
+        ),
+        ("writer thread, bslz4", 8, Compression::Bslz4, false),
     ] {
         let path = dir.join("stemflow-write-throughput.h5");
         let _ = std::fs::remove_file(&path);

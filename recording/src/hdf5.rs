@@ -46,7 +46,7 @@ use ndarray::{ArrayView4, ArrayViewD, IxDyn};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use stemflow_core::frame::{Tile, TileData};
+use stemflow_core::frame::{RawStack, Tile, TileData};
 use stemflow_core::metadata::RunMetadata;
 use stemflow_core::pool::{Pool, Pooled};
 use stemflow_core::result::{BufferKind, TypedValues, UdfResults};
@@ -66,9 +66,8 @@ pub struct RecordingSpec {
     /// Frames per HDF5 chunk (see [`layout::chunk_shape`]); [`RecordingSpec::new`] picks
     /// about 2 MiB per chunk (16 frames of 256 × 256 `u16`).
     pub frames_per_chunk: usize,
-    /// `None`: uncompressed (fastest, crash-safe by construction). `Some(level)`: HDF5's
-    /// byte shuffle then deflate at `level` (1–9), run by libhdf5 on the writer thread.
-    pub compression: Option<u8>,
+    /// How the frames are compressed ([`Compression`]).
+    pub compression: Compression,
     /// Tiles that may wait for the writer thread; 0 writes on the caller's thread inside
     /// `write_tile` instead (no copy, but the caller waits for the disk).
     pub writer_queue: usize,
@@ -87,6 +86,71 @@ pub struct RecordingSpec {
     pub frames_written: bool,
 }
 
+/// How the frames dataset is compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Uncompressed: fastest, crash-safe by construction (every chunk allocated at create).
+    #[default]
+    None,
+    /// HDF5's byte shuffle then deflate (gzip) at `level` 1–9, run by libhdf5 on the
+    /// writer thread. Every HDF5 reader has this filter built in.
+    Deflate {
+        /// zlib level, 1 (fastest) to 9 (smallest).
+        level: u8,
+    },
+    /// Bitshuffle + LZ4, HDF5 filter 32008 (the format of DECTRIS detectors' own files),
+    /// one frame per chunk; stemflow compresses the chunks itself and writes them with
+    /// HDF5's direct chunk write, so libhdf5 needs no plugin to write, and a DECTRIS
+    /// frame that arrived bitshuffle-LZ4 compressed is written as it came
+    /// ([`Hdf5Recorder::write_raw`]). Readers need the filter: `pip install
+    /// hdf5plugin` and `import hdf5plugin` (HyperSpy and py4DSTEM import it when installed).
+    Bslz4,
+}
+
+impl Compression {
+    /// The name used on the command line and in profiles (`none`, `deflate`, `deflate:4`,
+    /// `bslz4`).
+    pub fn name(&self) -> String {
+        match self {
+            Compression::None => "none".into(),
+            Compression::Deflate { level: 1 } => "deflate".into(),
+            Compression::Deflate { level } => format!("deflate:{level}"),
+            Compression::Bslz4 => "bslz4".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    /// `none`, `deflate` (level 1), `deflate:N` (N = 1–9; `gzip` is a synonym of
+    /// `deflate`), `bslz4`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let (name, level) = match t.split_once(':') {
+            Some((n, l)) => (n.to_string(), Some(l.to_string())),
+            None => (t.clone(), None),
+        };
+        match (name.as_str(), level) {
+            ("none", None) => Ok(Compression::None),
+            ("bslz4", None) => Ok(Compression::Bslz4),
+            ("deflate" | "gzip", None) => Ok(Compression::Deflate { level: 1 }),
+            ("deflate" | "gzip", Some(l)) => match l.parse::<u8>() {
+                Ok(level @ 1..=9) => Ok(Compression::Deflate { level }),
+                _ => Err(format!("deflate level `{l}`: expected 1 to 9")),
+            },
+            _ => Err(format!(
+                "compression `{s}`: expected none, deflate, deflate:1 … deflate:9 or bslz4"
+            )),
+        }
+    }
+}
+
 /// Bytes left free on the disk beside an uncompressed recording: 256 MiB.
 pub const DEFAULT_DISK_RESERVE: u64 = 256 << 20;
 
@@ -99,7 +163,7 @@ impl RecordingSpec {
             sig_shape,
             dtype,
             frames_per_chunk: layout::default_frames_per_chunk(sig_shape, dtype),
-            compression: None,
+            compression: Compression::None,
             writer_queue: 8,
             flush_interval: Duration::from_secs(1),
             stall_timeout: Duration::from_secs(30),
@@ -191,6 +255,9 @@ enum Job {
         n: usize,
         data: Pooled<TileData>,
     },
+    /// Frames (acquisition index, chunk bytes) already compressed as the frames dataset's
+    /// filter compresses one frame: written as they are.
+    Chunks(Vec<(u64, Vec<u8>)>),
     /// Flush, then answer (true on success; on failure the thread ends with the error).
     Flush(crossbeam_channel::Sender<bool>),
 }
@@ -222,10 +289,26 @@ impl Hdf5Recorder {
         metadata: Option<&RunMetadata>,
     ) -> Result<Self, RecordingError> {
         let path = path.as_ref().to_path_buf();
+        let mut spec = spec;
+        if spec.compression == Compression::Bslz4 {
+            // One frame per chunk, as DECTRIS writes it: a detector's compressed frame is
+            // a chunk as it stands.
+            spec.frames_per_chunk = 1;
+        }
         check_spec(&path, &spec)?;
         let writer = Writer::create(&path, &spec)?;
         if let Some(md) = metadata {
             write_opening_metadata(&writer.file, &path, md)?;
+            if writer.frames.is_some() {
+                crate::views::update(
+                    &writer.file,
+                    &path,
+                    &title_of(&path),
+                    spec.nav_shape,
+                    spec.sig_shape,
+                    Some(md),
+                )?;
+            }
         }
         let mode = if spec.writer_queue == 0 {
             Mode::Inline(Box::new(writer))
@@ -291,6 +374,63 @@ impl Hdf5Recorder {
             n: tile.n_frames,
             data: buf,
         })
+    }
+
+    /// Writes the frames of `tile` from the payloads of `raw`, the stack it was decoded
+    /// from, when they are chunks of this recording's filter ([`Compression::Bslz4`], one
+    /// frame per chunk) declaring the frame's size; other frames (a payload of another
+    /// size) are compressed from the tile. Frames in `damaged` are not written (their
+    /// validity says so; they read as zeros).
+    ///
+    /// # Errors
+    /// As [`write`](Self::write).
+    pub fn write_raw(
+        &mut self,
+        tile: &Tile,
+        raw: &RawStack,
+        damaged: &[u64],
+    ) -> Result<(), RecordingError> {
+        self.check_tile(tile)?;
+        if self.spec.compression != Compression::Bslz4
+            || raw.decoder.hdf5_chunk_filter() != Some(crate::bslz4::FILTER_ID as u32)
+            || raw.first_frame != tile.first_frame
+            || raw.len() < tile.n_frames
+        {
+            return self.write(tile);
+        }
+        let frame_len = tile.sig_shape.len();
+        let frame_bytes = (frame_len * tile.data.dtype().size()) as u64;
+        let mut chunks = Vec::with_capacity(tile.n_frames);
+        for i in 0..tile.n_frames {
+            let f = tile.first_frame + i as u64;
+            if damaged.contains(&f) {
+                continue;
+            }
+            let payload = raw.payload(i);
+            let fits = stemflow_core::codec::bslz4_header(payload)
+                .is_ok_and(|(total, _)| total == frame_bytes);
+            let chunk = if fits {
+                payload.to_vec()
+            } else {
+                let mut bytes = vec![0u8; frame_bytes as usize];
+                copy_le(&mut bytes, &tile.data, i * frame_len..(i + 1) * frame_len);
+                crate::bslz4::encode(&bytes, tile.data.dtype().size()).map_err(|e| {
+                    RecordingError::Spec {
+                        path: self.path.clone(),
+                        detail: format!("compressing frame {f}: {e}"),
+                    }
+                })?
+            };
+            chunks.push((f, chunk));
+        }
+        match &mut self.mode {
+            Mode::Inline(w) => {
+                w.write_chunks(&chunks)?;
+                w.maybe_flush()
+            }
+            Mode::Threaded(_) => self.send(Job::Chunks(chunks)),
+            Mode::Closed(why) => Err(closed(&self.path, why)),
+        }
     }
 
     /// Waits (at most `stall_timeout`) for the writer to return a tile buffer, looking in
@@ -426,11 +566,25 @@ impl Hdf5Recorder {
         run_record: Option<&serde_json::Value>,
     ) -> Result<RecordingSummary, RecordingError> {
         let mut writer = self.take_writer()?;
+        writer.write_partial_chunks()?;
         writer.flush()?;
         let p = &self.path;
         write_validity(&writer, validity)?;
         write_results(&writer.file, p, results)?;
         write_metadata(&writer.file, p, metadata, run_record)?;
+        if writer.frames.is_some() {
+            crate::views::update(
+                &writer.file,
+                p,
+                &title_of(p),
+                writer.nav,
+                writer.sig,
+                Some(metadata),
+            )?;
+        }
+        if let Some(cal) = &metadata.calibration {
+            crate::views::write_nexus_calibration(&writer.file, p, cal)?;
+        }
         let entry = group(&writer.file, p, layout::ENTRY)?;
         set_attr(&entry, p, layout::COMPLETE_ATTR, &1u8)?;
         writer
@@ -506,6 +660,21 @@ impl TileSink for Hdf5Recorder {
     fn write_tile(&mut self, tile: &Tile) -> Result<(), SinkError> {
         self.write(tile).map_err(Into::into)
     }
+    /// A bitshuffle-LZ4 recording (one frame per chunk) stores bitshuffle-LZ4 payloads as
+    /// they came: no decode and re-encode on the recording path.
+    fn takes_raw(&self, filter: u32) -> bool {
+        self.spec.compression == Compression::Bslz4
+            && self.spec.frames_written
+            && filter == crate::bslz4::FILTER_ID as u32
+    }
+    fn write_tile_with_raw(
+        &mut self,
+        tile: &Tile,
+        raw: &RawStack,
+        damaged: &[u64],
+    ) -> Result<(), SinkError> {
+        self.write_raw(tile, raw, damaged).map_err(Into::into)
+    }
 }
 
 impl Drop for Hdf5Recorder {
@@ -566,7 +735,7 @@ fn check_spec(path: &Path, spec: &RecordingSpec) -> Result<(), RecordingError> {
             spec.frame_bytes()
         )));
     }
-    if spec.compression.is_none() && spec.frames_written {
+    if spec.compression == Compression::None && spec.frames_written {
         // Uncompressed chunks are all allocated when the file is created: the frames must
         // fit on the disk, with the reserve left free.
         let dir = match path.parent() {
@@ -597,7 +766,7 @@ fn check_spec(path: &Path, spec: &RecordingSpec) -> Result<(), RecordingError> {
             spec.dtype
         )));
     }
-    if let Some(level) = spec.compression {
+    if let Compression::Deflate { level } = spec.compression {
         if level > 9 {
             return Err(bad(format!(
                 "compression level {level}; supported: 0-9 (deflate)"
@@ -661,7 +830,10 @@ pub(crate) fn h5<'a>(
 struct Writer {
     path: PathBuf,
     file: File,
-    frames: Dataset,
+    /// `None` when raw recording is off ([`RecordingSpec::frames_written`] false).
+    frames: Option<Dataset>,
+    /// Chunks being filled, for the chunks this crate compresses ([`Compression::Bslz4`]).
+    chunks: Option<ChunkAssembly>,
     validity: Dataset,
     nav: NavShape,
     sig: SigShape,
@@ -685,6 +857,12 @@ impl Writer {
             .create(path)
             .map_err(h5(path, "/", "creating the file"))?;
         set_attr_str(&file, path, "default", "entry")?;
+        set_attr(
+            &file,
+            path,
+            "stemflow_layout_version",
+            &layout::LAYOUT_VERSION,
+        )?;
         let entry =
             file.create_group("entry")
                 .map_err(h5(path, layout::ENTRY, "creating the group"))?;
@@ -708,30 +886,57 @@ impl Writer {
                 .create_group("data")
                 .map_err(h5(path, layout::DATA, "creating the group"))?;
         set_attr_str(&data, path, "NX_class", "NXdata")?;
-        set_attr_str(&data, path, "signal", "frames")?;
-
+        set_attr(
+            &data,
+            path,
+            "frames_recorded",
+            &u8::from(spec.frames_written),
+        )?;
         let (nav, sig) = (spec.nav_shape, spec.sig_shape);
-        let frames = match spec.dtype {
-            DType::U8 => create_frames::<u8>(&data, path, spec),
-            DType::U16 => create_frames::<u16>(&data, path, spec),
-            DType::U32 => create_frames::<u32>(&data, path, spec),
-            DType::U64 => create_frames::<u64>(&data, path, spec),
-            DType::F32 => create_frames::<f32>(&data, path, spec),
-            DType::F64 => create_frames::<f64>(&data, path, spec),
-        }?;
-        set_attr_str(&frames, path, "units", "counts")?;
-        set_attr_str(
-            &frames,
+        // Shapes and pixel type are stored even without frames (`--no-raw`), for readers of
+        // the validity map and the results.
+        write_u64_array(
+            &data,
             path,
-            "axes_order",
-            "scan_y, scan_x, detector_y, detector_x (frame i at [i // nav_cols, i % nav_cols])",
+            "sig_shape",
+            &[sig.rows as u64, sig.cols as u64],
+            "pixels",
         )?;
-        set_attr_str(
-            &frames,
-            path,
-            "detector_row_order",
-            "row 0 as sent by the detector (LiberTEM's convention; HyperSpy shows Merlin frames flipped vertically)",
-        )?;
+        set_attr_str(&data, path, "frames_dtype", spec.dtype.name())?;
+        let frames = if spec.frames_written {
+            set_attr_str(&data, path, "signal", "frames")?;
+            let frames = match spec.dtype {
+                DType::U8 => create_frames::<u8>(&data, path, spec),
+                DType::U16 => create_frames::<u16>(&data, path, spec),
+                DType::U32 => create_frames::<u32>(&data, path, spec),
+                DType::U64 => create_frames::<u64>(&data, path, spec),
+                DType::F32 => create_frames::<f32>(&data, path, spec),
+                DType::F64 => create_frames::<f64>(&data, path, spec),
+            }?;
+            set_attr_str(&frames, path, "units", "counts")?;
+            set_attr_str(
+                &frames,
+                path,
+                "axes_order",
+                "scan_y, scan_x, detector_y, detector_x (frame i at [i // nav_cols, i % nav_cols])",
+            )?;
+            set_attr_str(
+                &frames,
+                path,
+                "detector_row_order",
+                "row 0 as sent by the detector (LiberTEM's convention; HyperSpy shows Merlin frames flipped vertically)",
+            )?;
+            crate::views::create(&file, path, &title_of(path), nav, sig)?;
+            Some(frames)
+        } else {
+            set_attr_str(
+                &data,
+                path,
+                "frames_note",
+                "raw frames were not recorded (raw recording off): this file holds the validity map, the results and the metadata only",
+            )?;
+            None
+        };
         let validity = data
             .new_dataset::<u8>()
             .shape((nav.rows, nav.cols))
@@ -750,6 +955,13 @@ impl Writer {
         Ok(Self {
             path: path.to_path_buf(),
             file,
+            chunks: (spec.compression == Compression::Bslz4 && frames.is_some()).then(|| {
+                ChunkAssembly::new(
+                    nav,
+                    layout::chunk_shape(nav, sig, spec.frames_per_chunk),
+                    spec.dtype.size(),
+                )
+            }),
             frames,
             validity,
             nav,
@@ -765,14 +977,45 @@ impl Writer {
     }
 
     fn write(&mut self, first: u64, n: usize, data: &TileData) -> Result<(), RecordingError> {
+        let Some(frames) = &self.frames else {
+            return Err(RecordingError::Mismatch {
+                path: self.path.clone(),
+                object: layout::FRAMES.into(),
+                detail: format!(
+                    "frames {first}..{} given to a recording made without raw frames",
+                    first + n as u64
+                ),
+            });
+        };
+        if let Some(asm) = &mut self.chunks {
+            let frame_len = self.sig.len();
+            for i in 0..n {
+                let f = first as usize + i;
+                let px = i * frame_len..(i + 1) * frame_len;
+                let newly = self.written[f] == 0;
+                if let Some((offset, chunk)) = asm.put(f, newly, |dst| copy_le(dst, data, px)) {
+                    crate::bslz4::write_chunk(frames, &offset, &chunk).map_err(|source| {
+                        RecordingError::Hdf5 {
+                            path: self.path.clone(),
+                            object: layout::FRAMES.into(),
+                            during: format!("writing the compressed chunk at {offset:?}"),
+                            source,
+                        }
+                    })?;
+                }
+            }
+        }
         for block in layout::blocks(first, n, self.nav) {
+            if self.chunks.is_some() {
+                break;
+            }
             let r = match data {
-                TileData::U8(d) => write_block(&self.frames, d, block, self.sig),
-                TileData::U16(d) => write_block(&self.frames, d, block, self.sig),
-                TileData::U32(d) => write_block(&self.frames, d, block, self.sig),
-                TileData::U64(d) => write_block(&self.frames, d, block, self.sig),
-                TileData::F32(d) => write_block(&self.frames, d, block, self.sig),
-                TileData::F64(d) => write_block(&self.frames, d, block, self.sig),
+                TileData::U8(d) => write_block(frames, d, block, self.sig),
+                TileData::U16(d) => write_block(frames, d, block, self.sig),
+                TileData::U32(d) => write_block(frames, d, block, self.sig),
+                TileData::U64(d) => write_block(frames, d, block, self.sig),
+                TileData::F32(d) => write_block(frames, d, block, self.sig),
+                TileData::F64(d) => write_block(frames, d, block, self.sig),
             };
             r.map_err(|source| {
                 let start = first + block.offset as u64;
@@ -817,6 +1060,55 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes frames that came compressed, one chunk per frame (`(index, bytes)`).
+    fn write_chunks(&mut self, chunks: &[(u64, Vec<u8>)]) -> Result<(), RecordingError> {
+        let Some(frames) = &self.frames else {
+            return Err(RecordingError::Mismatch {
+                path: self.path.clone(),
+                object: layout::FRAMES.into(),
+                detail: "compressed frames given to a recording made without raw frames".into(),
+            });
+        };
+        for (f, chunk) in chunks {
+            let f = *f as usize;
+            if f >= self.written.len() {
+                continue;
+            }
+            let offset = [(f / self.nav.cols) as u64, (f % self.nav.cols) as u64, 0, 0];
+            crate::bslz4::write_chunk(frames, &offset, chunk).map_err(|source| {
+                RecordingError::Hdf5 {
+                    path: self.path.clone(),
+                    object: layout::FRAMES.into(),
+                    during: format!("writing frame {f} as it came (bitshuffle-LZ4 chunk)"),
+                    source,
+                }
+            })?;
+            self.frames_written += u64::from(self.written[f] == 0);
+            self.written[f] = 1;
+            self.bytes_written += self.frame_bytes;
+        }
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Writes the chunks still being filled (frames never received stay zero).
+    fn write_partial_chunks(&mut self) -> Result<(), RecordingError> {
+        let (Some(frames), Some(asm)) = (&self.frames, &mut self.chunks) else {
+            return Ok(());
+        };
+        for (offset, chunk) in asm.drain() {
+            crate::bslz4::write_chunk(frames, &offset, &chunk).map_err(|source| {
+                RecordingError::Hdf5 {
+                    path: self.path.clone(),
+                    object: layout::FRAMES.into(),
+                    during: format!("writing the partial compressed chunk at {offset:?}"),
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), RecordingError> {
         let p = &self.path;
         let shape = (self.nav.rows, self.nav.cols);
@@ -834,6 +1126,127 @@ impl Writer {
     }
 }
 
+/// Assembles frames into whole chunks for [`Compression::Bslz4`]: frames may arrive in any
+/// order; a chunk is compressed and written once all its frames are in (edge chunks hold
+/// fewer frames; their padding stays zero), the rest at `finish`.
+struct ChunkAssembly {
+    nav: NavShape,
+    /// Chunk shape `(rows, cols, sig_rows, sig_cols)`.
+    chunk: [usize; 4],
+    /// Bytes per pixel.
+    elem: usize,
+    /// Chunks (by index in the chunk grid) with some but not all frames in.
+    open: std::collections::HashMap<usize, OpenChunk>,
+}
+
+struct OpenChunk {
+    bytes: Vec<u8>,
+    filled: usize,
+}
+
+impl ChunkAssembly {
+    fn new(nav: NavShape, chunk: [usize; 4], elem: usize) -> Self {
+        Self {
+            nav,
+            chunk,
+            elem,
+            open: std::collections::HashMap::new(),
+        }
+    }
+
+    fn frame_bytes(&self) -> usize {
+        self.chunk[2] * self.chunk[3] * self.elem
+    }
+
+    /// Chunk-grid columns.
+    fn grid_cols(&self) -> usize {
+        self.nav.cols.div_ceil(self.chunk[1])
+    }
+
+    /// The element offset of chunk `id`'s first element.
+    fn offset(&self, id: usize) -> Vec<u64> {
+        let (cr, cc) = (id / self.grid_cols(), id % self.grid_cols());
+        vec![
+            (cr * self.chunk[0]) as u64,
+            (cc * self.chunk[1]) as u64,
+            0,
+            0,
+        ]
+    }
+
+    /// Frames of the scan inside chunk `id` (fewer at the scan's right and bottom edges).
+    fn frames_in(&self, id: usize) -> usize {
+        let (cr, cc) = (id / self.grid_cols(), id % self.grid_cols());
+        let rows = self.chunk[0].min(self.nav.rows - cr * self.chunk[0]);
+        let cols = self.chunk[1].min(self.nav.cols - cc * self.chunk[1]);
+        rows * cols
+    }
+
+    /// Puts frame `f` (its pixels written by `fill` into the frame's place in the chunk);
+    /// `newly` is false for a frame written before (counted once). Returns the chunk's
+    /// offset and compressed bytes once it is complete.
+    fn put(
+        &mut self,
+        f: usize,
+        newly: bool,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Option<(Vec<u64>, Vec<u8>)> {
+        let (row, col) = (f / self.nav.cols, f % self.nav.cols);
+        let id = (row / self.chunk[0]) * self.grid_cols() + col / self.chunk[1];
+        let at = (row % self.chunk[0]) * self.chunk[1] + col % self.chunk[1];
+        let fb = self.frame_bytes();
+        let chunk_bytes = self.chunk[0] * self.chunk[1] * fb;
+        let c = self.open.entry(id).or_insert_with(|| OpenChunk {
+            bytes: vec![0; chunk_bytes],
+            filled: 0,
+        });
+        fill(&mut c.bytes[at * fb..(at + 1) * fb]);
+        c.filled += usize::from(newly);
+        if c.filled < self.frames_in(id) {
+            return None;
+        }
+        let c = self.open.remove(&id)?;
+        Some((self.offset(id), self.compress(&c.bytes)))
+    }
+
+    fn compress(&self, bytes: &[u8]) -> Vec<u8> {
+        // Whole pixels by construction (chunk bytes = pixels × elem): cannot fail.
+        crate::bslz4::encode(bytes, self.elem).unwrap_or_default()
+    }
+
+    /// Every chunk still open, compressed, in chunk order.
+    fn drain(&mut self) -> Vec<(Vec<u64>, Vec<u8>)> {
+        let mut ids: Vec<usize> = self.open.keys().copied().collect();
+        ids.sort_unstable();
+        ids.into_iter()
+            .filter_map(|id| {
+                let c = self.open.remove(&id)?;
+                Some((self.offset(id), self.compress(&c.bytes)))
+            })
+            .collect()
+    }
+}
+
+/// Copies pixels `px` of `data` into `dst` as little-endian bytes (the file's byte order
+/// for the chunks we compress).
+fn copy_le(dst: &mut [u8], data: &TileData, px: std::ops::Range<usize>) {
+    macro_rules! le {
+        ($v:expr, $n:expr) => {
+            for (d, v) in dst.chunks_exact_mut($n).zip(&$v[px]) {
+                d.copy_from_slice(&v.to_le_bytes());
+            }
+        };
+    }
+    match data {
+        TileData::U8(v) => dst.copy_from_slice(&v[px]),
+        TileData::U16(v) => le!(v, 2),
+        TileData::U32(v) => le!(v, 4),
+        TileData::U64(v) => le!(v, 8),
+        TileData::F32(v) => le!(v, 4),
+        TileData::F64(v) => le!(v, 8),
+    }
+}
+
 fn create_frames<T: H5Type>(
     data: &Group,
     path: &Path,
@@ -847,7 +1260,7 @@ fn create_frames<T: H5Type>(
         .shape((nav.rows, nav.cols, sig.rows, sig.cols))
         .chunk((chunk[0], chunk[1], chunk[2], chunk[3]));
     let builder = match spec.compression {
-        None => builder
+        Compression::None => builder
             // Every chunk gets its place in the file now and the chunk cache is off, so
             // writing pixels goes straight to those places and never touches the file's
             // metadata (crash safety, and no read-modify-write of partial chunks). The
@@ -855,7 +1268,18 @@ fn create_frames<T: H5Type>(
             .alloc_time(Some(hdf5::dataset::AllocTime::Early))
             .fill_time(hdf5::dataset::FillTime::Never)
             .chunk_cache(521, 0, 1.0),
-        Some(level) => builder
+        Compression::Bslz4 => {
+            crate::bslz4::register()?;
+            // Chunks come compressed from the writer (direct chunk write); the filter is
+            // declared so that readers decode them. Allocated as written.
+            builder
+                .add_filter(
+                    crate::bslz4::FILTER_ID,
+                    &[0, 4, spec.dtype.size() as u32, 0, crate::bslz4::LZ4_FLAG],
+                )
+                .chunk_cache(521, 0, 1.0)
+        }
+        Compression::Deflate { level } => builder
             .shuffle()
             .deflate(level)
             // Partial chunks (tiles out of order) wait in the cache until complete; w0 = 1
@@ -894,6 +1318,10 @@ fn run_writer(
             Ok(Job::Tile { first, n, data }) => {
                 w.write(first, n, &data)?;
                 drop(data); // back to the pool before the (slower) flush
+                w.maybe_flush()?;
+            }
+            Ok(Job::Chunks(chunks)) => {
+                w.write_chunks(&chunks)?;
                 w.maybe_flush()?;
             }
             Ok(Job::Flush(reply)) => {
@@ -1182,6 +1610,14 @@ fn write_metadata(
 
 // ---- small HDF5 helpers (every error names file and object) ----
 
+/// The HyperSpy signal's title: the file's stem (`recording` for `recording.hspy`).
+pub(crate) fn title_of(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "stemflow".into())
+}
+
 fn group(file: &File, p: &Path, name: &str) -> Result<Group, RecordingError> {
     file.group(name).map_err(h5(p, name, "opening the group"))
 }
@@ -1192,12 +1628,12 @@ fn obj_path(loc: &Location, name: &str) -> String {
 
 /// A variable-length UTF-8 string; NUL characters (which HDF5 strings cannot hold) are
 /// dropped.
-fn vlen(s: &str) -> VarLenUnicode {
+pub(crate) fn vlen(s: &str) -> VarLenUnicode {
     let clean: String = s.chars().filter(|&c| c != '\0').collect();
     clean.parse().unwrap_or_default()
 }
 
-fn set_attr<T: H5Type>(
+pub(crate) fn set_attr<T: H5Type>(
     loc: &Location,
     p: &Path,
     name: &str,
@@ -1216,7 +1652,12 @@ fn set_attr<T: H5Type>(
         .map_err(h5(p, &obj, "writing the attribute"))
 }
 
-fn set_attr_str(loc: &Location, p: &Path, name: &str, value: &str) -> Result<(), RecordingError> {
+pub(crate) fn set_attr_str(
+    loc: &Location,
+    p: &Path,
+    name: &str,
+    value: &str,
+) -> Result<(), RecordingError> {
     set_attr(loc, p, name, &vlen(value))
 }
 

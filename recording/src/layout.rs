@@ -4,9 +4,13 @@
 
 use stemflow_core::{DType, NavShape, SigShape};
 
-/// Version of the layout below, stored as the `/entry` attribute `stemflow_layout_version`.
-/// Bumped whenever an object is renamed or changes meaning.
-pub const LAYOUT_VERSION: u64 = 1;
+/// Version of the layout below, stored as the `/entry` (and root) attribute
+/// `stemflow_layout_version`. Bumped whenever an object is renamed or changes meaning.
+/// Version 2 added the reader views ([`crate::views`]), the calibration and files without
+/// frames (raw recording off); version 1 files read the same.
+pub const LAYOUT_VERSION: u64 = 2;
+
+pub use stemflow_core::metadata::{EMD_ALIAS, RECORDING_FILE};
 
 /// The acquisition group (NeXus `NXentry`).
 pub const ENTRY: &str = "/entry";

@@ -29,11 +29,13 @@
 //! - [`png`]: [`write_png_image`], greyscale PNGs of 2-D maps with robust (percentile) or
 //!   diverging (signed) scaling.
 
+pub mod bslz4;
 pub mod error;
 pub mod hdf5;
 pub mod layout;
 pub mod png;
 pub mod reader;
+pub mod views;
 
 pub use crate::error::RecordingError;
 pub use crate::hdf5::{Hdf5Recorder, RecordingSpec, RecordingSummary};

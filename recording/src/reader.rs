@@ -18,7 +18,8 @@ use stemflow_core::{DType, NavShape, SigShape};
 pub struct RecordingReader {
     path: PathBuf,
     file: File,
-    frames: Dataset,
+    /// `None` for a recording made with raw recording off.
+    frames: Option<Dataset>,
     nav_shape: NavShape,
     sig_shape: SigShape,
     dtype: DType,
@@ -33,11 +34,16 @@ pub struct RecordingReader {
 /// 32/64-bit float type.
 pub fn open_recording(path: impl AsRef<Path>) -> Result<RecordingReader, RecordingError> {
     let path = path.as_ref().to_path_buf();
+    // Recordings compressed with bitshuffle-LZ4 decode through our own filter.
+    crate::bslz4::register()?;
     // Read-only and without an HDF5 file lock, like the writer (crate::hdf5 docs).
     let file = File::with_options()
         .with_fapl(|p| p.file_locking(false))
         .open(&path)
         .map_err(h5(&path, "/", "opening the file"))?;
+    if !file.link_exists(layout::FRAMES) {
+        return open_without_frames(path, file);
+    }
     let frames = file
         .dataset(layout::FRAMES)
         .map_err(|e| RecordingError::Layout {
@@ -80,9 +86,58 @@ pub fn open_recording(path: impl AsRef<Path>) -> Result<RecordingReader, Recordi
     Ok(RecordingReader {
         path,
         file,
-        frames,
+        frames: Some(frames),
         nav_shape: NavShape::new(nr, nc),
         sig_shape: SigShape::new(sr, sc),
+        dtype,
+    })
+}
+
+/// A recording made with raw recording off (layout 2: no frames dataset): the scan from
+/// the validity map, the frame shape and pixel type from `/entry/data`.
+fn open_without_frames(path: PathBuf, file: File) -> Result<RecordingReader, RecordingError> {
+    let layout_err = |object: &str, detail: String| RecordingError::Layout {
+        path: path.clone(),
+        object: object.into(),
+        detail,
+    };
+    let validity = file.dataset(layout::VALIDITY).map_err(|e| {
+        layout_err(
+            layout::FRAMES,
+            format!("no frames dataset and no validity map either: {e}"),
+        )
+    })?;
+    let [nr, nc] = validity.shape()[..] else {
+        return Err(layout_err(
+            layout::VALIDITY,
+            format!("expected 2 dimensions, found {:?}", validity.shape()),
+        ));
+    };
+    let sig_path = format!("{}/sig_shape", layout::DATA);
+    let sig = file
+        .dataset(&sig_path)
+        .and_then(|d| d.read_raw::<u64>())
+        .map_err(|e| layout_err(&sig_path, format!("cannot read the frame shape: {e}")))?;
+    let [sr, sc] = sig[..] else {
+        return Err(layout_err(
+            &sig_path,
+            format!("expected 2 values, found {sig:?}"),
+        ));
+    };
+    let dtype_attr = format!("{}@frames_dtype", layout::DATA);
+    let name = file
+        .group(layout::DATA)
+        .and_then(|g| g.attr("frames_dtype"))
+        .and_then(|a| a.read_scalar::<VarLenUnicode>())
+        .map_err(|e| layout_err(&dtype_attr, format!("cannot read the pixel type: {e}")))?;
+    let dtype = DType::from_name(name.as_str())
+        .ok_or_else(|| layout_err(&dtype_attr, format!("unknown pixel type {name}")))?;
+    Ok(RecordingReader {
+        path: path.clone(),
+        file,
+        frames: None,
+        nav_shape: NavShape::new(nr, nc),
+        sig_shape: SigShape::new(sr as usize, sc as usize),
         dtype,
     })
 }
@@ -103,6 +158,10 @@ impl RecordingReader {
     /// Pixel type.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+    /// Whether the file holds the frames (false when raw recording was off).
+    pub fn has_frames(&self) -> bool {
+        self.frames.is_some()
     }
     /// Frames in the recording (`nav_shape.len()`).
     pub fn frames(&self) -> u64 {
@@ -141,6 +200,13 @@ impl RecordingReader {
         n: usize,
     ) -> Result<(), RecordingError> {
         check_range(&self.path, first, n, self.nav_shape)?;
+        let Some(frames) = &self.frames else {
+            return Err(RecordingError::Layout {
+                path: self.path.clone(),
+                object: layout::FRAMES.into(),
+                detail: "this recording holds no frames (raw recording was off)".into(),
+            });
+        };
         let sig = self.sig_shape;
         if tile.data.dtype() != self.dtype {
             tile.data = TileData::zeros(self.dtype, 0);
@@ -151,12 +217,12 @@ impl RecordingReader {
         tile.sig_shape = sig;
         for b in layout::blocks(first, n, self.nav_shape) {
             let r = match &mut tile.data {
-                TileData::U8(d) => read_block(&self.frames, d, b, sig),
-                TileData::U16(d) => read_block(&self.frames, d, b, sig),
-                TileData::U32(d) => read_block(&self.frames, d, b, sig),
-                TileData::U64(d) => read_block(&self.frames, d, b, sig),
-                TileData::F32(d) => read_block(&self.frames, d, b, sig),
-                TileData::F64(d) => read_block(&self.frames, d, b, sig),
+                TileData::U8(d) => read_block(frames, d, b, sig),
+                TileData::U16(d) => read_block(frames, d, b, sig),
+                TileData::U32(d) => read_block(frames, d, b, sig),
+                TileData::U64(d) => read_block(frames, d, b, sig),
+                TileData::F32(d) => read_block(frames, d, b, sig),
+                TileData::F64(d) => read_block(frames, d, b, sig),
             };
             let start = first + b.offset as u64;
             let during = format!("reading frames {start}..{}", start + b.frames() as u64);

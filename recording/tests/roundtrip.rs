@@ -11,12 +11,13 @@ use stemflow_core::frame::Tile;
 use stemflow_core::result::BufferKind;
 use stemflow_core::sink::TileSink;
 use stemflow_core::validity::FrameStatus;
+use stemflow_recording::hdf5::Compression;
 use stemflow_recording::{Hdf5Recorder, RecordingError, RecordingSpec, open_recording};
 
 fn write_recording(
     name: &str,
     dtype: DType,
-    compression: Option<u8>,
+    compression: Compression,
     queue: usize,
 ) -> std::path::PathBuf {
     let path = scratch(name);
@@ -63,15 +64,26 @@ fn check_pixels(t: &Tile, dtype: DType) {
 #[test]
 fn round_trip_out_of_order_tiles_crossing_rows() {
     let cases = [
-        (DType::U8, None, 0),
-        (DType::U16, None, 8),
-        (DType::U32, Some(4), 2),
-        (DType::U64, Some(1), 0),
-        (DType::F32, Some(4), 0),
-        (DType::F64, None, 2),
+        (DType::U8, Compression::None, 0),
+        (DType::U16, Compression::None, 8),
+        (DType::U32, Compression::Deflate { level: 4 }, 2),
+        (DType::U64, Compression::Deflate { level: 1 }, 0),
+        (DType::F32, Compression::Deflate { level: 4 }, 0),
+        (DType::F64, Compression::None, 2),
+        // Compressed by the recorder, written by direct chunk write, read back through
+        // the filter it registers.
+        (DType::U8, Compression::Bslz4, 0),
+        (DType::U16, Compression::Bslz4, 8),
+        (DType::U32, Compression::Bslz4, 2),
+        (DType::F64, Compression::Bslz4, 0),
     ];
     for (dtype, compression, queue) in cases {
-        let path = write_recording(&format!("roundtrip-{dtype}"), dtype, compression, queue);
+        let path = write_recording(
+            &format!("roundtrip-{dtype}-{compression}"),
+            dtype,
+            compression,
+            queue,
+        );
         let r = open_recording(&path).unwrap();
         assert_eq!((r.nav_shape(), r.sig_shape(), r.dtype()), (NAV, SIG, dtype));
         assert!(r.is_complete());
@@ -222,7 +234,8 @@ fn bad_tiles_and_bad_finish_inputs_are_errors() {
     );
 
     let mut spec = RecordingSpec::new(NAV, SIG, DType::U16);
-    spec.compression = Some(12);
+    assert!("deflate:12".parse::<Compression>().is_err());
+    spec.compression = Compression::Deflate { level: 12 };
     assert!(matches!(
         Hdf5Recorder::create(&path, spec),
         Err(RecordingError::Spec { .. })

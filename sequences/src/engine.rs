@@ -660,8 +660,9 @@ impl Session {
         Ok(self.exec.set_microscope(s)?)
     }
 
-    /// Runs one acquisition after a checkpoint, naming its output file
-    /// `NNN_label.h5` in the output folder; the outcome is kept for
+    /// Runs one acquisition after a checkpoint, recording into its own folder `NNN_label/`
+    /// of the output folder (`recording.hspy`, with run.json and the images beside it, as
+    /// every command writes them); the outcome is kept for
     /// [`take_outcomes`](Self::take_outcomes).
     ///
     /// # Errors
@@ -683,7 +684,10 @@ impl Session {
                     }
                 })
                 .collect();
-            acq.output = Some(dir.join(format!("{:03}_{name}.h5", self.acquisitions)));
+            acq.output = Some(
+                dir.join(format!("{:03}_{name}", self.acquisitions))
+                    .join(stemflow_core::metadata::RECORDING_FILE),
+            );
         }
         self.acquisitions += 1;
         self.log(&format!(
@@ -957,7 +961,10 @@ mod tests {
         });
         let out = s.run_steps(&p.steps().unwrap(), &mut NoHooks).unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!(out[1].output_file, Some("/o/001_defocus_10.0_nm.h5".into()));
+        assert_eq!(
+            out[1].output_file,
+            Some("/o/001_defocus_10.0_nm/recording.hspy".into())
+        );
         assert_eq!(
             fake.calls(),
             vec![

@@ -1250,7 +1250,8 @@ mod tests {
         let out = s.0.join("out");
         let unit_dir = out.join("000_a");
         std::fs::create_dir_all(&unit_dir).unwrap();
-        std::fs::write(unit_dir.join("001_scan.h5"), b"partial").unwrap();
+        std::fs::create_dir_all(unit_dir.join("001_scan")).unwrap();
+        std::fs::write(unit_dir.join("001_scan").join("recording.hspy"), b"partial").unwrap();
         let mut j = Journal::open(&out.join("journal.jsonl")).unwrap();
         j.append(&JournalRecord::new(JournalEvent::QueueStart, "q.toml"))
             .unwrap();
@@ -1269,7 +1270,10 @@ mod tests {
             .map(|r| r.attempt)
             .collect();
         assert_eq!(attempts, [Some(1), Some(2)], "{recs:?}");
-        let kept = out.join("000_a.attempt-1").join("001_scan.h5");
+        let kept = out
+            .join("000_a.attempt-1")
+            .join("001_scan")
+            .join("recording.hspy");
         assert_eq!(
             std::fs::read(&kept).unwrap(),
             b"partial",
@@ -1409,7 +1413,7 @@ mod tests {
                 .output_file
                 .as_ref()
                 .unwrap()
-                .ends_with("000_sc_1/001_scan.h5")
+                .ends_with("000_sc_1/001_scan/recording.hspy")
         );
     }
 }

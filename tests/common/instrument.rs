@@ -64,6 +64,7 @@ pub fn external_trigger_request(scan: ScanSettings, label: &str) -> AcquisitionR
         label: label.into(),
         nav_from_detector: false,
         ready_hook: None,
+        calibration: Default::default(),
     }
 }
 

@@ -63,4 +63,7 @@ pub struct AcquisitionRequest {
     pub nav_from_detector: bool,
     /// Called once ready for data ([`ReadyHook`]).
     pub ready_hook: Option<ReadyHook>,
+    /// What the user tells about the calibration (scan step, rotation, pixel pitch); the
+    /// rest is read back. Stored as [`RunMetadata::calibration`](stemflow_core::metadata::RunMetadata).
+    pub calibration: stemflow_core::metadata::CalibrationInputs,
 }

@@ -121,6 +121,10 @@ impl Instrument {
         if req.mode == ArmMode::Active {
             ctx.metadata.detector_settings = self.configure_detector(req, refs).await?;
         }
+        ctx.metadata.calibration = Some(stemflow_core::metadata::Calibration::derive(
+            &ctx.metadata,
+            &req.calibration,
+        ));
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! GB/s of decoded data, lost and damaged frames per configuration, the single-core decode
 //! throughput, and one JSON line with every figure.
 
+use super::{RecordMode, ScratchRecording, record_name};
 use crate::options::BenchDectrisOptions;
 use crate::reductions::{Geometry, udfs};
 use anyhow::{Context, Result};
@@ -28,6 +29,10 @@ struct Figure {
     nav_shape: String,
     sig_shape: String,
     dtype: String,
+    /// `off`, or the recording's compression.
+    record: String,
+    /// The recording's size, bytes (0 without one).
+    file_bytes: u64,
     frames: u64,
     seconds: f64,
     frames_per_s: f64,
@@ -37,7 +42,7 @@ struct Figure {
     frames_damaged: u64,
 }
 
-fn one_run(nav: NavShape, sig: SigShape, bits: u32) -> Result<Figure> {
+fn one_run(nav: NavShape, sig: SigShape, bits: u32, record: RecordMode) -> Result<Figure> {
     let mut cfg = DectrisSimConfig::new(DectrisSource::Synthetic {
         specimen: Specimen::builder()
             .disk_radius_px(sig.rows.min(sig.cols) as f64 / 10.0)
@@ -71,10 +76,19 @@ fn one_run(nav: NavShape, sig: SigShape, bits: u32) -> Result<Figure> {
     let cancel = AtomicBool::new(false);
     let u = udfs(&Geometry::centred(armed.sig_shape));
     let (stacks, end_rx) = (armed.stacks.clone(), armed.end.clone());
+    let mut scratch = ScratchRecording::open(record, nav, armed.sig_shape, dtype)?;
     let sent_before = sim.stats().bytes_sent;
     let t0 = Instant::now();
     det.soft_trigger()?;
-    let summary = stemflow_processing::run_live(stacks, &u, &run_cfg, None, &mut |_| {}, &cancel)?;
+    let sink = scratch
+        .as_mut()
+        .and_then(|s| s.rec.as_mut())
+        .map(|r| r as &mut dyn stemflow_core::sink::TileSink);
+    let summary = stemflow_processing::run_live(stacks, &u, &run_cfg, sink, &mut |_| {}, &cancel)?;
+    let file_bytes = match scratch.as_mut() {
+        Some(s) => s.finish(nav)?,
+        None => 0,
+    };
     let secs = t0.elapsed().as_secs_f64();
     let end = end_rx
         .recv_timeout(Duration::from_secs(10))
@@ -88,6 +102,8 @@ fn one_run(nav: NavShape, sig: SigShape, bits: u32) -> Result<Figure> {
         nav_shape: nav.to_string(),
         sig_shape: armed.sig_shape.to_string(),
         dtype: dtype.to_string(),
+        record: record_name(record),
+        file_bytes,
         frames: summary.frames_processed,
         seconds: secs,
         frames_per_s: summary.frames_processed as f64 / secs,
@@ -109,29 +125,47 @@ pub fn bench_dectris(a: &BenchDectrisOptions) -> Result<()> {
     ];
     let mut figures = Vec::new();
     for (sig, bits) in configs {
-        let mut best: Option<Figure> = None;
+        // Modes interleaved per repetition, as in `bench merlin`.
+        let mut best: Vec<Option<Figure>> = a.record.iter().map(|_| None).collect();
         for _ in 0..a.repeat.max(1) {
-            let f = one_run(a.nav_shape, sig, bits)?;
-            if best
-                .as_ref()
-                .is_none_or(|b| f.frames_per_s > b.frames_per_s)
-            {
-                best = Some(f);
+            for (i, &mode) in a.record.iter().enumerate() {
+                let f = one_run(a.nav_shape, sig, bits, mode)?;
+                if best[i]
+                    .as_ref()
+                    .is_none_or(|b| f.frames_per_s > b.frames_per_s)
+                {
+                    best[i] = Some(f);
+                }
             }
         }
-        let f = best.context("no run")?;
-        println!(
-            "dectris end to end: {} × {} {} frames (bslz4): {:.0} frames/s, {:.2} GB/s decoded, {:.0} MB/s compressed, {} lost, {} damaged",
-            f.nav_shape,
-            f.sig_shape,
-            f.dtype,
-            f.frames_per_s,
-            f.gb_per_s_decoded,
-            f.compressed_mb_per_s,
-            f.frames_lost,
-            f.frames_damaged
-        );
-        figures.push(f);
+        let off = best
+            .iter()
+            .flatten()
+            .find(|f| f.record == "off")
+            .map(|f| f.frames_per_s);
+        for f in best.into_iter().flatten() {
+            let ratio = match off {
+                Some(o) if f.record != "off" => format!(
+                    ", {:.0} % of the rate without recording, file {:.1} MB",
+                    100.0 * f.frames_per_s / o,
+                    f.file_bytes as f64 / 1e6
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "dectris end to end: {} × {} {} frames (bslz4), recording {}: {:.0} frames/s, {:.2} GB/s decoded, {:.0} MB/s compressed, {} lost, {} damaged{ratio}",
+                f.nav_shape,
+                f.sig_shape,
+                f.dtype,
+                f.record,
+                f.frames_per_s,
+                f.gb_per_s_decoded,
+                f.compressed_mb_per_s,
+                f.frames_lost,
+                f.frames_damaged
+            );
+            figures.push(f);
+        }
     }
     let cases = run_synthetic(Duration::from_millis(500), Kernel::Auto)
         .map_err(|e| anyhow::anyhow!("codec benchmark: {e}"))?;

@@ -54,6 +54,15 @@ impl FrameDecoder for DectrisDecoder {
         self.sig_shape
     }
 
+    /// Bitshuffle-LZ4 little-endian frames whose transpose element is the pixel: each blob
+    /// is one chunk of HDF5 filter 32008 (§2.5), storable as it came.
+    fn hdf5_chunk_filter(&self) -> Option<u32> {
+        (self.encoding.compression == Compression::BitshuffleLz4
+            && self.encoding.elem_size == self.dtype.size()
+            && !self.big_endian)
+            .then_some(32008)
+    }
+
     fn dtype(&self) -> DType {
         self.dtype
     }

@@ -14,7 +14,9 @@
 //!   passive mode).
 //! - [`master`]: offline DECTRIS HDF5 master/data sets, raw chunks decoded with [`codec`].
 
-pub mod codec;
+/// The frame codecs live in the core crate (the recorder writes bitshuffle-LZ4 chunks too);
+/// re-exported here under their historical path.
+pub use stemflow_core::codec;
 pub mod dataset;
 pub mod decode;
 pub mod detector;

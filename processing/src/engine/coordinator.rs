@@ -123,6 +123,7 @@ impl<'c, 'a> Coordinator<'c, 'a> {
     fn handle(&mut self, done: Done<'a>) {
         self.in_flight -= 1;
         self.frames_done += done.frames;
+        let damaged_from = self.damaged.len();
         self.damaged.extend(done.damaged);
         self.out_of_range += done.out_of_range;
         self.outside_roi += done.outside_roi;
@@ -138,7 +139,12 @@ impl<'c, 'a> Coordinator<'c, 'a> {
         if done.to_sink
             && !self.stopped()
             && let Some(sink) = self.sink.as_mut()
-            && let Err(source) = sink.write_tile(slot.tile())
+            && let Err(source) = match &done.raw {
+                Some(raw) => {
+                    sink.write_tile_with_raw(slot.tile(), raw, &self.damaged[damaged_from..])
+                }
+                None => sink.write_tile(slot.tile()),
+            }
         {
             self.failure = Some(ProcessingError::Sink {
                 sink: sink.name().to_string(),
@@ -297,7 +303,13 @@ pub(super) fn drive<'a, S: Source<'a>>(
     on_snapshot: &mut dyn FnMut(&Snapshot),
     cancel: &AtomicBool,
 ) -> Result<RunSummary, ProcessingError> {
-    let (pool, shared) = prepare(udfs, cfg)?;
+    let (pool, mut shared) = prepare(udfs, cfg)?;
+    // The one filter a detector sends chunks of: bitshuffle-LZ4 (HDF5 filter 32008).
+    const BSLZ4: u32 = 32008;
+    shared.raw_filter = sink
+        .as_ref()
+        .is_some_and(|s| s.takes_raw(BSLZ4))
+        .then_some(BSLZ4);
     let sink = sink.map(|s| s as &mut dyn TileSink);
     let mut co = Coordinator::new(&shared, udfs, sink, on_snapshot);
     if S::POOLED {

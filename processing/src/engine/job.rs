@@ -49,6 +49,9 @@ pub(super) struct Done<'a> {
     pub(super) error: Option<ProcessingError>,
     /// A UDF's panic, resumed on the coordinating thread at the end of the run.
     pub(super) panic: Option<Box<dyn Any + Send>>,
+    /// The stack the tile was decoded from, kept for a sink that stores its payloads
+    /// ([`Shared::raw_filter`]); dropped (its buffer back to the pool) after the sink.
+    pub(super) raw: Option<Box<RawStack>>,
 }
 
 impl Done<'_> {
@@ -165,7 +168,11 @@ fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
             "damaged frames in stack: {e}"
         );
     }
-    drop(raw);
+    if shared.raw_filter.is_some() && raw.decoder.hdf5_chunk_filter() == shared.raw_filter {
+        done.raw = Some(Box::new(raw));
+    } else {
+        drop(raw);
+    }
     done.frames = (keep - damaged.len()) as u64 - done.outside_roi;
     done.damaged = damaged
         .iter()

@@ -40,6 +40,10 @@ pub(super) struct Shared {
     /// True when a UDF of the run takes whole partitions ([`Granularity::Partition`]): a
     /// live stack then reaches the UDFs whole instead of chunk by chunk.
     pub(super) whole_stacks: bool,
+    /// The HDF5 filter whose chunks the sink stores as they came
+    /// ([`TileSink::takes_raw`](stemflow_core::sink::TileSink::takes_raw)): a live stack
+    /// whose decoder reports it is kept until its tile reaches the sink.
+    pub(super) raw_filter: Option<u32>,
 }
 
 /// A lock that survives a panic elsewhere: the run ends with that panic anyway.
@@ -188,6 +192,7 @@ pub(super) fn prepare(
             global: Mutex::new(global),
             chunk_frames,
             whole_stacks,
+            raw_filter: None,
         },
     ))
 }

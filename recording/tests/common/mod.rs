@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use stemflow_core::devices::{ScanSettings, TriggerOutput};
 use stemflow_core::frame::{Tile, TileData};
-use stemflow_core::metadata::{MicroscopeState, RunMetadata};
+use stemflow_core::metadata::{Calibration, CalibrationInputs, MicroscopeState, RunMetadata};
 use stemflow_core::result::{BufferKind, ResultBuffer, ResultDType, UdfResults};
 use stemflow_core::validity::{FrameStatus, FrameValidity};
 use stemflow_core::{DType, NavShape, SigShape};
@@ -186,7 +186,7 @@ pub fn metadata(dtype: DType) -> RunMetadata {
     settings.insert("COUNTERDEPTH".to_string(), "12".to_string());
     settings.insert("ACQUISITIONTIME".to_string(), "0.5".to_string());
     settings.insert("TRIGGERSTART".to_string(), "1".to_string());
-    RunMetadata {
+    let mut md = RunMetadata {
         detector: "merlin @ 127.0.0.1:6341".into(),
         detector_header: Some(
             "HDR,\t\nTime and Date Stamp (day, mnth, yr, hr, min, s):\t01/01/2025 00:00:00\nCounter Depth (number):\t12\nEnd\t"
@@ -215,7 +215,18 @@ pub fn metadata(dtype: DType) -> RunMetadata {
         software_version: stemflow_core::SOFTWARE_VERSION.into(),
         start_time: "2025-01-01T00:00:00Z".into(),
         stop_time: "2025-01-01T00:00:02Z".into(),
-    }
+        calibration: None,
+    };
+    // Derived as the orchestrator derives it, with a scan step given by the user.
+    md.calibration = Some(Calibration::derive(
+        &md,
+        &CalibrationInputs {
+            scan_step_nm: Some(2.5),
+            scan_rotation_deg: 0.0,
+            pixel_pitch_um: None,
+        },
+    ));
+    md
 }
 
 pub fn run_record() -> serde_json::Value {

@@ -1,7 +1,7 @@
 //! DECTRIS frame codecs: bitshuffle + LZ4 (`bs8-lz4<`, `bs16-lz4<`, `bs32-lz4<`), plain LZ4
 //! (`lz4<`) and uncompressed (`<`) — the stream v1 `encoding` strings of protocols.md §2.4
 //! with the byte layout of §2.5 (also the HDF5 bitshuffle filter 32008's chunk format, so
-//! [`super::master`] decodes raw HDF5 chunks with the same code).
+//! the DECTRIS master-file reader (`stemflow_drivers::dectris::master`) decodes raw HDF5 chunks with the same code).
 //!
 //! Everything here is our own code: the LZ4 block codec ([`lz4`]) and the bit transpose
 //! ([`shuffle`]: scalar, SSE2 and AVX2 kernels chosen at run time). Decoding allocates
@@ -13,8 +13,8 @@ pub mod bench;
 pub mod lz4;
 pub mod shuffle;
 
+use crate::frame::PixelsMut;
 use std::cell::RefCell;
-use stemflow_core::frame::PixelsMut;
 
 pub use lz4::Lz4Error;
 pub use shuffle::Kernel;
@@ -340,7 +340,7 @@ pub fn decode_into_with(
     Ok(out.len())
 }
 
-/// Decodes into a typed pixel buffer (a frame of a [`stemflow_core::frame::Tile`]): the
+/// Decodes into a typed pixel buffer (a frame of a [`crate::frame::Tile`]): the
 /// bytes are decoded as little-endian pixels of the buffer's type. Returns bytes written.
 ///
 /// # Errors
