@@ -333,7 +333,9 @@ fn live_equals_offline(stem: &str) {
 
 /// Passive mode: `stemflow acquire --mode passive` connects, waits, and records the
 /// acquisition that another client arms and triggers over the control port; the scan shape
-/// comes from the frame count the HDR announces, folded by a hint (`?x3`).
+/// comes from the frame count the HDR announces, folded by a hint (`?x3`). The 1.5 s the
+/// operator takes to arm is not counted in the frame rate: run.json's `acquisition_s`
+/// starts when the acquisition was announced, and the summary shows the wait apart.
 #[test]
 fn passive_acquire_records_acquisition_armed_elsewhere() {
     let stem = "Single_9_Frame_CounterDepth_12_Rows_256";
@@ -381,6 +383,8 @@ fn passive_acquire_records_acquisition_armed_elsewhere() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The operator takes a while.
+    std::thread::sleep(Duration::from_millis(1500));
     let mut other = MerlinControl::connect(
         sim.control_addr(),
         Duration::from_secs(5),
@@ -411,6 +415,22 @@ fn passive_acquire_records_acquisition_armed_elsewhere() {
     assert_eq!((rec.nav_shape().rows, rec.nav_shape().cols), (3, 3));
     assert_eq!(rec.metadata().expect("metadata").mode, "passive");
     assert_eq!(sim.stats().frames_sent, 9);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+            .expect("json");
+    let (total, acquiring) = (
+        record["duration_s"].as_f64().expect("duration_s"),
+        record["acquisition_s"].as_f64().expect("acquisition_s"),
+    );
+    assert!(
+        acquiring > 0.0 && total - acquiring >= 1.4,
+        "the wait for the operator counted as acquiring: {acquiring} of {total} s"
+    );
+    assert!(
+        run.stdout.contains("waiting for the detector to be armed"),
+        "{}",
+        run.describe()
+    );
 }
 
 /// Passive mode with nobody arming: the arm deadline expires with an error naming the

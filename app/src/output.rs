@@ -142,8 +142,15 @@ fn end_reason_text(reason: &str) -> &str {
 /// Prints the end-of-run summary.
 pub fn print_summary(r: &RunRecord) {
     let mb = r.bytes_processed as f64 / 1e6;
-    let rate = if r.duration_s > 0.0 {
-        r.frames_processed as f64 / r.duration_s
+    // Over the time the detector was armed: a passive run's wait for someone to arm it
+    // (or configuring, in active mode) is not acquiring.
+    let acquiring = if r.acquisition_s > 0.0 {
+        r.acquisition_s
+    } else {
+        r.duration_s
+    };
+    let rate = if acquiring > 0.0 {
+        r.frames_processed as f64 / acquiring
     } else {
         0.0
     };
@@ -162,10 +169,18 @@ pub fn print_summary(r: &RunRecord) {
             r.frames_not_acquired
         );
     }
-    println!(
-        "data             {mb:.1} MB in {:.2} s ({rate:.0} frames/s overall)",
-        r.duration_s
-    );
+    println!("data             {mb:.1} MB in {acquiring:.2} s acquiring ({rate:.0} frames/s)");
+    let before = r.duration_s - acquiring;
+    if before >= 0.05 {
+        println!(
+            "before that      {before:.2} s {}",
+            if r.metadata.mode == "passive" {
+                "waiting for the detector to be armed"
+            } else {
+                "configuring and arming"
+            }
+        );
+    }
     if !r.end_reason.is_empty() {
         println!("ended by         {}", end_reason_text(&r.end_reason));
     }

@@ -369,6 +369,9 @@ struct RunContext {
     results: Vec<UdfResults>,
     /// What triggers the detector (scan engine name, `soft`, `internal`…), for errors.
     trigger_source: String,
+    /// When the detector was armed (passive mode: when the acquisition was announced):
+    /// the data-taking time counts from here, not from the run's start.
+    armed_at: Option<std::time::Instant>,
 }
 
 /// Now, RFC 3339 UTC with microseconds.

@@ -30,6 +30,11 @@ pub struct RunRecord {
     pub stop_time: String,
     /// Wall time, s.
     pub duration_s: f64,
+    /// Time from the detector being armed (passive mode: the acquisition announced by
+    /// whoever armed it) to the end, s; 0 when it was never armed. The frame rate counts
+    /// over this time: a passive run's wait for someone to arm is not acquiring.
+    #[serde(default)]
+    pub acquisition_s: f64,
     /// How it ended.
     pub exit_status: ExitStatus,
     /// The error, if it failed.

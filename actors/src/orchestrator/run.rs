@@ -74,6 +74,7 @@ impl Instrument {
         }
         self.configure(req, &refs, ctx).await?;
         let armed = self.arm(req, &refs, ctx).await?;
+        ctx.armed_at = Some(Instant::now());
         let started = self.start_processing(req, &refs, ctx, armed).await?;
         self.trigger(req, &refs, ctx).await?;
         let output = self.monitor(req, &refs, ctx, started.pipeline).await?;
@@ -184,6 +185,7 @@ impl RunContext {
             start_time,
             stop_time: now_rfc3339(),
             duration_s: started.elapsed().as_secs_f64(),
+            acquisition_s: self.armed_at.map_or(0.0, |t| t.elapsed().as_secs_f64()),
             exit_status: ExitStatus::Completed,
             // The detector error that ended the acquisition early, if one did (the frames
             // after it are counted lost): run.json says what the file's record says.

@@ -1,0 +1,218 @@
+//! No silent traps around a run's outputs: an earlier run's results are never replaced
+//! without `--overwrite`; raw recording off means no frames in the file (and the file says
+//! so); offline processing of a stemflow recording gives the live run's results with the
+//! defaults, because it reuses the run's detector geometry; a recording keeps its
+//! calibration.
+
+mod common;
+
+use common::command::{self, path_arg};
+use common::scratch::ScratchDir;
+use stemflow_recording::reader::open_recording;
+
+fn buffer(path: &std::path::Path, udf: &str, name: &str) -> Vec<f64> {
+    let rec = open_recording(path).expect("recording");
+    let res = rec.results().expect("results");
+    let u = res
+        .iter()
+        .find(|r| r.udf == udf)
+        .unwrap_or_else(|| panic!("no {udf} in {}", path.display()));
+    u.buffer(name)
+        .unwrap_or_else(|| panic!("no {udf}/{name}"))
+        .data
+        .clone()
+}
+
+/// A second run into the same `--out` is refused, naming the files, and leaves the first
+/// run's outputs as they were; `--overwrite` replaces them.
+#[test]
+fn an_earlier_run_is_never_overwritten_silently() {
+    let dir = ScratchDir::new("traps-overwrite");
+    let out = dir.path().join("out");
+    let first = command::stemflow(
+        &["--out", path_arg(&out), "--nav-shape", "4x4"],
+        dir.path(),
+        "first",
+    );
+    first.assert_success("first run");
+    let rec = out.join("recording.hspy");
+    let before = std::fs::metadata(&rec)
+        .expect("recording")
+        .modified()
+        .expect("mtime");
+    let run_json = std::fs::read_to_string(out.join("run.json")).expect("run.json");
+
+    let second = command::stemflow(
+        &["--out", path_arg(&out), "--nav-shape", "4x4"],
+        dir.path(),
+        "second",
+    );
+    assert_eq!(second.status.code(), Some(1), "{}", second.describe());
+    assert!(
+        second
+            .stderr
+            .contains("holds the outputs of an earlier run")
+            && second.stderr.contains("recording.hspy")
+            && second.stderr.contains("--overwrite"),
+        "{}",
+        second.describe()
+    );
+    assert_eq!(
+        std::fs::metadata(&rec)
+            .expect("recording")
+            .modified()
+            .expect("mtime"),
+        before,
+        "the refused run touched the recording"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("run.json")).expect("run.json"),
+        run_json
+    );
+
+    // process too, and it never writes over its own input.
+    let p = command::stemflow(
+        &[
+            "process",
+            path_arg(&rec),
+            "--out",
+            path_arg(&out),
+            "--overwrite",
+        ],
+        dir.path(),
+        "process-into-input",
+    );
+    assert_eq!(p.status.code(), Some(1), "{}", p.describe());
+    assert!(p.stderr.contains("another folder"), "{}", p.describe());
+    assert!(rec.is_file(), "the input was removed");
+
+    let third = command::stemflow(
+        &["--out", path_arg(&out), "--nav-shape", "3x3", "--overwrite"],
+        dir.path(),
+        "overwrite",
+    );
+    third.assert_success("--overwrite");
+    assert_eq!(open_recording(&rec).expect("recording").frames(), 9);
+}
+
+/// `--no-raw`, live and offline: the recording has no frames dataset (not a full-shape
+/// dataset of zeros that readers would sum), says so, and still holds the validity map,
+/// the results and the metadata.
+#[test]
+fn no_raw_recordings_hold_no_frames_and_say_so() {
+    let dir = ScratchDir::new("traps-no-raw");
+    let live = dir.path().join("live");
+    command::stemflow(
+        &["--out", path_arg(&live), "--nav-shape", "4x4", "--no-raw"],
+        dir.path(),
+        "live",
+    )
+    .assert_success("--no-raw");
+    let raw = dir.path().join("raw");
+    command::stemflow(
+        &["--out", path_arg(&raw), "--nav-shape", "4x4"],
+        dir.path(),
+        "with-raw",
+    )
+    .assert_success("with raw");
+    let offline = dir.path().join("offline");
+    command::stemflow(
+        &[
+            "process",
+            path_arg(&raw.join("recording.hspy")),
+            "--out",
+            path_arg(&offline),
+            "--no-raw",
+        ],
+        dir.path(),
+        "process",
+    )
+    .assert_success("process --no-raw");
+    for d in [&live, &offline] {
+        let path = d.join("recording.hspy");
+        {
+            let f = hdf5::File::open(&path).expect("open");
+            assert!(
+                !f.link_exists("/entry/data/frames"),
+                "{}: a frames dataset without raw recording",
+                path.display()
+            );
+            let data = f.group("/entry/data").expect("data");
+            let recorded: u8 = data
+                .attr("frames_recorded")
+                .and_then(|a| a.read_scalar())
+                .expect("frames_recorded");
+            assert_eq!(recorded, 0);
+            let note: hdf5::types::VarLenUnicode = data
+                .attr("frames_note")
+                .and_then(|a| a.read_scalar())
+                .expect("frames_note");
+            assert!(note.as_str().contains("not recorded"), "{note}");
+        }
+        let rec = open_recording(&path).expect("reader opens it");
+        assert!(!rec.has_frames());
+        assert_eq!(rec.frames(), 16);
+        assert_eq!(rec.validity().expect("validity").received(), 16);
+        assert!(
+            rec.read_tile(0, 1).is_err(),
+            "frames read from a file without"
+        );
+        assert!(!rec.results().expect("results").is_empty());
+        assert!(
+            !d.join("recording.emd").exists(),
+            "a py4DSTEM link to a file without frames"
+        );
+    }
+}
+
+/// `process` on a stemflow recording with the defaults gives the live run's results:
+/// it reuses the virtual detectors the live run used (from the profile's optics, not the
+/// frame-centred defaults) and says so; the calibration carries over.
+#[test]
+fn offline_with_defaults_gives_the_live_results() {
+    let dir = ScratchDir::new("traps-offline-defaults");
+    let live = dir.path().join("live");
+    command::stemflow(
+        &["--out", path_arg(&live), "--nav-shape", "6x6"],
+        dir.path(),
+        "live",
+    )
+    .assert_success("live");
+    let offline = dir.path().join("offline");
+    let p = command::stemflow(
+        &[
+            "process",
+            path_arg(&live.join("recording.hspy")),
+            "--out",
+            path_arg(&offline),
+        ],
+        dir.path(),
+        "process",
+    );
+    p.assert_success("process");
+    assert!(
+        p.stdout
+            .contains("virtual detectors as recorded by the live run"),
+        "{}",
+        p.describe()
+    );
+    let (a, b) = (live.join("recording.hspy"), offline.join("recording.hspy"));
+    for (udf, buf) in [
+        ("virtual", "bf"),
+        ("virtual", "adf"),
+        ("com", "x"),
+        ("com", "y"),
+        ("sum", "intensity"),
+    ] {
+        assert_eq!(buffer(&a, udf, buf), buffer(&b, udf, buf), "{udf}/{buf}");
+    }
+    let cal = open_recording(&b)
+        .expect("recording")
+        .metadata()
+        .expect("metadata")
+        .calibration
+        .expect("calibration");
+    // The embedded profile: 0.5 nm steps, 55 µm pixels at 0.1 m and 200 kV.
+    assert_eq!(cal.scan_step_nm, Some(0.5));
+    assert!((cal.mrad_per_pixel.expect("mrad") - 0.55).abs() < 1e-9);
+}
