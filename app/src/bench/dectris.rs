@@ -174,16 +174,18 @@ pub fn bench_dectris(a: &BenchDectrisOptions) -> Result<()> {
         let t = &c.throughput;
         let fps = t.frames as f64 / t.seconds;
         println!(
-            "dectris codec, one core ({:?}): {} bslz4 decode {:.2} GB/s decoded, {fps:.0} frames/s (compression {:.1}:1)",
+            "dectris codec, one core ({:?}): {} bslz4 decode {:.2} GB/s decoded, {fps:.0} frames/s, encode {:.2} GB/s (compression {:.1}:1)",
             c.kernel,
             c.name,
             t.gb_per_s(),
+            c.encode.gb_per_s(),
             c.compression_ratio
         );
         codec.push(serde_json::json!({
             "frames": c.name,
             "kernel": format!("{:?}", c.kernel),
             "gb_per_s_decoded": t.gb_per_s(),
+            "gb_per_s_encoded": c.encode.gb_per_s(),
             "frames_per_s": fps,
             "compression_ratio": c.compression_ratio,
         }));
