@@ -2,6 +2,20 @@
 
 use crate::frame::{RawStack, Tile};
 
+/// Compresses frames for a sink, on the pipeline's worker threads: right after a worker
+/// has decoded and reduced a frame, while it is still in cache, and on all workers at once
+/// instead of on the sink's one thread.
+pub trait FrameEncoder: Send + Sync {
+    /// Appends frame `i` of `tile`, encoded, to `out` (cleared by the caller).
+    ///
+    /// # Errors
+    /// The encoder cannot take the tile's pixel type or shape (text for the sink's error).
+    fn encode(&self, tile: &Tile, i: usize, out: &mut Vec<u8>) -> Result<(), String>;
+}
+
+/// Frames of one tile as a [`FrameEncoder`] encoded them: `(acquisition index, bytes)`.
+pub type EncodedFrames = Vec<(u64, Vec<u8>)>;
+
 /// Error type a sink reports; the pipeline stops and reports it with the sink's name.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -41,6 +55,23 @@ pub trait TileSink: Send {
         damaged: &[u64],
     ) -> Result<(), SinkError> {
         let _ = (raw, damaged);
+        self.write_tile(tile)
+    }
+
+    /// The encoder whose output [`write_encoded`](Self::write_encoded) takes, if the sink
+    /// stores frames compressed one by one; the pipeline's workers then encode each tile's
+    /// frames (damaged ones left out) and the sink gets them with the tile.
+    fn frame_encoder(&self) -> Option<std::sync::Arc<dyn FrameEncoder>> {
+        None
+    }
+
+    /// Takes one tile with its frames encoded by [`frame_encoder`](Self::frame_encoder).
+    /// The default writes the decoded tile.
+    ///
+    /// # Errors
+    /// As [`write_tile`](Self::write_tile).
+    fn write_encoded(&mut self, tile: &Tile, encoded: EncodedFrames) -> Result<(), SinkError> {
+        let _ = encoded;
         self.write_tile(tile)
     }
 }

@@ -423,6 +423,23 @@ impl Hdf5Recorder {
             };
             chunks.push((f, chunk));
         }
+        self.write_chunks(tile, chunks)
+    }
+
+    /// Writes frames of `tile` that come compressed as this recording's chunks (one frame
+    /// each, [`Compression::Bslz4`]): `(acquisition index, chunk bytes)`.
+    ///
+    /// # Errors
+    /// As [`write`](Self::write); a recording of another compression.
+    pub fn write_chunks(
+        &mut self,
+        tile: &Tile,
+        chunks: Vec<(u64, Vec<u8>)>,
+    ) -> Result<(), RecordingError> {
+        self.check_tile(tile)?;
+        if self.spec.compression != Compression::Bslz4 {
+            return self.write(tile);
+        }
         match &mut self.mode {
             Mode::Inline(w) => {
                 w.write_chunks(&chunks)?;
@@ -674,6 +691,19 @@ impl TileSink for Hdf5Recorder {
         damaged: &[u64],
     ) -> Result<(), SinkError> {
         self.write_raw(tile, raw, damaged).map_err(Into::into)
+    }
+    /// A bitshuffle-LZ4 recording has the pipeline's workers compress its frames (one
+    /// chunk each), in parallel and while the frames are in cache.
+    fn frame_encoder(&self) -> Option<std::sync::Arc<dyn stemflow_core::sink::FrameEncoder>> {
+        (self.spec.compression == Compression::Bslz4 && self.spec.frames_written)
+            .then(|| std::sync::Arc::new(crate::bslz4::FrameBslz4) as _)
+    }
+    fn write_encoded(
+        &mut self,
+        tile: &Tile,
+        encoded: stemflow_core::sink::EncodedFrames,
+    ) -> Result<(), SinkError> {
+        self.write_chunks(tile, encoded).map_err(Into::into)
     }
 }
 
@@ -1229,7 +1259,7 @@ impl ChunkAssembly {
 
 /// Copies pixels `px` of `data` into `dst` as little-endian bytes (the file's byte order
 /// for the chunks we compress).
-fn copy_le(dst: &mut [u8], data: &TileData, px: std::ops::Range<usize>) {
+pub(crate) fn copy_le(dst: &mut [u8], data: &TileData, px: std::ops::Range<usize>) {
     macro_rules! le {
         ($v:expr, $n:expr) => {
             for (d, v) in dst.chunks_exact_mut($n).zip(&$v[px]) {

@@ -120,7 +120,7 @@ impl<'c, 'a> Coordinator<'c, 'a> {
     }
 
     /// Takes a worker's report: counters, errors, the sink, the tile back to the free list.
-    fn handle(&mut self, done: Done<'a>) {
+    fn handle(&mut self, mut done: Done<'a>) {
         self.in_flight -= 1;
         self.frames_done += done.frames;
         let damaged_from = self.damaged.len();
@@ -136,14 +136,24 @@ impl<'c, 'a> Coordinator<'c, 'a> {
         let Some(slot) = done.slot else {
             return;
         };
+        if let Some(e) = done.encode_error.take()
+            && let Some(sink) = self.sink.as_ref()
+        {
+            self.failure.get_or_insert(ProcessingError::Sink {
+                sink: sink.name().to_string(),
+                frames_processed: self.frames_done,
+                source: format!("encoding frames for the sink: {e}").into(),
+            });
+        }
         if done.to_sink
             && !self.stopped()
             && let Some(sink) = self.sink.as_mut()
-            && let Err(source) = match &done.raw {
-                Some(raw) => {
+            && let Err(source) = match (&done.raw, done.encoded) {
+                (Some(raw), _) => {
                     sink.write_tile_with_raw(slot.tile(), raw, &self.damaged[damaged_from..])
                 }
-                None => sink.write_tile(slot.tile()),
+                (None, Some(encoded)) => sink.write_encoded(slot.tile(), encoded),
+                (None, None) => sink.write_tile(slot.tile()),
             }
         {
             self.failure = Some(ProcessingError::Sink {
@@ -310,6 +320,7 @@ pub(super) fn drive<'a, S: Source<'a>>(
         .as_ref()
         .is_some_and(|s| s.takes_raw(BSLZ4))
         .then_some(BSLZ4);
+    shared.encoder = sink.as_ref().and_then(|s| s.frame_encoder());
     let sink = sink.map(|s| s as &mut dyn TileSink);
     let mut co = Coordinator::new(&shared, udfs, sink, on_snapshot);
     if S::POOLED {

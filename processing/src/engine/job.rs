@@ -52,6 +52,10 @@ pub(super) struct Done<'a> {
     /// The stack the tile was decoded from, kept for a sink that stores its payloads
     /// ([`Shared::raw_filter`]); dropped (its buffer back to the pool) after the sink.
     pub(super) raw: Option<Box<RawStack>>,
+    /// The tile's frames encoded for the sink ([`Shared::encoder`]), damaged ones left out.
+    pub(super) encoded: Option<stemflow_core::sink::EncodedFrames>,
+    /// The first encoder error, which ends the run as the sink's.
+    pub(super) encode_error: Option<String>,
 }
 
 impl Done<'_> {
@@ -123,6 +127,8 @@ fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
         tile.data = TileData::zeros(cfg.dtype, keep * n);
     }
     let buf_len = raw.buf.len();
+    let keep_raw =
+        shared.raw_filter.is_some() && raw.decoder.hdf5_chunk_filter() == shared.raw_filter;
     let mut damaged = Vec::new();
     let mut first_error = None;
     // Decoded and reduced chunk by chunk, so decoded frames are still in cache when the
@@ -159,6 +165,17 @@ fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
         let view = TileView::of(&tile).frames(f..f + m);
         let local: Vec<usize> = damaged[chunk_damaged..].iter().map(|&i| i - f).collect();
         done.outside_roi += shared.process(&view, &local);
+        // Encoded for the sink while the chunk is in cache (not when the sink stores the
+        // detector's own payloads).
+        if !keep_raw && let Some(enc) = &shared.encoder {
+            encode_frames(
+                &**enc,
+                &tile,
+                f..f + m,
+                &damaged[chunk_damaged..],
+                &mut done,
+            );
+        }
         f += m;
     }
     if let Some(e) = first_error {
@@ -168,7 +185,7 @@ fn live_job(shared: &Shared, raw: RawStack, mut tile: Tile) -> Done<'static> {
             "damaged frames in stack: {e}"
         );
     }
-    if shared.raw_filter.is_some() && raw.decoder.hdf5_chunk_filter() == shared.raw_filter {
+    if keep_raw {
         done.raw = Some(Box::new(raw));
     } else {
         drop(raw);
@@ -221,12 +238,41 @@ pub(super) fn admit<'a>(
 /// Runs the UDFs on the first `keep` frames of an admitted offline tile.
 fn offline_job<'a>(shared: &Shared, slot: Slot<'a>, keep: usize) -> Done<'a> {
     let outside_roi = shared.process(&TileView::of(slot.tile()).frames(0..keep), &[]);
-    Done {
+    let mut done = Done {
         to_sink: keep > 0,
         frames: keep as u64 - outside_roi,
         outside_roi,
-        slot: Some(slot),
         ..Done::default()
+    };
+    if let Some(enc) = &shared.encoder {
+        encode_frames(&**enc, slot.tile(), 0..keep, &[], &mut done);
+    }
+    done.slot = Some(slot);
+    done
+}
+
+/// Encodes frames `range` of `tile` (indices within the tile) for the sink into
+/// `done.encoded`, leaving out the `damaged` ones (indices within the tile).
+fn encode_frames(
+    enc: &dyn stemflow_core::sink::FrameEncoder,
+    tile: &Tile,
+    range: std::ops::Range<usize>,
+    damaged: &[usize],
+    done: &mut Done<'_>,
+) {
+    let out = done.encoded.get_or_insert_with(Vec::new);
+    for i in range {
+        if damaged.contains(&i) {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        match enc.encode(tile, i, &mut bytes) {
+            Ok(()) => out.push((tile.first_frame + i as u64, bytes)),
+            Err(e) => {
+                done.encode_error.get_or_insert(e);
+                return;
+            }
+        }
     }
 }
 

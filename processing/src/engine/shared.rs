@@ -44,6 +44,9 @@ pub(super) struct Shared {
     /// ([`TileSink::takes_raw`](stemflow_core::sink::TileSink::takes_raw)): a live stack
     /// whose decoder reports it is kept until its tile reaches the sink.
     pub(super) raw_filter: Option<u32>,
+    /// The sink's frame encoder ([`TileSink::frame_encoder`](stemflow_core::sink::TileSink::frame_encoder)):
+    /// workers encode each tile's frames for it.
+    pub(super) encoder: Option<std::sync::Arc<dyn stemflow_core::sink::FrameEncoder>>,
 }
 
 /// A lock that survives a panic elsewhere: the run ends with that panic anyway.
@@ -193,6 +196,7 @@ pub(super) fn prepare(
             chunk_frames,
             whole_stacks,
             raw_filter: None,
+            encoder: None,
         },
     ))
 }
