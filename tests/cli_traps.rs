@@ -259,3 +259,53 @@ fn every_compression_records_the_same_frames() {
     assert_eq!(frames[0], frames[1], "deflate differs from uncompressed");
     assert_eq!(frames[0], frames[2], "bslz4 differs from uncompressed");
 }
+
+/// A layout-1 recording (`scan.h5` of earlier stemflow versions: `/entry/data/frames`,
+/// the validity map, no reader views, no calibration) is still processed, and its frames'
+/// sum comes out right.
+#[test]
+fn layout_1_recordings_are_still_processed() {
+    let dir = ScratchDir::new("traps-layout-1");
+    let path = dir.path().join("scan.h5");
+    let (rows, cols, sr, sc) = (3usize, 4usize, 8usize, 8usize);
+    let px: Vec<u16> = (0..rows * cols * sr * sc)
+        .map(|i| (i % 13) as u16)
+        .collect();
+    {
+        let f = hdf5::File::create(&path).expect("create");
+        let entry = f.create_group("entry").expect("entry");
+        entry
+            .new_attr::<u64>()
+            .create("stemflow_layout_version")
+            .and_then(|a| a.write_scalar(&1u64))
+            .expect("version");
+        let data = entry.create_group("data").expect("data");
+        let arr = ndarray::Array4::from_shape_vec((rows, cols, sr, sc), px.clone()).expect("shape");
+        data.new_dataset_builder()
+            .with_data(&arr)
+            .chunk((1, cols, sr, sc))
+            .create("frames")
+            .expect("frames");
+        let v = ndarray::Array2::<u8>::ones((rows, cols));
+        data.new_dataset_builder()
+            .with_data(&v)
+            .create("validity")
+            .expect("validity");
+    }
+    let out = dir.path().join("out");
+    let p = command::stemflow(
+        &["process", path_arg(&path), "--out", path_arg(&out)],
+        dir.path(),
+        "process-v1",
+    );
+    p.assert_success("process a layout-1 file");
+    let total: u64 = px.iter().map(|&v| u64::from(v)).sum();
+    assert!(
+        p.stdout
+            .contains(&format!("sum over all frames and pixels: {total}")),
+        "{}",
+        p.describe()
+    );
+    let rec = open_recording(out.join("recording.hspy")).expect("recording");
+    assert_eq!(rec.frames(), 12);
+}

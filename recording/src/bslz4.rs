@@ -206,11 +206,19 @@ impl stemflow_core::sink::FrameEncoder for FrameBslz4 {
         i: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), String> {
+        thread_local! {
+            // One frame's little-endian bytes per worker, reused: a fresh 128 KiB buffer per
+            // frame would be an mmap and page faults each time (glibc's threshold).
+            static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
         let n = tile.sig_shape.len();
         let elem = tile.data.dtype().size();
-        let mut bytes = vec![0u8; n * elem];
-        crate::hdf5::copy_le(&mut bytes, &tile.data, i * n..(i + 1) * n);
-        *out = encode(&bytes, elem).map_err(|e| e.to_string())?;
-        Ok(())
+        BYTES.with(|b| {
+            let mut bytes = b.borrow_mut();
+            bytes.resize(n * elem, 0);
+            crate::hdf5::copy_le(&mut bytes, &tile.data, i * n..(i + 1) * n);
+            *out = encode(&bytes, elem).map_err(|e| e.to_string())?;
+            Ok(())
+        })
     }
 }
