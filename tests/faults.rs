@@ -384,3 +384,171 @@ fn one_frame_of_the_wrong_size_is_damaged_and_the_stream_goes_on() {
     );
     assert_eq!(v.received(), 15);
 }
+
+/// A Merlin simulator on loopback serving 4 × 4 frames of 64 × 64 with `faults`, and an
+/// instrument spec (that detector alone, HDF5 recordings as the CLI makes them) for it;
+/// the receiver's per-frame deadline is 30 s, so only the run's own deadline can end a
+/// stalled acquisition.
+fn merlin_instrument(
+    faults: MerlinFaults,
+) -> (
+    stemflow_simulators::merlin::MerlinSim,
+    stemflow_actors::supervisor::InstrumentSpec,
+) {
+    use stemflow_core::detector::Detector;
+    use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
+    let (sim, _, _) = fast_merlin_sim(4, 4, faults);
+    let mut det = MerlinDetectorConfig::new(sim.control_addr(), sim.data_addr());
+    det.frame_timeout = Duration::from_secs(30);
+    let spec = stemflow_actors::supervisor::InstrumentSpec {
+        detector: Arc::new(move || {
+            MerlinDetector::connect(det.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
+        }),
+        scan: None,
+        microscope: None,
+        recording: stemflow_app::instrument::recording_factory(
+            stemflow_app::output::RecordingOutput::default(),
+        ),
+    };
+    (sim, spec)
+}
+
+/// A soft-triggered acquisition of the 16 frames into `output`, processed by `pipeline`,
+/// with a run deadline of twice 16 ms plus `margin`.
+fn soft_request(
+    output: std::path::PathBuf,
+    pipeline: stemflow_actors::orchestrator::PipelineBuilder,
+    margin: Duration,
+) -> stemflow_actors::orchestrator::AcquisitionRequest {
+    use stemflow_core::detector::{ArmMode, DetectorSettings, DetectorTrigger};
+    stemflow_actors::orchestrator::AcquisitionRequest {
+        mode: ArmMode::Active,
+        detector: DetectorSettings {
+            nav_shape: NavShape::new(4, 4),
+            exposure_s: 0.001,
+            frame_time_s: 0.001,
+            trigger: DetectorTrigger::Soft,
+            frames_per_trigger: 16,
+            counter_depth: Some(12),
+            extra: Default::default(),
+        },
+        scan: None,
+        microscope: None,
+        arm_deadline: Duration::from_secs(5),
+        deadline_margin: margin,
+        output: Some(output),
+        pipeline,
+        label: "active".into(),
+        nav_from_detector: false,
+        ready_hook: None,
+        calibration: Default::default(),
+    }
+}
+
+/// A detector that goes quiet after 6 of 16 frames (its connection open, so only the run's
+/// deadline can end it): the run fails at the deadline naming it, and still finishes the
+/// recording — results so far, the validity map, the run record with the error — with
+/// counts that add up, the same in the returned record and in the file.
+#[test]
+fn a_run_that_fails_at_its_deadline_still_finishes_its_recording() {
+    let (_sim, spec) = merlin_instrument(MerlinFaults {
+        stop_after_frames: Some(6),
+        ..MerlinFaults::default()
+    });
+    let dir = ScratchDir::new("fault-deadline-salvage");
+    let file = dir.path().join("recording.hspy");
+    let t0 = Instant::now();
+    let mut results = common::instrument::run(
+        spec,
+        vec![soft_request(
+            file.clone(),
+            common::instrument::counting_pipeline(),
+            Duration::from_millis(500),
+        )],
+    );
+    let failure = match results.remove(0) {
+        Ok(r) => panic!("a stalled acquisition completed: {r:?}"),
+        Err(f) => f,
+    };
+    assert!(
+        t0.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let r = &failure.record;
+    let error = r.error.clone().expect("error");
+    assert!(error.contains("deadline"), "{error}");
+    assert_eq!(
+        r.frames_received + r.frames_lost + r.frames_damaged + r.frames_not_acquired,
+        16,
+        "{r:?}"
+    );
+    assert_eq!(r.frames_received, 6, "{r:?}");
+    assert_eq!(r.output_file.as_deref(), Some(file.as_path()));
+    let rec = stemflow_recording::reader::open_recording(&file).expect("recording");
+    assert!(
+        rec.is_complete(),
+        "the failed run's recording was not finished"
+    );
+    assert_eq!(rec.validity().expect("validity").received(), 6);
+    let stored: serde_json::Value = serde_json::from_str(
+        &rec.run_record_json()
+            .expect("run record")
+            .expect("a stored run record"),
+    )
+    .expect("json");
+    assert_eq!(stored["exit_status"], "fault", "{stored:#}");
+    assert_eq!(stored["error"].as_str(), Some(error.as_str()), "{stored:#}");
+    assert_eq!(stored["frames_received"], 6, "{stored:#}");
+}
+
+/// A consumer slower than the run's deadline allows (150 ms per frame, 2.4 s for a run
+/// whose deadline is 0.5 s) while frames keep being processed: backpressure, not a
+/// detector fault — the run finishes late and completes with every frame.
+#[test]
+fn a_slow_consumer_finishes_late_instead_of_failing() {
+    use stemflow_actors::processing::{LiveSnapshot, PipelineOutput};
+    use stemflow_core::frame::Tile;
+    let (_sim, spec) = merlin_instrument(MerlinFaults::default());
+    let slow: stemflow_actors::orchestrator::PipelineBuilder = Arc::new(|inputs| {
+        Box::new(move |_cancel: Arc<AtomicBool>, snaps| {
+            let mut frames = 0u64;
+            let mut tile = Tile::zeros(0, 0, inputs.sig_shape, inputs.dtype);
+            while let Ok(stack) = inputs.stacks.recv() {
+                tile.decode_from(&stack).map_err(|e| e.to_string())?;
+                for _ in 0..tile.n_frames {
+                    std::thread::sleep(Duration::from_millis(150));
+                    frames += 1;
+                    let _ = snaps.send(Arc::new(LiveSnapshot {
+                        frames_processed: frames,
+                        results: Vec::new(),
+                    }));
+                }
+            }
+            Ok(PipelineOutput {
+                results: Vec::new(),
+                frames_processed: frames,
+                damaged: Vec::new(),
+                cancelled: false,
+                unprocessed_from: None,
+                recording: inputs.recording,
+            })
+        })
+    });
+    let dir = ScratchDir::new("fault-slow-consumer");
+    let mut results = common::instrument::run(
+        spec,
+        vec![soft_request(
+            dir.path().join("recording.hspy"),
+            slow,
+            Duration::from_millis(500),
+        )],
+    );
+    let record = match results.remove(0) {
+        Ok(r) => r,
+        Err(f) => panic!("a slow consumer failed the run: {}", f.error),
+    };
+    assert_eq!(record.frames_processed, 16);
+    assert_eq!(record.frames_received, 16);
+    assert!(record.duration_s > 2.0, "{}", record.duration_s);
+}

@@ -372,6 +372,17 @@ struct RunContext {
     /// When the detector was armed (passive mode: when the acquisition was announced):
     /// the data-taking time counts from here, not from the run's start.
     armed_at: Option<std::time::Instant>,
+    /// A run that failed while running: its pipeline's result and the detector's end, for
+    /// the fault path to finish the recording with the frames so far (see `salvage`).
+    salvage: Option<Salvage>,
+}
+
+/// What the fault path needs to finish a failed run's recording.
+struct Salvage {
+    /// The pipeline's result (it was cancelled when the run failed).
+    done: tokio::sync::oneshot::Receiver<Result<crate::processing::PipelineOutput, String>>,
+    /// The detector side's end of the acquisition.
+    end: crossbeam_channel::Receiver<stemflow_core::detector::AcquisitionEnd>,
 }
 
 /// Now, RFC 3339 UTC with microseconds.

@@ -38,19 +38,19 @@ impl Instrument {
         let result = self.run_steps(&req, &mut ctx).await;
         // A cancel request is consumed by the run it ended (or that failed meanwhile).
         self.user_cancel.store(false, Ordering::SeqCst);
-        let mut record = ctx.record(start_time, started);
         match result {
             Ok(status) => {
+                let mut record = ctx.record(start_time, started);
                 record.exit_status = status;
                 Ok(record)
             }
             Err(error) => {
                 let died = died_actor(&error, &refs_at_start);
-                self.recover(&mut ctx, died).await;
+                self.recover(&mut ctx, died, &error).await;
+                // After recovery: the counts of a salvaged run are final only now.
+                let mut record = ctx.record(start_time, started);
                 record.exit_status = ExitStatus::Fault;
                 record.error = Some(error.to_string());
-                record.stop_time = now_rfc3339();
-                record.duration_s = started.elapsed().as_secs_f64();
                 Err(RunFailure {
                     error,
                     record: Box::new(record),
@@ -76,8 +76,27 @@ impl Instrument {
         let armed = self.arm(req, &refs, ctx).await?;
         ctx.armed_at = Some(Instant::now());
         let started = self.start_processing(req, &refs, ctx, armed).await?;
-        self.trigger(req, &refs, ctx).await?;
-        let output = self.monitor(req, &refs, ctx, started.pipeline).await?;
+        let mut done = started.pipeline.done;
+        let snapshots = started.pipeline.snapshots;
+        let running = match self.trigger(req, &refs, ctx).await {
+            Ok(()) => self.monitor(req, &refs, ctx, &mut done, snapshots).await,
+            Err(e) => Err(e),
+        };
+        let output = match running {
+            Ok(output) => output,
+            Err(e) => {
+                // The pipeline still holds the recording and the results so far: the
+                // fault path finishes them (see `salvage`). A pipeline error has consumed
+                // the pipeline's result already: nothing is left to wait for.
+                if !matches!(e, RunError::Pipeline(_)) {
+                    ctx.salvage = Some(super::Salvage {
+                        done,
+                        end: started.end,
+                    });
+                }
+                return Err(e);
+            }
+        };
         let end = self.reconcile_end(ctx, &output, started.end).await?;
         self.finish(&refs, ctx, output, end).await
     }
@@ -126,7 +145,12 @@ impl Instrument {
     ///
     /// The scan is stopped and the detector disarmed whether or not this run got as far as
     /// starting or arming them: a failed or timed-out call may have reached the device.
-    async fn recover(&mut self, ctx: &mut RunContext, died: Option<(Role, ractor::ActorId)>) {
+    async fn recover(
+        &mut self,
+        ctx: &mut RunContext,
+        died: Option<(Role, ractor::ActorId)>,
+        error: &RunError,
+    ) {
         if let Some(c) = &ctx.cancel {
             c.store(true, Ordering::SeqCst);
         }
@@ -140,6 +164,14 @@ impl Instrument {
             .detector
             .call(DetectorMsg::Disarm, Some(Duration::from_secs(5)))
             .await;
+        // A pipeline that died with the processing actor has no results to wait for.
+        let pipeline_died = died.is_some_and(|(role, _)| role == Role::Processing)
+            || matches!(error, RunError::Pipeline(e) if e.starts_with(crate::processing::PIPELINE_PANICKED));
+        if let Some(s) = ctx.salvage.take()
+            && !pipeline_died
+        {
+            self.salvage(ctx, s, error).await;
+        }
         let _ = self.transition(AcqEvent::Failed);
         let _ = self.transition(AcqEvent::Reset);
         // Wait until every actor is healthy again (a restart in flight), with a deadline.
@@ -161,6 +193,82 @@ impl Instrument {
         let _ = self.transition(AcqEvent::ResetDone);
     }
 }
+
+impl Instrument {
+    /// Finishes a failed run's recording with what it got: the cancelled pipeline's results
+    /// so far, the detector's end recounted with them (the positions never processed are
+    /// lost or not acquired), the metadata, and the run record with the error — so that
+    /// `frames_expected = received + lost + damaged + not_acquired` holds in run.json and in
+    /// the file alike. Best effort with deadlines: a pipeline that does not return within
+    /// [`SALVAGE_DEADLINE`] (a panic, a stuck sink) leaves the file as the recorder's drop
+    /// closes it, marked incomplete.
+    async fn salvage(&mut self, ctx: &mut RunContext, s: super::Salvage, error: &RunError) {
+        let Ok(Ok(Ok(mut output))) = tokio::time::timeout(SALVAGE_DEADLINE, s.done).await else {
+            tracing::warn!(
+                "the failed run's pipeline returned no results: recording left unfinished"
+            );
+            return;
+        };
+        let end_rx = s.end;
+        let end = tokio::task::spawn_blocking(move || end_rx.recv_timeout(SALVAGE_DEADLINE))
+            .await
+            .ok()
+            .and_then(|r| r.ok());
+        // The run stopped: whatever was not processed is not in the file.
+        output.cancelled = true;
+        let n = ctx.expected as usize;
+        let mut end = end.unwrap_or_else(|| {
+            // No end from the receiver: what the pipeline processed is what was received.
+            let mut validity = stemflow_core::validity::FrameValidity::new(n);
+            let upto = output.unprocessed_from.unwrap_or(output.frames_processed) as usize;
+            validity.mark_range_received(0, upto.min(n));
+            stemflow_core::detector::AcquisitionEnd {
+                expected: n as u64,
+                received: upto.min(n) as u64,
+                lost: n.saturating_sub(upto) as u64,
+                damaged: 0,
+                validity,
+                reason: "Failed".into(),
+                error: None,
+            }
+        });
+        super::accounting::fit_to_scan(&mut end, n);
+        ctx.not_acquired = super::accounting::recount(&mut end, &output);
+        end.error.get_or_insert_with(|| error.to_string());
+        ctx.frames_processed = output.frames_processed;
+        ctx.metadata.stop_time = now_rfc3339();
+        if let Some(recording) = output.recording.take() {
+            let mut run_record =
+                super::steps::stored_run_record(ctx, ExitStatus::Fault, &end, &output);
+            run_record["error"] = serde_json::Value::String(error.to_string());
+            let args = crate::recorder::FinishArgs {
+                recording,
+                results: output.results.clone(),
+                validity: end.validity.clone(),
+                metadata: ctx.metadata.clone(),
+                run_record,
+            };
+            let refs = self.refs();
+            match refs
+                .recorder
+                .call(
+                    |r| crate::recorder::RecorderMsg::Finish(Box::new(args), r),
+                    Some(SALVAGE_DEADLINE),
+                )
+                .await
+            {
+                Ok(ractor::rpc::CallResult::Success(Ok(path))) => ctx.output_file = Some(path),
+                other => tracing::warn!("finishing the failed run's recording: {other:?}"),
+            }
+        }
+        ctx.results = output.results;
+        ctx.end = Some(end);
+    }
+}
+
+/// How long the fault path waits for a failed run's pipeline and detector end, and for
+/// the recorder to finish its file.
+const SALVAGE_DEADLINE: Duration = Duration::from_secs(15);
 
 /// The actor a failed run lost, as it was when the run started: recovery waits until the
 /// supervisor has replaced it, so the next run does not call a dead actor.

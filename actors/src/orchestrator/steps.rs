@@ -74,7 +74,15 @@ struct MonitorClock {
     deadline: Duration,
     /// When the scan engine was last asked for its status.
     last_scan_poll: Instant,
+    /// When the pipeline's processed count last grew, and that count.
+    last_progress: Instant,
+    last_count: u64,
+    /// How long a run past its deadline may go without progress before it fails.
+    stall: Duration,
 }
+
+/// The shortest stall accepted past the deadline, whatever the request's margin.
+const MIN_STALL: Duration = Duration::from_secs(1);
 
 impl Instrument {
     /// Idle → Configuring: asks the detector's name, then applies and reads back the
@@ -447,19 +455,21 @@ impl Instrument {
         req: &AcquisitionRequest,
         refs: &ChildRefs,
         ctx: &mut RunContext,
-        pipeline: PipelineHandle,
+        done: &mut tokio::sync::oneshot::Receiver<Result<PipelineOutput, String>>,
+        snapshots: watch::Receiver<Arc<LiveSnapshot>>,
     ) -> Result<PipelineOutput, RunError> {
         let mut clock = MonitorClock {
             deadline: run_deadline(req, ctx.expected),
             started: Instant::now(),
             last_scan_poll: Instant::now(),
+            last_progress: Instant::now(),
+            last_count: 0,
+            stall: req.deadline_margin.max(MIN_STALL),
         };
-        let mut done = pipeline.done;
-        let snapshots = pipeline.snapshots;
         let mut tick = tokio::time::interval(MONITOR_TICK);
         let output = loop {
             tokio::select! {
-                out = &mut done => {
+                out = &mut *done => {
                     break out.map_err(|_| RunError::Pipeline("pipeline ended without a result".into()))?;
                 }
                 report = self.reports.recv() => {
@@ -496,11 +506,20 @@ impl Instrument {
         }
         let snap = snapshots.borrow().clone();
         ctx.frames_processed = snap.frames_processed;
+        if snap.frames_processed > clock.last_count {
+            clock.last_count = snap.frames_processed;
+            clock.last_progress = Instant::now();
+        }
         self.status.send_modify(|s| {
             s.frames_processed = snap.frames_processed;
             s.snapshot = snap;
         });
-        if clock.started.elapsed() > clock.deadline {
+        // Past the deadline a run still making progress goes on: a slow consumer (the
+        // processing or the disk falling behind, backpressure) finishes late, it is not a
+        // detector fault. A detector that goes quiet ends the acquisition through the
+        // receiver's own inactivity deadline; here the run fails once nothing has been
+        // processed for `stall` after the deadline.
+        if clock.started.elapsed() > clock.deadline && clock.last_progress.elapsed() > clock.stall {
             return Err(RunError::Deadline {
                 detector: self.detector_name.clone(),
                 trigger_source: ctx.trigger_source.clone(),
@@ -689,7 +708,7 @@ fn run_deadline(req: &AcquisitionRequest, expected: u64) -> Duration {
 }
 
 /// The run record stored in the recording, beside the data.
-fn stored_run_record(
+pub(super) fn stored_run_record(
     ctx: &RunContext,
     status: ExitStatus,
     end: &AcquisitionEnd,
