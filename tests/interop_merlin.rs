@@ -142,7 +142,13 @@ impl Expected {
         let all: Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
         let name = format!("{stem}.mib");
-        let r = &all[&name];
+        Self::from_value(stem, &all[&name], &path)
+    }
+
+    /// One recording's entry in the `reference.json` layout (`path`: where it came from,
+    /// for messages); the counter depth and raw format from the stem's name.
+    fn from_value(stem: &str, r: &Value, path: &Path) -> Self {
+        let name = format!("{stem}.mib");
         let num = |v: &Value, what: &str| {
             v.as_u64().unwrap_or_else(|| {
                 panic!("{}: {name}.{what} is not an integer: {v}", path.display())
@@ -263,11 +269,16 @@ struct LibertemMibSim {
 
 impl LibertemMibSim {
     fn start(py: &PyEnv, stem: &str) -> Self {
+        Self::start_from(py, &recordings_dir(), stem)
+    }
+
+    /// As [`start`](Self::start), serving `<src>/<stem>.hdr` + `.mib`.
+    fn start_from(py: &PyEnv, src: &Path, stem: &str) -> Self {
         // Its own folder: LiberTEM globs `<stem>*.mib` beside the .hdr, so in the shared folder
         // `..._Rows_256.hdr` would also pick up `..._Rows_256RAW.mib` (§4.5).
         let dir = ScratchDir::new(&format!("mib-sim-{stem}"));
         for ext in ["hdr", "mib"] {
-            let from = recordings_dir().join(format!("{stem}.{ext}"));
+            let from = src.join(format!("{stem}.{ext}"));
             link_or_copy(&from, &dir.path().join(format!("{stem}.{ext}")));
         }
         let hdr = dir.path().join(format!("{stem}.hdr"));
@@ -783,4 +794,180 @@ fn client_result(r: &Value, expected: &Expected) -> Result<Vec<String>, String> 
         bad.push(format!("dtype {}, expected {want_dtype}", r["dtype"]));
     }
     Ok(bad)
+}
+
+// ---------------------------------------------------------------------------------------
+// Detector ROI: frames of fewer rows than the chip (256 columns × 128 rows), both directions
+
+/// The ROI acquisition used below: a 4 × 4 scan of 128 × 256 (rows × columns) 12-bit frames,
+/// the Merlin's reduced-row readout for higher frame rates.
+const ROI_STEM: &str = "Roi_16_Frame_CounterDepth_12_Rows_128";
+const ROI_FRAMES: usize = 16;
+
+/// stemflow's simulator producing the ROI acquisition (synthetic specimen, fixed seed: every
+/// simulator made here sends the same frames).
+fn roi_sim() -> MerlinSim {
+    let mut cfg = MerlinSimConfig::new(MerlinSource::Synthetic {
+        specimen: stemflow_simulators::specimen::Specimen::builder()
+            .disk_radius_px(20.0)
+            .build(),
+        nav_shape: stemflow_core::NavShape::new(4, 4),
+        sig_shape: SigShape::new(128, 256),
+        seed: 9,
+    });
+    cfg.host = LOCALHOST;
+    cfg.pacing = Pacing::AsFastAsPossible;
+    MerlinSim::start(cfg).unwrap_or_else(|e| panic!("MerlinSim (ROI): {e}"))
+}
+
+/// Reads one MPX message from the data stream (`MPX,` + 10-digit length + `,`, then
+/// length − 1 bytes, §1.4): its payload.
+fn read_mpx(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    let mut head = [0u8; 15];
+    s.read_exact(&mut head).expect("MPX prefix");
+    assert_eq!(&head[..4], b"MPX,", "not an MPX prefix: {head:?}");
+    let len: usize = std::str::from_utf8(&head[4..14])
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("MPX length in {head:?}"));
+    let mut body = vec![0u8; len - 1];
+    s.read_exact(&mut body).expect("MPX payload");
+    body
+}
+
+/// Captures one soft-triggered ROI acquisition from [`roi_sim`] as a Merlin file set in
+/// `dir`: the HDR message as `<ROI_STEM>.hdr`, the frames (MQ1 header and pixels, without
+/// the MPX prefix) back to back as `<ROI_STEM>.mib`, as the Merlin software writes files.
+fn capture_roi_files(dir: &Path) {
+    let sim = roi_sim();
+    let mut data = std::net::TcpStream::connect(sim.data_addr()).expect("data port");
+    data.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut c = MerlinControl::connect(
+        sim.control_addr(),
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    )
+    .expect("control");
+    for (k, v) in [
+        ("COUNTERDEPTH", "12".to_string()),
+        ("NUMFRAMESTOACQUIRE", ROI_FRAMES.to_string()),
+        ("NUMFRAMESPERTRIGGER", ROI_FRAMES.to_string()),
+        ("TRIGGERSTART", "5".to_string()),
+    ] {
+        c.set(k, &v).unwrap_or_else(|e| panic!("SET {k}: {e}"));
+    }
+    c.cmd("STARTACQUISITION").expect("STARTACQUISITION");
+    let hdr = read_mpx(&mut data);
+    assert!(hdr.starts_with(b"HDR,"), "first message is not the HDR");
+    c.cmd("SOFTTRIGGER").expect("SOFTTRIGGER");
+    let mut mib = Vec::new();
+    for _ in 0..ROI_FRAMES {
+        let frame = read_mpx(&mut data);
+        assert!(frame.starts_with(b"MQ1,"), "not a frame");
+        mib.extend_from_slice(&frame);
+    }
+    std::fs::write(dir.join(format!("{ROI_STEM}.hdr")), hdr).expect("write hdr");
+    std::fs::write(dir.join(format!("{ROI_STEM}.mib")), mib).expect("write mib");
+}
+
+/// LiberTEM's offline MIB reader on the captured files: the independent reference.
+fn libertem_reference(py: &PyEnv, dir: &Path) -> Expected {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/libertem_mib_stats.py");
+    let out = dir.join("reference.json");
+    let status = py
+        .command(&py.python())
+        .arg(&script)
+        .arg(dir.join(format!("{ROI_STEM}.hdr")))
+        .arg(ROI_FRAMES.to_string())
+        .arg(&out)
+        .status()
+        .expect("running LiberTEM");
+    assert!(
+        status.success(),
+        "LiberTEM's MIB reader failed on the ROI files"
+    );
+    let text = std::fs::read_to_string(&out).expect("reference");
+    let v: Value = serde_json::from_str(&text).expect("reference JSON");
+    Expected::from_value(ROI_STEM, &v, &out)
+}
+
+/// Merlin detector ROI (128 × 256 frames), both directions: stemflow's receiver reads
+/// LiberTEM-live's simulator serving a ROI acquisition (captured from stemflow's simulator
+/// and read by LiberTEM's offline MIB reader for the reference), and LiberTEM-live's client
+/// reads stemflow's simulator producing it (taking the frame shape from GET IMAGEX/IMAGEY).
+/// Both agree with LiberTEM's reading of the files: 128 × 256 frames and every statistic.
+#[test]
+fn detector_roi_frames_in_both_directions() {
+    let py = pyenv::libertem_live();
+    let files = ScratchDir::new("merlin-roi-files");
+    capture_roi_files(files.path());
+    let expected = libertem_reference(&py, files.path());
+    assert_eq!(expected.sig_shape, SigShape::new(128, 256));
+    assert!(expected.total > 0, "empty ROI frames");
+
+    // (a) stemflow's receiver ← LiberTEM-live's simulator.
+    let mut sim = LibertemMibSim::start_from(&py, files.path(), ROI_STEM);
+    let mut rx_cfg = MerlinReceiverConfig::new(sim.data);
+    rx_cfg.header_timeout = HEADER_TIMEOUT;
+    rx_cfg.first_frame_timeout = FIRST_FRAME_TIMEOUT;
+    rx_cfg.frame_timeout = Duration::from_secs(10);
+    rx_cfg.frames_per_stack = 4;
+    rx_cfg.pool_stacks = 4;
+    let receiver = MerlinReceiver::start(rx_cfg)
+        .unwrap_or_else(|e| panic!("stemflow receiver: {e}\n{}", sim.log_tail()));
+    let mut control = configure(&mut sim, &expected);
+    let (sig_shape, frames) = acquire(&mut sim, &receiver, &mut control, &expected);
+    let bad = expected.compare(sig_shape, &frames);
+    assert!(
+        bad.is_empty(),
+        "stemflow's receiver on LiberTEM-live's simulator serving ROI frames:\n  {}",
+        bad.join("\n  ")
+    );
+    drop(control);
+    receiver.stop();
+    receiver.join();
+    drop(sim);
+
+    // (b) LiberTEM-live's client ← stemflow's simulator.
+    let ours = roi_sim();
+    let dir = ScratchDir::new("merlin-roi-client");
+    let out = dir.path().join("result.json");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/libertem_merlin_client.py");
+    let mut cmd = py.command(&py.python());
+    cmd.arg(&script)
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--timeout",
+            &CLIENT_TIMEOUT_S.to_string(),
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--acquisition")
+        .arg(ours.control_addr().port().to_string())
+        .arg(ours.data_addr().port().to_string())
+        .arg(ROI_FRAMES.to_string())
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut client = ChildGuard::spawn("LiberTEM-live Merlin client (ROI)", &mut cmd);
+    let log = client.tap_stderr();
+    let status = client.wait_timeout(CLIENT_KILL_AFTER);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "LiberTEM-live client (ROI): {status:?}\n{}",
+        tail(&log.text(), 6000)
+    );
+    let text = std::fs::read_to_string(&out).expect("client JSON");
+    let results: Value = serde_json::from_str(&text).expect("client JSON parses");
+    let r = &results[0];
+    let bad = client_result(r, &expected).unwrap_or_else(|e| vec![e]);
+    assert!(
+        bad.is_empty(),
+        "LiberTEM-live's client on stemflow's simulator producing ROI frames:\n  {}",
+        bad.join("\n  ")
+    );
 }
