@@ -552,3 +552,93 @@ fn a_slow_consumer_finishes_late_instead_of_failing() {
     assert_eq!(record.frames_received, 16);
     assert!(record.duration_s > 2.0, "{}", record.duration_s);
 }
+
+/// The peak resident memory (`VmHWM`, bytes) of a running process, or `None` once it exited.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// An operator's acquisition announcing 2^30 frames in its HDR (passive mode, scan shape
+/// from the detector, no raw frames): refused at once, naming the announced count and the
+/// limit, before a validity map of a byte per frame is allocated; the process's peak
+/// memory stays under 600 MB.
+#[test]
+fn a_forged_frame_count_is_refused_within_the_memory_budget() {
+    use stemflow_drivers::merlin::control::MerlinControl;
+    let (_sim, c, d) = fast_merlin_sim(4, 4, MerlinFaults::default());
+    let dir = ScratchDir::new("fault-hdr-huge");
+    let out = dir.path().join("out");
+    let (mut cmd, _o, err) = command::command(
+        &[
+            "acquire",
+            "--mode",
+            "passive",
+            "--control-port",
+            &c,
+            "--data-port",
+            &d,
+            "--no-raw",
+            "--arm-timeout-s",
+            "30",
+            "--frame-timeout-s",
+            "2",
+            "--out",
+            path_arg(&out),
+        ],
+        dir.path(),
+        "huge",
+    );
+    let mut child = common::process::ChildGuard::spawn("stemflow acquire", &mut cmd);
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(1500));
+    let addr = format!("127.0.0.1:{c}").parse().expect("address");
+    let mut ctl = MerlinControl::connect(addr, Duration::from_secs(2), Duration::from_secs(2))
+        .expect("control port");
+    let announced = (1u64 << 30).to_string();
+    for (k, v) in [
+        ("NUMFRAMESTOACQUIRE", announced.as_str()),
+        ("NUMFRAMESPERTRIGGER", announced.as_str()),
+        ("TRIGGERSTART", "5"),
+    ] {
+        ctl.set(k, v).expect("SET");
+    }
+    let t0 = Instant::now();
+    ctl.cmd("STARTACQUISITION").expect("STARTACQUISITION");
+    let mut peak = 0;
+    while child.try_status().is_none() && t0.elapsed() < Duration::from_secs(30) {
+        if let Some(p) = peak_rss(pid) {
+            peak = peak.max(p);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = child
+        .wait_timeout(Duration::from_secs(30))
+        .expect("acquire did not end");
+    let took = t0.elapsed();
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(took < Duration::from_secs(10), "took {took:?}: {stderr}");
+    assert!(
+        stderr.contains("1073741824") && stderr.contains("67108864"),
+        "the error does not name the announced count and the limit: {stderr}"
+    );
+    assert!(
+        peak < 600 << 20,
+        "peak memory {} MB under a forged frame count",
+        peak >> 20
+    );
+    eprintln!(
+        "forged 2^30-frame HDR refused in {:.2} s, peak memory {} MB",
+        took.as_secs_f64(),
+        peak >> 20
+    );
+}

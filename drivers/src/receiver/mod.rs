@@ -45,9 +45,12 @@ pub use worker::{Connection, ReceiverEvent, Sink};
 
 use std::time::Duration;
 
-/// Most frames one acquisition may announce or reach: its validity map takes a byte per
-/// frame, and a larger count (a 32768 × 32768 scan) means a corrupt header or setting.
-pub const MAX_FRAMES_PER_ACQUISITION: u64 = 1 << 30;
+/// Most frames one acquisition may announce or reach: 2^26, an 8192 × 8192 scan. Its
+/// validity map takes a byte per frame and a few copies of it exist along the path
+/// (receiver, recorder, pipeline), so a forged count stays within a few hundred MB; a larger
+/// count means a corrupt header or setting (4D-STEM scans are far smaller: 8192² frames of
+/// 256 × 256 u16 would be 8.8 TB).
+pub const MAX_FRAMES_PER_ACQUISITION: u64 = 1 << 26;
 
 /// Default receive memory budget, bytes: the most the stack pool of one connection may
 /// hold (512 MiB). Sizes come from the first frame's header, which a faulty or forged
