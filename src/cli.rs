@@ -89,12 +89,8 @@ pub struct RunArgs {
     /// runs). Default: twice a plan's estimated duration plus 600 s; 3600 s for a script.
     #[arg(long, value_name = "S")]
     pub max_duration_s: Option<f64>,
-    /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
-    /// a free one), across every acquisition: `/` a page of the images, `/status.json`,
-    /// `/result/<udf>/<buffer>.png`. The bound address is printed to stderr as
-    /// `live view: http://ADDR/`.
-    #[arg(long, value_name = "ADDR")]
-    pub live_view: Option<SocketAddr>,
+    #[command(flatten)]
+    pub live_view: LiveViewArgs,
     /// Simulated-instrument fault: this microscope setting (e.g. `defocus_m`) does not take.
     #[arg(long)]
     pub sim_stuck_setting: Option<String>,
@@ -136,12 +132,44 @@ pub struct QueueArgs {
     /// to 0.1 nA from START_S for DURATION_S after the start, written `START_S:DURATION_S`.
     #[arg(long)]
     pub sim_beam_dip: Option<String>,
+    #[command(flatten)]
+    pub live_view: LiveViewArgs,
+}
+
+/// `--live-view` and its token (every command that acquires: the default scan, `acquire`,
+/// `run`, `queue`).
+#[derive(Args, Debug, Clone, Default)]
+pub struct LiveViewArgs {
     /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
-    /// a free one), across every acquisition: `/` a page of the images, `/status.json`,
-    /// `/result/<udf>/<buffer>.png`. The bound address is printed to stderr as
-    /// `live view: http://ADDR/`.
+    /// a free one), across every acquisition of a plan or queue: `/` a page of the images,
+    /// `/status.json`, `/result/<udf>/<buffer>.png`. The bound address is printed to stderr
+    /// as `live view: http://ADDR/`. Bound to loopback it answers only requests for
+    /// localhost; bound beyond loopback (e.g. `0.0.0.0:8080`) it is reachable from the
+    /// network: a warning is printed and every request needs a token (see
+    /// `--live-view-token`; without one a random token is printed in the `live view:` line).
     #[arg(long, value_name = "ADDR")]
     pub live_view: Option<SocketAddr>,
+    /// The token every live-view request must then carry, as `?token=TOKEN` or
+    /// `Authorization: Bearer TOKEN` (at least 16 characters of `A-Z a-z 0-9 - . _ ~`);
+    /// required on loopback too when given.
+    #[arg(long, value_name = "TOKEN", requires = "live_view", value_parser = live_view_token)]
+    pub live_view_token: Option<String>,
+}
+
+/// A `--live-view-token` value, checked at parse time as the live view checks it.
+fn live_view_token(s: &str) -> Result<String, String> {
+    stemflow_app::live_view::check_token(s)
+        .map(|()| s.to_string())
+        .map_err(|e| format!("{e:#}"))
+}
+
+impl From<LiveViewArgs> for Option<app::LiveViewOptions> {
+    fn from(a: LiveViewArgs) -> Self {
+        a.live_view.map(|addr| app::LiveViewOptions {
+            addr,
+            token: a.live_view_token,
+        })
+    }
 }
 
 /// How a run records: compression, overwriting an earlier run, calibration (every command
@@ -267,11 +295,8 @@ pub struct SimulateArgs {
     pub no_raw: bool,
     #[command(flatten)]
     pub recording: RecordingArgs,
-    /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
-    /// a free one): `/` a page of the images, `/status.json`, `/result/<udf>/<buffer>.png`.
-    /// The bound address is printed to stderr as `live view: http://ADDR/`.
-    #[arg(long, value_name = "ADDR")]
-    pub live_view: Option<SocketAddr>,
+    #[command(flatten)]
+    pub live_view: LiveViewArgs,
     #[command(flatten)]
     pub reductions: ReductionArgs,
 }
@@ -371,11 +396,8 @@ pub struct AcquireArgs {
     pub no_raw: bool,
     #[command(flatten)]
     pub recording: RecordingArgs,
-    /// Serve the partial results live over HTTP on ADDR (e.g. `127.0.0.1:8080`; port 0 picks
-    /// a free one): `/` a page of the images, `/status.json`, `/result/<udf>/<buffer>.png`.
-    /// The bound address is printed to stderr as `live view: http://ADDR/`.
-    #[arg(long, value_name = "ADDR")]
-    pub live_view: Option<SocketAddr>,
+    #[command(flatten)]
+    pub live_view: LiveViewArgs,
     #[command(flatten)]
     pub reductions: ReductionArgs,
 }
@@ -613,7 +635,7 @@ impl From<SimulateArgs> for app::SimulateOptions {
             nav_shape: a.nav_shape,
             no_raw: a.no_raw,
             recording: a.recording.into(),
-            live_view: a.live_view,
+            live_view: a.live_view.into(),
             reductions: a.reductions.into(),
         }
     }
@@ -659,7 +681,7 @@ impl From<AcquireArgs> for app::AcquireOptions {
             raw: a.raw,
             no_raw: a.no_raw,
             recording: a.recording.into(),
-            live_view: a.live_view,
+            live_view: a.live_view.into(),
             reductions: a.reductions.into(),
         }
     }
@@ -706,7 +728,7 @@ impl From<RunArgs> for app::RunOptions {
                 reductions: a.reductions.into(),
                 no_raw: a.no_raw,
                 recording: a.recording.into(),
-                live_view: a.live_view,
+                live_view: a.live_view.into(),
                 sim_stuck_setting: a.sim_stuck_setting,
                 sim_beam_dip: a.sim_beam_dip,
             },
@@ -726,7 +748,7 @@ impl From<QueueArgs> for app::QueueRunOptions {
                 reductions: a.reductions.into(),
                 no_raw: a.no_raw,
                 recording: a.recording.into(),
-                live_view: a.live_view,
+                live_view: a.live_view.into(),
                 sim_stuck_setting: a.sim_stuck_setting,
                 sim_beam_dip: a.sim_beam_dip,
             },

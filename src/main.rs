@@ -14,6 +14,8 @@ use clap::Parser;
 use std::io::IsTerminal as _;
 
 fn main() -> std::process::ExitCode {
+    // Before any thread starts: a long queue must not grow its heap unit by unit.
+    stemflow_app::memory::limit_malloc_arenas();
     let args = cli::Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("STEMFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -3,13 +3,12 @@
 //! assembled, progress shown, the results written (HDF5, PNG images, run.json).
 
 use crate::instrument::{SimulatedInstrument, assemble_simulated, recording_factory, runtime};
-use crate::options::{AcquireOptions, SimulateOptions};
+use crate::options::{AcquireOptions, LiveViewOptions, SimulateOptions};
 use crate::output;
 use crate::reductions::{self, Geometry, Reductions};
 use crate::registry::{DetectorEndpoint, resolve_host};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use stemflow_actors::orchestrator::{
@@ -87,28 +86,28 @@ pub fn simulate(args: &SimulateOptions) -> Result<()> {
         ),
     };
     let rt = runtime()?;
-    let result = rt.block_on(run_one(spec, req, args.live_view));
+    let result = rt.block_on(run_one(spec, req, args.live_view.clone()));
     drop(sim);
     finish(result, &args.out, &geometry)
 }
 
 /// Runs `req` on a new instrument of `spec`, with the progress view on stderr and, with
-/// `live_view`, the HTTP live view (see `crate::live_view`) on that address. The live view
+/// `live_view`, the HTTP live view (see `crate::live_view`) on its address. The live view
 /// task stays on the caller's runtime, so it keeps serving the final results while they
 /// are written, until the runtime is dropped when the command returns.
 async fn run_one(
     spec: InstrumentSpec,
     req: AcquisitionRequest,
-    live_view: Option<SocketAddr>,
+    live_view: Option<LiveViewOptions>,
 ) -> Result<(
     Result<RunRecord, RunFailure>,
     Arc<stemflow_actors::processing::LiveSnapshot>,
 )> {
     // Bound first: a busy address fails the command before the instrument moves.
-    let live = match live_view {
-        Some(addr) => {
-            let lv = crate::live_view::LiveView::bind(addr).await?;
-            eprintln!("live view: http://{}/", lv.local_addr());
+    let live = match &live_view {
+        Some(opts) => {
+            let lv = crate::live_view::LiveView::bind(opts).await?;
+            lv.announce();
             Some(lv)
         }
         None => None,
@@ -228,7 +227,7 @@ pub fn acquire(args: &AcquireOptions) -> Result<()> {
         println!("{d}");
     }
     let rt = runtime()?;
-    let result = rt.block_on(run_one(spec, req, args.live_view));
+    let result = rt.block_on(run_one(spec, req, args.live_view.clone()));
     finish(result, &args.out, &Geometry::default())
 }
 

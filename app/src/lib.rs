@@ -43,6 +43,7 @@ pub mod bench;
 pub mod figure;
 pub mod instrument;
 pub mod live_view;
+pub mod memory;
 pub mod offline;
 pub mod options;
 pub mod output;

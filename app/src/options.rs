@@ -19,6 +19,36 @@ pub use stemflow_recording::hdf5::Compression;
 /// The engine's default time between two snapshots, ms.
 pub const DEFAULT_SNAPSHOT_INTERVAL_MS: u64 = 100;
 
+/// Where and for whom the live view serves the partial results over HTTP
+/// ([`crate::live_view`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LiveViewOptions {
+    /// Address to serve on (e.g. `127.0.0.1:8080`; port 0: a free one). Beyond loopback the
+    /// view is reachable from the network and always needs a token.
+    pub addr: SocketAddr,
+    /// Token every request must carry (`?token=` or `Authorization: Bearer`): at least
+    /// [`crate::live_view::MIN_TOKEN_LEN`] characters of `A–Z a–z 0–9 - . _ ~`. `None`: no
+    /// token on loopback, a random one (printed at start) beyond it.
+    pub token: Option<String>,
+}
+
+impl LiveViewOptions {
+    /// The view on `addr` without a token of the caller's.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, token: None }
+    }
+}
+
+impl std::fmt::Debug for LiveViewOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never in a log.
+        f.debug_struct("LiveViewOptions")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
 /// Which reductions a run computes, over which scan positions and how often it shows them
 /// (offline processing, the simulated scan, acquisitions, plans and queues).
 #[derive(Clone, Debug, PartialEq)]
@@ -107,8 +137,8 @@ pub struct SimulateOptions {
     pub no_raw: bool,
     /// Compression, overwriting, calibration.
     pub recording: RecordingChoice,
-    /// Serve the partial results over HTTP on this address (port 0: a free one).
-    pub live_view: Option<SocketAddr>,
+    /// Serve the partial results over HTTP (see [`LiveViewOptions`]).
+    pub live_view: Option<LiveViewOptions>,
     /// The reductions.
     pub reductions: ReductionChoice,
 }
@@ -179,8 +209,8 @@ pub struct AcquireOptions {
     pub no_raw: bool,
     /// Compression, overwriting, calibration.
     pub recording: RecordingChoice,
-    /// Serve the partial results over HTTP on this address (port 0: a free one).
-    pub live_view: Option<SocketAddr>,
+    /// Serve the partial results over HTTP (see [`LiveViewOptions`]).
+    pub live_view: Option<LiveViewOptions>,
     /// The reductions.
     pub reductions: ReductionChoice,
 }
@@ -302,8 +332,9 @@ pub struct SequenceOptions {
     pub no_raw: bool,
     /// Compression, overwriting, calibration.
     pub recording: RecordingChoice,
-    /// Serve the partial results over HTTP on this address across every acquisition.
-    pub live_view: Option<SocketAddr>,
+    /// Serve the partial results over HTTP across every acquisition (see
+    /// [`LiveViewOptions`]).
+    pub live_view: Option<LiveViewOptions>,
     /// Simulated-instrument fault: this microscope setting (e.g. `defocus_m`) does not take.
     pub sim_stuck_setting: Option<String>,
     /// Simulated-instrument fault: the beam current drops to 0.1 nA from START_S for

@@ -452,7 +452,7 @@ fn start_instrument(
     let (stuck, beam_dip, live_view) = (
         args.sim_stuck_setting.as_deref(),
         args.sim_beam_dip.as_deref(),
-        args.live_view,
+        args.live_view.as_ref(),
     );
     let recording = crate::output::recording_output(&args.recording, args.no_raw, Some(profile))?;
     let calibration = args.recording.calibration(
@@ -461,9 +461,9 @@ fn start_instrument(
         profile.detector.pixel_pitch_um,
     );
     let (mut exec, _) = SimExecutor::start(profile, faults(stuck)?, recording, calibration)?;
-    if let Some(addr) = live_view {
-        let lv = exec.rt.block_on(crate::live_view::LiveView::bind(addr))?;
-        eprintln!("live view: http://{}/", lv.local_addr());
+    if let Some(opts) = live_view {
+        let lv = exec.rt.block_on(crate::live_view::LiveView::bind(opts))?;
+        lv.announce();
         if let Some(inst) = &exec.inst {
             // Spawned on the executor's runtime; it serves every acquisition of the
             // sequence and ends with the runtime.

@@ -49,6 +49,11 @@ impl ChildGuard {
         &self.name
     }
 
+    /// The child's process id (e.g. to look at its `/proc` entries).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The exit status, if the child has exited.
     pub fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
