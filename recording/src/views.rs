@@ -15,7 +15,8 @@
 //!   data               ≡ /entry/data/frames (hard link)
 //!   axis-0..axis-3     @name, @units, @scale, @offset, @size, @navigate
 //!   metadata/...       General/title, Signal/signal_type, Acquisition_instrument/TEM/...
-//!   original_metadata/ stemflow's run metadata (JSON) and the detector's settings
+//!   original_metadata/ stemflow_run_metadata (the run metadata as JSON, a string dataset)
+//!                      and detector/ (the read-back settings, one attribute each)
 //! ```
 //!
 //! The EMD root is named `4DSTEM` so that it sorts before `Experiments` and `entry`: HDF5
@@ -226,10 +227,23 @@ pub(crate) fn update(
         let om = group(file, p, &format!("{sig_path}/original_metadata"))?;
         let json = serde_json::to_string(m).map_err(|source| RecordingError::Json {
             path: p.to_path_buf(),
-            object: format!("{sig_path}/original_metadata@stemflow_run_metadata"),
+            object: format!("{sig_path}/original_metadata/stemflow_run_metadata"),
             source,
         })?;
-        set_attr_str(&om, p, "stemflow_run_metadata", &json)?;
+        // A dataset, not an attribute: attributes are limited to 64 KiB, and a detector's
+        // header can make the run metadata larger.
+        if om.link_exists("stemflow_run_metadata") {
+            om.unlink("stemflow_run_metadata").map_err(h5(
+                p,
+                &format!("{sig_path}/original_metadata/stemflow_run_metadata"),
+                "replacing",
+            ))?;
+        }
+        let obj = format!("{sig_path}/original_metadata/stemflow_run_metadata");
+        om.new_dataset::<VarLenUnicode>()
+            .create("stemflow_run_metadata")
+            .and_then(|d| d.write_scalar(&vlen(&json)))
+            .map_err(h5(p, &obj, "writing the run metadata"))?;
         let settings = ensure_group(file, p, &format!("{sig_path}/original_metadata/detector"))?;
         for (k, v) in &m.detector_settings {
             set_attr_str(&settings, p, &layout::link_name(k), v)?;

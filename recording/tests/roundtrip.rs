@@ -324,3 +324,64 @@ fn a_recording_larger_than_the_disk_is_refused_before_the_file_exists() {
     assert!(text.contains("do not fit in a file"), "{text}");
     assert!(!path.exists());
 }
+
+/// A detector header far larger than an HDF5 attribute may be (64 KiB) still records: the
+/// reader views keep the run metadata in a dataset, and the HyperSpy and py4DSTEM views
+/// (hard links to the frames, axes, calibration) are there.
+#[test]
+fn a_large_detector_header_and_the_reader_views() {
+    let path = scratch("large-header");
+    let mut md = metadata(DType::U16);
+    md.detector_header = Some("x".repeat(200 << 10));
+    let mut rec = Hdf5Recorder::create_with_metadata(
+        &path,
+        RecordingSpec::new(NAV, SIG, DType::U16),
+        Some(&md),
+    )
+    .unwrap();
+    for &(first, n) in &TILES {
+        rec.write_tile(&tile(first, n, DType::U16)).unwrap();
+    }
+    rec.finish(&results(), &validity(), &md, Some(&run_record()))
+        .unwrap();
+    let f = hdf5::File::open(&path).unwrap();
+    let frames = f.dataset("/entry/data/frames").unwrap();
+    // The HyperSpy signal is named after the file's stem.
+    let title = path.file_stem().unwrap().to_string_lossy().into_owned();
+    let signal = format!("/Experiments/{title}");
+    for other in [
+        format!("{signal}/data"),
+        "/4DSTEM/datacube/data".to_string(),
+    ] {
+        let other = other.as_str();
+        let d = f.dataset(other).unwrap();
+        assert_eq!(d.shape(), frames.shape(), "{other}");
+        assert_eq!(
+            d.read_raw::<u16>().unwrap(),
+            frames.read_raw::<u16>().unwrap(),
+            "{other}"
+        );
+    }
+    let json: hdf5::types::VarLenUnicode = f
+        .dataset(&format!("{signal}/original_metadata/stemflow_run_metadata"))
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert!(json.as_str().len() > 200 << 10);
+    let scale: f64 = f
+        .group(&format!("{signal}/axis-0"))
+        .unwrap()
+        .attr("scale")
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert_eq!(scale, 2.5, "the scan step of the metadata's calibration");
+    let r: f64 = f
+        .dataset("/4DSTEM/metadatabundle/calibration/R_pixel_size")
+        .unwrap()
+        .read_scalar()
+        .unwrap();
+    assert_eq!(r, 2.5);
+    drop(f);
+    std::fs::remove_file(&path).unwrap();
+}
