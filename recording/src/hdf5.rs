@@ -583,7 +583,6 @@ impl Hdf5Recorder {
         run_record: Option<&serde_json::Value>,
     ) -> Result<RecordingSummary, RecordingError> {
         let mut writer = self.take_writer()?;
-        writer.write_partial_chunks()?;
         writer.flush()?;
         let p = &self.path;
         write_validity(&writer, validity)?;
@@ -862,8 +861,9 @@ struct Writer {
     file: File,
     /// `None` when raw recording is off ([`RecordingSpec::frames_written`] false).
     frames: Option<Dataset>,
-    /// Chunks being filled, for the chunks this crate compresses ([`Compression::Bslz4`]).
-    chunks: Option<ChunkAssembly>,
+    /// Bytes per pixel when this crate compresses the chunks itself ([`Compression::Bslz4`],
+    /// one frame per chunk); `None` when libhdf5 writes them.
+    own_chunks: Option<usize>,
     validity: Dataset,
     nav: NavShape,
     sig: SigShape,
@@ -985,13 +985,8 @@ impl Writer {
         Ok(Self {
             path: path.to_path_buf(),
             file,
-            chunks: (spec.compression == Compression::Bslz4 && frames.is_some()).then(|| {
-                ChunkAssembly::new(
-                    nav,
-                    layout::chunk_shape(nav, sig, spec.frames_per_chunk),
-                    spec.dtype.size(),
-                )
-            }),
+            own_chunks: (spec.compression == Compression::Bslz4 && frames.is_some())
+                .then_some(spec.dtype.size()),
             frames,
             validity,
             nav,
@@ -1017,28 +1012,44 @@ impl Writer {
                 ),
             });
         };
-        if let Some(asm) = &mut self.chunks {
-            let frame_len = self.sig.len();
-            for i in 0..n {
-                let f = first as usize + i;
-                let px = i * frame_len..(i + 1) * frame_len;
-                let newly = self.written[f] == 0;
-                if let Some((offset, chunk)) = asm.put(f, newly, |dst| copy_le(dst, data, px)) {
-                    crate::bslz4::write_chunk(frames, &offset, &chunk).map_err(|source| {
-                        RecordingError::Hdf5 {
+        match self.own_chunks {
+            Some(elem) => {
+                // One frame per chunk: each frame compressed on this (the writer's) thread.
+                let frame_len = self.sig.len();
+                let mut bytes = vec![0u8; frame_len * elem];
+                let mut chunks = Vec::with_capacity(n);
+                for i in 0..n {
+                    copy_le(&mut bytes, data, i * frame_len..(i + 1) * frame_len);
+                    let chunk =
+                        crate::bslz4::encode(&bytes, elem).map_err(|e| RecordingError::Spec {
                             path: self.path.clone(),
-                            object: layout::FRAMES.into(),
-                            during: format!("writing the compressed chunk at {offset:?}"),
-                            source,
-                        }
-                    })?;
+                            detail: format!("compressing frame {}: {e}", first + i as u64),
+                        })?;
+                    chunks.push((first + i as u64, chunk));
                 }
+                return self.write_chunks(&chunks);
             }
+            None => self.write_blocks(frames, first, n, data)?,
         }
+        for w in &mut self.written[first as usize..first as usize + n] {
+            self.frames_written += u64::from(*w == 0);
+            *w = 1;
+        }
+        self.bytes_written += n as u64 * self.frame_bytes;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Writes frames `first..first + n` of `data` through libhdf5 (its filters, if any), as
+    /// at most three hyperslabs ([`layout::blocks`]).
+    fn write_blocks(
+        &self,
+        frames: &Dataset,
+        first: u64,
+        n: usize,
+        data: &TileData,
+    ) -> Result<(), RecordingError> {
         for block in layout::blocks(first, n, self.nav) {
-            if self.chunks.is_some() {
-                break;
-            }
             let r = match data {
                 TileData::U8(d) => write_block(frames, d, block, self.sig),
                 TileData::U16(d) => write_block(frames, d, block, self.sig),
@@ -1064,12 +1075,6 @@ impl Writer {
                 }
             })?;
         }
-        for w in &mut self.written[first as usize..first as usize + n] {
-            self.frames_written += u64::from(*w == 0);
-            *w = 1;
-        }
-        self.bytes_written += n as u64 * self.frame_bytes;
-        self.dirty = true;
         Ok(())
     }
 
@@ -1121,24 +1126,6 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes the chunks still being filled (frames never received stay zero).
-    fn write_partial_chunks(&mut self) -> Result<(), RecordingError> {
-        let (Some(frames), Some(asm)) = (&self.frames, &mut self.chunks) else {
-            return Ok(());
-        };
-        for (offset, chunk) in asm.drain() {
-            crate::bslz4::write_chunk(frames, &offset, &chunk).map_err(|source| {
-                RecordingError::Hdf5 {
-                    path: self.path.clone(),
-                    object: layout::FRAMES.into(),
-                    during: format!("writing the partial compressed chunk at {offset:?}"),
-                    source,
-                }
-            })?;
-        }
-        Ok(())
-    }
-
     fn flush(&mut self) -> Result<(), RecordingError> {
         let p = &self.path;
         let shape = (self.nav.rows, self.nav.cols);
@@ -1153,107 +1140,6 @@ impl Writer {
         self.dirty = false;
         self.last_flush = Instant::now();
         Ok(())
-    }
-}
-
-/// Assembles frames into whole chunks for [`Compression::Bslz4`]: frames may arrive in any
-/// order; a chunk is compressed and written once all its frames are in (edge chunks hold
-/// fewer frames; their padding stays zero), the rest at `finish`.
-struct ChunkAssembly {
-    nav: NavShape,
-    /// Chunk shape `(rows, cols, sig_rows, sig_cols)`.
-    chunk: [usize; 4],
-    /// Bytes per pixel.
-    elem: usize,
-    /// Chunks (by index in the chunk grid) with some but not all frames in.
-    open: std::collections::HashMap<usize, OpenChunk>,
-}
-
-struct OpenChunk {
-    bytes: Vec<u8>,
-    filled: usize,
-}
-
-impl ChunkAssembly {
-    fn new(nav: NavShape, chunk: [usize; 4], elem: usize) -> Self {
-        Self {
-            nav,
-            chunk,
-            elem,
-            open: std::collections::HashMap::new(),
-        }
-    }
-
-    fn frame_bytes(&self) -> usize {
-        self.chunk[2] * self.chunk[3] * self.elem
-    }
-
-    /// Chunk-grid columns.
-    fn grid_cols(&self) -> usize {
-        self.nav.cols.div_ceil(self.chunk[1])
-    }
-
-    /// The element offset of chunk `id`'s first element.
-    fn offset(&self, id: usize) -> Vec<u64> {
-        let (cr, cc) = (id / self.grid_cols(), id % self.grid_cols());
-        vec![
-            (cr * self.chunk[0]) as u64,
-            (cc * self.chunk[1]) as u64,
-            0,
-            0,
-        ]
-    }
-
-    /// Frames of the scan inside chunk `id` (fewer at the scan's right and bottom edges).
-    fn frames_in(&self, id: usize) -> usize {
-        let (cr, cc) = (id / self.grid_cols(), id % self.grid_cols());
-        let rows = self.chunk[0].min(self.nav.rows - cr * self.chunk[0]);
-        let cols = self.chunk[1].min(self.nav.cols - cc * self.chunk[1]);
-        rows * cols
-    }
-
-    /// Puts frame `f` (its pixels written by `fill` into the frame's place in the chunk);
-    /// `newly` is false for a frame written before (counted once). Returns the chunk's
-    /// offset and compressed bytes once it is complete.
-    fn put(
-        &mut self,
-        f: usize,
-        newly: bool,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Option<(Vec<u64>, Vec<u8>)> {
-        let (row, col) = (f / self.nav.cols, f % self.nav.cols);
-        let id = (row / self.chunk[0]) * self.grid_cols() + col / self.chunk[1];
-        let at = (row % self.chunk[0]) * self.chunk[1] + col % self.chunk[1];
-        let fb = self.frame_bytes();
-        let chunk_bytes = self.chunk[0] * self.chunk[1] * fb;
-        let c = self.open.entry(id).or_insert_with(|| OpenChunk {
-            bytes: vec![0; chunk_bytes],
-            filled: 0,
-        });
-        fill(&mut c.bytes[at * fb..(at + 1) * fb]);
-        c.filled += usize::from(newly);
-        if c.filled < self.frames_in(id) {
-            return None;
-        }
-        let c = self.open.remove(&id)?;
-        Some((self.offset(id), self.compress(&c.bytes)))
-    }
-
-    fn compress(&self, bytes: &[u8]) -> Vec<u8> {
-        // Whole pixels by construction (chunk bytes = pixels × elem): cannot fail.
-        crate::bslz4::encode(bytes, self.elem).unwrap_or_default()
-    }
-
-    /// Every chunk still open, compressed, in chunk order.
-    fn drain(&mut self) -> Vec<(Vec<u64>, Vec<u8>)> {
-        let mut ids: Vec<usize> = self.open.keys().copied().collect();
-        ids.sort_unstable();
-        ids.into_iter()
-            .filter_map(|id| {
-                let c = self.open.remove(&id)?;
-                Some((self.offset(id), self.compress(&c.bytes)))
-            })
-            .collect()
     }
 }
 
