@@ -30,28 +30,7 @@ fn stemflow(args: &[&str]) -> (bool, String) {
 #[test]
 fn acquire_from_the_dectris_simulator_replaying_the_capture() {
     let capture = shared_data().join("dectris/stream-v1/synthetic_16x16_256_u16.dump");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stemflow"));
-    cmd.args(["sim", "dectris", "--api-port", "0", "--stream-port", "0"])
-        .args(["--fast", "--duration-s", "120", "--recording"])
-        .arg(&capture)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let mut sim = ChildGuard::spawn("stemflow sim dectris", &mut cmd);
-    let log = sim.tap_stdout();
-    let ports = log.wait_for(
-        Duration::from_secs(30),
-        || sim.try_status().is_none(),
-        |text| {
-            let line = text.lines().find(|l| l.starts_with("api_port="))?;
-            let mut it = line
-                .split_whitespace()
-                .filter_map(|kv| kv.split_once('=')?.1.parse::<u16>().ok());
-            Some((it.next()?, it.next()?))
-        },
-    );
-    let Some((api, stream)) = ports else {
-        panic!("`stemflow sim dectris` printed no ports: {}", log.text());
-    };
+    let (sim, log, api, stream) = start_dectris_sim(&capture);
 
     let dir = ScratchDir::new("cli-dectris");
     let out = dir.path().join("live");

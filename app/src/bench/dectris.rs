@@ -7,7 +7,7 @@
 //! GB/s of decoded data, lost and damaged frames per configuration, the single-core decode
 //! throughput, and one JSON line with every figure.
 
-use super::{RecordMode, ScratchRecording, record_name};
+use super::{RecordMode, ScratchRecording, best_per_mode, off_rate, ratio_text, record_name};
 use crate::options::BenchDectrisOptions;
 use crate::reductions::{Geometry, udfs};
 use anyhow::{Context, Result};
@@ -125,33 +125,16 @@ pub fn bench_dectris(a: &BenchDectrisOptions) -> Result<()> {
     ];
     let mut figures = Vec::new();
     for (sig, bits) in configs {
-        // Modes interleaved per repetition, as in `bench merlin`.
-        let mut best: Vec<Option<Figure>> = a.record.iter().map(|_| None).collect();
-        for _ in 0..a.repeat.max(1) {
-            for (i, &mode) in a.record.iter().enumerate() {
-                let f = one_run(a.nav_shape, sig, bits, mode)?;
-                if best[i]
-                    .as_ref()
-                    .is_none_or(|b| f.frames_per_s > b.frames_per_s)
-                {
-                    best[i] = Some(f);
-                }
-            }
-        }
-        let off = best
-            .iter()
-            .flatten()
-            .find(|f| f.record == "off")
-            .map(|f| f.frames_per_s);
-        for f in best.into_iter().flatten() {
-            let ratio = match off {
-                Some(o) if f.record != "off" => format!(
-                    ", {:.0} % of the rate without recording, file {:.1} MB",
-                    100.0 * f.frames_per_s / o,
-                    f.file_bytes as f64 / 1e6
-                ),
-                _ => String::new(),
-            };
+        let key = |f: &Figure| (f.frames_per_s, f.record.clone());
+        let best = best_per_mode(
+            &a.record,
+            a.repeat,
+            |mode| one_run(a.nav_shape, sig, bits, mode),
+            key,
+        )?;
+        let off = off_rate(&best, key);
+        for f in best {
+            let ratio = ratio_text(off, f.frames_per_s, &f.record, f.file_bytes);
             println!(
                 "dectris end to end: {} × {} {} frames (bslz4), recording {}: {:.0} frames/s, {:.2} GB/s decoded, {:.0} MB/s compressed, {} lost, {} damaged{ratio}",
                 f.nav_shape,

@@ -94,6 +94,48 @@ impl Drop for ScratchRecording {
     }
 }
 
+/// Runs every recording mode of `modes` `repeat` times, interleaved (off, deflate, …, off,
+/// deflate, …) so that a moment of another tenant's load does not fall on one mode only,
+/// and keeps each mode's fastest run; `key` gives a figure's frames/s and mode name.
+pub(crate) fn best_per_mode<F>(
+    modes: &[RecordMode],
+    repeat: usize,
+    mut run: impl FnMut(RecordMode) -> Result<F>,
+    key: impl Fn(&F) -> (f64, String),
+) -> Result<Vec<F>> {
+    let mut best: Vec<Option<F>> = modes.iter().map(|_| None).collect();
+    for _ in 0..repeat.max(1) {
+        for (i, &mode) in modes.iter().enumerate() {
+            let g = run(mode)?;
+            if best[i].as_ref().is_none_or(|f| key(&g).0 > key(f).0) {
+                best[i] = Some(g);
+            }
+        }
+    }
+    Ok(best.into_iter().flatten().collect())
+}
+
+/// The frames/s of the run without recording among `figures`, if measured.
+pub(crate) fn off_rate<F>(figures: &[F], key: impl Fn(&F) -> (f64, String)) -> Option<f64> {
+    figures
+        .iter()
+        .map(key)
+        .find(|(_, mode)| mode == "off")
+        .map(|(rate, _)| rate)
+}
+
+/// `", N % of the rate without recording, file X MB"` for a recording run, else empty.
+pub(crate) fn ratio_text(off: Option<f64>, rate: f64, mode: &str, file_bytes: u64) -> String {
+    match off {
+        Some(o) if mode != "off" => format!(
+            ", {:.0} % of the rate without recording, file {:.1} MB",
+            100.0 * rate / o,
+            file_bytes as f64 / 1e6
+        ),
+        _ => String::new(),
+    }
+}
+
 /// One measured configuration.
 #[derive(serde::Serialize)]
 struct Figure {
@@ -197,34 +239,15 @@ pub fn bench_merlin(a: &BenchMerlinOptions) -> Result<()> {
     }
     let mut all = Vec::new();
     for &depth in &a.counter_depth {
-        // Recording modes interleaved per repetition (off, deflate, …, off, deflate, …) so
-        // that a moment of another tenant's load does not fall on one mode only.
-        let mut best: Vec<Option<Figure>> = a.record.iter().map(|_| None).collect();
-        for _ in 0..a.repeat {
-            for (i, &mode) in a.record.iter().enumerate() {
-                let g = one_run(a, depth, mode)?;
-                if best[i]
-                    .as_ref()
-                    .is_none_or(|f| g.frames_per_s > f.frames_per_s)
-                {
-                    best[i] = Some(g);
-                }
-            }
-        }
-        let off = best
-            .iter()
-            .flatten()
-            .find(|f| f.record == "off")
-            .map(|f| f.frames_per_s);
-        for f in best.into_iter().flatten() {
-            let ratio = match off {
-                Some(o) if f.record != "off" => format!(
-                    ", {:.0} % of the rate without recording, file {:.1} MB",
-                    100.0 * f.frames_per_s / o,
-                    f.file_bytes as f64 / 1e6
-                ),
-                _ => String::new(),
-            };
+        let best = best_per_mode(
+            &a.record,
+            a.repeat,
+            |mode| one_run(a, depth, mode),
+            |f| (f.frames_per_s, f.record.clone()),
+        )?;
+        let off = off_rate(&best, |f| (f.frames_per_s, f.record.clone()));
+        for f in best {
+            let ratio = ratio_text(off, f.frames_per_s, &f.record, f.file_bytes);
             println!(
                 "merlin end to end: {} × {} {} frames, recording {}: {:.0} frames/s, {:.2} GB/s ({:.2} GiB/s) decoded, {} lost, {} damaged{ratio}",
                 f.nav_shape,
