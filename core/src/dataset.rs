@@ -6,6 +6,7 @@
 //! detector drivers' Merlin `.mib` and DECTRIS master-file readers. Nothing here reads a
 //! file; the trait only says how a reader hands its frames over.
 
+use crate::csr::CsrRows;
 use crate::element::ElementType;
 use crate::frame::{Tile, TileData};
 use crate::{DType, NavShape, SigShape};
@@ -133,6 +134,28 @@ pub trait DataSet: Send {
     /// # Errors
     /// [`IoError`] naming the file and the frames.
     fn read_tile(&mut self, first: u64, n: usize, out: &mut Tile) -> Result<(), IoError>;
+
+    /// True when the frames are stored sparse (CSR, decision 0010): engines then read them
+    /// with [`read_csr`](Self::read_csr) and keep them sparse. Default: false.
+    fn is_sparse(&self) -> bool {
+        false
+    }
+
+    /// Reads frames `first..first + n` as CSR rows into `out` (cleared first, allocations
+    /// reused); only for a sparse data set ([`is_sparse`](Self::is_sparse)), whose dtype is
+    /// `u32`. The default reads dense frames and keeps their nonzero pixels.
+    ///
+    /// # Errors
+    /// As [`read_tile`](Self::read_tile).
+    fn read_csr(&mut self, first: u64, n: usize, out: &mut CsrRows) -> Result<(), IoError> {
+        let mut tile = Tile::zeros(first, 0, self.sig_shape(), self.dtype());
+        self.read_tile(first, n, &mut tile)?;
+        out.clear(first, self.sig_shape());
+        for i in 0..tile.n_frames {
+            out.push_dense(tile.frame(i));
+        }
+        Ok(())
+    }
 }
 
 /// Prepares `out` for `n` frames of `sig` pixels of `dtype` starting at frame `first`:

@@ -6,7 +6,7 @@
 //! [`ArmedAcquisition::stacks`] is the bounded channel the detector's receiver fills.
 
 use crate::devices::DeviceError;
-use crate::frame::RawStack;
+use crate::csr::Stack;
 use crate::validity::FrameValidity;
 use crate::{DType, NavShape, SigShape};
 use crossbeam_channel::Receiver;
@@ -99,8 +99,9 @@ pub struct ArmedAcquisition {
     pub sig_shape: SigShape,
     /// Decoded pixel type, known before the first frame.
     pub dtype: DType,
-    /// Raw frame stacks, closed by the receiver after the last frame of this acquisition.
-    pub stacks: Receiver<RawStack>,
+    /// Frame stacks (dense or CSR), closed by the receiver after the last frame of this
+    /// acquisition.
+    pub stacks: Receiver<Stack>,
     /// Receives exactly one [`AcquisitionEnd`] after `stacks` is closed.
     pub end: Receiver<AcquisitionEnd>,
 }

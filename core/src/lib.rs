@@ -9,6 +9,8 @@
 //! - [`dataset`]: the [`dataset::DataSet`] trait every offline reader implements (the
 //!   processing crate's `.npy`, raw and HDF5 readers, the drivers' Merlin and DECTRIS
 //!   recordings), and [`dataset::IoError`].
+//! - [`csr`]: sparse frames — CSR chunks as an event detector sends them ([`csr::CsrStack`]),
+//!   normalised rows for the UDFs ([`csr::CsrRows`]), and [`csr::Stack`], dense or sparse.
 //! - [`frame`]: raw frame stacks as received, decoded tiles, the [`frame::FrameDecoder`] trait
 //!   that turns one received frame into native pixels.
 //! - [`pool`]: bounded pools of preallocated buffers (the data path's backpressure).
@@ -22,6 +24,7 @@
 //! - [`sink`]: the [`sink::TileSink`] trait through which decoded tiles reach a recorder.
 
 pub mod codec;
+pub mod csr;
 pub mod dataset;
 pub mod detector;
 pub mod devices;

@@ -1,5 +1,6 @@
 //! Where decoded tiles go besides the UDFs: the recorder implements [`TileSink`].
 
+use crate::csr::CsrRows;
 use crate::frame::{RawStack, Tile};
 
 /// Compresses frames for a sink, on the pipeline's worker threads: right after a worker
@@ -56,6 +57,21 @@ pub trait TileSink: Send {
     ) -> Result<(), SinkError> {
         let _ = (raw, damaged);
         self.write_tile(tile)
+    }
+
+    /// Takes sparse rows (CSR, decision 0010): `rows` holds frames
+    /// `rows.first_frame..+rows.n_frames()`, those in `damaged` (acquisition indices)
+    /// empty because their chunk was malformed. The default densifies them into `u32`
+    /// frames and writes that tile ([`write_tile`](Self::write_tile)); a recorder that
+    /// stores CSR writes the rows themselves.
+    ///
+    /// # Errors
+    /// As [`write_tile`](Self::write_tile).
+    fn write_csr(&mut self, rows: &CsrRows, damaged: &[u64]) -> Result<(), SinkError> {
+        let _ = damaged;
+        let mut tile = Tile::zeros(rows.first_frame, 0, rows.sig_shape, crate::DType::U32);
+        rows.densify_into(0..rows.n_frames(), &mut tile);
+        self.write_tile(&tile)
     }
 
     /// The encoder whose output [`write_encoded`](Self::write_encoded) takes, if the sink

@@ -443,7 +443,7 @@ pub fn bench_live_in_memory(cfg: &BenchConfig) -> Result<BenchFigures, Processin
                         decoder: Arc::clone(decoder),
                         first_received: Instant::now(),
                     };
-                    if tx.send(stack).is_err() {
+                    if tx.send(stack.into()).is_err() {
                         return;
                     }
                 }

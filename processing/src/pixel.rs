@@ -55,6 +55,12 @@ pub trait Pixel: Copy + Send + Sync + std::fmt::Debug + 'static + sealed::Sealed
         let _ = acc;
         None
     }
+    /// `acc` as plain `u64` lanes when [`Pixel::Acc`] is `u64` (u32, u64): sparse events
+    /// are added into it one by one ([`crate::udf::PartitionTask::add_events`]).
+    fn acc_u64(acc: &mut [Self::Acc]) -> Option<&mut [u64]> {
+        let _ = acc;
+        None
+    }
     /// The value as `u64`.
     fn widen(self) -> u64;
     /// Exact sum of `s` (wraps at 2^64 for `u64` pixels only).
@@ -265,6 +271,9 @@ impl Pixel for u32 {
     type Acc = u64;
     const DTYPE: DType = DType::U32;
     const ACC_HEADROOM: u64 = u64::MAX / u32::MAX as u64;
+    fn acc_u64(acc: &mut [u64]) -> Option<&mut [u64]> {
+        Some(acc)
+    }
     #[inline]
     fn widen(self) -> u64 {
         self as u64

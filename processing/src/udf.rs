@@ -435,6 +435,18 @@ pub trait PartitionTask: Send {
         let _ = (tile, sums, nav);
     }
 
+    /// For sparse frames (CSR rows, decision 0010): adds the events of `frames` consecutive
+    /// rows — every row's flat signal `indices` (`< sig_shape.len()`, pixels) and counts
+    /// `values`, all rows together — into the task's sig accumulator, exactly as the dense
+    /// frames would add; returns true. The default returns false: the engine then treats
+    /// the task as needing dense frames (unless it is [`Fusable::Linear`], whose sums the
+    /// engine computes from the events itself and hands over in
+    /// [`PartitionTask::take_linear`]).
+    fn add_events(&mut self, frames: usize, indices: &[u32], values: &[u32]) -> bool {
+        let _ = (frames, indices, values);
+        false
+    }
+
     /// Adds what the task accumulated for its sig and single buffers since the last merge
     /// into `global` (all of the UDF's merged buffers, in declaration order) and resets the
     /// accumulators. Nav buffers are merged by the engine (each frame's values assigned to

@@ -8,6 +8,7 @@ use super::CoreError;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Instant;
+use stemflow_core::csr::Stack;
 use stemflow_core::frame::{FrameDecoder, RawFrameRef, RawStack};
 use stemflow_core::pool::{Pool, Pooled};
 
@@ -50,26 +51,27 @@ pub struct FilledStack<E> {
     pub first_received: Instant,
 }
 
-/// One payload per frame, sent as [`RawStack`]s decoded by `D` (Merlin, DECTRIS).
+/// One payload per frame, sent as [`RawStack`]s decoded by `D` (Merlin, DECTRIS), each
+/// wrapped in [`Stack::Dense`].
 pub struct DenseFrames<D>(PhantomData<fn() -> D>);
 
 impl<D: FrameDecoder + 'static> StackLayout for DenseFrames<D> {
     type Decoder = D;
     type Entry = RawFrameRef;
-    type Stack = RawStack;
+    type Stack = Stack;
 
     fn entry(offset: usize, len: usize, _first_frame: u64, _frames: u32) -> RawFrameRef {
         RawFrameRef { offset, len }
     }
 
-    fn stack(filled: FilledStack<RawFrameRef>, decoder: &Arc<D>) -> RawStack {
-        RawStack {
+    fn stack(filled: FilledStack<RawFrameRef>, decoder: &Arc<D>) -> Stack {
+        Stack::Dense(RawStack {
             first_frame: filled.first_frame,
             frames: filled.entries,
             buf: filled.buf,
             decoder: Arc::clone(decoder) as Arc<dyn FrameDecoder>,
             first_received: filled.first_received,
-        }
+        })
     }
 }
 

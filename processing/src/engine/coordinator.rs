@@ -15,6 +15,7 @@ use std::any::Any;
 use std::panic::resume_unwind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use stemflow_core::csr::{CsrRows, Stack};
 use stemflow_core::frame::Tile;
 
 /// How often the coordinator looks at the cancel flag while waiting.
@@ -48,6 +49,8 @@ pub(super) struct Coordinator<'c, 'a> {
     /// Pooled sources (live stacks, file readers): tiles not in use, allocated once per
     /// run and reused.
     free: Vec<Tile>,
+    /// Sparse rows not in use, reused from one sparse stack to the next.
+    pub(super) free_rows: Vec<CsrRows>,
     done_tx: Sender<Done<'a>>,
     /// Workers' reports; a source that waits for work also waits on this.
     pub(super) done_rx: Receiver<Done<'a>>,
@@ -85,6 +88,7 @@ impl<'c, 'a> Coordinator<'c, 'a> {
             capacity: 2 * (shared.workers.len() - 1).max(1),
             in_flight: 0,
             free: Vec::new(),
+            free_rows: Vec::new(),
             done_tx,
             done_rx,
             damaged: Vec::new(),
@@ -148,12 +152,13 @@ impl<'c, 'a> Coordinator<'c, 'a> {
         if done.to_sink
             && !self.stopped()
             && let Some(sink) = self.sink.as_mut()
-            && let Err(source) = match (&done.raw, done.encoded) {
-                (Some(raw), _) => {
+            && let Err(source) = match (&done.raw, done.encoded, &done.rows) {
+                (_, _, Some(rows)) => sink.write_csr(rows, &self.damaged[damaged_from..]),
+                (Some(raw), _, None) => {
                     sink.write_tile_with_raw(slot.tile(), raw, &self.damaged[damaged_from..])
                 }
-                (None, Some(encoded)) => sink.write_encoded(slot.tile(), encoded),
-                (None, None) => sink.write_tile(slot.tile()),
+                (None, Some(encoded), None) => sink.write_encoded(slot.tile(), encoded),
+                (None, None, None) => sink.write_tile(slot.tile()),
             }
         {
             self.failure = Some(ProcessingError::Sink {
@@ -164,6 +169,9 @@ impl<'c, 'a> Coordinator<'c, 'a> {
         }
         if let Slot::Pooled(tile) = slot {
             self.free.push(tile);
+        }
+        if let Some(rows) = done.rows {
+            self.free_rows.push(rows);
         }
     }
 
@@ -349,7 +357,12 @@ pub(super) fn drive<'a, S: Source<'a>>(
                 continue;
             }
             let job = match source.pull(&mut co, wait) {
-                Pulled::Stack(raw) => Job::Live(raw, co.take_tile()),
+                Pulled::Stack(Stack::Dense(raw)) => Job::Live(raw, co.take_tile()),
+                Pulled::Stack(Stack::Csr(st)) => {
+                    let rows = co.free_rows.pop().unwrap_or_default();
+                    Job::Sparse(Some(st), rows, co.take_tile())
+                }
+                Pulled::Rows(rows) => Job::Sparse(None, rows, co.take_tile()),
                 Pulled::Tile(slot) => match admit(slot, cfg) {
                     Ok((slot, keep, dropped)) => {
                         co.out_of_range += dropped;

@@ -8,6 +8,8 @@ use super::shared::Shared;
 use crate::udf::TileView;
 use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use stemflow_core::DType;
+use stemflow_core::csr::{CsrRows, CsrStack};
 use stemflow_core::frame::{PixelsMut, RawStack, Tile, TileData};
 
 /// A tile as it travels to a worker and back.
@@ -56,6 +58,9 @@ pub(super) struct Done<'a> {
     pub(super) encoded: Option<stemflow_core::sink::EncodedFrames>,
     /// The first encoder error, which ends the run as the sink's.
     pub(super) encode_error: Option<String>,
+    /// Sparse rows processed (their frames, damaged ones empty), for the sink and then the
+    /// coordinator's free list; the slot's tile is then unused.
+    pub(super) rows: Option<CsrRows>,
 }
 
 impl Done<'_> {
@@ -276,8 +281,77 @@ fn encode_frames(
     }
 }
 
+/// Normalises a live sparse stack into `rows` (when given) and runs the UDFs on the rows
+/// inside the scan. A chunk whose arrays are malformed ([`stemflow_core::csr::CsrError`])
+/// becomes empty rows reported damaged; the others go on.
+fn csr_job(shared: &Shared, stack: Option<CsrStack>, mut rows: CsrRows, tile: Tile) -> Done<'static> {
+    let mut done = Done {
+        slot: Some(Slot::Pooled(tile)),
+        ..Done::default()
+    };
+    let cfg = &shared.cfg;
+    let sig = stack.as_ref().map_or(rows.sig_shape, |s| s.format.sig_shape);
+    let first = stack.as_ref().map_or(rows.first_frame, |s| s.first_frame);
+    if sig != cfg.sig_shape || cfg.dtype != DType::U32 {
+        done.error = Some(ProcessingError::Mismatch {
+            source_kind: "sparse stack",
+            first_frame: first,
+            expected_sig: cfg.sig_shape,
+            expected_dtype: cfg.dtype,
+            observed_sig: sig,
+            observed_dtype: DType::U32,
+        });
+        done.rows = Some(rows);
+        return done;
+    }
+    let mut damaged = Vec::new();
+    if let Some(st) = stack {
+        rows.clear(st.first_frame, sig);
+        let mut first_error = None;
+        for (i, c) in st.chunks.iter().enumerate() {
+            let at = rows.n_frames();
+            if let Err(e) = rows.push_chunk(&st.format, c, st.payload(i)) {
+                rows.push_empty(c.frames as usize);
+                damaged.extend(at..at + c.frames as usize);
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            tracing::warn!(
+                first_frame = st.first_frame,
+                damaged = damaged.len(),
+                "damaged CSR chunks in stack: {e}"
+            );
+        }
+        // The stack's buffer goes back to the receiver's pool before the UDFs run.
+        drop(st);
+    }
+    let n = rows.n_frames();
+    let keep = frames_in_scan(rows.first_frame, n, cfg.nav_shape.len());
+    if keep < n {
+        let end = rows.indptr[keep] as usize;
+        rows.indptr.truncate(keep + 1);
+        rows.indices.truncate(end);
+        rows.values.truncate(end);
+        damaged.retain(|&i| i < keep);
+    }
+    done.out_of_range = (n - keep) as u64;
+    done.outside_roi = shared.process_csr(&rows, &damaged);
+    done.frames = (keep - damaged.len()) as u64 - done.outside_roi;
+    done.damaged = damaged
+        .iter()
+        .map(|&i| rows.first_frame + i as u64)
+        .collect();
+    done.to_sink = keep > 0;
+    done.rows = Some(rows);
+    done
+}
+
 /// One unit of work for a worker: a partition.
 pub(super) enum Job<'a> {
+    /// A live sparse stack to normalise into the rows (reused), or rows read offline
+    /// (`None`), and the pooled tile that comes back with them unused.
+    Sparse(Option<CsrStack>, CsrRows, Tile),
     /// A live stack, to decode into the pooled tile and process.
     Live(RawStack, Tile),
     /// An admitted offline tile and the number of its frames inside the scan.
@@ -289,6 +363,7 @@ impl<'a> Job<'a> {
     pub(super) fn run(self, shared: &Shared) -> Done<'a> {
         catch_unwind(AssertUnwindSafe(|| match self {
             Job::Live(raw, tile) => live_job(shared, raw, tile),
+            Job::Sparse(stack, rows, tile) => csr_job(shared, stack, rows, tile),
             Job::Offline(slot, keep) => offline_job(shared, slot, keep),
         }))
         .unwrap_or_else(Done::panicked)

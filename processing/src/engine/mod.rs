@@ -3,7 +3,7 @@
 //! rayon pool.
 //!
 //! # How a run works
-//! The calling thread coordinates: it takes work (a [`RawStack`] from the receiver, or a
+//! The calling thread coordinates: it takes work (a [`Stack`] from the receiver, dense or sparse, or a
 //! [`Tile`] from the reader), hands it to a worker, passes finished tiles to the
 //! [`TileSink`], and delivers [`Snapshot`]s. At most `2 × threads` tiles are in flight; when
 //! all are busy the coordinator stops taking stacks, the stacks channel fills, and the
@@ -59,6 +59,7 @@ mod fused_tasks;
 mod job;
 mod shared;
 mod source;
+mod sparse;
 mod summary;
 mod worker;
 
@@ -74,7 +75,8 @@ use job::Slot;
 use source::{Reader, Stacks, Tiles};
 use std::sync::atomic::AtomicBool;
 use stemflow_core::dataset::DataSet;
-use stemflow_core::frame::{RawStack, Tile};
+use stemflow_core::csr::Stack;
+use stemflow_core::frame::Tile;
 
 /// Runs `udfs` on a live stream of raw frame stacks until the stream ends (the receiver
 /// side disconnects the channel at the end of the acquisition) or `cancel` is set.
@@ -92,7 +94,7 @@ use stemflow_core::frame::{RawStack, Tile};
 /// in [`RunSummary::damaged`]. A panic in a UDF resumes on this thread once the in-flight
 /// work has finished.
 pub fn run_live(
-    stacks: Receiver<RawStack>,
+    stacks: Receiver<Stack>,
     udfs: &[Box<dyn Udf>],
     cfg: &RunConfig,
     sink: Option<&mut dyn TileSink>,

@@ -8,6 +8,7 @@ use super::summary::Snapshot;
 use super::worker::{UdfLayout, Worker};
 use crate::udf::{Granularity, PartitionTask, TileView, Udf, new_results};
 use std::sync::{Mutex, MutexGuard};
+use stemflow_core::csr::CsrRows;
 
 /// Pixel bytes all UDFs process before moving on: small enough to stay in a core's L2
 /// cache (≥ 1 MiB on our machines) beside the UDFs' accumulators, so a frame is read from
@@ -59,39 +60,77 @@ impl Shared {
     /// ascending) and those outside the ROI, on the calling worker's partition; returns the
     /// number of frames outside the ROI (damaged ones not counted).
     pub(super) fn process(&self, view: &TileView<'_>, damaged: &[usize]) -> u64 {
+        let mut w = self.worker();
+        let outside = if self.cfg.roi.is_none() && damaged.is_empty() {
+            w.process(view, &self.layouts, self.chunk_frames);
+            0
+        } else {
+            self.runs(view.first_frame, view.n_frames, damaged, |r| {
+                w.process(&view.frames(r), &self.layouts, self.chunk_frames);
+            })
+        };
+        self.self_merge(w);
+        outside
+    }
+
+    /// As [`Shared::process`] for sparse rows: every UDF on `rows` except the rows at
+    /// `damaged` (indices within `rows`, ascending) and those outside the ROI.
+    pub(super) fn process_csr(&self, rows: &CsrRows, damaged: &[usize]) -> u64 {
+        let mut w = self.worker();
+        let outside = self.runs(rows.first_frame, rows.n_frames(), damaged, |r| {
+            w.process_csr(rows, r, &self.layouts, self.chunk_frames);
+        });
+        self.self_merge(w);
+        outside
+    }
+
+    /// The calling worker's partition, locked.
+    fn worker(&self) -> MutexGuard<'_, Worker> {
         let spare = self.workers.len() - 1;
         let idx = rayon::current_thread_index()
             .filter(|&i| i < spare)
             .unwrap_or(spare);
-        let mut w = lock(&self.workers[idx]);
-        let mut outside = 0;
-        let roi = self.cfg.roi.as_deref();
-        if roi.is_none() && damaged.is_empty() {
-            w.process(view, &self.layouts, self.chunk_frames);
-        } else {
-            let mut d = damaged.iter().peekable();
-            let mut run_start = None;
-            for i in 0..=view.n_frames {
-                let take = i < view.n_frames && {
-                    let is_damaged = d.next_if_eq(&&i).is_some();
-                    let inside = roi.is_none_or(|r| r.contains(view.first_frame + i as u64));
-                    if !inside && !is_damaged {
-                        outside += 1;
-                    }
-                    inside && !is_damaged
-                };
-                match (take, run_start) {
-                    (true, None) => run_start = Some(i),
-                    (false, Some(s)) => {
-                        w.process(&view.frames(s..i), &self.layouts, self.chunk_frames);
-                        run_start = None;
-                    }
-                    _ => {}
-                }
-            }
-        }
+        lock(&self.workers[idx])
+    }
+
+    /// Merges the worker's partition once it has staged enough frames.
+    fn self_merge(&self, mut w: MutexGuard<'_, Worker>) {
         if w.frames >= SELF_MERGE_FRAMES {
             w.merge(&mut lock(&self.global), &self.layouts);
+        }
+    }
+
+    /// Calls `take` for each run of consecutive frames among the `n` frames from `first`
+    /// that are neither `damaged` (indices within them, ascending) nor outside the ROI;
+    /// returns the number outside the ROI (damaged ones not counted).
+    fn runs(
+        &self,
+        first: u64,
+        n: usize,
+        damaged: &[usize],
+        mut take: impl FnMut(std::ops::Range<usize>),
+    ) -> u64 {
+        let roi = self.cfg.roi.as_deref();
+        let mut outside = 0;
+        let mut d = damaged.iter().peekable();
+        let mut run_start = None;
+        for i in 0..=n {
+            let keep = i < n && {
+                let is_damaged = d.next_if_eq(&&i).is_some();
+                let inside = roi.is_none_or(|r| r.contains(first + i as u64));
+                if !inside && !is_damaged {
+                    outside += 1;
+                }
+                inside && !is_damaged
+            };
+            match (keep, run_start) {
+                (true, None) => run_start = Some(i),
+                (false, Some(s)) => {
+                    take(s..i);
+                    run_start = None;
+                }
+                _ => {}
+            }
         }
         outside
     }

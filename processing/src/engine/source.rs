@@ -11,12 +11,15 @@ use crossbeam_channel::{Receiver, select};
 use std::ops::Range;
 use std::time::Duration;
 use stemflow_core::dataset::DataSet;
-use stemflow_core::frame::RawStack;
+use stemflow_core::csr::{CsrRows, Stack};
 
 /// What a source gives the coordinator when asked for work.
 pub(super) enum Pulled<'a> {
-    /// A live stack, to be decoded by a worker into a pooled tile.
-    Stack(RawStack),
+    /// A live stack, to be decoded by a worker into a pooled tile (dense) or normalised
+    /// into pooled rows (sparse).
+    Stack(Stack),
+    /// Sparse rows read offline, to be processed as they are.
+    Rows(CsrRows),
     /// A decoded tile, to be checked against the run ([`super::job::admit`]) and processed.
     Tile(Slot<'a>),
     /// A worker's report that arrived while the source waited for work.
@@ -51,14 +54,14 @@ pub(super) trait Source<'a> {
 
 /// Live raw frame stacks from a receiver, until it disconnects the channel.
 pub(super) struct Stacks {
-    rx: Receiver<RawStack>,
+    rx: Receiver<Stack>,
     /// Acquisition index after the last frame of the stacks taken so far.
     taken_until: u64,
 }
 
 impl Stacks {
     /// The stacks arriving on `rx`.
-    pub(super) fn new(rx: Receiver<RawStack>) -> Self {
+    pub(super) fn new(rx: Receiver<Stack>) -> Self {
         Self { rx, taken_until: 0 }
     }
 }
@@ -72,7 +75,7 @@ impl<'a> Source<'a> for Stacks {
         select! {
             recv(self.rx) -> msg => match msg {
                 Ok(raw) => {
-                    self.taken_until = self.taken_until.max(raw.first_frame + raw.len() as u64);
+                    self.taken_until = self.taken_until.max(raw.first_frame() + raw.len() as u64);
                     Pulled::Stack(raw)
                 }
                 Err(_) => Pulled::End,
@@ -133,6 +136,19 @@ impl<'a> Source<'a> for Reader<'_> {
             return Pulled::End;
         }
         let n = self.per.min(self.end - self.next) as usize;
+        if self.data.is_sparse() {
+            let mut rows = co.free_rows.pop().unwrap_or_default();
+            return match self.data.read_csr(self.next, n, &mut rows) {
+                Ok(()) => {
+                    self.next += n as u64;
+                    Pulled::Rows(rows)
+                }
+                Err(e) => {
+                    co.free_rows.push(rows);
+                    Pulled::Failed(Box::new(e))
+                }
+            };
+        }
         let mut tile = co.take_tile();
         match self.data.read_tile(self.next, n, &mut tile) {
             Ok(()) => {

@@ -3,12 +3,14 @@
 //! pieces, row bands, the fused pass).
 
 use super::fused_tasks::FusedTasks;
+use super::sparse::{CsrPlan, TaskCsr};
 use super::summary::Snapshot;
 use crate::udf::{
     BandRead, BufferDecl, Granularity, MAX_BAND_FRAMES, PartitionTask, TileView, UdfMeta,
 };
 use std::ops::Range;
-use stemflow_core::frame::PixelsRef;
+use stemflow_core::csr::CsrRows;
+use stemflow_core::frame::{PixelsRef, Tile};
 use stemflow_core::result::BufferKind;
 
 /// Where a nav buffer's values sit in a frame's staged row.
@@ -90,6 +92,12 @@ pub(super) struct Worker {
     starts: Vec<usize>,
     /// Frames processed since the last merge.
     pub(super) frames: u64,
+    /// How each task takes sparse rows (CSR, decision 0010).
+    csr: CsrPlan,
+    /// Sparse rows densified for a run with a task that needs pixels; reused.
+    dense: Tile,
+    /// Scratch: one task's exact sums over sparse rows.
+    sums: Vec<u64>,
 }
 
 impl Worker {
@@ -98,7 +106,7 @@ impl Worker {
     /// for the others; with the fused pass when `fused` allows it and it applies.
     pub(super) fn new(
         meta: &UdfMeta,
-        tasks: Vec<Box<dyn PartitionTask>>,
+        mut tasks: Vec<Box<dyn PartitionTask>>,
         layouts: &[UdfLayout],
         fused: bool,
         band_rows: usize,
@@ -133,6 +141,8 @@ impl Worker {
             None => (band_order_all.clone(), touch_bands_all),
         };
         let n = tasks.len();
+        let granularity: Vec<Granularity> = layouts.iter().map(|l| l.granularity).collect();
+        let csr = CsrPlan::new(&mut tasks, &granularity, meta.sig_shape);
         Self {
             tasks,
             banded,
@@ -147,7 +157,77 @@ impl Worker {
             values: vec![Vec::new(); n],
             starts: Vec::with_capacity(n),
             frames: 0,
+            csr,
+            dense: Tile::zeros(0, 0, meta.sig_shape, stemflow_core::DType::U32),
+            sums: Vec::new(),
         }
+    }
+
+    /// Runs every task on rows `frames` of sparse `rows`, staging nav values for the next
+    /// merge: from the events when every task can take them ([`CsrPlan`]), else densified
+    /// `chunk_frames` rows at a time into a reused tile and run as dense frames.
+    pub(super) fn process_csr(
+        &mut self,
+        rows: &CsrRows,
+        frames: Range<usize>,
+        layouts: &[UdfLayout],
+        chunk_frames: usize,
+    ) {
+        let n = frames.len();
+        if n == 0 {
+            return;
+        }
+        if !self.csr.all {
+            let mut f = frames.start;
+            while f < frames.end {
+                let m = chunk_frames.max(1).min(frames.end - f);
+                let mut dense = std::mem::replace(
+                    &mut self.dense,
+                    Tile::zeros(0, 0, rows.sig_shape, stemflow_core::DType::U32),
+                );
+                rows.densify_into(f..f + m, &mut dense);
+                self.process(&TileView::of(&dense), layouts, chunk_frames);
+                self.dense = dense;
+                f += m;
+            }
+            return;
+        }
+        let first = rows.first_frame + frames.start as u64;
+        self.runs.push((first, n));
+        self.starts.clear();
+        for (vals, layout) in self.values.iter_mut().zip(layouts) {
+            self.starts.push(vals.len());
+            vals.resize(vals.len() + n * layout.width, f64::NAN);
+        }
+        // take_linear reads only the sums; the view gives the frames' range and shape.
+        let view = TileView {
+            first_frame: first,
+            n_frames: n,
+            sig_shape: rows.sig_shape,
+            pixels: PixelsRef::U32(&[]),
+        };
+        for (u, task) in self.tasks.iter_mut().enumerate() {
+            match &self.csr.tasks[u] {
+                TaskCsr::Events => {
+                    let (a, b) = (
+                        rows.indptr[frames.start] as usize,
+                        rows.indptr[frames.end] as usize,
+                    );
+                    task.add_events(n, &rows.indices[a..b], &rows.values[a..b]);
+                }
+                TaskCsr::Linear { terms, k } => {
+                    self.csr
+                        .linear_sums(terms, *k, rows, frames.clone(), &mut self.sums);
+                    let w = layouts[u].width;
+                    let base = self.starts[u];
+                    let nav = &mut self.values[u][base..base + n * w];
+                    nav.fill(0.0);
+                    task.take_linear(&view, &self.sums, nav);
+                }
+                TaskCsr::Dense => {}
+            }
+        }
+        self.frames += n as u64;
     }
 
     /// Runs every task on `view` (frames to process, all of them), staging nav values for

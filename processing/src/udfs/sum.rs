@@ -200,6 +200,24 @@ impl<P: Pixel> PartitionTask for SumTask<P> {
         P::acc_u32(&mut self.acc)
     }
 
+    fn add_events(&mut self, frames: usize, indices: &[u32], values: &[u32]) -> bool {
+        // A pixel takes at most one entry per row from a sorted CSR producer (a repeated
+        // index still adds up; u64 lanes hold 4.3 G maximal u32 values).
+        if self.frames_in_acc + frames as u64 > P::ACC_HEADROOM {
+            self.flush();
+        }
+        let Some(acc) = P::acc_u64(&mut self.acc) else {
+            return false;
+        };
+        for (&i, &v) in indices.iter().zip(values) {
+            if let Some(a) = acc.get_mut(i as usize) {
+                *a = a.wrapping_add(u64::from(v));
+            }
+        }
+        self.frames_in_acc += frames as u64;
+        true
+    }
+
     fn merge_into(&mut self, global: &mut [ResultBuffer]) {
         let Some(out) = global.first_mut() else {
             return;
