@@ -455,8 +455,8 @@ fn cancellable_counting_pipeline() -> stemflow_actors::orchestrator::PipelineBui
                 }
                 match inputs.stacks.recv_timeout(Duration::from_millis(10)) {
                     Ok(stack) => {
-                        frames += stack.frames.len() as u64;
-                        taken_until = stack.first_frame + stack.frames.len() as u64;
+                        frames += stack.len() as u64;
+                        taken_until = stack.first_frame() + stack.len() as u64;
                     }
                     Err(RecvTimeoutError::Timeout) => {}
                     Err(RecvTimeoutError::Disconnected) => break false,

@@ -515,6 +515,7 @@ fn a_slow_consumer_finishes_late_instead_of_failing() {
             let mut frames = 0u64;
             let mut tile = Tile::zeros(0, 0, inputs.sig_shape, inputs.dtype);
             while let Ok(stack) = inputs.stacks.recv() {
+                let stack = stack.into_dense().expect("Merlin stacks are dense");
                 tile.decode_from(&stack).map_err(|e| e.to_string())?;
                 for _ in 0..tile.n_frames {
                     std::thread::sleep(Duration::from_millis(150));

@@ -160,6 +160,7 @@ fn receive_and_check(armed: ArmedAcquisition, reference: &[u16], sim: &Sim) -> f
     loop {
         match armed.stacks.recv_deadline(until) {
             Ok(stack) => {
+                let stack = stack.into_dense().expect("DECTRIS stacks are dense");
                 tile.decode_from(&stack).expect("every frame decodes");
                 for i in 0..stack.len() {
                     let idx = stack.first_frame as usize + i;
@@ -307,6 +308,7 @@ fn against_stemflow_dectris_sim_with_faults() {
     let mut got = Vec::new();
     let until = Instant::now() + ACQUISITION_TIMEOUT;
     while let Ok(stack) = armed.stacks.recv_deadline(until) {
+        let stack = stack.into_dense().expect("DECTRIS stacks are dense");
         for i in 0..stack.len() {
             let idx = stack.first_frame as usize + i;
             let mut one = Tile::zeros(0, 1, SIG, DType::U16);

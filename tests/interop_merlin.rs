@@ -500,6 +500,7 @@ fn acquire(
                 sim.log_tail()
             ),
         };
+        let stack = stack.into_dense().expect("Merlin stacks are dense");
         tile.decode_from(&stack).unwrap_or_else(|e| {
             panic!(
                 "{stem}: decoding the stack from frame {}: {e}",

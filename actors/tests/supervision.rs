@@ -77,7 +77,7 @@ impl Detector for FakeDetector {
                     decoder: Arc::new(Plain),
                     first_received: std::time::Instant::now(),
                 };
-                if tx.send(stack).is_err() {
+                if tx.send(stack.into()).is_err() {
                     break;
                 }
                 v.mark_range_received(i, 1);
@@ -120,6 +120,7 @@ fn pipeline(panic_flag: Arc<AtomicBool>) -> PipelineBuilder {
             let mut n = 0u64;
             let mut tile = Tile::zeros(0, 0, inputs.sig_shape, inputs.dtype);
             for stack in inputs.stacks.iter() {
+                let stack = stack.into_dense().ok_or("a dense stack")?;
                 tile.decode_from(&stack).map_err(|e| e.to_string())?;
                 if stack.first_frame == 5 && panic_flag.swap(false, Ordering::SeqCst) {
                     panic!("injected UDF panic at frame 5");

@@ -250,7 +250,7 @@ fn run(
 /// The engine's error, as text.
 #[allow(clippy::too_many_arguments)]
 pub fn run_pipeline(
-    stacks: crossbeam_channel::Receiver<stemflow_core::frame::RawStack>,
+    stacks: crossbeam_channel::Receiver<stemflow_core::csr::Stack>,
     mut recording: Option<Box<dyn stemflow_actors::recorder::Recording>>,
     udfs: &[Box<dyn Udf>],
     cfg: &RunConfig,

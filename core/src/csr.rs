@@ -321,6 +321,13 @@ impl Stack {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// When its first frame (or chunk) had been read completely.
+    pub fn first_received(&self) -> Instant {
+        match self {
+            Stack::Dense(s) => s.first_received,
+            Stack::Csr(s) => s.first_received,
+        }
+    }
     /// The dense stack, if it is one.
     pub fn into_dense(self) -> Option<RawStack> {
         match self {

@@ -11,6 +11,7 @@ use crossbeam_channel::{Receiver, select};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use stemflow_core::csr::Stack;
 use stemflow_core::frame::{DecodeError, RawStack, Tile};
 use stemflow_core::validity::FrameStatus;
 use stemflow_core::{DType, SigShape};
@@ -141,7 +142,7 @@ struct Outcome {
 fn collect(rx: &DectrisReceiver) -> Outcome {
     let until = Instant::now() + TIMEOUT;
     let events = rx.events();
-    let (header, stacks_rx): (SeriesHeader, Receiver<RawStack>) = match events.recv_deadline(until)
+    let (header, stacks_rx): (SeriesHeader, Receiver<Stack>) = match events.recv_deadline(until)
     {
         Ok(ReceiverEvent::Armed { header, stacks, .. }) => (*header, stacks),
         Ok(ReceiverEvent::Error { error, .. }) => panic!("error before the header: {error}"),
@@ -155,17 +156,17 @@ fn collect(rx: &DectrisReceiver) -> Outcome {
         if stacks_open {
             select! {
                 recv(stacks_rx) -> s => match s {
-                    Ok(s) => stacks.push(s),
+                    Ok(s) => stacks.push(s.into_dense().expect("DECTRIS stacks are dense")),
                     Err(_) => stacks_open = false,
                 },
                 recv(events) -> ev => match ev {
                     Ok(ReceiverEvent::FirstFrame { .. }) => {}
                     Ok(ReceiverEvent::Finished { summary, .. }) => {
-                        stacks.extend(stacks_rx.try_iter());
+                        stacks.extend(stacks_rx.try_iter().filter_map(Stack::into_dense));
                         return Outcome { header, stacks, summary: Some(summary), error: None };
                     }
                     Ok(ReceiverEvent::Error { error, summary }) => {
-                        stacks.extend(stacks_rx.try_iter());
+                        stacks.extend(stacks_rx.try_iter().filter_map(Stack::into_dense));
                         return Outcome { header, stacks, summary, error: Some(error) };
                     }
                     Ok(other) => panic!("unexpected event {other:?}"),
@@ -729,6 +730,7 @@ fn throughput() {
         let mut tile = Tile::zeros(0, 0, SIG, DType::U16);
         let mut frames = 0;
         while let Ok(s) = stacks.recv_timeout(TIMEOUT) {
+            let s = s.into_dense().expect("DECTRIS stacks are dense");
             if decode_too {
                 tile.decode_from(&s).unwrap();
             }
@@ -829,7 +831,9 @@ fn a_frame_is_handed_over_when_no_next_frame_is_waiting() {
     };
     let first = stacks
         .recv_timeout(Duration::from_millis(400))
-        .expect("frame 0 handed over while the detector is silent");
+        .expect("frame 0 handed over while the detector is silent")
+        .into_dense()
+        .expect("DECTRIS stacks are dense");
     assert_eq!((first.first_frame, first.len()), (0, 1));
     let reference = reference();
     let mut decoded = decode(std::slice::from_ref(&first));
@@ -837,6 +841,7 @@ fn a_frame_is_handed_over_when_no_next_frame_is_waiting() {
     let sender = send_all(push, msgs[3..].to_vec());
     let until = Instant::now() + TIMEOUT;
     while let Ok(s) = stacks.recv_deadline(until) {
+        let s = s.into_dense().expect("DECTRIS stacks are dense");
         decoded.extend(decode(std::slice::from_ref(&s)));
     }
     sender.join().unwrap();

@@ -186,11 +186,12 @@ fn collect(
 ) -> Outcome {
     let deadline = Instant::now() + limit;
     let mut out = Outcome::default();
-    let mut channels: Vec<crossbeam_channel::Receiver<stemflow_core::frame::RawStack>> = Vec::new();
+    let mut channels: Vec<crossbeam_channel::Receiver<stemflow_core::csr::Stack>> = Vec::new();
     let mut tile = Tile::zeros(0, 0, SigShape::new(1, 1), DType::U8);
     loop {
         for (i, ch) in channels.iter().enumerate() {
             while let Ok(stack) = ch.try_recv() {
+                let stack = stack.into_dense().expect("Merlin stacks are dense");
                 tile.decode_from(&stack).expect("stack decodes");
                 let acq = &mut out.acqs[i];
                 acq.stacks.push((stack.first_frame, stack.len()));
@@ -232,6 +233,7 @@ fn collect(
                 let i = acquisition as usize;
                 // The stacks channel is closed before Finished: drain it completely.
                 while let Ok(stack) = channels[i].recv_timeout(Duration::from_millis(100)) {
+                    let stack = stack.into_dense().expect("Merlin stacks are dense");
                     tile.decode_from(&stack).expect("stack decodes");
                     out.acqs[i].stacks.push((stack.first_frame, stack.len()));
                     for k in 0..stack.len() {
@@ -246,9 +248,9 @@ fn collect(
             Ok(ReceiverEvent::Error { error, summary }) => {
                 for (i, ch) in channels.iter().enumerate() {
                     while let Ok(stack) = ch.try_recv() {
-                        out.acqs[i].stacks.push((stack.first_frame, stack.len()));
+                        out.acqs[i].stacks.push((stack.first_frame(), stack.len()));
                         for k in 0..stack.len() {
-                            out.acqs[i].frames.push((stack.first_frame + k as u64, 0));
+                            out.acqs[i].frames.push((stack.first_frame() + k as u64, 0));
                         }
                     }
                 }

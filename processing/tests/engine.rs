@@ -55,7 +55,7 @@ fn live(
     let (tx, rx) = bounded(2);
     let feeder = std::thread::spawn(move || {
         for s in stacks {
-            if tx.send_timeout(s, Duration::from_secs(10)).is_err() {
+            if tx.send_timeout(s.into(), Duration::from_secs(10)).is_err() {
                 break;
             }
         }
@@ -307,7 +307,7 @@ fn cancel_ends_a_stream_that_never_ends() {
     // Sends 10 stacks, then holds the channel open until cancelled.
     let feeder = std::thread::spawn(move || {
         for s in raw_stacks(&frames, 0, 4, sig, &[]) {
-            tx.send(s).unwrap();
+            tx.send(s.into()).unwrap();
         }
         while !c2.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(5));
@@ -363,7 +363,7 @@ fn a_cancel_reports_where_the_unprocessed_frames_begin() {
     let (tx, rx) = bounded(16);
     // Stacks from frame 8 on (frames 0..8 never came): all queued before the run starts.
     for s in raw_stacks(&frames[8..], 8, 4, sig, &[]) {
-        tx.send(s).unwrap();
+        tx.send(s.into()).unwrap();
     }
     let s = run_live(
         rx,
@@ -390,13 +390,13 @@ fn snapshots_show_nan_where_nothing_was_processed_yet() {
     let (go_tx, go_rx) = bounded::<()>(1);
     // First half, then wait until the engine reported it, then the rest.
     let feeder = std::thread::spawn(move || {
-        tx.send(stacks.next().unwrap()).unwrap();
-        tx.send(stacks.next().unwrap()).unwrap();
+        tx.send(stacks.next().unwrap().into()).unwrap();
+        tx.send(stacks.next().unwrap().into()).unwrap();
         go_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("a snapshot of the first half");
         for s in stacks {
-            tx.send(s).unwrap();
+            tx.send(s.into()).unwrap();
         }
     });
     let mut c = cfg(nav, sig, 2);

@@ -81,7 +81,7 @@ fn roi_limits_processing_and_fills_nan_outside() {
     // Live, with the same ROI: identical.
     let (tx, rx) = bounded(64);
     for st in raw_stacks(&frames, 0, 4, sig, &[]) {
-        tx.send(st).unwrap();
+        tx.send(st.into()).unwrap();
     }
     drop(tx);
     let live = run_live(rx, &udfs, &cfg, None, &mut |_| {}, &AtomicBool::new(false)).unwrap();
@@ -208,7 +208,7 @@ fn a_live_stack_is_one_partition() {
     cfg.threads = Some(2);
     let (tx, rx) = crossbeam_channel::unbounded();
     for st in raw_stacks(&frames, 0, 16, sig, &[]) {
-        tx.send(st).unwrap();
+        tx.send(st.into()).unwrap();
     }
     drop(tx);
     let live = run_live(rx, &udfs, &cfg, None, &mut |_| {}, &AtomicBool::new(false)).unwrap();

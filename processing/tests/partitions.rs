@@ -334,7 +334,7 @@ fn partition_tasks_are_made_once_per_worker_and_reused_for_every_tile() {
             let stacks = raw_stacks(&frames, 0, 2, sig, &[]);
             let feeder = std::thread::spawn(move || {
                 for s in stacks {
-                    let _ = tx.send(s);
+                    let _ = tx.send(s.into());
                 }
             });
             let s = run_live(rx, &udfs, &cfg, None, &mut |_| {}, &AtomicBool::new(false)).unwrap();

@@ -282,7 +282,7 @@ fn live_and_offline_readers_give_bit_identical_results() {
     let stacks = raw_stacks(&frames, 0, 5, sig, &[]);
     let feeder = std::thread::spawn(move || {
         for s in stacks {
-            let _ = tx.send(s);
+            let _ = tx.send(s.into());
         }
     });
     let live = run_live(

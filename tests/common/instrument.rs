@@ -21,11 +21,25 @@ pub fn counting_pipeline() -> PipelineBuilder {
             let mut frames = 0u64;
             let mut total = 0f64;
             let mut tile = Tile::zeros(0, 0, inputs.sig_shape, inputs.dtype);
+            let mut rows = stemflow_core::csr::CsrRows::default();
             while let Ok(stack) = inputs.stacks.recv() {
-                tile.decode_from(&stack).map_err(|e| e.to_string())?;
-                frames += tile.n_frames as u64;
-                let view = tile.data.view();
-                total += (0..tile.data.len()).map(|i| view.get_f64(i)).sum::<f64>();
+                match stack {
+                    stemflow_core::csr::Stack::Dense(stack) => {
+                        tile.decode_from(&stack).map_err(|e| e.to_string())?;
+                        frames += tile.n_frames as u64;
+                        let view = tile.data.view();
+                        total += (0..tile.data.len()).map(|i| view.get_f64(i)).sum::<f64>();
+                    }
+                    stemflow_core::csr::Stack::Csr(st) => {
+                        rows.clear(st.first_frame, st.format.sig_shape);
+                        for (i, c) in st.chunks.iter().enumerate() {
+                            rows.push_chunk(&st.format, c, st.payload(i))
+                                .map_err(|e| e.to_string())?;
+                        }
+                        frames += rows.n_frames() as u64;
+                        total += rows.values.iter().map(|&v| f64::from(v)).sum::<f64>();
+                    }
+                }
             }
             if frames > 0 && total == 0.0 {
                 return Err("every frame is empty".into());

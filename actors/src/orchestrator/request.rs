@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use stemflow_core::detector::{ArmMode, DetectorSettings};
 use stemflow_core::devices::{MicroscopeSettings, ScanSettings};
-use stemflow_core::frame::RawStack;
+use stemflow_core::csr::Stack;
 use stemflow_core::{DType, NavShape, SigShape};
 
 /// What a pipeline builder gets for one acquisition.
 pub struct PipelineInputs {
     /// Raw stacks from the detector's receiver (closed after the last frame).
-    pub stacks: Receiver<RawStack>,
+    pub stacks: Receiver<Stack>,
     /// Scan grid.
     pub nav_shape: NavShape,
     /// Frame shape.

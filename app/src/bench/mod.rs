@@ -396,7 +396,7 @@ fn latency_run(frames: usize, rate_hz: f64, interval: Duration) -> Result<(f64, 
         let probe = &probe;
         s.spawn(move || {
             while let Ok(st) = stacks.recv_timeout(Duration::from_secs(30)) {
-                probe.arrived_at(st.first_frame, st.len(), st.first_received);
+                probe.arrived_at(st.first_frame(), st.len(), st.first_received());
                 if tx.send(st).is_err() {
                     break;
                 }
