@@ -23,6 +23,9 @@
 //!   bitshuffle-LZ4 / LZ4 codecs (our own, SIMD), the REST client, stream v1 (JSON) and v2
 //!   (CBOR) over our blocking ZeroMQ client, the receiver, the `Detector`, and offline HDF5
 //!   master/data sets read as raw chunks ([`dectris::DectrisDataSet`], a core `DataSet`).
+//! - [`asi`]: ASI Timepix3 (CheeTah, protocols.md §3): the sparse CSR event stream's
+//!   headers, its receiver (chunks kept whole in pooled stacks, decision 0010), the `.tpx`
+//!   stream file as a sparse data set, Serval's REST client and the `Detector`.
 //! - [`receiver`]: the receiver core both data receivers run on — pooled stack writing,
 //!   per-acquisition frame accounting and the validity map, end reasons, events and
 //!   deadlines — behind [`receiver::Protocol`], which a detector implements (its framing,
@@ -34,6 +37,7 @@
 //!   after every setting): a waveform generator as a scan's pixel clock, and scan generators
 //!   and microscope columns driven through command maps from their config files.
 
+pub mod asi;
 pub mod dectris;
 pub mod merlin;
 pub mod nav_hint;

@@ -27,7 +27,7 @@ pub mod mpx;
 pub mod mq1;
 pub mod receiver;
 pub mod settings;
-mod stream;
+pub(crate) mod stream;
 
 pub use control::{ControlError, MerlinControl};
 pub use dataset::MibDataSet;
