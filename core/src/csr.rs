@@ -483,6 +483,19 @@ impl CsrRows {
         self.indptr.extend(std::iter::repeat_n(last, n));
     }
 
+    /// Appends rows `rows` of `other` (same frame shape).
+    pub fn extend_rows(&mut self, other: &CsrRows, rows: std::ops::Range<usize>) {
+        let (a, b) = (other.indptr[rows.start] as usize, other.indptr[rows.end] as usize);
+        let base = self.indices.len() as u64;
+        self.indices.extend_from_slice(&other.indices[a..b]);
+        self.values.extend_from_slice(&other.values[a..b]);
+        self.indptr.extend(
+            other.indptr[rows.start + 1..=rows.end]
+                .iter()
+                .map(|&p| base + p - a as u64),
+        );
+    }
+
     /// Appends the rows of one chunk's `payload` laid out as `chunk` says, checking it
     /// whole first: on an error nothing is appended.
     ///
