@@ -84,6 +84,11 @@ pub struct RecordingSpec {
     /// validity map, metadata and results (`process --no-raw`) takes no disk for its
     /// frames (the file is sparse) and is not checked against the free space.
     pub frames_written: bool,
+    /// Frames come as sparse rows (CSR, an event camera): they are recorded as
+    /// `/entry/data/csr/{indptr, indices, values}` ([`crate::csr`]) instead of a dense
+    /// `frames` dataset, compressed with shuffle + deflate unless [`Compression::None`].
+    /// Default false.
+    pub sparse: bool,
 }
 
 /// How the frames dataset is compressed.
@@ -169,6 +174,7 @@ impl RecordingSpec {
             stall_timeout: Duration::from_secs(30),
             disk_reserve: DEFAULT_DISK_RESERVE,
             frames_written: true,
+            sparse: false,
         }
     }
 
@@ -258,6 +264,8 @@ enum Job {
     /// Frames (acquisition index, chunk bytes) already compressed as the frames dataset's
     /// filter compresses one frame: written as they are.
     Chunks(Vec<(u64, Vec<u8>)>),
+    /// Sparse rows (CSR) of consecutive frames.
+    Csr(stemflow_core::csr::CsrRows),
     /// Flush, then answer (true on success; on failure the thread ends with the error).
     Flush(crossbeam_channel::Sender<bool>),
 }
@@ -450,6 +458,33 @@ impl Hdf5Recorder {
         }
     }
 
+    /// Writes sparse rows (CSR) of a sparse recording ([`RecordingSpec::sparse`]); rows of
+    /// the frames in `damaged` are empty (their validity says so).
+    ///
+    /// # Errors
+    /// [`RecordingError::TileShape`] for rows of another frame shape;
+    /// [`FrameRange`](RecordingError::FrameRange) outside the scan; a dense recording
+    /// ([`RecordingError::Mismatch`]); the writer's error once it has failed.
+    pub fn write_csr(&mut self, rows: &stemflow_core::csr::CsrRows) -> Result<(), RecordingError> {
+        if rows.sig_shape != self.spec.sig_shape {
+            return Err(RecordingError::TileShape {
+                path: self.path.clone(),
+                first_frame: rows.first_frame,
+                expected: self.spec.sig_shape,
+                observed: rows.sig_shape,
+            });
+        }
+        check_range(&self.path, rows.first_frame, rows.n_frames(), self.spec.nav_shape)?;
+        match &mut self.mode {
+            Mode::Inline(w) => {
+                w.write_csr(rows.clone())?;
+                w.maybe_flush()
+            }
+            Mode::Threaded(_) => self.send(Job::Csr(rows.clone())),
+            Mode::Closed(why) => Err(closed(&self.path, why)),
+        }
+    }
+
     /// Waits (at most `stall_timeout`) for the writer to return a tile buffer, looking in
     /// short steps whether it has died meanwhile (its queued buffers stay in the channel
     /// then, so the pool would never refill).
@@ -583,6 +618,11 @@ impl Hdf5Recorder {
         run_record: Option<&serde_json::Value>,
     ) -> Result<RecordingSummary, RecordingError> {
         let mut writer = self.take_writer()?;
+        if let Some(mut csr) = writer.csr.take() {
+            let r = csr.finish(&mut writer.written);
+            writer.csr = Some(csr);
+            r?;
+        }
         writer.flush()?;
         let p = &self.path;
         write_validity(&writer, validity)?;
@@ -704,6 +744,23 @@ impl TileSink for Hdf5Recorder {
     ) -> Result<(), SinkError> {
         self.write_chunks(tile, encoded).map_err(Into::into)
     }
+    /// A sparse recording stores the rows as CSR; a dense one densifies them.
+    fn write_csr(
+        &mut self,
+        rows: &stemflow_core::csr::CsrRows,
+        damaged: &[u64],
+    ) -> Result<(), SinkError> {
+        if self.spec.sparse {
+            if !self.spec.frames_written {
+                return Ok(());
+            }
+            return Hdf5Recorder::write_csr(self, rows).map_err(Into::into);
+        }
+        let _ = damaged;
+        let mut tile = Tile::zeros(rows.first_frame, 0, rows.sig_shape, DType::U32);
+        rows.densify_into(0..rows.n_frames(), &mut tile);
+        self.write(&tile).map_err(Into::into)
+    }
 }
 
 impl Drop for Hdf5Recorder {
@@ -764,7 +821,7 @@ fn check_spec(path: &Path, spec: &RecordingSpec) -> Result<(), RecordingError> {
             spec.frame_bytes()
         )));
     }
-    if spec.compression == Compression::None && spec.frames_written {
+    if spec.compression == Compression::None && spec.frames_written && !spec.sparse {
         // Uncompressed chunks are all allocated when the file is created: the frames must
         // fit on the disk, with the reserve left free.
         let dir = match path.parent() {
@@ -859,8 +916,11 @@ pub(crate) fn h5<'a>(
 struct Writer {
     path: PathBuf,
     file: File,
-    /// `None` when raw recording is off ([`RecordingSpec::frames_written`] false).
+    /// `None` when raw recording is off ([`RecordingSpec::frames_written`] false) or the
+    /// frames are sparse.
     frames: Option<Dataset>,
+    /// The CSR datasets of a sparse recording ([`RecordingSpec::sparse`]).
+    csr: Option<crate::csr::CsrWriter>,
     /// Bytes per pixel when this crate compresses the chunks itself ([`Compression::Bslz4`],
     /// one frame per chunk); `None` when libhdf5 writes them.
     own_chunks: Option<usize>,
@@ -933,7 +993,28 @@ impl Writer {
             "pixels",
         )?;
         set_attr_str(&data, path, "frames_dtype", spec.dtype.name())?;
-        let frames = if spec.frames_written {
+        let mut csr = None;
+        let frames = if spec.frames_written && spec.sparse {
+            set_attr_str(&data, path, "frames_format", "csr")?;
+            set_attr_str(
+                &data,
+                path,
+                "frames_note",
+                "sparse frames (an event camera): recorded as CSR rows in csr/ (indptr, indices, values), no dense frames dataset",
+            )?;
+            let deflate = match spec.compression {
+                Compression::None => None,
+                Compression::Deflate { level } => Some(level),
+                Compression::Bslz4 => Some(1),
+            };
+            csr = Some(crate::csr::CsrWriter::create(
+                &data,
+                path,
+                nav.len() as u64,
+                deflate,
+            )?);
+            None
+        } else if spec.frames_written {
             set_attr_str(&data, path, "signal", "frames")?;
             let frames = match spec.dtype {
                 DType::U8 => create_frames::<u8>(&data, path, spec),
@@ -988,6 +1069,7 @@ impl Writer {
             own_chunks: (spec.compression == Compression::Bslz4 && frames.is_some())
                 .then_some(spec.dtype.size()),
             frames,
+            csr,
             validity,
             nav,
             sig,
@@ -1126,7 +1208,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends sparse rows (in frame order through the reorder buffer).
+    fn write_csr(&mut self, rows: stemflow_core::csr::CsrRows) -> Result<(), RecordingError> {
+        let Some(csr) = self.csr.as_mut() else {
+            return Err(RecordingError::Mismatch {
+                path: self.path.clone(),
+                object: crate::csr::CSR_GROUP.into(),
+                detail: format!(
+                    "sparse rows of frames {}..+{} given to a recording of dense frames",
+                    rows.first_frame,
+                    rows.n_frames()
+                ),
+            });
+        };
+        let before = csr.nnz();
+        self.frames_written += csr.write(rows, &mut self.written)?;
+        self.bytes_written += (csr.nnz() - before) * 8;
+        self.dirty = true;
+        Ok(())
+    }
+
     fn flush(&mut self) -> Result<(), RecordingError> {
+        if let Some(csr) = self.csr.as_mut() {
+            csr.flush()?;
+        }
         let p = &self.path;
         let shape = (self.nav.rows, self.nav.cols);
         let view = ndarray::ArrayView2::from_shape(shape, &self.written[..])
@@ -1238,6 +1343,10 @@ fn run_writer(
             }
             Ok(Job::Chunks(chunks)) => {
                 w.write_chunks(&chunks)?;
+                w.maybe_flush()?;
+            }
+            Ok(Job::Csr(rows)) => {
+                w.write_csr(rows)?;
                 w.maybe_flush()?;
             }
             Ok(Job::Flush(reply)) => {

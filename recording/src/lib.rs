@@ -30,6 +30,7 @@
 //!   diverging (signed) scaling.
 
 pub mod bslz4;
+pub mod csr;
 pub mod error;
 pub mod hdf5;
 pub mod layout;

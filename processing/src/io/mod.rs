@@ -447,7 +447,9 @@ impl DataSet for NpyDataSet {
     }
 }
 
+mod csr_h5;
 mod h5;
 mod memory;
+pub use csr_h5::CsrHdf5DataSet;
 pub use h5::{DEFAULT_DATASETS, Hdf5DataSet};
 pub use memory::MemoryDataSet;
