@@ -325,6 +325,8 @@ pub enum DetectorArg {
     Merlin,
     /// DECTRIS SIMPLON detector, e.g. ARINA or QUADRO (REST API and ZeroMQ stream).
     Dectris,
+    /// ASI Timepix3 (CheeTah): sparse CSR event stream; Serval REST for active mode.
+    Tpx3,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -339,12 +341,14 @@ pub struct AcquireArgs {
     /// Merlin control port.
     #[arg(long, default_value_t = 6341)]
     pub control_port: u16,
-    /// Merlin data port.
-    #[arg(long, default_value_t = 6342)]
-    pub data_port: u16,
-    /// DECTRIS REST API port.
-    #[arg(long, default_value_t = 80)]
-    pub api_port: u16,
+    /// Data port: Merlin 6342, ASI TPX3 CSR stream 8283 (the detector's default when not
+    /// given).
+    #[arg(long)]
+    pub data_port: Option<u16>,
+    /// REST API port: DECTRIS 80; ASI TPX3 Serval 8080 (active mode; passive mode uses
+    /// Serval only when this is given).
+    #[arg(long)]
+    pub api_port: Option<u16>,
     /// DECTRIS stream port (stream v1: 9999).
     #[arg(long, default_value_t = 9999)]
     pub stream_port: u16,
@@ -463,8 +467,12 @@ pub enum ProcessFormat {
     /// Raw binary; layout from --nav-shape, --sig-shape, --dtype, --byte-order, --offset.
     Raw,
     /// HDF5 dataset (--dataset), e.g. a stemflow recording: unsigned integers,
-    /// float32/float64, signed integers (read as floats, as for npy).
+    /// float32/float64, signed integers (read as floats, as for npy); a stemflow
+    /// recording of sparse frames (TPX3) is read as CSR.
     Hdf5,
+    /// ASI TPX3 CSR stream recording (`.tpx`: the data port's bytes, protocols.md §3),
+    /// processed sparse.
+    Tpx3,
 }
 
 #[derive(Subcommand, Debug)]
@@ -473,6 +481,44 @@ pub enum SimCommand {
     Merlin(SimMerlinArgs),
     /// DECTRIS SIMPLON detector simulator (REST API and stream-v1 ZeroMQ PUSH).
     Dectris(SimDectrisArgs),
+    /// ASI TPX3 simulator: the CSR event stream (as LiberTEM-live reads it) and a Serval
+    /// REST emulation for active mode.
+    Tpx3(SimTpx3Args),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SimTpx3Args {
+    /// Address to bind (loopback by default).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Serval REST API port (0 = ephemeral; printed on start).
+    #[arg(long, default_value_t = stemflow_simulators::tpx3::SERVAL_PORT)]
+    pub api_port: u16,
+    /// CSR data port (0 = ephemeral; printed on start).
+    #[arg(long, default_value_t = stemflow_simulators::tpx3::DATA_PORT)]
+    pub data_port: u16,
+    /// Serve this stream recording (`.tpx`) instead of synthetic events.
+    #[arg(long)]
+    pub recording: Option<PathBuf>,
+    /// Synthetic events: scan shape.
+    #[arg(long, default_value = "64x64")]
+    pub nav_shape: NavShape,
+    /// Synthetic events: frame shape.
+    #[arg(long, default_value = "512x512")]
+    pub sig_shape: stemflow_core::SigShape,
+    /// Wait for a measurement started through Serval (`/measurement/start`) instead of
+    /// streaming the scan to every client that connects (LiberTEM-live's simulator).
+    #[arg(long)]
+    pub active: bool,
+    /// Free-running: seconds per frame (default: as fast as the client reads).
+    #[arg(long)]
+    pub frame_time_s: Option<f64>,
+    /// Send as fast as the client takes it (overrides --frame-time-s).
+    #[arg(long)]
+    pub fast: bool,
+    /// Stop after this many seconds (default: run until interrupted).
+    #[arg(long)]
+    pub duration_s: Option<f64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -542,6 +588,25 @@ pub enum BenchCommand {
     /// DECTRIS simulator → ZeroMQ stream → receiver → bslz4 decode in the workers →
     /// reductions; and the codec's single-core decode rate.
     Dectris(BenchDectrisArgs),
+    /// ASI TPX3: sparse reductions (sum, sum over signal, BF, ADF, CoM on the events) in
+    /// memory, and TPX3 simulator → loopback → receiver → reductions; events/s and frames/s.
+    Tpx3(BenchTpx3Args),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchTpx3Args {
+    /// Scan shape.
+    #[arg(long, default_value = "128x128")]
+    pub nav_shape: NavShape,
+    /// Frame shape, pixels.
+    #[arg(long, default_value = "512x512")]
+    pub sig_shape: stemflow_core::SigShape,
+    /// Mean events per frame.
+    #[arg(long, default_value_t = 410)]
+    pub events_per_frame: u64,
+    /// Repetitions (in memory: the best is reported; end to end: each is).
+    #[arg(long, default_value_t = 2)]
+    pub repeat: usize,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -646,18 +711,28 @@ impl From<DetectorArg> for DetectorKind {
         match d {
             DetectorArg::Merlin => DetectorKind::Merlin,
             DetectorArg::Dectris => DetectorKind::Dectris,
+            DetectorArg::Tpx3 => DetectorKind::Tpx3,
         }
     }
 }
 
 impl From<AcquireArgs> for app::AcquireOptions {
     fn from(a: AcquireArgs) -> Self {
+        let detector: DetectorKind = a.detector.into();
+        let (data_default, api_default) = detector.default_ports();
+        let passive = matches!(a.mode, ModeArg::Passive);
         Self {
-            detector: a.detector.into(),
+            detector,
             host: a.host,
             control_port: a.control_port,
-            data_port: a.data_port,
-            api_port: a.api_port,
+            data_port: a.data_port.unwrap_or(data_default),
+            api_port: a.api_port.unwrap_or(
+                if detector == DetectorKind::Tpx3 && passive {
+                    0
+                } else {
+                    api_default
+                },
+            ),
             stream_port: a.stream_port,
             mode: match a.mode {
                 ModeArg::Active => ArmMode::Active,
@@ -698,6 +773,7 @@ impl From<ProcessArgs> for app::ProcessOptions {
                     ProcessFormat::Npy => app::FileFormat::Npy,
                     ProcessFormat::Raw => app::FileFormat::Raw,
                     ProcessFormat::Hdf5 => app::FileFormat::Hdf5,
+                    ProcessFormat::Tpx3 => app::FileFormat::Tpx3,
                 }),
                 nav_shape: a.nav_shape,
                 dataset: a.dataset,
@@ -772,6 +848,25 @@ impl From<SimMerlinArgs> for app::SimOptions {
             sig_shape: a.sig_shape,
             fast: a.fast,
             duration: seconds(a.duration_s),
+            active: false,
+            frame_time_s: None,
+        }
+    }
+}
+
+impl From<SimTpx3Args> for app::SimOptions {
+    fn from(a: SimTpx3Args) -> Self {
+        Self {
+            detector: DetectorKind::Tpx3,
+            host: a.host,
+            ports: [a.api_port, a.data_port],
+            recording: a.recording,
+            nav_shape: a.nav_shape,
+            sig_shape: a.sig_shape,
+            fast: a.fast,
+            duration: seconds(a.duration_s),
+            active: a.active,
+            frame_time_s: a.frame_time_s,
         }
     }
 }
@@ -787,6 +882,8 @@ impl From<SimDectrisArgs> for app::SimOptions {
             sig_shape: a.sig_shape,
             fast: a.fast,
             duration: seconds(a.duration_s),
+            active: false,
+            frame_time_s: None,
         }
     }
 }
@@ -816,6 +913,17 @@ impl From<BenchAllArgs> for app::BenchAllOptions {
     }
 }
 
+impl From<BenchTpx3Args> for app::BenchTpx3Options {
+    fn from(a: BenchTpx3Args) -> Self {
+        Self {
+            nav_shape: a.nav_shape,
+            sig_shape: a.sig_shape,
+            events_per_frame: a.events_per_frame,
+            repeat: a.repeat,
+        }
+    }
+}
+
 impl From<BenchDectrisArgs> for app::BenchDectrisOptions {
     fn from(a: BenchDectrisArgs) -> Self {
         Self {
@@ -840,9 +948,11 @@ pub fn dispatch(cli: Cli) -> Result<()> {
         Some(Command::Process(a)) => offline::process(&a.into()),
         Some(Command::Sim(SimCommand::Merlin(a))) => sim::serve(&a.into()),
         Some(Command::Sim(SimCommand::Dectris(a))) => sim::serve(&a.into()),
+        Some(Command::Sim(SimCommand::Tpx3(a))) => sim::serve(&a.into()),
         Some(Command::Bench(BenchCommand::Merlin(a))) => bench::bench_merlin(&a.into()),
         Some(Command::Bench(BenchCommand::All(a))) => bench::bench_all(&a.into()),
         Some(Command::Bench(BenchCommand::Dectris(a))) => bench::dectris::bench_dectris(&a.into()),
+        Some(Command::Bench(BenchCommand::Tpx3(a))) => bench::tpx3::bench_tpx3(&a.into()),
         Some(Command::Run(a)) => sequences::run(&a.into()),
         Some(Command::Queue(a)) => sequences::queue(&a.into()),
     }

@@ -6,7 +6,7 @@ use crate::instrument::{SimulatedInstrument, assemble_simulated, recording_facto
 use crate::options::{AcquireOptions, LiveViewOptions, SimulateOptions};
 use crate::output;
 use crate::reductions::{self, Geometry, Reductions};
-use crate::registry::{DetectorEndpoint, resolve_host};
+use crate::registry::{DetectorEndpoint, DetectorKind, resolve_host};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -194,6 +194,9 @@ fn acquire_detector(args: &AcquireOptions) -> Result<DetectorEndpoint> {
     ep.control_port = args.control_port;
     ep.data_port = args.data_port;
     ep.api_port = args.api_port;
+    // TPX3: Serval is reached unless its port is 0 (passive mode needs no Serval; the
+    // command line gives 0 there unless --api-port is given).
+    ep.use_api = args.detector != DetectorKind::Tpx3 || args.api_port != 0;
     ep.stream_port = args.stream_port;
     ep.frame_timeout = Some(Duration::from_secs_f64(args.frame_timeout_s));
     ep.first_frame_timeout = Some(Duration::from_secs_f64(args.first_frame_timeout_s));
@@ -273,11 +276,10 @@ fn external_request(
         detector: acquire_detector(args)?.factory(),
         scan: None,
         microscope: None,
-        recording: recording_factory(output::recording_output(
-            &args.recording,
-            args.no_raw,
-            None,
-        )?),
+        recording: recording_factory(output::RecordingOutput {
+            sparse: args.detector.is_sparse(),
+            ..output::recording_output(&args.recording, args.no_raw, None)?
+        }),
     };
     let req = AcquisitionRequest {
         mode,

@@ -17,7 +17,7 @@ use stemflow_drivers::dectris::DectrisDataSet;
 use stemflow_drivers::merlin::{MibDataSet, MibFile};
 use stemflow_processing::io::{ByteOrder, ElementType};
 use stemflow_processing::{
-    DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary, Snapshot,
+    CsrHdf5DataSet, DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary, Snapshot,
     run_dataset,
 };
 use stemflow_recording::hdf5::{Hdf5Recorder, RecordingSpec};
@@ -45,8 +45,9 @@ fn format_of(args: &DataSetOptions) -> Result<FileFormat> {
         "npy" => FileFormat::Npy,
         "h5" | "hdf5" | "nxs" | "hspy" | "emd" => FileFormat::Hdf5,
         "raw" | "bin" | "dat" => FileFormat::Raw,
+        "tpx" => FileFormat::Tpx3,
         _ => bail!(
-            "cannot tell the format of {} from its extension; give --format merlin|npy|raw|hdf5",
+            "cannot tell the format of {} from its extension; give --format merlin|dectris|npy|raw|hdf5|tpx3",
             args.path.display()
         ),
     })
@@ -68,7 +69,14 @@ pub fn open_dataset(args: &DataSetOptions) -> Result<Box<dyn DataSet>> {
             DectrisDataSet::open(path, args.nav_shape)
                 .with_context(|| format!("opening {}", path.display()))?,
         ),
+        FileFormat::Hdf5 if args.dataset.is_none() && CsrHdf5DataSet::is_csr(path) => {
+            Box::new(CsrHdf5DataSet::open(path)?)
+        }
         FileFormat::Hdf5 => Box::new(Hdf5DataSet::open(path, args.dataset.as_deref())?),
+        FileFormat::Tpx3 => Box::new(
+            stemflow_drivers::asi::TpxFile::open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
         FileFormat::Raw => {
             let (Some(nav_shape), Some(sig_shape)) = (args.nav_shape, args.sig_shape) else {
                 bail!(
@@ -306,6 +314,7 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
     let h5 = args.out.join(stemflow_core::metadata::RECORDING_FILE);
     let mut spec = RecordingSpec::new(nav, sig, dtype);
     spec.frames_written = !args.no_raw;
+    spec.sparse = data.is_sparse();
     spec.compression = output::recording_output(&args.recording, args.no_raw, None)?.compression;
     let spec_compression = spec.compression;
     let mut rec = Hdf5Recorder::create(&h5, spec)?;
@@ -354,6 +363,7 @@ pub fn process(args: &ProcessOptions) -> Result<()> {
         FileFormat::Dectris => "dectris recording",
         FileFormat::Raw => "raw file",
         FileFormat::Hdf5 => "hdf5 file",
+        FileFormat::Tpx3 => "tpx3 stream recording",
     };
     // A stemflow recording's instrument state carries over (microscope, scan, detector
     // settings), so the calibration does too; the command line's inputs win.

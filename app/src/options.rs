@@ -167,9 +167,9 @@ pub struct AcquireOptions {
     pub host: String,
     /// Merlin control port.
     pub control_port: u16,
-    /// Merlin data port.
+    /// Merlin data port; ASI TPX3 CSR data port (8283).
     pub data_port: u16,
-    /// DECTRIS REST API port.
+    /// DECTRIS REST API port; ASI TPX3: Serval's port (8080; 0: none, passive only).
     pub api_port: u16,
     /// DECTRIS stream port (stream v1: 9999).
     pub stream_port: u16,
@@ -256,8 +256,10 @@ pub enum FileFormat {
     Npy,
     /// Raw binary; layout from the raw options of [`DataSetOptions`].
     Raw,
-    /// An HDF5 dataset (e.g. a stemflow recording).
+    /// An HDF5 dataset (e.g. a stemflow recording; one of sparse frames is read as CSR).
     Hdf5,
+    /// An ASI TPX3 CSR stream recording (`.tpx`, protocols.md §3), read sparse.
+    Tpx3,
 }
 
 /// Where a data set is and how to read it ([`crate::offline::open_dataset`]).
@@ -403,6 +405,11 @@ pub struct SimOptions {
     pub fast: bool,
     /// Stop after this long (`None`: run until interrupted).
     pub duration: Option<Duration>,
+    /// ASI TPX3: wait for a measurement started through the Serval REST API (active mode)
+    /// instead of streaming to every client that connects.
+    pub active: bool,
+    /// ASI TPX3, free-running: s per frame (`None`: as fast as the client reads).
+    pub frame_time_s: Option<f64>,
 }
 
 /// `stemflow bench merlin` ([`crate::bench::bench_merlin`]).
@@ -436,6 +443,19 @@ pub struct BenchAllOptions {
     pub latency_frames: usize,
     /// Frame rate of the latency run, Hz.
     pub latency_rate_hz: f64,
+}
+
+/// `stemflow bench tpx3` ([`crate::bench::tpx3::bench_tpx3`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchTpx3Options {
+    /// Scan shape.
+    pub nav_shape: NavShape,
+    /// Frame shape, pixels.
+    pub sig_shape: stemflow_core::SigShape,
+    /// Mean events per frame.
+    pub events_per_frame: u64,
+    /// Repetitions (in memory: the best is reported; end to end: each is).
+    pub repeat: usize,
 }
 
 /// `stemflow bench dectris` ([`crate::bench::dectris::bench_dectris`]).

@@ -36,6 +36,13 @@ impl TileSink for Hdf5Recording {
     ) -> Result<(), SinkError> {
         self.0.write_tile_with_raw(tile, raw, damaged)
     }
+    fn write_csr(
+        &mut self,
+        rows: &stemflow_core::csr::CsrRows,
+        damaged: &[u64],
+    ) -> Result<(), SinkError> {
+        TileSink::write_csr(&mut self.0, rows, damaged)
+    }
 }
 
 impl Recording for Hdf5Recording {
@@ -60,6 +67,8 @@ pub struct RecordingOutput {
     pub raw: bool,
     /// The frames' compression.
     pub compression: Compression,
+    /// The frames arrive sparse (an event camera, ASI TPX3): recorded as CSR rows.
+    pub sparse: bool,
 }
 
 impl Default for RecordingOutput {
@@ -67,6 +76,7 @@ impl Default for RecordingOutput {
         Self {
             raw: true,
             compression: crate::options::DEFAULT_COMPRESSION,
+            sparse: false,
         }
     }
 }
@@ -89,6 +99,10 @@ pub fn recording_output(
         None => None,
     };
     Ok(RecordingOutput {
+        sparse: profile.is_some_and(|p| {
+            crate::registry::DetectorKind::from_name(&p.detector.kind)
+                .is_some_and(crate::registry::DetectorKind::is_sparse)
+        }),
         raw: !no_raw,
         compression: choice
             .compression
@@ -108,6 +122,7 @@ pub fn open_recording(
     let mut spec = RecordingSpec::new(req.nav_shape, req.sig_shape, req.dtype);
     spec.frames_written = out.raw;
     spec.compression = out.compression;
+    spec.sparse = out.sparse;
     Hdf5Recorder::create_with_metadata(&req.path, spec, Some(&req.metadata))
         .map(|r| Box::new(Hdf5Recording(r)) as Box<dyn Recording>)
         .map_err(|e| e.to_string())

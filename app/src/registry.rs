@@ -16,12 +16,14 @@ use stemflow_core::DType;
 use stemflow_core::detector::Detector;
 use stemflow_core::devices::TriggerReceiver;
 use stemflow_core::{NavShape, SigShape};
+use stemflow_drivers::asi::{Tpx3Detector, Tpx3DetectorConfig};
 use stemflow_drivers::dectris::detector::{DectrisDetector, DectrisDetectorConfig};
 use stemflow_drivers::merlin::{MerlinDetector, MerlinDetectorConfig};
 use stemflow_drivers::nav_hint::NavHint;
 use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig, DectrisSource};
 use stemflow_simulators::merlin::{MerlinFaults, MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
 use stemflow_simulators::specimen::Specimen;
+use stemflow_simulators::tpx3::{Tpx3Sim, Tpx3SimConfig, Tpx3Source};
 
 /// A detector family stemflow has a driver and a simulator for.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
@@ -32,17 +34,25 @@ pub enum DetectorKind {
     /// DECTRIS SIMPLON detectors (ARINA, QUADRO, …): REST API and a ZeroMQ stream,
     /// bitshuffle-LZ4 frames (protocols.md §2).
     Dectris,
+    /// ASI Timepix3 (CheeTah): a sparse CSR event stream over TCP, and Serval's REST API
+    /// for active mode (protocols.md §3).
+    Tpx3,
 }
 
 impl DetectorKind {
     /// Every kind, in the order help texts list them.
-    pub const ALL: [DetectorKind; 2] = [DetectorKind::Merlin, DetectorKind::Dectris];
+    pub const ALL: [DetectorKind; 3] = [
+        DetectorKind::Merlin,
+        DetectorKind::Dectris,
+        DetectorKind::Tpx3,
+    ];
 
     /// The name a profile's `detector.kind` and `--detector` use.
     pub fn name(self) -> &'static str {
         match self {
             Self::Merlin => "merlin",
             Self::Dectris => "dectris",
+            Self::Tpx3 => "tpx3",
         }
     }
 
@@ -57,15 +67,17 @@ impl DetectorKind {
         match self {
             Self::Merlin => ["control", "data"],
             Self::Dectris => ["api", "stream"],
+            Self::Tpx3 => ["api", "data"],
         }
     }
 
     /// The pixel type of frames acquired at `depth` bits (the profile's
     /// `detector.counter_depth`): Merlin 1/6 → u8, 12 → u16, 24 → u32 (protocols.md §1.7);
-    /// DECTRIS 8/16/32 bits as they are.
+    /// DECTRIS 8/16/32 bits as they are; Timepix3 event counts are u32 whatever the depth.
     pub fn dtype_for_depth(self, depth: u32) -> DType {
         match self {
             Self::Merlin => merlin_dtype_for_depth(depth),
+            Self::Tpx3 => DType::U32,
             Self::Dectris => match depth {
                 8 => DType::U8,
                 16 => DType::U16,
@@ -78,6 +90,22 @@ impl DetectorKind {
     /// detectors report their bit depth instead.
     pub fn sets_counter_depth(self) -> bool {
         self == Self::Merlin
+    }
+
+    /// True for event cameras whose frames arrive sparse (CSR): recorded as CSR.
+    pub fn is_sparse(self) -> bool {
+        self == Self::Tpx3
+    }
+
+    /// The vendor's default ports `(data or control/stream, api)` as the command line's
+    /// `--data-port` / `--api-port` take them: Merlin data 6342; DECTRIS REST 80; ASI TPX3
+    /// data 8283 and Serval 8080 (protocols.md §3.1, §3.6).
+    pub fn default_ports(self) -> (u16, u16) {
+        match self {
+            Self::Merlin => (6342, 80),
+            Self::Dectris => (6342, 80),
+            Self::Tpx3 => (8283, 8080),
+        }
     }
 }
 
@@ -141,6 +169,8 @@ pub struct DetectorEndpoint {
     pub api_port: u16,
     /// DECTRIS stream port (stream v1: 9999).
     pub stream_port: u16,
+    /// ASI TPX3: reach Serval at `api_port` (active mode needs it; passive does not).
+    pub use_api: bool,
     /// Time without a frame after which an acquisition ends; `None`: the driver's default.
     pub frame_timeout: Option<Duration>,
     /// Time from arming to the first frame; `None`: the driver's default.
@@ -163,6 +193,7 @@ impl DetectorEndpoint {
             data_port: 6342,
             api_port: 80,
             stream_port: 9999,
+            use_api: true,
             frame_timeout: None,
             first_frame_timeout: None,
             raw_format: false,
@@ -183,6 +214,11 @@ impl DetectorEndpoint {
                 "DECTRIS REST {h}:{} stream {h}:{}",
                 self.api_port, self.stream_port
             ),
+            DetectorKind::Tpx3 if self.use_api => format!(
+                "TPX3 data {h}:{} Serval {h}:{}",
+                self.data_port, self.api_port
+            ),
+            DetectorKind::Tpx3 => format!("TPX3 data {h}:{}", self.data_port),
         }
     }
 
@@ -223,6 +259,23 @@ impl DetectorEndpoint {
                     DectrisDetector::connect(cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
                 })
             }
+            DetectorKind::Tpx3 => {
+                let serval = self
+                    .use_api
+                    .then(|| (self.host.to_string(), self.api_port));
+                let mut cfg =
+                    Tpx3DetectorConfig::new(SocketAddr::new(self.host, self.data_port), serval);
+                if let Some(t) = self.frame_timeout {
+                    cfg.frame_timeout = t;
+                }
+                if let Some(t) = self.first_frame_timeout {
+                    cfg.first_frame_timeout = t;
+                }
+                cfg.nav_shape = self.nav_shape;
+                Arc::new(move || {
+                    Tpx3Detector::connect(cfg.clone()).map(|d| Box::new(d) as Box<dyn Detector>)
+                })
+            }
         }
     }
 }
@@ -249,6 +302,8 @@ pub enum InstrumentDetector {
     Merlin(MerlinSim),
     /// A DECTRIS SIMPLON simulator on its REST API and stream ports.
     Dectris(DectrisSim),
+    /// An ASI TPX3 simulator on its CSR data port and Serval REST port.
+    Tpx3(Tpx3Sim),
     /// A real detector; its description.
     External(String),
 }
@@ -268,6 +323,11 @@ impl InstrumentDetector {
                 s.api_addr(),
                 s.stream_endpoint()
             ),
+            Self::Tpx3(s) => format!(
+                "TPX3 simulator data {} Serval http://{}",
+                s.data_addr(),
+                s.api_addr()
+            ),
         }
     }
 }
@@ -285,6 +345,24 @@ pub fn start_simulated(
 ) -> Result<(InstrumentDetector, DetectorFactory)> {
     let loopback = IpAddr::from([127, 0, 0, 1]);
     match kind {
+        DetectorKind::Tpx3 => {
+            let mean_events = frames.specimen.params().dose;
+            let mut cfg = Tpx3SimConfig::new(Tpx3Source::Synthetic {
+                specimen: frames.specimen,
+                nav_shape: frames.nav_shape,
+                sig_shape: frames.sig_shape,
+                mean_events,
+                seed: frames.seed,
+            });
+            // Active through Serval, one frame per pulse of the scan engine's line.
+            cfg.free_running = false;
+            cfg.trigger_input = Some(trigger_input);
+            let sim = Tpx3Sim::start(cfg).context("starting the TPX3 simulator")?;
+            let mut ep = DetectorEndpoint::new(kind, loopback);
+            ep.data_port = sim.data_addr().port();
+            ep.api_port = sim.api_addr().port();
+            Ok((InstrumentDetector::Tpx3(sim), ep.factory()))
+        }
         DetectorKind::Dectris => {
             let mut cfg = DectrisSimConfig::new(DectrisSource::Synthetic {
                 specimen: frames.specimen,

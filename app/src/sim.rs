@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use stemflow_simulators::dectris::{DectrisSim, DectrisSimConfig};
 use stemflow_simulators::merlin::{MerlinSim, MerlinSimConfig, MerlinSource, Pacing};
 use stemflow_simulators::specimen::Specimen;
+use stemflow_simulators::tpx3::{Tpx3Sim, Tpx3SimConfig, Tpx3Source};
 
 /// A simulator serving on its ports until [`RunningSim::stop`] (or drop).
 pub enum RunningSim {
@@ -17,6 +18,8 @@ pub enum RunningSim {
     Merlin(MerlinSim),
     /// The DECTRIS simulator (REST API, stream ports).
     Dectris(DectrisSim),
+    /// The ASI TPX3 simulator (Serval REST API, CSR data ports).
+    Tpx3(Tpx3Sim),
 }
 
 impl RunningSim {
@@ -25,6 +28,7 @@ impl RunningSim {
         match self {
             RunningSim::Merlin(s) => [s.control_addr(), s.data_addr()],
             RunningSim::Dectris(s) => [s.api_addr(), s.stream_addr()],
+            RunningSim::Tpx3(s) => [s.api_addr(), s.data_addr()],
         }
     }
     /// What was served so far: `(acquisitions or series, frames, bytes)`.
@@ -38,6 +42,10 @@ impl RunningSim {
                 let st = s.stats();
                 (st.series, st.frames_sent, st.bytes_sent)
             }
+            RunningSim::Tpx3(s) => {
+                let st = s.stats();
+                (st.acquisitions, st.frames_sent, st.bytes_sent)
+            }
         }
     }
     /// Stops serving and closes the ports.
@@ -45,6 +53,7 @@ impl RunningSim {
         match self {
             RunningSim::Merlin(s) => s.stop(),
             RunningSim::Dectris(s) => s.stop(),
+            RunningSim::Tpx3(s) => s.stop(),
         }
     }
 }
@@ -87,6 +96,25 @@ pub fn start(a: &SimOptions) -> Result<RunningSim> {
             );
             RunningSim::Dectris(DectrisSim::start(cfg).context("starting the DECTRIS simulator")?)
         }
+        DetectorKind::Tpx3 => {
+            let source = match &a.recording {
+                Some(p) => Tpx3Source::Recording(p.clone()),
+                None => Tpx3Source::synthetic(a.nav_shape, a.sig_shape),
+            };
+            let mut cfg = Tpx3SimConfig::new(source);
+            cfg.api_bind = SocketAddr::new(a.host, a.ports[0]);
+            cfg.data_bind = SocketAddr::new(a.host, a.ports[1]);
+            // Free-running (every client gets the scan at once) unless a measurement is to
+            // be started through Serval.
+            cfg.free_running = !a.active;
+            cfg.repeats = if a.active { 1 } else { 0 };
+            cfg.frame_time_s = if a.fast {
+                0.0
+            } else {
+                a.frame_time_s.unwrap_or(0.0)
+            };
+            RunningSim::Tpx3(Tpx3Sim::start(cfg).context("starting the TPX3 simulator")?)
+        }
     })
 }
 
@@ -110,12 +138,17 @@ pub fn serve(a: &SimOptions) -> Result<()> {
             );
             println!("api_port={} stream_port={}", first.port(), second.port());
         }
+        RunningSim::Tpx3(_) => {
+            println!("tpx3 simulator: Serval REST http://{first} data {second}");
+            println!("api_port={} data_port={}", first.port(), second.port());
+        }
     }
     serve_until(a.duration);
     let (n, frames, bytes) = sim.served();
     let what = match &sim {
         RunningSim::Merlin(_) => "acquisitions",
         RunningSim::Dectris(_) => "series",
+        RunningSim::Tpx3(_) => "acquisitions",
     };
     println!(
         "served {n} {what}, {frames} frames, {:.1} MB",

@@ -411,10 +411,12 @@ impl Profile {
         let depths: &[u32] = match self.detector.kind.as_str() {
             "merlin" => &[1, 6, 12, 24],
             "dectris" => &[8, 16, 32],
+            // Timepix3 event counts per position and pixel: u32.
+            "tpx3" => &[32],
             other => {
                 return Err(bad(
                     "detector.kind",
-                    format!("`{other}` not supported; supported: merlin, dectris"),
+                    format!("`{other}` not supported; supported: merlin, dectris, tpx3"),
                 ));
             }
         };

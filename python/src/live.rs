@@ -27,7 +27,7 @@ use stemflow_processing::{Outcome, RunConfig};
 
 fn kind_of(name: &str) -> PyResult<DetectorKind> {
     DetectorKind::from_name(name).ok_or_else(|| {
-        PyValueError::new_err(format!("unknown detector {name:?}: give merlin or dectris"))
+        PyValueError::new_err(format!("unknown detector {name:?}: give merlin, dectris or tpx3"))
     })
 }
 
@@ -62,8 +62,8 @@ impl Simulator {
     }
 }
 
-/// Starts `detector`'s simulator (`merlin` or `dectris`) serving `recording` (a `.hdr` /
-/// `*_master.h5`) or synthetic frames of a specimen, `nav_shape` × `sig_shape`, as fast as
+/// Starts `detector`'s simulator (`merlin`, `dectris` or `tpx3`) serving `recording` (a
+/// `.hdr` / `*_master.h5` / `.tpx`) or synthetic frames of a specimen, `nav_shape` × `sig_shape`, as fast as
 /// the receiver takes them (`fast`) or at the frame time.
 ///
 /// Raises `ValueError` for an unknown detector or host, `RuntimeError` when it cannot start.
@@ -92,6 +92,8 @@ fn start_simulator(
         sig_shape: SigShape::new(sig_shape.0, sig_shape.1),
         fast,
         duration: None,
+        active: false,
+        frame_time_s: None,
     };
     let sim = py
         .detach(|| stemflow_app::sim::start(&opts))

@@ -11,6 +11,7 @@
 //! fraction of its ceiling, and the latency from a frame's arrival to its snapshot.
 
 pub mod dectris;
+pub mod tpx3;
 
 use crate::options::{BenchAllOptions, BenchMerlinOptions};
 use crate::reductions::{Geometry, udfs};

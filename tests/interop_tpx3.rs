@@ -1,0 +1,133 @@
+//! ASI TPX3 interoperability with LiberTEM-live, the peer implementation (protocols.md §3,
+//! §4.3), on the shared stream capture `../shared/data/tpx3/synthetic_16x16_512.tpx`
+//! (LiberTEM's serializer) and its CSR reference `.npz`:
+//!
+//! - `stemflow acquire --detector tpx3 --mode passive` reading LiberTEM-live's simulator
+//!   `libertem-live-asi-tpx-sim` serving the capture: per-frame sums, the summed frame and
+//!   the recorded CSR rows equal the reference exactly (`tests/interop/tpx3_compare.py`);
+//! - LiberTEM-live's TPX3 client (`tests/interop/libertem_tpx3_client.py`) reading
+//!   stemflow's simulator (`stemflow sim tpx3`) serving the same capture: its per-frame sums
+//!   and summed frame equal the reference.
+//!
+//! LiberTEM-live comes from PyPI into a venv under the target directory (`common::pyenv`).
+//! Everything binds 127.0.0.1, every wait has a deadline, every child is killed on drop.
+
+mod common;
+
+use common::command::{path_arg, stemflow};
+use common::process::ChildGuard;
+use common::pyenv;
+use common::scratch::{ScratchDir, shared_data, tail};
+use serde_json::Value;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// Starting LiberTEM's simulator (Python imports, caching the file).
+const SIM_START_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn capture() -> PathBuf {
+    shared_data().join("tpx3/synthetic_16x16_512.tpx")
+}
+
+fn reference() -> PathBuf {
+    shared_data().join("tpx3/synthetic_16x16_512.npz")
+}
+
+fn interop_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/interop")
+        .join(name)
+}
+
+/// A free loopback port (LiberTEM's simulator takes a port number, not 0).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Waits until `port` accepts a connection on loopback, or `timeout`.
+fn wait_listening(port: u16, timeout: Duration, child: &mut ChildGuard) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if child.try_status().is_some() {
+            return false;
+        }
+        // A probe connection: the simulator streams to it and notices the close.
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
+    let py = pyenv::libertem_live();
+    let port = free_port();
+    let mut cmd = py.command(&py.bin("libertem-live-asi-tpx-sim"));
+    cmd.args(["--port", &port.to_string(), "--cached", "MEM"])
+        // One pass, then a pause: the receiver takes the first scan.
+        .args(["--sleep", "30"])
+        .arg(capture())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut sim = ChildGuard::spawn("libertem-live-asi-tpx-sim", &mut cmd);
+    let mut log = sim.tap_stderr();
+    assert!(
+        wait_listening(port, SIM_START_TIMEOUT, &mut sim),
+        "LiberTEM's TPX3 simulator did not listen on {port}:\n{}",
+        tail(&log.text(), 3000)
+    );
+    let scratch = ScratchDir::new("interop-tpx3");
+    let out = scratch.path().join("run");
+    let r = stemflow(
+        &[
+            "acquire",
+            "--detector",
+            "tpx3",
+            "--mode",
+            "passive",
+            "--host",
+            "127.0.0.1",
+            "--data-port",
+            &port.to_string(),
+            "--arm-timeout-s",
+            "30",
+            "--out",
+            path_arg(&out),
+        ],
+        scratch.path(),
+        "acquire",
+    );
+    r.assert_success("stemflow acquire --detector tpx3 --mode passive");
+    let run: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("run.json")).expect("run.json written"),
+    )
+    .expect("run.json parses");
+    assert_eq!(run["frames_expected"], 256, "{run:#}");
+    assert_eq!(run["frames_received"], 256, "{run:#}");
+    assert_eq!(run["frames_lost"], 0, "{run:#}");
+    let cmp = py
+        .command(&py.python())
+        .arg(interop_script("tpx3_compare.py"))
+        .arg(reference())
+        .arg(out.join("recording.hspy"))
+        .output()
+        .expect("the comparison runs");
+    let text = String::from_utf8_lossy(&cmp.stdout);
+    assert!(
+        cmp.status.success(),
+        "stemflow's results differ from the reference: {text}\n{}",
+        String::from_utf8_lossy(&cmp.stderr)
+    );
+    let v: Value = serde_json::from_str(text.trim()).expect("comparison JSON");
+    assert_eq!(v["csr_equal"], true, "{v}");
+    assert_eq!(v["total"], 104_619.0, "{v}");
+    drop(log.text());
+    drop(sim);
+}
