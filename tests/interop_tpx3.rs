@@ -77,7 +77,7 @@ fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut sim = ChildGuard::spawn("libertem-live-asi-tpx-sim", &mut cmd);
-    let mut log = sim.tap_stderr();
+    let log = sim.tap_stderr();
     assert!(
         wait_listening(port, SIM_START_TIMEOUT, &mut sim),
         "LiberTEM's TPX3 simulator did not listen on {port}:\n{}",
@@ -129,5 +129,77 @@ fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
     assert_eq!(v["csr_equal"], true, "{v}");
     assert_eq!(v["total"], 104_619.0, "{v}");
     drop(log.text());
+    drop(sim);
+}
+
+#[test]
+fn libertems_client_reads_stemflows_simulator_and_matches_the_reference() {
+    let py = pyenv::libertem_live();
+    let scratch = ScratchDir::new("interop-tpx3-client");
+    // stemflow's simulator serving the capture to every client, repeatedly.
+    let (mut cmd, stdout, _) = common::command::command(
+        &[
+            "sim",
+            "tpx3",
+            "--recording",
+            path_arg(&capture()),
+            "--api-port",
+            "0",
+            "--data-port",
+            "0",
+            "--duration-s",
+            "300",
+        ],
+        scratch.path(),
+        "sim",
+    );
+    let mut sim = ChildGuard::spawn("stemflow sim tpx3", &mut cmd);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        let text = std::fs::read_to_string(&stdout).unwrap_or_default();
+        if let Some(p) = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("data_port="))
+            .and_then(|p| p.parse::<u16>().ok())
+        {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline && sim.try_status().is_none(),
+            "stemflow sim tpx3 did not report its port: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = scratch.path().join("libertem.json");
+    let mut client_cmd = py.command(&py.python());
+    client_cmd
+        .arg(interop_script("libertem_tpx3_client.py"))
+        .args(["--port", &port.to_string(), "--timeout", "150", "--out"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut client = ChildGuard::spawn("libertem_tpx3_client.py", &mut client_cmd);
+    let client_log = client.tap_stderr();
+    let status = client.wait_timeout(Duration::from_secs(200));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "LiberTEM-live's client failed ({status:?}):\n{}",
+        tail(&client_log.text(), 4000)
+    );
+    let got: Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("client output"))
+        .expect("client JSON");
+    assert!(got.get("error").is_none(), "LiberTEM-live raised: {got}\n{}", tail(&client_log.text(), 4000));
+    let want = py
+        .command(&py.python())
+        .arg(interop_script("tpx3_reference.py"))
+        .arg(reference())
+        .output()
+        .expect("the reference script runs");
+    let want: Value = serde_json::from_slice(&want.stdout).expect("reference JSON");
+    assert_eq!(got["nav_shape"], serde_json::json!([16, 16]));
+    assert_eq!(got["sig_shape"], serde_json::json!([512, 512]));
+    assert_eq!(got["sum_total"], 104_619.0);
+    assert_eq!(got["frame_sums"], want["frame_sums"], "per-frame sums");
+    assert_eq!(got["sum_nonzero"], want["sum_nonzero"], "the summed frame");
     drop(sim);
 }
