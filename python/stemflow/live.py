@@ -33,6 +33,8 @@ _DEFAULT_PORTS = {
     # detector: (api/control port, data/stream port) — the vendors' defaults.
     "merlin": (6341, 6342),
     "dectris": (80, 31001),
+    # ASI TPX3: Serval's REST API only when given (active mode); the CSR stream on 8283.
+    "asi_tpx3": (0, 8283),
 }
 
 
@@ -42,16 +44,18 @@ def connection_builder(detector_type: str) -> _Builder:
     Raises
     ------
     ValueError
-        A detector stemflow does not drive (``merlin``, ``dectris``; ``asi_tpx3`` is not
-        offered yet).
+        A detector stemflow does not drive (it drives ``merlin``, ``dectris`` and
+        ``asi_tpx3``).
     """
     t = detector_type.lower()
     if t in ("arina", "dectris", "quadro", "eiger"):
         t = "dectris"
+    if t in ("tpx3", "timepix3", "asi_tpx3", "asi-tpx3"):
+        t = "asi_tpx3"
     if t not in _DEFAULT_PORTS and t != "simulated":
         raise ValueError(
             f"unknown or unsupported detector type {detector_type!r}: give 'merlin', "
-            "'dectris' or 'simulated'"
+            "'dectris', 'asi_tpx3' or 'simulated'"
         )
     return _Builder(t)
 
@@ -71,8 +75,10 @@ class _Builder:
         **kwargs,
     ) -> Connection:
         """A connection with LiberTEM-live's keyword names: ``data_host``, ``data_port``
-        (Merlin data port 6342 / DECTRIS zmq stream 31001), ``api_host``, ``api_port``
-        (Merlin control 6341 / DECTRIS REST 80). Other keyword arguments of LiberTEM-live
+        (Merlin data port 6342 / DECTRIS zmq stream 31001 / ASI TPX3 CSR stream 8283),
+        ``api_host``, ``api_port`` (Merlin control 6341 / DECTRIS REST 80 / ASI TPX3
+        Serval, usually 8080: give it for active mode; without it the TPX3 connection is
+        passive only, as LiberTEM-live's). Other keyword arguments of LiberTEM-live
         (``drain``, buffer sizes, ``bytes_per_frame``, …) are accepted; stemflow's receivers
         size their buffers themselves.
 
@@ -140,8 +146,8 @@ class ActiveController:
 
 
 class Connection:
-    """A connection to a detector (``merlin`` or ``dectris``) or to stemflow's simulated
-    instrument (``simulated``)."""
+    """A connection to a detector (``merlin``, ``dectris`` or ``asi_tpx3``) or to
+    stemflow's simulated instrument (``simulated``)."""
 
     def __init__(self, detector, data_host, data_port, api_host, api_port, profile=None):
         self.detector = detector
@@ -157,6 +163,8 @@ class Connection:
         o = {"detector": self.detector, "host": self.data_host}
         if self.detector == "merlin":
             o.update(control_port=self.api_port, data_port=self.data_port)
+        elif self.detector == "asi_tpx3":
+            o.update(detector="tpx3", api_port=self.api_port or 0, data_port=self.data_port)
         else:
             o.update(api_port=self.api_port, stream_port=self.data_port)
         return o

@@ -1,5 +1,5 @@
 """Detector simulators for notebooks and tests without hardware: the same simulators as
-``stemflow sim merlin|dectris``, speaking the detectors' real protocols on loopback.
+``stemflow sim merlin|dectris|tpx3``, speaking the detectors' real protocols on loopback.
 
 >>> with MerlinSimulator(nav_shape=(32, 32), sig_shape=(256, 256)) as sim:
 ...     conn = ctx.make_connection("merlin").open(data_port=sim.data_port,
@@ -12,7 +12,7 @@ import os
 
 from . import _native
 
-__all__ = ["DectrisSimulator", "MerlinSimulator"]
+__all__ = ["DectrisSimulator", "MerlinSimulator", "Tpx3Simulator"]
 
 
 class _Simulator:
@@ -98,4 +98,26 @@ class DectrisSimulator(_Simulator):
 
     @property
     def stream_port(self) -> int:
+        return self._p1
+
+
+class Tpx3Simulator(_Simulator):
+    """An ASI Timepix3 camera: the sparse CSR event stream (``data_port``, as LiberTEM-live
+    reads it; every client that connects gets the scan, again and again) and a Serval REST
+    emulation (``api_port``). Events of a synthetic specimen (about 410 per frame) or of a
+    ``.tpx`` stream recording; parameters as :class:`MerlinSimulator` (``sig_shape``
+    defaults to 512 × 512 here).
+    """
+
+    _detector = "tpx3"
+
+    def __init__(self, nav_shape=(16, 16), sig_shape=(512, 512), **kwargs):
+        super().__init__(nav_shape=nav_shape, sig_shape=sig_shape, **kwargs)
+
+    @property
+    def api_port(self) -> int:
+        return self._p0
+
+    @property
+    def data_port(self) -> int:
         return self._p1
