@@ -20,6 +20,15 @@
 //!   scan engine's trigger line), pacing and fault injection. Inside: `wire` (our own
 //!   stream-v1 message writer), `settings` (the parameter store), `rest` (the API),
 //!   `source` (capture reader, synthetic frames), `engine` (series state and the sender).
+//! - [`tpx3`]: [`tpx3::Tpx3Sim`], an ASI Timepix3 (CheeTah) detector (protocols.md §3): the
+//!   sparse CSR event stream on a TCP data port (32-byte headers from
+//!   `stemflow_drivers::asi::wire`) and an emulation of the Serval REST API; replays `.tpx`
+//!   stream files or generates Poisson events of the specimen without dense frames;
+//!   free-running (every client gets the acquisition, as LiberTEM's simulator) or active
+//!   (`measurement/start`, timer or trigger-line paced, stop → AcquisitionEnd inside the
+//!   scan); configurable chunking, dtypes, padding and pacing; fault injection. Inside:
+//!   `source` (recording reader, event generator, pre-encoded chunks), `engine` (the data
+//!   connection, acquisitions with faults, passive server, active engine), `rest` (Serval).
 //! - [`scan`]: [`scan::ScanEngineSim`], a raster scan generator implementing
 //!   `stemflow_core::devices::ScanEngine`, firing the trigger line per pixel or per line with
 //!   drift-free deadlines, with faults (silent engine, unplugged cable).
@@ -47,6 +56,7 @@ pub mod scan;
 pub mod scpi_devices;
 mod scpi_server;
 pub mod specimen;
+pub mod tpx3;
 
 use std::path::PathBuf;
 

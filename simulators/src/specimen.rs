@@ -407,6 +407,85 @@ impl Specimen {
         }
     }
 
+    /// Places the electrons of scan position `index % nav_shape.len()` one by one, as an event
+    /// detector (Timepix3) sees them: appends the flat pixel index (`row × cols + col`) of
+    /// every electron that lands on the `sig_shape` frame to `out`, in no particular order (a
+    /// pixel hit twice appears twice). Same model and means as [`Specimen::render_frame`]: a
+    /// Poisson number `dose × (1 − s)` of BF electrons uniform over the (shifted) BF disk, and
+    /// a Poisson number `dose × s` of scattered electrons with the Rutherford-like radial
+    /// density; electrons landing outside the frame are lost. Noise is seeded from
+    /// `(rng_seed, index)`, so the same arguments always place the same electrons.
+    ///
+    /// Cost is proportional to the dose, not to the frame size (about 20–50 ns per electron),
+    /// so sparse 512 × 512 frames never need a dense buffer.
+    pub fn place_electrons(
+        &self,
+        nav_shape: NavShape,
+        index: u64,
+        sig_shape: SigShape,
+        rng_seed: u64,
+        out: &mut Vec<u32>,
+    ) {
+        if sig_shape.is_empty() || sig_shape.len() > u32::MAX as usize {
+            return;
+        }
+        let (s, dy, dx) = self.probe(nav_shape, index);
+        let mut rng = Rng::new(mix(rng_seed, index));
+        let (rows, cols) = (sig_shape.rows, sig_shape.cols);
+        let (cy0, cx0) = (rows as f64 / 2.0, cols as f64 / 2.0);
+        let r_bf = if self.params.bf_radius_px.is_finite() {
+            self.params.bf_radius_px.max(0.5)
+        } else {
+            0.5
+        };
+        let mut put = |y: f64, x: f64| {
+            if y >= 0.0 && x >= 0.0 {
+                let (i, j) = (y as usize, x as usize);
+                if i < rows && j < cols {
+                    out.push((i * cols + j) as u32);
+                }
+            }
+        };
+        // BF disk: uniform over the disk centred on the deflected beam (rejection sampling
+        // from the enclosing square, 79 % acceptance).
+        let (cy, cx) = (cy0 + dy, cx0 + dx);
+        let n_bf = rng.poisson(self.dose() * (1.0 - s));
+        for _ in 0..n_bf {
+            let (ux, uy) = loop {
+                let ux = 2.0 * rng.uniform() - 1.0;
+                let uy = 2.0 * rng.uniform() - 1.0;
+                if ux * ux + uy * uy <= 1.0 {
+                    break (ux, uy);
+                }
+            };
+            put(cy + uy * r_bf, cx + ux * r_bf);
+        }
+        // Annulus: as in `render_frame`.
+        let n_scattered = rng.poisson(self.dose() * s);
+        if n_scattered == 0 {
+            return;
+        }
+        let rr0 = r_bf * r_bf;
+        let cdf = |r: f64| 1.0 - 1.0 / (1.0 + r * r / rr0);
+        let r_in = 1.05 * r_bf;
+        let r_max = ((rows * rows + cols * cols) as f64).sqrt() / 2.0 + 1.0;
+        let (u_lo, u_hi) = (cdf(r_in), cdf(r_max.max(r_in)));
+        for _ in 0..n_scattered {
+            let u = u_lo + (u_hi - u_lo) * rng.uniform();
+            let r2 = rr0 * (1.0 / (1.0 - u) - 1.0);
+            let (ux, uy, q) = loop {
+                let ux = 2.0 * rng.uniform() - 1.0;
+                let uy = 2.0 * rng.uniform() - 1.0;
+                let q = ux * ux + uy * uy;
+                if q > 1e-12 && q <= 1.0 {
+                    break (ux, uy, q);
+                }
+            };
+            let scale = (r2 / q).sqrt();
+            put(cy0 + uy * scale, cx0 + ux * scale);
+        }
+    }
+
     /// Ground truth of the ADF signal: expected scattered electrons per frame (`dose × s`) at
     /// every scan position, row-major, `nav_shape.len()` values. A ring-shaped virtual detector
     /// beyond the BF disk sees a fixed fraction of it.
@@ -448,6 +527,43 @@ mod tests {
         // Every electron of the BF disk lands; scattered ones may leave the frame.
         let total: u64 = a.iter().map(|&v| v as u64).sum();
         assert!(total > 3000 && total < 4300, "total {total}");
+    }
+
+    #[test]
+    fn placed_electrons_match_the_rendered_frame_on_average() {
+        let sp = Specimen::builder().disk_radius_px(8.0).dose(400.0).build();
+        let nav = NavShape::new(8, 8);
+        let sig = SigShape::new(64, 64);
+        let (mut events, mut dense) = (Vec::new(), vec![0u32; sig.len()]);
+        let (mut placed, mut rendered) = (vec![0f64; sig.len()], vec![0f64; sig.len()]);
+        for i in 0..200u64 {
+            events.clear();
+            sp.place_electrons(nav, 9, sig, i, &mut events);
+            assert!(events.iter().all(|&e| (e as usize) < sig.len()));
+            events.iter().for_each(|&e| placed[e as usize] += 1.0);
+            sp.render_frame(nav, 9, sig, i, &mut dense);
+            dense
+                .iter()
+                .zip(&mut rendered)
+                .for_each(|(&d, r)| *r += f64::from(d));
+        }
+        let (a, b): (f64, f64) = (placed.iter().sum(), rendered.iter().sum());
+        assert!((a / b - 1.0).abs() < 0.03, "totals {a} vs {b}");
+        // Same share inside the BF disk (radius 8 around the centre).
+        let inside = |img: &[f64]| -> f64 {
+            (0..sig.len())
+                .filter(|&k| {
+                    let (y, x) = ((k / 64) as f64 + 0.5 - 32.0, (k % 64) as f64 + 0.5 - 32.0);
+                    y * y + x * x < 81.0
+                })
+                .map(|k| img[k])
+                .sum()
+        };
+        let (fa, fb) = (inside(&placed) / a, inside(&rendered) / b);
+        assert!((fa - fb).abs() < 0.03, "BF share {fa} vs {fb}");
+        let mut again = Vec::new();
+        sp.place_electrons(nav, 9, sig, 199, &mut again);
+        assert_eq!(again, events, "deterministic");
     }
 
     #[test]
