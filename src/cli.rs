@@ -726,13 +726,13 @@ impl From<AcquireArgs> for app::AcquireOptions {
             host: a.host,
             control_port: a.control_port,
             data_port: a.data_port.unwrap_or(data_default),
-            api_port: a.api_port.unwrap_or(
-                if detector == DetectorKind::Tpx3 && passive {
+            api_port: a
+                .api_port
+                .unwrap_or(if detector == DetectorKind::Tpx3 && passive {
                     0
                 } else {
                     api_default
-                },
-            ),
+                }),
             stream_port: a.stream_port,
             mode: match a.mode {
                 ModeArg::Active => ArmMode::Active,

@@ -188,7 +188,11 @@ fn libertems_client_reads_stemflows_simulator_and_matches_the_reference() {
     );
     let got: Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("client output"))
         .expect("client JSON");
-    assert!(got.get("error").is_none(), "LiberTEM-live raised: {got}\n{}", tail(&client_log.text(), 4000));
+    assert!(
+        got.get("error").is_none(),
+        "LiberTEM-live raised: {got}\n{}",
+        tail(&client_log.text(), 4000)
+    );
     let want = py
         .command(&py.python())
         .arg(interop_script("tpx3_reference.py"))

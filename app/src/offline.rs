@@ -17,8 +17,8 @@ use stemflow_drivers::dectris::DectrisDataSet;
 use stemflow_drivers::merlin::{MibDataSet, MibFile};
 use stemflow_processing::io::{ByteOrder, ElementType};
 use stemflow_processing::{
-    CsrHdf5DataSet, DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary, Snapshot,
-    run_dataset,
+    CsrHdf5DataSet, DataSet, Hdf5DataSet, NpyDataSet, Outcome, RawDataSet, RawSpec, RunSummary,
+    Snapshot, run_dataset,
 };
 use stemflow_recording::hdf5::{Hdf5Recorder, RecordingSpec};
 

@@ -260,9 +260,7 @@ impl DetectorEndpoint {
                 })
             }
             DetectorKind::Tpx3 => {
-                let serval = self
-                    .use_api
-                    .then(|| (self.host.to_string(), self.api_port));
+                let serval = self.use_api.then(|| (self.host.to_string(), self.api_port));
                 let mut cfg =
                     Tpx3DetectorConfig::new(SocketAddr::new(self.host, self.data_port), serval);
                 if let Some(t) = self.frame_timeout {

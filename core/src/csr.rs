@@ -220,28 +220,13 @@ impl CsrChunkRef {
         let val0 = u64::from(self.values_offset);
         let val_end = self.payload_len();
         if indptr_end > ind0 {
-            return Err(err(
-                "indptr",
-                0,
-                indptr_end,
-                "overlaps the indices offset",
-            ));
+            return Err(err("indptr", 0, indptr_end, "overlaps the indices offset"));
         }
         if ind_end > val0 {
-            return Err(err(
-                "indices",
-                ind0,
-                ind_end,
-                "overlaps the values offset",
-            ));
+            return Err(err("indices", ind0, ind_end, "overlaps the values offset"));
         }
         if val_end != payload {
-            return Err(err(
-                "values",
-                val0,
-                val_end,
-                "must end the payload",
-            ));
+            return Err(err("values", val0, val_end, "must end the payload"));
         }
         Ok(())
     }
@@ -358,11 +343,7 @@ impl From<CsrStack> for Stack {
 
 /// Reads little-endian elements of `dt` from `bytes` (exactly `n` of them) as `u64`s into
 /// `out`, calling `check(k, value)` for each.
-fn read_le(
-    bytes: &[u8],
-    dt: CsrDType,
-    out: &mut Vec<u64>,
-) {
+fn read_le(bytes: &[u8], dt: CsrDType, out: &mut Vec<u64>) {
     match dt {
         CsrDType::U8 => out.extend(bytes.iter().map(|&b| u64::from(b))),
         CsrDType::U16 => out.extend(
@@ -375,9 +356,11 @@ fn read_le(
                 .chunks_exact(4)
                 .map(|c| u64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
         ),
-        CsrDType::U64 => out.extend(bytes.chunks_exact(8).map(|c| {
-            u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
-        })),
+        CsrDType::U64 => out.extend(
+            bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])),
+        ),
     }
 }
 
@@ -485,7 +468,10 @@ impl CsrRows {
 
     /// Appends rows `rows` of `other` (same frame shape).
     pub fn extend_rows(&mut self, other: &CsrRows, rows: std::ops::Range<usize>) {
-        let (a, b) = (other.indptr[rows.start] as usize, other.indptr[rows.end] as usize);
+        let (a, b) = (
+            other.indptr[rows.start] as usize,
+            other.indptr[rows.end] as usize,
+        );
         let base = self.indices.len() as u64;
         self.indices.extend_from_slice(&other.indices[a..b]);
         self.values.extend_from_slice(&other.values[a..b]);
@@ -566,7 +552,8 @@ impl CsrRows {
         let val0 = c.values_offset as usize;
         let val = &payload[val0..val0 + nnz * c.values.size()];
         let base_entries = self.indices.len();
-        if let Some((entry, index)) = read_u32s(ind, format.indices, sig_len as u64, &mut self.indices)
+        if let Some((entry, index)) =
+            read_u32s(ind, format.indices, sig_len as u64, &mut self.indices)
         {
             return Err(CsrError::Index {
                 entry,

@@ -5,8 +5,8 @@
 //! blocking thread. Frames never pass through this interface's return values one by one:
 //! [`ArmedAcquisition::stacks`] is the bounded channel the detector's receiver fills.
 
-use crate::devices::DeviceError;
 use crate::csr::Stack;
+use crate::devices::DeviceError;
 use crate::validity::FrameValidity;
 use crate::{DType, NavShape, SigShape};
 use crossbeam_channel::Receiver;

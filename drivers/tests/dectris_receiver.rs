@@ -142,8 +142,7 @@ struct Outcome {
 fn collect(rx: &DectrisReceiver) -> Outcome {
     let until = Instant::now() + TIMEOUT;
     let events = rx.events();
-    let (header, stacks_rx): (SeriesHeader, Receiver<Stack>) = match events.recv_deadline(until)
-    {
+    let (header, stacks_rx): (SeriesHeader, Receiver<Stack>) = match events.recv_deadline(until) {
         Ok(ReceiverEvent::Armed { header, stacks, .. }) => (*header, stacks),
         Ok(ReceiverEvent::Error { error, .. }) => panic!("error before the header: {error}"),
         Ok(other) => panic!("unexpected event before Armed: {other:?}"),

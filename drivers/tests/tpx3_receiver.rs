@@ -9,9 +9,9 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::thread::JoinHandle;
 use std::time::Duration;
+use stemflow_core::SigShape;
 use stemflow_core::csr::{CsrDType, CsrFormat, CsrRows, Stack};
 use stemflow_core::validity::FrameStatus;
-use stemflow_core::SigShape;
 use stemflow_drivers::asi::wire::{self, AcquisitionStart, FormatType, Header, ScanStart};
 use stemflow_drivers::asi::{
     AcquisitionSummary, EndReason, ReceiverEvent, Tpx3Receiver, Tpx3ReceiverConfig,
@@ -86,7 +86,9 @@ fn receive(addr: SocketAddr, cfg: impl FnOnce(&mut Tpx3ReceiverConfig), scans: u
     };
     while let Ok(ev) = rx.events().recv_timeout(TIMEOUT) {
         match ev {
-            ReceiverEvent::Armed { header, stacks: s, .. } => {
+            ReceiverEvent::Armed {
+                header, stacks: s, ..
+            } => {
                 out.scans.push(Scan {
                     header: Some(header),
                     rows: CsrRows::default(),
@@ -146,6 +148,7 @@ fn frame(f: u64, sig_len: u64) -> (Vec<u32>, Vec<u32>) {
 
 /// A scan's messages: `ScanStart` (with `metadata`), chunks of `per_chunk` rows for frames
 /// `0..frames` in value dtype `vd` with `pad`, and `end` (e.g. `ScanEnd`).
+#[allow(clippy::too_many_arguments)]
 fn scan_bytes(
     a: &AcquisitionStart,
     seq: u32,
@@ -192,9 +195,15 @@ fn the_shared_capture_arrives_whole_and_sums_as_its_readme_says() {
     assert!(out.error.is_none(), "{:?}", out.error);
     let scan = &out.scans[0];
     let h = scan.header.as_ref().unwrap();
-    assert_eq!((h.acquisition.nav_shape, h.acquisition.sig_shape), ((16, 16), (512, 512)));
+    assert_eq!(
+        (h.acquisition.nav_shape, h.acquisition.sig_shape),
+        ((16, 16), (512, 512))
+    );
     let s = scan.summary.as_ref().unwrap();
-    assert_eq!((s.expected, s.received, s.lost, s.damaged), (256, 256, 0, 0));
+    assert_eq!(
+        (s.expected, s.received, s.lost, s.damaged),
+        (256, 256, 0, 0)
+    );
     assert_eq!(s.end, EndReason::AllFrames);
     assert_eq!(s.series, (1, 1));
     assert_eq!(scan.rows.n_frames(), 256);
@@ -212,12 +221,39 @@ fn every_dtype_padding_metadata_and_several_scans_and_acquisitions_per_connectio
     let mut b = Vec::new();
     let a1 = acq((3, 5), (16, 16), U8, U8, 1);
     b.extend_from_slice(&Header::AcquisitionStart(a1).to_bytes());
-    b.extend(scan_bytes(&a1, 1, b"{\"dwell\":1e-6}", 15, 4, U16, 3, Some(Header::ScanEnd(1))));
-    b.extend(scan_bytes(&a1, 2, b"", 15, 15, U64, 0, Some(Header::ScanEnd(2))));
+    b.extend(scan_bytes(
+        &a1,
+        1,
+        b"{\"dwell\":1e-6}",
+        15,
+        4,
+        U16,
+        3,
+        Some(Header::ScanEnd(1)),
+    ));
+    b.extend(scan_bytes(
+        &a1,
+        2,
+        b"",
+        15,
+        15,
+        U64,
+        0,
+        Some(Header::ScanEnd(2)),
+    ));
     b.extend_from_slice(&Header::AcquisitionEnd(1).to_bytes());
     let a2 = acq((2, 4), (300, 250), U64, U32, 2);
     b.extend_from_slice(&Header::AcquisitionStart(a2).to_bytes());
-    b.extend(scan_bytes(&a2, 1, b"", 8, 3, U32, 5, Some(Header::ScanEnd(1))));
+    b.extend(scan_bytes(
+        &a2,
+        1,
+        b"",
+        8,
+        3,
+        U32,
+        5,
+        Some(Header::ScanEnd(1)),
+    ));
     b.extend_from_slice(&Header::AcquisitionEnd(2).to_bytes());
     let (addr, server) = serve(b, Duration::from_millis(300));
     let out = receive(addr, |_| {}, 3);
@@ -226,7 +262,9 @@ fn every_dtype_padding_metadata_and_several_scans_and_acquisitions_per_connectio
     let meta = &out.scans[0].header.as_ref().unwrap().metadata;
     assert_eq!(meta, b"{\"dwell\":1e-6}");
     for (i, (frames, sig_len, series)) in
-        [(15, 256, (1, 1)), (15, 256, (1, 2)), (8, 75_000, (2, 1))].into_iter().enumerate()
+        [(15, 256, (1, 1)), (15, 256, (1, 2)), (8, 75_000, (2, 1))]
+            .into_iter()
+            .enumerate()
     {
         let s = out.scans[i].summary.as_ref().unwrap();
         assert_eq!((s.received, s.lost, s.damaged), (frames, 0, 0), "scan {i}");
@@ -243,14 +281,35 @@ fn a_cancelled_scan_and_a_short_scan_count_the_rest_lost() {
     let a = acq((4, 4), (32, 32), U32, U32, 1);
     let mut b = Header::AcquisitionStart(a).to_bytes().to_vec();
     // 10 of 16 frames, then AcquisitionEnd inside the scan (a stopped measurement).
-    b.extend(scan_bytes(&a, 1, b"", 10, 5, U32, 0, Some(Header::AcquisitionEnd(1))));
+    b.extend(scan_bytes(
+        &a,
+        1,
+        b"",
+        10,
+        5,
+        U32,
+        0,
+        Some(Header::AcquisitionEnd(1)),
+    ));
     b.extend_from_slice(&Header::AcquisitionStart(a).to_bytes());
     // 12 of 16, then ScanEnd.
-    b.extend(scan_bytes(&a, 1, b"", 12, 4, U32, 0, Some(Header::ScanEnd(1))));
+    b.extend(scan_bytes(
+        &a,
+        1,
+        b"",
+        12,
+        4,
+        U32,
+        0,
+        Some(Header::ScanEnd(1)),
+    ));
     let (addr, server) = serve(b, Duration::from_millis(300));
     let out = receive(addr, |_| {}, 2);
     let s0 = out.scans[0].summary.as_ref().unwrap();
-    assert_eq!((s0.received, s0.lost, s0.end), (10, 6, EndReason::Cancelled));
+    assert_eq!(
+        (s0.received, s0.lost, s0.end),
+        (10, 6, EndReason::Cancelled)
+    );
     assert_eq!(s0.validity.status(10), FrameStatus::Missing);
     let s1 = out.scans[1].summary.as_ref().unwrap();
     assert_eq!((s1.received, s1.lost, s1.end), (12, 4, EndReason::ScanEnd));
@@ -266,7 +325,10 @@ fn a_stream_joined_mid_way_is_refused_with_a_clear_error() {
     let (addr, server) = serve(b[32..].to_vec(), Duration::from_millis(300));
     let out = receive(addr, |_| {}, 1);
     let e = out.error.expect("refused");
-    assert!(e.contains("instead of AcquisitionStart") && e.contains("ArrayChunk"), "{e}");
+    assert!(
+        e.contains("instead of AcquisitionStart") && e.contains("ArrayChunk"),
+        "{e}"
+    );
     assert!(out.scans.is_empty());
     server.join().unwrap();
 }
@@ -302,7 +364,12 @@ fn broken_chunks_end_the_connection_or_count_damaged_as_they_should() {
     let b = case(&|s| s[chunks_at[2]] = 0x77);
     let (addr, server) = serve(b, Duration::from_millis(300));
     let out = receive(addr, |_| {}, 1);
-    assert!(out.error.as_deref().unwrap().contains("unknown message tag 119"));
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap()
+            .contains("unknown message tag 119")
+    );
     let s = out.scans[0].summary.as_ref().unwrap();
     assert_eq!((s.received, s.expected), (4, 8));
     server.join().unwrap();
@@ -344,7 +411,10 @@ fn broken_chunks_end_the_connection_or_count_damaged_as_they_should() {
     let (addr, server) = serve(b, Duration::ZERO);
     let out = receive(addr, |_| {}, 1);
     let e = out.error.unwrap();
-    assert!(e.contains("connection closed inside the payload of the ArrayChunk of frames 6..8"), "{e}");
+    assert!(
+        e.contains("connection closed inside the payload of the ArrayChunk of frames 6..8"),
+        "{e}"
+    );
     let s = out.scans[0].summary.as_ref().unwrap();
     assert_eq!((s.received, s.damaged), (6, 2));
     server.join().unwrap();
@@ -368,8 +438,14 @@ fn a_silent_detector_ends_the_scan_at_the_deadline() {
     let t = std::time::Instant::now();
     let out = receive(addr, |c| c.frame_timeout = Duration::from_millis(300), 1);
     let s = out.scans[0].summary.as_ref().unwrap();
-    assert_eq!((s.received, s.lost, s.end), (2, 2, EndReason::InactivityDeadline));
-    assert!(t.elapsed() < Duration::from_secs(2), "ended at the deadline, not the close");
+    assert_eq!(
+        (s.received, s.lost, s.end),
+        (2, 2, EndReason::InactivityDeadline)
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "ended at the deadline, not the close"
+    );
     server.join().unwrap();
 }
 

@@ -58,7 +58,8 @@ pub use engine::{
     run_dataset_range, run_live, run_tiles,
 };
 pub use io::{
-    CsrHdf5DataSet, DataSet, ElementType, Hdf5DataSet, IoError, MemoryDataSet, NpyDataSet, RawDataSet, RawSpec,
+    CsrHdf5DataSet, DataSet, ElementType, Hdf5DataSet, IoError, MemoryDataSet, NpyDataSet,
+    RawDataSet, RawSpec,
 };
 pub use mask::CustomMask;
 pub use mask::{Mask, MasksParams, NamedMask, Span, SpanMask, line_fraction};

@@ -51,7 +51,8 @@ fn chunk(
     vd: CsrDType,
     pad: usize,
 ) -> (Vec<u8>, u32, u32, u32) {
-    let put = |b: &mut Vec<u8>, v: u64, dt: CsrDType| b.extend_from_slice(&v.to_le_bytes()[..dt.size()]);
+    let put =
+        |b: &mut Vec<u8>, v: u64, dt: CsrDType| b.extend_from_slice(&v.to_le_bytes()[..dt.size()]);
     let (mut ptr, mut ind, mut val) = (vec![0u64], Vec::new(), Vec::new());
     for f in frames {
         for (i, &v) in f.iter().enumerate() {

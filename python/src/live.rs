@@ -27,7 +27,9 @@ use stemflow_processing::{Outcome, RunConfig};
 
 fn kind_of(name: &str) -> PyResult<DetectorKind> {
     DetectorKind::from_name(name).ok_or_else(|| {
-        PyValueError::new_err(format!("unknown detector {name:?}: give merlin, dectris or tpx3"))
+        PyValueError::new_err(format!(
+            "unknown detector {name:?}: give merlin, dectris or tpx3"
+        ))
     })
 }
 

@@ -69,16 +69,16 @@ impl CsrWriter {
             .create("csr/indptr")
             .map_err(h5(path, "/entry/data/csr/indptr", "creating the dataset"))?;
         let mk = |name: &str| {
-            let b = data
-                .new_dataset::<u32>()
-                .shape(0..)
-                .chunk(CHUNK_ENTRIES);
+            let b = data.new_dataset::<u32>().shape(0..).chunk(CHUNK_ENTRIES);
             let b = match deflate {
                 Some(level) => b.shuffle().deflate(level),
                 None => b,
             };
-            b.create(format!("csr/{name}").as_str())
-                .map_err(h5(path, "/entry/data/csr", "creating the dataset"))
+            b.create(format!("csr/{name}").as_str()).map_err(h5(
+                path,
+                "/entry/data/csr",
+                "creating the dataset",
+            ))
         };
         let indices = mk("indices")?;
         let values = mk("values")?;
@@ -169,8 +169,7 @@ impl CsrWriter {
             }
         }
         let base = nnz as u64;
-        self.ptr
-            .extend(rows.indptr[1..].iter().map(|&q| base + q));
+        self.ptr.extend(rows.indptr[1..].iter().map(|&q| base + q));
         Ok(())
     }
 

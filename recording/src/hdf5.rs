@@ -474,7 +474,12 @@ impl Hdf5Recorder {
                 observed: rows.sig_shape,
             });
         }
-        check_range(&self.path, rows.first_frame, rows.n_frames(), self.spec.nav_shape)?;
+        check_range(
+            &self.path,
+            rows.first_frame,
+            rows.n_frames(),
+            self.spec.nav_shape,
+        )?;
         match &mut self.mode {
             Mode::Inline(w) => {
                 w.write_csr(rows.clone())?;

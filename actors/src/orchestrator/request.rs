@@ -7,9 +7,9 @@ use crossbeam_channel::Receiver;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+use stemflow_core::csr::Stack;
 use stemflow_core::detector::{ArmMode, DetectorSettings};
 use stemflow_core::devices::{MicroscopeSettings, ScanSettings};
-use stemflow_core::csr::Stack;
 use stemflow_core::{DType, NavShape, SigShape};
 
 /// What a pipeline builder gets for one acquisition.

@@ -249,8 +249,14 @@ fn end_to_end(nav: NavShape, sig: SigShape, mean: u64) -> Result<Figure> {
     let run_cfg = RunConfig::new(nav, armed.sig_shape, armed.dtype);
     let u = udfs(&Geometry::centred(armed.sig_shape));
     let cancel = AtomicBool::new(false);
-    let summary =
-        stemflow_processing::run_live(armed.stacks.clone(), &u, &run_cfg, None, &mut |_| {}, &cancel)?;
+    let summary = stemflow_processing::run_live(
+        armed.stacks.clone(),
+        &u,
+        &run_cfg,
+        None,
+        &mut |_| {},
+        &cancel,
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     let end = end_within(&armed.end, Duration::from_secs(10))?;
     let events = sim.stats().events_sent;

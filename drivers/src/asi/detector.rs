@@ -434,7 +434,10 @@ impl Detector for Tpx3Detector {
         let a = header.acquisition;
         let sig_shape = SigShape::new(a.sig_shape.0 as usize, a.sig_shape.1 as usize);
         if let Some(s) = self.sig_shape.filter(|s| *s != sig_shape) {
-            tracing::warn!("{}: stream announces {sig_shape}, Serval's layout {s}", self.name);
+            tracing::warn!(
+                "{}: stream announces {sig_shape}, Serval's layout {s}",
+                self.name
+            );
         }
         let announced = NavShape::new(a.nav_shape.0 as usize, a.nav_shape.1 as usize);
         let nav_shape = match (self.cfg.nav_shape, mode) {
@@ -448,10 +451,7 @@ impl Detector for Tpx3Detector {
                 self.name
             );
         }
-        let expected_frames = self
-            .cfg
-            .nav_shape
-            .map_or(a.frames(), |n| n.len() as u64);
+        let expected_frames = self.cfg.nav_shape.map_or(a.frames(), |n| n.len() as u64);
         let (end_tx, end_rx) = bounded(1);
         let name = self.name.clone();
         std::thread::Builder::new()
@@ -459,7 +459,9 @@ impl Detector for Tpx3Detector {
             .spawn(move || {
                 let end = loop {
                     match events.recv() {
-                        Ok(ReceiverEvent::Finished { summary, .. }) => break end_of(&summary, None),
+                        Ok(ReceiverEvent::Finished { summary, .. }) => {
+                            break end_of(&summary, None);
+                        }
                         Ok(ReceiverEvent::Error { error, summary }) => {
                             let msg = error.to_string();
                             break match summary {

@@ -142,7 +142,10 @@ impl TpxFile {
             return Err(format_err(&path, "holds no scan (no ScanStart)".into()));
         }
         let nav = if frames == max {
-            NavShape::new(acquisition.nav_shape.0 as usize, acquisition.nav_shape.1 as usize)
+            NavShape::new(
+                acquisition.nav_shape.0 as usize,
+                acquisition.nav_shape.1 as usize,
+            )
         } else {
             NavShape::new(1, frames as usize)
         };
@@ -241,11 +244,17 @@ mod tests {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../shared/data/tpx3/synthetic_16x16_512.tpx");
         let mut f = TpxFile::open(&p).unwrap();
-        assert_eq!((f.nav_shape(), f.sig_shape()), (NavShape::new(16, 16), SigShape::new(512, 512)));
+        assert_eq!(
+            (f.nav_shape(), f.sig_shape()),
+            (NavShape::new(16, 16), SigShape::new(512, 512))
+        );
         assert!(f.is_sparse());
         let mut all = CsrRows::default();
         f.read_csr(0, 256, &mut all).unwrap();
-        assert_eq!(all.values.iter().map(|&v| u64::from(v)).sum::<u64>(), 104_619);
+        assert_eq!(
+            all.values.iter().map(|&v| u64::from(v)).sum::<u64>(),
+            104_619
+        );
         // Ranges that split chunks (of 4 frames) give the same rows.
         let mut parts = CsrRows::default();
         parts.clear(0, f.sig_shape());
@@ -255,12 +264,16 @@ mod tests {
             assert_eq!(r.first_frame, a);
             parts.extend_rows(&r, 0..n);
         }
-        assert_eq!((&parts.indptr, &parts.indices, &parts.values), (&all.indptr, &all.indices, &all.values));
+        assert_eq!(
+            (&parts.indptr, &parts.indices, &parts.values),
+            (&all.indptr, &all.indices, &all.values)
+        );
         let mut t = Tile::zeros(0, 0, f.sig_shape(), DType::U32);
         f.read_tile(5, 2, &mut t).unwrap();
         assert_eq!(t.n_frames, 2);
         assert!(f.read_csr(250, 10, &mut parts).is_err());
-        let garbage = std::env::temp_dir().join(format!("stemflow-not-tpx-{}.tpx", std::process::id()));
+        let garbage =
+            std::env::temp_dir().join(format!("stemflow-not-tpx-{}.tpx", std::process::id()));
         std::fs::write(&garbage, [1u8; 64]).unwrap();
         let e = TpxFile::open(&garbage).unwrap_err().to_string();
         assert!(e.contains("AcquisitionStart"), "{e}");

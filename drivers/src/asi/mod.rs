@@ -9,17 +9,17 @@
 //! - [`serval`]: [`ServalClient`], Serval's REST API (§3.6).
 //! - [`detector`]: [`Tpx3Detector`], the camera as the orchestrator's `Detector`, passive
 //!   and active (Serval).
-pub mod wire;
 pub mod detector;
 pub mod file;
 pub mod receiver;
 pub mod serval;
+pub mod wire;
 
+pub use detector::{Tpx3Detector, Tpx3DetectorConfig};
+pub use file::TpxFile;
 pub use receiver::{
     AcquisitionSummary, CsrChunks, EndReason, ReceiverEvent, ScanHeader, Tpx3Error, Tpx3Protocol,
     Tpx3Receiver, Tpx3ReceiverConfig,
 };
-pub use detector::{Tpx3Detector, Tpx3DetectorConfig};
-pub use file::TpxFile;
 pub use serval::{ServalClient, ServalError};
 pub use wire::{AcquisitionStart, ArrayChunk, FormatType, Header, WireError};

@@ -32,11 +32,10 @@
 
 use super::wire::{AcquisitionStart, ArrayChunk, HEADER_LEN, Header, WireError};
 use crate::merlin::stream::{DataStream, Fill};
-use crate::receiver::{
-    self, Begin, Connection, CoreError, Flow, Message, OrderError, Protocol, Settings, Sink,
-    Wait,
-};
 use crate::receiver::stack::{FilledStack, StackLayout};
+use crate::receiver::{
+    self, Begin, Connection, CoreError, Flow, Message, OrderError, Protocol, Settings, Sink, Wait,
+};
 use crossbeam_channel::Receiver;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -174,7 +173,9 @@ pub enum Tpx3Error {
         received: u64,
     },
     /// The stream stalled inside a message.
-    #[error("{device}: stalled inside {what}: {received} of {expected} bytes, nothing for {idle_s:.3} s")]
+    #[error(
+        "{device}: stalled inside {what}: {received} of {expected} bytes, nothing for {idle_s:.3} s"
+    )]
     Stalled {
         /// Device name.
         device: String,
@@ -752,7 +753,9 @@ impl Protocol for Tpx3Protocol {
         }
         sink.accept(first, n).map_err(|e| self.core_error(e))?;
         if !sink.has_format() {
-            let slot = (payload as usize + HEADER_LEN).next_multiple_of(8).max(MIN_SLOT);
+            let slot = (payload as usize + HEADER_LEN)
+                .next_multiple_of(8)
+                .max(MIN_SLOT);
             sink.set_format(Arc::new(format), format.sig_shape, DType::U32, slot)
                 .map_err(|e| self.core_error(e))?;
         }
@@ -774,7 +777,12 @@ impl Protocol for Tpx3Protocol {
             .conn
             .fill_more(&mut dst[HEADER_LEN..], self.cfg.frame_timeout)
             .map_err(self.io_error("reading a chunk payload"))?;
-        let what = || format!("the payload of the ArrayChunk of frames {first}..{}", first + n);
+        let what = || {
+            format!(
+                "the payload of the ArrayChunk of frames {first}..{}",
+                first + n
+            )
+        };
         match fill {
             Fill::Done => {}
             Fill::Stopped(_) => return Ok(Flow::Stopped),

@@ -303,7 +303,11 @@ impl ServalClient {
         self.get_json("/measurement")
     }
 
-    fn put_whole(&self, endpoint: &str, changes: &Map<String, Value>) -> Result<Value, ServalError> {
+    fn put_whole(
+        &self,
+        endpoint: &str,
+        changes: &Map<String, Value>,
+    ) -> Result<Value, ServalError> {
         let mut cfg = self.get_json(endpoint)?;
         let Some(obj) = cfg.as_object_mut() else {
             return Err(ServalError::Reply {
@@ -343,7 +347,10 @@ mod tests {
     fn numbers_compare_with_tolerance_and_long_bodies_are_cut() {
         assert!(same(&Value::from(0.001), &serde_json::json!(1e-3)));
         assert!(same(&Value::from(5), &Value::from(5.0)));
-        assert!(!same(&Value::from("PEXSTART_NEXSTOP"), &Value::from("CONTINUOUS")));
+        assert!(!same(
+            &Value::from("PEXSTART_NEXSTOP"),
+            &Value::from("CONTINUOUS")
+        ));
         assert_eq!(cut(&"x".repeat(600)).chars().count(), 501);
     }
 }

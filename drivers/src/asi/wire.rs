@@ -196,7 +196,10 @@ impl Header {
                     indices: CsrDType::from_code("indices", b[12])?,
                     sequence: u32_at(b, 13),
                 };
-                if a.nav_shape.0 == 0 || a.nav_shape.1 == 0 || a.sig_shape.0 == 0 || a.sig_shape.1 == 0
+                if a.nav_shape.0 == 0
+                    || a.nav_shape.1 == 0
+                    || a.sig_shape.0 == 0
+                    || a.sig_shape.1 == 0
                 {
                     return Err(WireError::Shape {
                         nav_rows: a.nav_shape.0,
@@ -292,11 +295,9 @@ pub fn array_chunk(
     };
     let nnz: usize = rows.iter().map(|r| r.0.len()).sum();
     let too_big = |array: &'static str, v: u64, dt: CsrDType| {
-        (v > dt.max()).then_some(WireError::DType(CsrError::Value {
-            entry: 0,
-            value: v,
-        }))
-        .map(|e| (array, e))
+        (v > dt.max())
+            .then_some(WireError::DType(CsrError::Value { entry: 0, value: v }))
+            .map(|e| (array, e))
     };
     if let Some((_, e)) = too_big("indptr", nnz as u64, format.indptr) {
         return Err(e);
@@ -363,7 +364,14 @@ mod tests {
             panic!("AcquisitionStart first")
         };
         assert_eq!(
-            (a.version, a.nav_shape, a.sig_shape, a.indptr, a.indices, a.sequence),
+            (
+                a.version,
+                a.nav_shape,
+                a.sig_shape,
+                a.indptr,
+                a.indices,
+                a.sequence
+            ),
             (7, (16, 16), (512, 512), CsrDType::U32, CsrDType::U32, 1)
         );
         assert_eq!(
@@ -389,10 +397,20 @@ mod tests {
     fn bad_headers_are_named() {
         let mut b = [0u8; HEADER_LEN];
         b[0] = 9;
-        assert!(Header::parse(&b).unwrap_err().to_string().contains("unknown message tag 9"));
+        assert!(
+            Header::parse(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown message tag 9")
+        );
         b[0] = 2;
         b[1] = 1;
-        assert!(Header::parse(&b).unwrap_err().to_string().contains("values dtype code 1"));
+        assert!(
+            Header::parse(&b)
+                .unwrap_err()
+                .to_string()
+                .contains("values dtype code 1")
+        );
         let zero = Header::AcquisitionStart(AcquisitionStart {
             version: 7,
             format_type: FormatType::Csr,

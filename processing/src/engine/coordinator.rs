@@ -374,7 +374,7 @@ pub(super) fn drive<'a, S: Source<'a>>(
                     }
                 },
                 Pulled::Done(done) => {
-                    co.handle(done);
+                    co.handle(*done);
                     continue;
                 }
                 Pulled::Idle => continue,

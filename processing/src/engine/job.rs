@@ -284,13 +284,20 @@ fn encode_frames(
 /// Normalises a live sparse stack into `rows` (when given) and runs the UDFs on the rows
 /// inside the scan. A chunk whose arrays are malformed ([`stemflow_core::csr::CsrError`])
 /// becomes empty rows reported damaged; the others go on.
-fn csr_job(shared: &Shared, stack: Option<CsrStack>, mut rows: CsrRows, tile: Tile) -> Done<'static> {
+fn csr_job(
+    shared: &Shared,
+    stack: Option<CsrStack>,
+    mut rows: CsrRows,
+    tile: Tile,
+) -> Done<'static> {
     let mut done = Done {
         slot: Some(Slot::Pooled(tile)),
         ..Done::default()
     };
     let cfg = &shared.cfg;
-    let sig = stack.as_ref().map_or(rows.sig_shape, |s| s.format.sig_shape);
+    let sig = stack
+        .as_ref()
+        .map_or(rows.sig_shape, |s| s.format.sig_shape);
     let first = stack.as_ref().map_or(rows.first_frame, |s| s.first_frame);
     if sig != cfg.sig_shape || cfg.dtype != DType::U32 {
         done.error = Some(ProcessingError::Mismatch {

@@ -74,8 +74,8 @@ use crossbeam_channel::Receiver;
 use job::Slot;
 use source::{Reader, Stacks, Tiles};
 use std::sync::atomic::AtomicBool;
-use stemflow_core::dataset::DataSet;
 use stemflow_core::csr::Stack;
+use stemflow_core::dataset::DataSet;
 use stemflow_core::frame::Tile;
 
 /// Runs `udfs` on a live stream of raw frame stacks until the stream ends (the receiver

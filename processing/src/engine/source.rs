@@ -10,8 +10,8 @@ use super::summary::Outcome;
 use crossbeam_channel::{Receiver, select};
 use std::ops::Range;
 use std::time::Duration;
-use stemflow_core::dataset::DataSet;
 use stemflow_core::csr::{CsrRows, Stack};
+use stemflow_core::dataset::DataSet;
 
 /// What a source gives the coordinator when asked for work.
 pub(super) enum Pulled<'a> {
@@ -22,8 +22,9 @@ pub(super) enum Pulled<'a> {
     Rows(CsrRows),
     /// A decoded tile, to be checked against the run ([`super::job::admit`]) and processed.
     Tile(Slot<'a>),
-    /// A worker's report that arrived while the source waited for work.
-    Done(Done<'a>),
+    /// A worker's report that arrived while the source waited for work (boxed: a report
+    /// is several times larger than the other variants).
+    Done(Box<Done<'a>>),
     /// Nothing within the wait: the coordinator looks at the clock and the cancel flag.
     Idle,
     /// The source has no more work.
@@ -80,7 +81,7 @@ impl<'a> Source<'a> for Stacks {
                 }
                 Err(_) => Pulled::End,
             },
-            recv(co.done_rx) -> done => done.map_or(Pulled::Idle, Pulled::Done),
+            recv(co.done_rx) -> done => done.map_or(Pulled::Idle, |d| Pulled::Done(Box::new(d))),
             default(wait) => Pulled::Idle,
         }
     }

@@ -171,7 +171,10 @@ mod tests {
     fn the_standard_set_takes_events_and_statistics_need_pixels() {
         let mut udfs = crate::standard_udfs(32.0, 32.0, 8.0);
         let p = plan(&udfs, DType::U32);
-        assert!(p.all, "sum, sum over signal, virtual detectors and CoM take CSR");
+        assert!(
+            p.all,
+            "sum, sum over signal, virtual detectors and CoM take CSR"
+        );
         assert!(matches!(p.tasks[0], TaskCsr::Events));
         assert!(matches!(p.tasks[2], TaskCsr::Linear { k: 2, .. }));
         assert!(matches!(p.tasks[3], TaskCsr::Linear { k: 3, .. }));
