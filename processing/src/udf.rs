@@ -435,15 +435,22 @@ pub trait PartitionTask: Send {
         let _ = (tile, sums, nav);
     }
 
-    /// For sparse frames (CSR rows, decision 0010): adds the events of `frames` consecutive
-    /// rows — every row's flat signal `indices` (`< sig_shape.len()`, pixels) and counts
-    /// `values`, all rows together — into the task's sig accumulator, exactly as the dense
-    /// frames would add; returns true. The default returns false: the engine then treats
-    /// the task as needing dense frames (unless it is [`Fusable::Linear`], whose sums the
-    /// engine computes from the events itself and hands over in
-    /// [`PartitionTask::take_linear`]).
-    fn add_events(&mut self, frames: usize, indices: &[u32], values: &[u32]) -> bool {
-        let _ = (frames, indices, values);
+    /// For sparse frames (CSR rows, decisions 0010 and 0022): processes rows `frames` of
+    /// `rows` (each row a frame: flat signal indices `< sig_shape.len()`, pixels, and
+    /// counts; indices sorted and unique within a row as CSR producers send them), setting
+    /// their nav values in `nav` (`frames.len() × nav_width` slots, zeroed) and adding to
+    /// the task's sig and single accumulators exactly as the same frames, dense, would;
+    /// returns true. Called with empty rows and no frames to ask whether the task can.
+    /// The default returns false: the engine then feeds the task dense frames (unless it
+    /// is [`Fusable::Linear`], whose sums the engine computes from the events itself and
+    /// hands over in [`PartitionTask::take_linear`]).
+    fn process_csr(
+        &mut self,
+        rows: &stemflow_core::csr::CsrRows,
+        frames: Range<usize>,
+        nav: &mut [f64],
+    ) -> bool {
+        let _ = (rows, frames, nav);
         false
     }
 

@@ -16,8 +16,8 @@ use stemflow_core::pool::Pooled;
 use stemflow_core::{DType, NavShape, SigShape};
 use stemflow_processing::udf::Udf;
 use stemflow_processing::{
-    Outcome, RadialProfileParams, RadialProfileUdf, RunConfig, RunSummary, StatsUdf, run_live,
-    run_tiles, standard_udfs,
+    Outcome, PickUdf, RadialProfileParams, RadialProfileUdf, RunConfig, RunSummary, StatsUdf,
+    run_live, run_tiles, standard_udfs,
 };
 
 /// Event frames: about `mean` events per frame, a bright disk at the centre and a sparse
@@ -183,10 +183,17 @@ fn event_udfs_on_csr_equal_the_dense_results_bit_for_bit() {
 }
 
 #[test]
-fn udfs_that_need_pixels_get_rows_densified_with_the_same_results() {
+fn statistics_and_the_radial_profile_on_csr_and_densified_rows_equal_dense() {
     let sig = SigShape::new(48, 64);
     let nav = NavShape::new(5, 13);
-    let frames = event_frames(nav.len(), sig, 200, 9);
+    let mut frames = event_frames(nav.len(), sig, 200, 9);
+    // Pixel 0 hit in every frame (its minimum is not 0), pixel 1 in every frame but one.
+    for (k, f) in frames.iter_mut().enumerate() {
+        f[0] += 2 + k as u64 % 3;
+        if k != 7 {
+            f[1] += 1;
+        }
+    }
     let c = cfg(nav, sig);
     let mut udfs = standard_udfs(32.0, 24.0, 5.0);
     udfs.push(Box::new(StatsUdf::new()));
@@ -196,9 +203,22 @@ fn udfs_that_need_pixels_get_rows_densified_with_the_same_results() {
         bin_width: 2.0,
         n_bins: 10,
     })));
+    // Every UDF takes the rows: no densifying.
     let want = dense(&frames, &c, &udfs);
     let got = live(csr_stacks(&frames, sig, 8, 3, &[]), &c, &udfs);
     assert_eq!(got.frames_processed, nav.len() as u64);
+    assert_identical(&want.results, &got.results);
+    let min = &got.results[4]
+        .buffers
+        .iter()
+        .find(|b| b.name == "min")
+        .unwrap()
+        .data;
+    assert_eq!((min[0], min[1], min[2]), (2.0, 0.0, 0.0));
+    // A UDF that needs pixels (picking a frame): the rows are densified per tile for all.
+    udfs.push(Box::new(PickUdf::new(2, 3)));
+    let want = dense(&frames, &c, &udfs);
+    let got = live(csr_stacks(&frames, sig, 8, 3, &[]), &c, &udfs);
     assert_identical(&want.results, &got.results);
 }
 

@@ -70,9 +70,22 @@ def stemflow_round(stemflow: str, port: int) -> float:
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "run")
         subprocess.run(
-            [stemflow, "acquire", "--detector", "tpx3", "--mode", "passive",
-             "--data-port", str(port), "--no-raw", "--out", out],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                stemflow,
+                "acquire",
+                "--detector",
+                "tpx3",
+                "--mode",
+                "passive",
+                "--data-port",
+                str(port),
+                "--no-raw",
+                "--out",
+                out,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         with open(os.path.join(out, "run.json")) as f:
             run = json.load(f)
@@ -86,9 +99,22 @@ def main() -> int:
     p.add_argument("--nav", type=int, nargs=2, default=(128, 128))
     a = p.parse_args()
     sim = subprocess.Popen(
-        [a.stemflow, "sim", "tpx3", "--nav-shape", f"{a.nav[0]}x{a.nav[1]}",
-         "--sig-shape", "512x512", "--api-port", "0", "--data-port", "0", "--fast"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            a.stemflow,
+            "sim",
+            "tpx3",
+            "--nav-shape",
+            f"{a.nav[0]}x{a.nav[1]}",
+            "--sig-shape",
+            "512x512",
+            "--api-port",
+            "0",
+            "--data-port",
+            "0",
+            "--fast",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         port = None
@@ -104,13 +130,21 @@ def main() -> int:
             lt = libertem_round(port, tuple(a.nav))
             sf = stemflow_round(a.stemflow, port)
             figures.append((lt, sf))
-            print(f"round {k + 1}: LiberTEM-live {lt:.0f} frames/s, stemflow {sf:.0f} "
-                  f"frames/s, ratio {sf / lt:.2f}")
+            print(
+                f"round {k + 1}: LiberTEM-live {lt:.0f} frames/s, stemflow {sf:.0f} "
+                f"frames/s, ratio {sf / lt:.2f}"
+            )
         ratios = sorted(sf / lt for lt, sf in figures)
-        print(json.dumps({"bench": "tpx3 vs libertem-live", "nav": a.nav,
-                          "rounds": [{"libertem_fps": lt, "stemflow_fps": sf}
-                                     for lt, sf in figures],
-                          "ratio_median": ratios[len(ratios) // 2]}))
+        print(
+            json.dumps(
+                {
+                    "bench": "tpx3 vs libertem-live",
+                    "nav": a.nav,
+                    "rounds": [{"libertem_fps": lt, "stemflow_fps": sf} for lt, sf in figures],
+                    "ratio_median": ratios[len(ratios) // 2],
+                }
+            )
+        )
     finally:
         sim.terminate()
         sim.wait(timeout=10)

@@ -26,9 +26,7 @@ def _record(tmp_path, compression=None, name="scan.hspy"):
     """One simulated scan recorded into ``tmp_path / name``; returns the path and the sum."""
     path = tmp_path / name
     with LiveContext() as ctx, ctx.make_connection("simulated").open() as conn:
-        aq = ctx.make_acquisition(
-            conn=conn, nav_shape=NAV, output=path, compression=compression
-        )
+        aq = ctx.make_acquisition(conn=conn, nav_shape=NAV, output=path, compression=compression)
         res = ctx.run_udf(dataset=aq, udf=SumUDF())
     assert aq.record["exit_status"] == "completed"
     return path, np.asarray(res["intensity"].data)

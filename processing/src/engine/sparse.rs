@@ -4,8 +4,8 @@
 //! A task that is [`Fusable::Linear`] (sum over signal, the virtual detectors, the CoM
 //! moments) gets its sums `Σ v·w(index)` over each row's events: `w` is 1, the column or
 //! the row, inside the term's support; the same exact integers the dense paths sum over
-//! the pixels, so its nav values are bit-identical. A task that takes events
-//! ([`PartitionTask::add_events`]: the sum) scatter-adds them. Either costs per event, not
+//! the pixels, so its nav values are bit-identical. A task that takes rows itself
+//! ([`PartitionTask::process_csr`]: the sum, statistics, the radial profile) reads them. Either costs per event, not
 //! per pixel. Any other task makes the worker densify the rows per chunk into a reused
 //! tile and run the dense path for all tasks.
 
@@ -47,8 +47,8 @@ impl Term {
 /// How one task takes sparse rows.
 #[derive(Debug)]
 pub(super) enum TaskCsr {
-    /// [`PartitionTask::add_events`].
-    Events,
+    /// [`PartitionTask::process_csr`].
+    Rows,
     /// Its [`Fusable::Linear`] terms, computed by the engine: `k` sums per frame.
     Linear { terms: Vec<Term>, k: usize },
     /// Needs dense frames.
@@ -83,8 +83,8 @@ impl CsrPlan {
                         k: terms.iter().map(|t| t.weights.len()).sum(),
                         terms: terms.iter().map(|t| Term::new(t, sig)).collect(),
                     },
-                    // Probing with no events changes nothing in the task.
-                    _ if t.add_events(0, &[], &[]) => TaskCsr::Events,
+                    // Probing with no rows changes nothing in the task.
+                    _ if t.process_csr(&CsrRows::default(), 0..0, &mut []) => TaskCsr::Rows,
                     _ => TaskCsr::Dense,
                 }
             })
@@ -175,10 +175,12 @@ mod tests {
             p.all,
             "sum, sum over signal, virtual detectors and CoM take CSR"
         );
-        assert!(matches!(p.tasks[0], TaskCsr::Events));
+        assert!(matches!(p.tasks[0], TaskCsr::Rows));
         assert!(matches!(p.tasks[2], TaskCsr::Linear { k: 2, .. }));
         assert!(matches!(p.tasks[3], TaskCsr::Linear { k: 3, .. }));
         udfs.push(Box::new(crate::StatsUdf::new()));
-        assert!(!plan(&udfs, DType::U32).all);
+        assert!(plan(&udfs, DType::U32).all, "statistics take rows");
+        udfs.push(Box::new(crate::udfs::PickUdf::new(0, 0)));
+        assert!(!plan(&udfs, DType::U32).all, "picking a frame needs pixels");
     }
 }

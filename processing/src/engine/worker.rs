@@ -208,12 +208,12 @@ impl Worker {
         };
         for (u, task) in self.tasks.iter_mut().enumerate() {
             match &self.csr.tasks[u] {
-                TaskCsr::Events => {
-                    let (a, b) = (
-                        rows.indptr[frames.start] as usize,
-                        rows.indptr[frames.end] as usize,
-                    );
-                    task.add_events(n, &rows.indices[a..b], &rows.values[a..b]);
+                TaskCsr::Rows => {
+                    let w = layouts[u].width;
+                    let base = self.starts[u];
+                    let nav = &mut self.values[u][base..base + n * w];
+                    nav.fill(0.0);
+                    task.process_csr(rows, frames.clone(), nav);
                 }
                 TaskCsr::Linear { terms, k } => {
                     self.csr

@@ -5,6 +5,7 @@ use crate::result::ResultBuffer;
 use crate::udf::{BufferDecl, PartitionTask, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 use std::sync::Arc;
 use stemflow_core::SigShape;
 use stemflow_core::frame::PixelsRef;
@@ -220,13 +221,43 @@ impl<P: Pixel> PartitionTask for RadialTask<P> {
                     *s = s.wrapping_add(v.widen());
                 }
             }
-            for ((o, &s), &c) in out.iter_mut().zip(&self.sums).zip(&self.counts) {
-                *o = if c == 0 {
-                    f64::NAN
-                } else {
-                    s as f64 / c as f64
-                };
+            self.finish_frame(out);
+        }
+    }
+    /// Sparse rows: the bin sums of each row's events, the same integers as the dense
+    /// frame's.
+    fn process_csr(
+        &mut self,
+        rows: &stemflow_core::csr::CsrRows,
+        frames: Range<usize>,
+        nav: &mut [f64],
+    ) -> bool {
+        let bins = self.sums.len().max(1);
+        for (out, f) in nav.chunks_exact_mut(bins).zip(frames) {
+            self.sums.fill(0);
+            let (idx, val) = rows.row(f);
+            for (&i, &v) in idx.iter().zip(val) {
+                let k = self.idx.get(i as usize).copied().unwrap_or(u32::MAX);
+                if let Some(s) = self.sums.get_mut(k as usize) {
+                    *s = s.wrapping_add(u64::from(v));
+                }
             }
+            self.finish_frame(out);
+        }
+        true
+    }
+}
+
+impl<P: Pixel> RadialTask<P> {
+    /// The frame's profile from its bin sums: the mean per pixel of each bin (NaN for a
+    /// bin without pixels).
+    fn finish_frame(&self, out: &mut [f64]) {
+        for ((o, &s), &c) in out.iter_mut().zip(&self.sums).zip(&self.counts) {
+            *o = if c == 0 {
+                f64::NAN
+            } else {
+                s as f64 / c as f64
+            };
         }
     }
 }

@@ -5,6 +5,7 @@ use crate::pixel::{FloatPixel, Pixel};
 use crate::result::ResultBuffer;
 use crate::udf::{BufferDecl, PartitionTask, ResultDType, TileView, Udf, UdfMeta};
 use crate::with_pixel_type;
+use std::ops::Range;
 use stemflow_core::frame::PixelsRef;
 
 /// Per-pixel statistics over the processed frames.
@@ -136,6 +137,7 @@ impl Udf for StatsUdf {
             min: vec![u64::MAX; n],
             max: vec![0; n],
             frames: 0,
+            hits: Vec::new(),
             _p: std::marker::PhantomData,
         }), F => Box::new(FloatStatsTask::<F> {
             sum: vec![0.0; n],
@@ -206,6 +208,9 @@ struct StatsTask<P: Pixel> {
     min: Vec<u64>,
     max: Vec<u64>,
     frames: u64,
+    /// Sparse rows: per pixel, the frames with an entry there (the others hold 0 at that
+    /// pixel, which the minimum takes at the merge); empty until the first sparse row.
+    hits: Vec<u64>,
     _p: std::marker::PhantomData<P>,
 }
 
@@ -230,9 +235,48 @@ impl<P: Pixel> PartitionTask for StatsTask<P> {
         let sig = stemflow_core::SigShape::new(1, self.sum.len());
         self.process_tile(&TileView::single(frame, sig, pixels), nav);
     }
+    /// Sparse rows: sums, squares and the maximum from the events; a pixel's minimum is 0
+    /// unless every frame has an entry there (counted in `hits`, resolved at the merge).
+    /// Indices must be unique within a row (as CSR producers send them).
+    fn process_csr(
+        &mut self,
+        rows: &stemflow_core::csr::CsrRows,
+        frames: Range<usize>,
+        _nav: &mut [f64],
+    ) -> bool {
+        // Not on the engine's probe (no frames): a dense run keeps no hit counts.
+        if !frames.is_empty() && self.hits.len() != self.sum.len() {
+            self.hits = vec![0; self.sum.len()];
+        }
+        for f in frames {
+            let (idx, val) = rows.row(f);
+            for (&i, &v) in idx.iter().zip(val) {
+                let (i, v) = (i as usize, u64::from(v));
+                if i >= self.sum.len() {
+                    continue;
+                }
+                self.sum[i] = self.sum[i].wrapping_add(v);
+                self.sum_sq[i] = self.sum_sq[i].wrapping_add(u128::from(v) * u128::from(v));
+                self.min[i] = self.min[i].min(v);
+                self.max[i] = self.max[i].max(v);
+                self.hits[i] += 1;
+            }
+            self.frames += 1;
+        }
+        true
+    }
     fn merge_into(&mut self, global: &mut [ResultBuffer]) {
         if self.frames == 0 {
             return;
+        }
+        if !self.hits.is_empty() {
+            // Pixels without an entry in some frame had a 0 there.
+            for (m, &h) in self.min.iter_mut().zip(&self.hits) {
+                if h < self.frames {
+                    *m = 0;
+                }
+            }
+            self.hits.fill(0);
         }
         let (sum, rest) = global.split_at_mut(1);
         let (sq, rest) = rest.split_at_mut(1);

@@ -200,21 +200,31 @@ impl<P: Pixel> PartitionTask for SumTask<P> {
         P::acc_u32(&mut self.acc)
     }
 
-    fn add_events(&mut self, frames: usize, indices: &[u32], values: &[u32]) -> bool {
-        // A pixel takes at most one entry per row from a sorted CSR producer (a repeated
-        // index still adds up; u64 lanes hold 4.3 G maximal u32 values).
-        if self.frames_in_acc + frames as u64 > P::ACC_HEADROOM {
+    fn process_csr(
+        &mut self,
+        rows: &stemflow_core::csr::CsrRows,
+        frames: Range<usize>,
+        _nav: &mut [f64],
+    ) -> bool {
+        // A pixel takes at most one entry per row from a CSR producer (a repeated index
+        // still adds up; u64 lanes hold 4.3 G maximal u32 values).
+        if self.frames_in_acc + frames.len() as u64 > P::ACC_HEADROOM {
             self.flush();
         }
         let Some(acc) = P::acc_u64(&mut self.acc) else {
             return false;
         };
+        let (a, b) = match (rows.indptr.get(frames.start), rows.indptr.get(frames.end)) {
+            (Some(&a), Some(&b)) => (a as usize, b as usize),
+            _ => (0, 0),
+        };
+        let (indices, values) = (&rows.indices[a..b], &rows.values[a..b]);
         for (&i, &v) in indices.iter().zip(values) {
             if let Some(a) = acc.get_mut(i as usize) {
                 *a = a.wrapping_add(u64::from(v));
             }
         }
-        self.frames_in_acc += frames as u64;
+        self.frames_in_acc += frames.len() as u64;
         true
     }
 
