@@ -71,8 +71,10 @@ fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
     let port = free_port();
     let mut cmd = py.command(&py.bin("libertem-live-asi-tpx-sim"));
     cmd.args(["--port", &port.to_string(), "--cached", "MEM"])
-        // One pass, then a pause: the receiver takes the first scan.
-        .args(["--sleep", "30"])
+        // A pause between passes: the receiver takes the first scan. (Short: the probe
+        // connection of `wait_listening` holds the simulator's one server thread until a
+        // send to it fails.)
+        .args(["--sleep", "1"])
         .arg(capture())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -205,5 +207,61 @@ fn libertems_client_reads_stemflows_simulator_and_matches_the_reference() {
     assert_eq!(got["sum_total"], 104_619.0);
     assert_eq!(got["frame_sums"], want["frame_sums"], "per-frame sums");
     assert_eq!(got["sum_nonzero"], want["sum_nonzero"], "the summed frame");
+    drop(sim);
+}
+
+/// An unseen stream, made by LiberTEM's own serializer: its simulator's mock acquisition
+/// (`--mock-nav-shape 32 32`: one chunk of all 1024 frames, frame `i` holding the value `i`
+/// at pixel `i`). stemflow's per-frame sums and summed frame must be exactly that.
+#[test]
+fn stemflow_reads_libertems_mock_stream_exactly() {
+    let py = pyenv::libertem_live();
+    let port = free_port();
+    let mut cmd = py.command(&py.bin("libertem-live-asi-tpx-sim"));
+    cmd.args(["--port", &port.to_string(), "--cached", "MEM", "--sleep", "1"])
+        .args(["--mock-nav-shape", "32", "32"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut sim = ChildGuard::spawn("libertem-live-asi-tpx-sim --mock-nav-shape", &mut cmd);
+    let log = sim.tap_stderr();
+    assert!(
+        wait_listening(port, SIM_START_TIMEOUT, &mut sim),
+        "LiberTEM's TPX3 simulator did not listen on {port}:\n{}",
+        tail(&log.text(), 3000)
+    );
+    let scratch = ScratchDir::new("interop-tpx3-mock");
+    let out = scratch.path().join("run");
+    let r = stemflow(
+        &[
+            "acquire",
+            "--detector",
+            "tpx3",
+            "--mode",
+            "passive",
+            "--data-port",
+            &port.to_string(),
+            "--arm-timeout-s",
+            "30",
+            "--out",
+            path_arg(&out),
+        ],
+        scratch.path(),
+        "acquire",
+    );
+    r.assert_success("stemflow acquire --detector tpx3 against LiberTEM's mock stream");
+    let h5 = out.join("recording.hspy");
+    let file = hdf5::File::open(&h5).expect("the recording opens");
+    let sums = file
+        .dataset("/entry/results/sum_sig/intensity")
+        .and_then(|d| d.read_raw::<f64>())
+        .expect("per-frame sums");
+    let want: Vec<f64> = (0..1024).map(f64::from).collect();
+    assert_eq!(sums, want, "frame i sums to i");
+    let total = file
+        .dataset("/entry/results/sum/intensity")
+        .and_then(|d| d.read_raw::<f64>())
+        .expect("summed frame");
+    assert!(total[..1024].iter().enumerate().all(|(i, &v)| v == i as f64));
+    assert!(total[1024..].iter().all(|&v| v == 0.0));
     drop(sim);
 }
