@@ -218,10 +218,17 @@ fn stemflow_reads_libertems_mock_stream_exactly() {
     let py = pyenv::libertem_live();
     let port = free_port();
     let mut cmd = py.command(&py.bin("libertem-live-asi-tpx-sim"));
-    cmd.args(["--port", &port.to_string(), "--cached", "MEM", "--sleep", "1"])
-        .args(["--mock-nav-shape", "32", "32"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--cached",
+        "MEM",
+        "--sleep",
+        "1",
+    ])
+    .args(["--mock-nav-shape", "32", "32"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let mut sim = ChildGuard::spawn("libertem-live-asi-tpx-sim --mock-nav-shape", &mut cmd);
     let log = sim.tap_stderr();
     assert!(
@@ -261,7 +268,12 @@ fn stemflow_reads_libertems_mock_stream_exactly() {
         .dataset("/entry/results/sum/intensity")
         .and_then(|d| d.read_raw::<f64>())
         .expect("summed frame");
-    assert!(total[..1024].iter().enumerate().all(|(i, &v)| v == i as f64));
+    assert!(
+        total[..1024]
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == i as f64)
+    );
     assert!(total[1024..].iter().all(|&v| v == 0.0));
     drop(sim);
 }

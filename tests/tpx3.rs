@@ -92,6 +92,11 @@ fn active_mode_configures_serval_reads_it_back_and_receives_the_scan() {
         "AUTOTRIGSTART_TIMERSTOP"
     );
     assert_eq!(back["layout.width"], "128");
+    assert_eq!(back["detector.info.MpxType"], "6", "Timepix3");
+    assert!(
+        back.contains_key("measurement.Info.Status") || back.contains_key("measurement.Status"),
+        "{back:?}"
+    );
     assert_eq!(s.measurement_status(), "DA_IDLE");
     let armed = d
         .arm(ArmMode::Active, Duration::from_secs(5))

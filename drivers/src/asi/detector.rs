@@ -14,7 +14,9 @@
 //! positions, `TriggerMode`, `ExposureTime` and `TriggerPeriod` (s) — each read back — and,
 //! where the server has it (Serval 4.1), the scan in `/measurement/config` (`Stem.Scan`
 //! width, height, dwell time); `arm` starts the measurement (`/measurement/start`) and
-//! returns once its `ScanStart` has arrived on the stream; `disarm` stops it
+//! returns once its `ScanStart` has arrived on the stream; the server's dashboard, the
+//! detector's info and the measurement status are read back with the configuration and
+//! stored in the run's metadata; `disarm` stops it
 //! (`/measurement/stop`) and ends the scan once the stream is quiet.
 //!
 //! Trigger → `TriggerMode` (§3.5–§3.6):
@@ -352,6 +354,19 @@ impl Detector for Tpx3Detector {
                 readback.insert("measurement.config".into(), "not supported".into());
             }
             Err(e) => return Err(rest_err(&self.name, "setting the scan", e)),
+        }
+        // What the server and the detector say about themselves, for the run record.
+        for (prefix, v) in [
+            ("dashboard.", serval.dashboard()),
+            ("detector.info.", serval.detector_info()),
+            ("measurement.", serval.measurement()),
+        ] {
+            match v {
+                Ok(v) => flat(&mut readback, prefix, &v),
+                Err(e) => {
+                    readback.insert(format!("{prefix}error"), e.to_string());
+                }
+            }
         }
         let layout = serval
             .detector_layout()
