@@ -129,6 +129,7 @@ fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
     );
     let v: Value = serde_json::from_str(text.trim()).expect("comparison JSON");
     assert_eq!(v["csr_equal"], true, "{v}");
+    assert_eq!(v["raw_csr_equal"], true, "LiberTEM's raw_csr reader: {v}");
     assert_eq!(v["total"], 104_619.0, "{v}");
     drop(log.text());
     drop(sim);

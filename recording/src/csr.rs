@@ -11,6 +11,10 @@
 //! frame order, blocks that arrive early wait in a small reorder buffer. Frames that never
 //! come (lost) are filled in as empty rows once more than [`REORDER_BLOCKS`] blocks wait
 //! behind them, and at the end.
+//!
+//! When the recording is finished the same arrays are also written as LiberTEM's
+//! `raw_csr` data set beside it ([`CsrWriter::export_raw`]): three raw little-endian files
+//! and a TOML description, `ctx.load("raw_csr", path="…/recording.toml")`.
 
 use crate::error::RecordingError;
 use crate::hdf5::{h5, set_attr_str};
@@ -198,5 +202,86 @@ impl CsrWriter {
     /// Entries written.
     pub(crate) fn nnz(&self) -> u64 {
         *self.ptr.last().unwrap_or(&0)
+    }
+
+    /// Writes the finished arrays as LiberTEM's `raw_csr` data set beside the recording
+    /// `recording` (`<stem>.indptr` uint64, `<stem>.indices` and `<stem>.values` uint32, all
+    /// little-endian, and `<stem>.toml` naming them with the scan and frame shapes); returns
+    /// the TOML file. Called after [`finish`](Self::finish).
+    ///
+    /// # Errors
+    /// [`RecordingError::Io`] naming the file that cannot be written;
+    /// [`RecordingError::Hdf5`] when the entries cannot be read back.
+    pub(crate) fn export_raw(
+        &self,
+        recording: &Path,
+        nav: stemflow_core::NavShape,
+        sig: stemflow_core::SigShape,
+    ) -> Result<PathBuf, RecordingError> {
+        use std::io::Write;
+        let dir = recording.parent().unwrap_or(Path::new("."));
+        let stem = recording.file_stem().map_or_else(
+            || "recording".to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        let file = |ext: &str| dir.join(format!("{stem}.{ext}"));
+        let io = |p: &Path, during: &str| {
+            let path = p.to_path_buf();
+            let during = during.to_string();
+            move |source| RecordingError::Io {
+                path,
+                during,
+                source,
+            }
+        };
+        let create = |p: &Path| {
+            std::fs::File::create(p)
+                .map(std::io::BufWriter::new)
+                .map_err(io(p, "creating a raw_csr file"))
+        };
+        let last = *self.ptr.last().unwrap_or(&0);
+        let mut ptr = self.ptr.clone();
+        ptr.resize(self.frames as usize + 1, last);
+        let p = file("indptr");
+        let mut w = create(&p)?;
+        for v in &ptr {
+            w.write_all(&v.to_le_bytes()).map_err(io(&p, "writing"))?;
+        }
+        w.flush().map_err(io(&p, "writing"))?;
+        let nnz = last as usize;
+        for (ds, ext, name) in [
+            (&self.indices, "indices", "indices"),
+            (&self.values, "values", "values"),
+        ] {
+            let p = file(ext);
+            let mut w = create(&p)?;
+            let obj = format!("{CSR_GROUP}/{name}");
+            let mut at = 0;
+            while at < nnz {
+                let end = (at + CHUNK_ENTRIES).min(nnz);
+                let block = ds.read_slice_1d::<u32, _>(at..end).map_err(h5(
+                    &self.path,
+                    &obj,
+                    "reading entries back",
+                ))?;
+                for v in block.iter() {
+                    w.write_all(&v.to_le_bytes()).map_err(io(&p, "writing"))?;
+                }
+                at = end;
+            }
+            w.flush().map_err(io(&p, "writing"))?;
+        }
+        let toml = file("toml");
+        let text = format!(
+            "# LiberTEM raw_csr data set of the sparse frames of {stem}.hspy (the same arrays as\n\
+             # /entry/data/csr): ctx.load(\"raw_csr\", path=\"{stem}.toml\")\n\
+             [params]\nfiletype = \"raw_csr\"\nnav_shape = [{}, {}]\nsig_shape = [{}, {}]\n\n\
+             [raw_csr]\nindptr_file = \"{stem}.indptr\"\nindptr_dtype = \"<u8\"\n\
+             indices_file = \"{stem}.indices\"\nindices_dtype = \"<u4\"\n\
+             data_file = \"{stem}.values\"\ndata_dtype = \"<u4\"\n",
+            nav.rows, nav.cols, sig.rows, sig.cols
+        );
+        std::fs::write(&toml, text).map_err(io(&toml, "writing"))?;
+        Ok(toml)
     }
 }

@@ -624,7 +624,9 @@ impl Hdf5Recorder {
     ) -> Result<RecordingSummary, RecordingError> {
         let mut writer = self.take_writer()?;
         if let Some(mut csr) = writer.csr.take() {
-            let r = csr.finish(&mut writer.written);
+            let r = csr
+                .finish(&mut writer.written)
+                .and_then(|()| csr.export_raw(&self.path, writer.nav, writer.sig));
             writer.csr = Some(csr);
             r?;
         }

@@ -60,7 +60,8 @@ def main():
     args = p.parse_args()
     faulthandler.dump_traceback_later(args.timeout, exit=True)
     executor = PipelinedExecutor(
-        spec=PipelinedExecutor.make_spec(cpus=1, cudas=0), pin_workers=False,
+        spec=PipelinedExecutor.make_spec(cpus=1, cudas=0),
+        pin_workers=False,
     )
     ctx = LiveContext(executor=executor, plot_class=None)
     try:

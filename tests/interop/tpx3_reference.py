@@ -21,11 +21,15 @@ def main() -> int:
     sums = np.asarray(m.sum(axis=1), dtype=np.float64).ravel()
     total = np.asarray(m.sum(axis=0), dtype=np.float64).ravel()
     nz = np.flatnonzero(total)
-    print(json.dumps({
-        "frame_sums": [float(v) for v in sums],
-        "sum_total": float(total.sum()),
-        "sum_nonzero": [[int(i), float(total[i])] for i in nz],
-    }))
+    print(
+        json.dumps(
+            {
+                "frame_sums": [float(v) for v in sums],
+                "sum_total": float(total.sum()),
+                "sum_nonzero": [[int(i), float(total[i])] for i in nz],
+            }
+        )
+    )
     return 0
 
 
