@@ -214,13 +214,18 @@ pub fn print_summary(r: &RunRecord) {
 }
 
 /// The files an earlier run left in an output folder (any stemflow version's names).
-const EARLIER_OUTPUTS: [&str; 6] = [
+const EARLIER_OUTPUTS: [&str; 10] = [
     RECORDING_FILE,
     EMD_ALIAS,
     "run.json",
     "scan.h5",
     "acquisition.h5",
     "processed.h5",
+    // A sparse recording's LiberTEM raw_csr files (docs/formats.md §1.3).
+    "recording.toml",
+    "recording.indptr",
+    "recording.indices",
+    "recording.values",
 ];
 
 /// Makes the output folder `out` for a new run. A folder holding an earlier run's outputs
