@@ -39,6 +39,7 @@
 
 pub mod asi;
 pub mod dectris;
+mod http;
 pub mod merlin;
 pub mod nav_hint;
 mod net;

@@ -149,13 +149,13 @@ fn rest_err(device: &str, what: &str, e: ServalError) -> DeviceError {
             actual: format!("HTTP status {status}, body: {body}"),
         },
         ServalError::Mismatch {
-            key,
+            endpoint,
             requested,
             read_back,
             ..
         } => DeviceError::Rejected {
             device: device.to_string(),
-            setting: key,
+            setting: endpoint,
             requested,
             actual: format!("{read_back} read back"),
         },

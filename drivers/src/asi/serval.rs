@@ -6,102 +6,15 @@
 //! `/detector/config` is PUT whole: the client reads the object, changes the given keys,
 //! PUTs it back and reads it again, failing when a changed value did not take.
 
+pub use crate::http::RestError;
+use crate::http::cut;
 use serde_json::{Map, Value};
 use std::fmt;
 use std::time::Duration;
 
-/// Longest reply body kept in an error message, characters.
-const BODY_IN_ERROR: usize = 500;
-
-/// Errors of the Serval client; each names the device, method and endpoint.
-#[derive(Debug, thiserror::Error)]
-pub enum ServalError {
-    /// No answer within the deadline.
-    #[error("{device}: {method} {endpoint}: no answer within {timeout_s:.3} s")]
-    Timeout {
-        /// Device name.
-        device: String,
-        /// HTTP method.
-        method: &'static str,
-        /// Endpoint path.
-        endpoint: String,
-        /// The deadline, s.
-        timeout_s: f64,
-    },
-    /// The request could not be made (refused, reset, malformed HTTP).
-    #[error("{device}: {method} {endpoint}: {detail}")]
-    Transport {
-        /// Device name.
-        device: String,
-        /// HTTP method.
-        method: &'static str,
-        /// Endpoint path.
-        endpoint: String,
-        /// What failed.
-        detail: String,
-    },
-    /// A non-2xx answer.
-    #[error("{device}: {method} {endpoint}: HTTP status {status}, expected 2xx; body: {body}")]
-    Status {
-        /// Device name.
-        device: String,
-        /// HTTP method.
-        method: &'static str,
-        /// Endpoint path.
-        endpoint: String,
-        /// HTTP status.
-        status: u16,
-        /// The body (cut to 500 characters).
-        body: String,
-    },
-    /// A 2xx answer that is not the JSON the API documents.
-    #[error("{device}: {method} {endpoint}: expected {expected}; body: {body}")]
-    Reply {
-        /// Device name.
-        device: String,
-        /// HTTP method.
-        method: &'static str,
-        /// Endpoint path.
-        endpoint: String,
-        /// What was expected.
-        expected: String,
-        /// The body (cut).
-        body: String,
-    },
-    /// A value read back after a PUT differs from the one put.
-    #[error("{device}: PUT {endpoint}: {key} requested {requested}, read back {read_back}")]
-    Mismatch {
-        /// Device name.
-        device: String,
-        /// Endpoint path.
-        endpoint: String,
-        /// The key.
-        key: String,
-        /// Value put (JSON).
-        requested: String,
-        /// Value read back (JSON).
-        read_back: String,
-    },
-}
-
-impl ServalError {
-    /// The HTTP status of a [`ServalError::Status`].
-    pub fn status(&self) -> Option<u16> {
-        match self {
-            Self::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-}
-
-fn cut(s: &str) -> String {
-    if s.chars().count() <= BODY_IN_ERROR {
-        return s.to_string();
-    }
-    let mut c: String = s.chars().take(BODY_IN_ERROR).collect();
-    c.push('…');
-    c
-}
+/// Errors of the Serval client: the REST error of every detector API (names the device
+/// `serval @ host:port`, the method, the endpoint; HTTP status and body for a refusal).
+pub type ServalError = RestError;
 
 /// Whether two JSON values are the same setting (numbers within 1e-9 relative, as Serval
 /// may print floats differently).
@@ -157,55 +70,16 @@ impl ServalClient {
         endpoint: &str,
         body: Option<&Value>,
     ) -> Result<String, ServalError> {
-        let url = format!("{}{endpoint}", self.base);
-        let result = match body {
-            None => self.agent.get(&url).call(),
-            Some(b) => self
-                .agent
-                .put(&url)
-                .header("Content-Type", "application/json")
-                .send(b.to_string()),
-        };
-        let transport = |e: ureq::Error| match e {
-            ureq::Error::Timeout(_) => ServalError::Timeout {
-                device: self.device.clone(),
-                method,
-                endpoint: endpoint.to_string(),
-                timeout_s: self.timeout.as_secs_f64(),
-            },
-            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                ServalError::Timeout {
-                    device: self.device.clone(),
-                    method,
-                    endpoint: endpoint.to_string(),
-                    timeout_s: self.timeout.as_secs_f64(),
-                }
-            }
-            other => ServalError::Transport {
-                device: self.device.clone(),
-                method,
-                endpoint: endpoint.to_string(),
-                detail: other.to_string(),
-            },
-        };
-        let mut resp = result.map_err(transport)?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(16 << 20)
-            .read_to_string()
-            .map_err(transport)?;
-        if !(200..300).contains(&status) {
-            return Err(ServalError::Status {
-                device: self.device.clone(),
-                method,
-                endpoint: endpoint.to_string(),
-                status,
-                body: cut(&text),
-            });
-        }
-        Ok(text)
+        let body = body.map(Value::to_string);
+        crate::http::request(
+            &self.agent,
+            &self.device,
+            &self.base,
+            method,
+            endpoint,
+            body.as_deref(),
+            self.timeout,
+        )
     }
 
     fn get_json(&self, endpoint: &str) -> Result<Value, ServalError> {
@@ -328,8 +202,7 @@ impl ServalClient {
             if !same(v, &got) {
                 return Err(ServalError::Mismatch {
                     device: self.device.clone(),
-                    endpoint: endpoint.to_string(),
-                    key: k.clone(),
+                    endpoint: format!("{endpoint} {k}"),
                     requested: v.to_string(),
                     read_back: got.to_string(),
                 });
@@ -344,13 +217,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_compare_with_tolerance_and_long_bodies_are_cut() {
+    fn numbers_compare_with_tolerance() {
         assert!(same(&Value::from(0.001), &serde_json::json!(1e-3)));
         assert!(same(&Value::from(5), &Value::from(5.0)));
         assert!(!same(
             &Value::from("PEXSTART_NEXSTOP"),
             &Value::from("CONTINUOUS")
         ));
-        assert_eq!(cut(&"x".repeat(600)).chars().count(), 501);
     }
 }

@@ -19,78 +19,8 @@ use std::time::Duration;
 /// The SIMPLON API version whose paths we use (§2.2).
 pub const API_VERSION: &str = "1.8.0";
 
-/// Longest reply body kept in an error message, characters.
-const BODY_IN_ERROR: usize = 500;
-
-/// Errors of the REST client. Each names the device (`dectris @ host:port`), the method
-/// and the endpoint path.
-#[derive(Debug, thiserror::Error)]
-pub enum RestError {
-    /// No complete answer within the deadline.
-    #[error("{device}: {method} {endpoint}: no answer within {timeout_s:.3} s")]
-    Timeout {
-        /// Device name.
-        device: String,
-        /// HTTP method.
-        method: &'static str,
-        /// Endpoint path.
-        endpoint: String,
-        /// The deadline, s.
-        timeout_s: f64,
-    },
-    /// The request could not be made (connection refused, reset, malformed HTTP).
-    #[error("{device}: {method} {endpoint}: {detail}")]
-    Transport {
-        /// Device name.
-        device: String,
-        /// HTTP method.
-        method: &'static str,
-        /// Endpoint path.
-        endpoint: String,
-        /// What failed.
-        detail: String,
-    },
-    /// The DCU answered with a non-2xx status.
-    #[error("{device}: {method} {endpoint}: HTTP status {status}, expected 2xx; body: {body}")]
-    Status {
-        /// Device name.
-        device: String,
-        /// HTTP method.
-        method: &'static str,
-        /// Endpoint path.
-        endpoint: String,
-        /// The HTTP status code.
-        status: u16,
-        /// The reply body (cut to 500 characters).
-        body: String,
-    },
-    /// A 2xx reply whose body is not what the API documents.
-    #[error("{device}: {method} {endpoint}: expected {expected}; body: {body}")]
-    Reply {
-        /// Device name.
-        device: String,
-        /// HTTP method.
-        method: &'static str,
-        /// Endpoint path.
-        endpoint: String,
-        /// What the body should have been.
-        expected: String,
-        /// The reply body (cut to 500 characters).
-        body: String,
-    },
-    /// A config value read back after a PUT differs from the value put.
-    #[error("{device}: PUT {endpoint}: requested {requested}, read back {read_back}")]
-    Mismatch {
-        /// Device name.
-        device: String,
-        /// Endpoint path.
-        endpoint: String,
-        /// The value put (JSON).
-        requested: String,
-        /// The value read back (JSON).
-        read_back: String,
-    },
-}
+pub use crate::http::RestError;
+use crate::http::cut;
 
 /// A SIMPLON API module (§2.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,16 +169,6 @@ pub fn same_value(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn cut(s: &str) -> String {
-    if s.chars().count() <= BODY_IN_ERROR {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(BODY_IN_ERROR).collect();
-        t.push('…');
-        t
-    }
-}
-
 /// A SIMPLON REST client for one DCU. Cheap to clone (shares the connection pool).
 #[derive(Clone)]
 pub struct SimplonClient {
@@ -312,71 +232,15 @@ impl SimplonClient {
         body: Option<&str>,
         timeout: Duration,
     ) -> Result<String, RestError> {
-        let url = format!("{}{}", self.base, endpoint);
-        let result = match body {
-            None => self
-                .agent
-                .get(&url)
-                .config()
-                .timeout_global(Some(timeout))
-                .build()
-                .call(),
-            Some("") => self
-                .agent
-                .put(&url)
-                .config()
-                .timeout_global(Some(timeout))
-                .build()
-                .send_empty(),
-            Some(b) => self
-                .agent
-                .put(&url)
-                .config()
-                .timeout_global(Some(timeout))
-                .build()
-                .header("Content-Type", "application/json")
-                .send(b),
-        };
-        let transport = |e: ureq::Error| match e {
-            ureq::Error::Timeout(_) => RestError::Timeout {
-                device: self.device.clone(),
-                method,
-                endpoint: endpoint.to_string(),
-                timeout_s: timeout.as_secs_f64(),
-            },
-            ureq::Error::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
-                RestError::Timeout {
-                    device: self.device.clone(),
-                    method,
-                    endpoint: endpoint.to_string(),
-                    timeout_s: timeout.as_secs_f64(),
-                }
-            }
-            other => RestError::Transport {
-                device: self.device.clone(),
-                method,
-                endpoint: endpoint.to_string(),
-                detail: other.to_string(),
-            },
-        };
-        let mut resp = result.map_err(transport)?;
-        let status = resp.status().as_u16();
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(16 << 20)
-            .read_to_string()
-            .map_err(transport)?;
-        if !(200..300).contains(&status) {
-            return Err(RestError::Status {
-                device: self.device.clone(),
-                method,
-                endpoint: endpoint.to_string(),
-                status,
-                body: cut(&text),
-            });
-        }
-        Ok(text)
+        crate::http::request(
+            &self.agent,
+            &self.device,
+            &self.base,
+            method,
+            endpoint,
+            body,
+            timeout,
+        )
     }
 
     fn reply_err(
@@ -645,12 +509,5 @@ mod tests {
         assert!(same_value(&Value::from("exte"), &Value::from("exte")));
         assert!(!same_value(&Value::from("exte"), &Value::from("exts")));
         assert!(same_value(&Value::from(0), &Value::from(0)));
-    }
-
-    #[test]
-    fn long_bodies_are_cut() {
-        let s = "x".repeat(2000);
-        assert_eq!(cut(&s).chars().count(), BODY_IN_ERROR + 1);
-        assert_eq!(cut("short"), "short");
     }
 }
