@@ -65,27 +65,46 @@ fn wait_listening(port: u16, timeout: Duration, child: &mut ChildGuard) -> bool 
     false
 }
 
-#[test]
-fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
-    let py = pyenv::libertem_live();
-    let port = free_port();
-    let mut cmd = py.command(&py.bin("libertem-live-asi-tpx-sim"));
-    cmd.args(["--port", &port.to_string(), "--cached", "MEM"])
-        // A pause between passes: the receiver takes the first scan. (Short: the probe
-        // connection of `wait_listening` holds the simulator's one server thread until a
-        // send to it fails.)
-        .args(["--sleep", "1"])
-        .arg(capture())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut sim = ChildGuard::spawn("libertem-live-asi-tpx-sim", &mut cmd);
-    let log = sim.tap_stderr();
-    assert!(
-        wait_listening(port, SIM_START_TIMEOUT, &mut sim),
-        "LiberTEM's TPX3 simulator did not listen on {port}:\n{}",
-        tail(&log.text(), 3000)
-    );
-    let scratch = ScratchDir::new("interop-tpx3");
+/// `libertem-live-asi-tpx-sim` serving `source` (the capture path, or `--mock-nav-shape`
+/// arguments) on a free loopback port, listening; killed on drop (field order: the process
+/// first, then its log reader).
+struct LibertemTpxSim {
+    _child: ChildGuard,
+    _log: common::process::LogTap,
+    port: u16,
+}
+
+impl LibertemTpxSim {
+    fn start(py: &pyenv::PyEnv, source: &[&std::ffi::OsStr]) -> Self {
+        let port = free_port();
+        let mut cmd = py.command(&py.bin("libertem-live-asi-tpx-sim"));
+        cmd.args(["--port", &port.to_string(), "--cached", "MEM"])
+            // A pause between passes: the receiver takes the first scan. (Short: the probe
+            // connection of `wait_listening` holds the simulator's one server thread until
+            // a send to it fails.)
+            .args(["--sleep", "1"])
+            .args(source)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = ChildGuard::spawn("libertem-live-asi-tpx-sim", &mut cmd);
+        let log = child.tap_stderr();
+        assert!(
+            wait_listening(port, SIM_START_TIMEOUT, &mut child),
+            "LiberTEM's TPX3 simulator did not listen on {port}:\n{}",
+            tail(&log.text(), 3000)
+        );
+        Self {
+            _child: child,
+            _log: log,
+            port,
+        }
+    }
+}
+
+/// `stemflow acquire --detector tpx3 --mode passive` from the data port `port` into a new
+/// scratch folder (kept while the returned guard lives); the run's output folder.
+fn passive_acquire(port: u16, tag: &str) -> (ScratchDir, PathBuf) {
+    let scratch = ScratchDir::new(tag);
     let out = scratch.path().join("run");
     let r = stemflow(
         &[
@@ -107,6 +126,14 @@ fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
         "acquire",
     );
     r.assert_success("stemflow acquire --detector tpx3 --mode passive");
+    (scratch, out)
+}
+
+#[test]
+fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
+    let py = pyenv::libertem_live();
+    let sim = LibertemTpxSim::start(&py, &[capture().as_os_str()]);
+    let (_scratch, out) = passive_acquire(sim.port, "interop-tpx3");
     let run: Value = serde_json::from_str(
         &std::fs::read_to_string(out.join("run.json")).expect("run.json written"),
     )
@@ -131,7 +158,6 @@ fn stemflow_reads_libertems_simulator_and_matches_the_reference() {
     assert_eq!(v["csr_equal"], true, "{v}");
     assert_eq!(v["raw_csr_equal"], true, "LiberTEM's raw_csr reader: {v}");
     assert_eq!(v["total"], 104_619.0, "{v}");
-    drop(log.text());
     drop(sim);
 }
 
@@ -217,46 +243,9 @@ fn libertems_client_reads_stemflows_simulator_and_matches_the_reference() {
 #[test]
 fn stemflow_reads_libertems_mock_stream_exactly() {
     let py = pyenv::libertem_live();
-    let port = free_port();
-    let mut cmd = py.command(&py.bin("libertem-live-asi-tpx-sim"));
-    cmd.args([
-        "--port",
-        &port.to_string(),
-        "--cached",
-        "MEM",
-        "--sleep",
-        "1",
-    ])
-    .args(["--mock-nav-shape", "32", "32"])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut sim = ChildGuard::spawn("libertem-live-asi-tpx-sim --mock-nav-shape", &mut cmd);
-    let log = sim.tap_stderr();
-    assert!(
-        wait_listening(port, SIM_START_TIMEOUT, &mut sim),
-        "LiberTEM's TPX3 simulator did not listen on {port}:\n{}",
-        tail(&log.text(), 3000)
-    );
-    let scratch = ScratchDir::new("interop-tpx3-mock");
-    let out = scratch.path().join("run");
-    let r = stemflow(
-        &[
-            "acquire",
-            "--detector",
-            "tpx3",
-            "--mode",
-            "passive",
-            "--data-port",
-            &port.to_string(),
-            "--arm-timeout-s",
-            "30",
-            "--out",
-            path_arg(&out),
-        ],
-        scratch.path(),
-        "acquire",
-    );
-    r.assert_success("stemflow acquire --detector tpx3 against LiberTEM's mock stream");
+    let args = ["--mock-nav-shape", "32", "32"].map(std::ffi::OsStr::new);
+    let sim = LibertemTpxSim::start(&py, &args);
+    let (_scratch, out) = passive_acquire(sim.port, "interop-tpx3-mock");
     let h5 = out.join("recording.hspy");
     let file = hdf5::File::open(&h5).expect("the recording opens");
     let sums = file

@@ -4,6 +4,7 @@
 //! non-2xx answer, the HTTP status and the body (cut to 500 characters).
 
 use std::time::Duration;
+use stemflow_core::devices::DeviceError;
 
 /// Longest reply body kept in an error message, characters.
 const BODY_IN_ERROR: usize = 500;
@@ -86,6 +87,61 @@ impl RestError {
             _ => None,
         }
     }
+}
+
+impl RestError {
+    /// This failure as the device error of the step `what` (e.g. `arm`): a timeout as
+    /// [`DeviceError::Timeout`], a refusal (non-2xx) or a value read back otherwise as
+    /// [`DeviceError::Rejected`] with the HTTP status and body, anything else as
+    /// [`DeviceError::Protocol`].
+    pub(crate) fn into_device_error(self, device: &str, what: &str) -> DeviceError {
+        match self {
+            Self::Timeout {
+                method,
+                endpoint,
+                timeout_s,
+                ..
+            } => DeviceError::Timeout {
+                device: device.to_string(),
+                what: format!("the answer to {method} {endpoint} ({what})"),
+                waited_s: timeout_s,
+            },
+            Self::Status {
+                method,
+                endpoint,
+                status,
+                body,
+                ..
+            } => DeviceError::Rejected {
+                device: device.to_string(),
+                setting: format!("{method} {endpoint}"),
+                requested: "HTTP 2xx".into(),
+                actual: format!("HTTP status {status}, body: {body}"),
+            },
+            Self::Mismatch {
+                endpoint,
+                requested,
+                read_back,
+                ..
+            } => DeviceError::Rejected {
+                device: device.to_string(),
+                setting: endpoint,
+                requested,
+                actual: format!("{read_back} read back"),
+            },
+            other => DeviceError::Protocol {
+                device: device.to_string(),
+                expected: format!("a valid REST answer during {what}"),
+                observed: other.to_string(),
+            },
+        }
+    }
+}
+
+/// A detector setting given as text (a profile's or the command line's `extra` entry) as
+/// JSON: a number, bool, … if it parses as JSON, else a string.
+pub(crate) fn json_value(v: &str) -> serde_json::Value {
+    serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()))
 }
 
 /// `s` cut to [`BODY_IN_ERROR`] characters (an ellipsis marks the cut).

@@ -29,9 +29,7 @@
 //! `extra["TriggerMode"]` forces a mode; every other `extra` key is set in
 //! `/detector/config` as given (a JSON value if it parses as one, else a string).
 
-use super::receiver::{
-    AcquisitionSummary, ReceiverEvent, ScanHeader, Tpx3Receiver, Tpx3ReceiverConfig,
-};
+use super::receiver::{ReceiverEvent, ScanHeader, Tpx3Receiver, Tpx3ReceiverConfig};
 use super::serval::{ServalClient, ServalError};
 use crossbeam_channel::{RecvTimeoutError, bounded};
 use serde_json::{Map, Value, json};
@@ -39,10 +37,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use stemflow_core::detector::{
-    AcquisitionEnd, ArmMode, ArmedAcquisition, Detector, DetectorSettings, DetectorTrigger,
+    ArmMode, ArmedAcquisition, Detector, DetectorSettings, DetectorTrigger,
 };
 use stemflow_core::devices::DeviceError;
-use stemflow_core::validity::FrameValidity;
 use stemflow_core::{DType, NavShape, SigShape};
 
 /// The trigger modes Serval accepts (§3.5).
@@ -125,62 +122,7 @@ impl std::fmt::Debug for Tpx3Detector {
 
 /// A Serval failure as the device error of step `what`.
 fn rest_err(device: &str, what: &str, e: ServalError) -> DeviceError {
-    match e {
-        ServalError::Timeout {
-            method,
-            endpoint,
-            timeout_s,
-            ..
-        } => DeviceError::Timeout {
-            device: device.to_string(),
-            what: format!("the answer to {method} {endpoint} ({what})"),
-            waited_s: timeout_s,
-        },
-        ServalError::Status {
-            method,
-            endpoint,
-            status,
-            body,
-            ..
-        } => DeviceError::Rejected {
-            device: device.to_string(),
-            setting: format!("{method} {endpoint} ({what})"),
-            requested: "HTTP 2xx".into(),
-            actual: format!("HTTP status {status}, body: {body}"),
-        },
-        ServalError::Mismatch {
-            endpoint,
-            requested,
-            read_back,
-            ..
-        } => DeviceError::Rejected {
-            device: device.to_string(),
-            setting: endpoint,
-            requested,
-            actual: format!("{read_back} read back"),
-        },
-        other => DeviceError::Protocol {
-            device: device.to_string(),
-            expected: format!("a valid Serval answer during {what}"),
-            observed: other.to_string(),
-        },
-    }
-}
-
-fn failed_end(error: String) -> AcquisitionEnd {
-    AcquisitionEnd {
-        expected: 0,
-        received: 0,
-        lost: 0,
-        damaged: 0,
-        validity: FrameValidity::new(0),
-        reason: "failed".into(),
-        error: Some(error),
-    }
-}
-
-fn end_of(summary: &AcquisitionSummary, error: Option<String>) -> AcquisitionEnd {
-    summary.to_acquisition_end(error)
+    e.into_device_error(device, what)
 }
 
 /// The scan header as text for the run record: the `AcquisitionStart` fields, the scan
@@ -275,11 +217,6 @@ impl Tpx3Detector {
     }
 }
 
-/// A JSON value from an `extra` string: a number, bool, … if it parses as JSON.
-fn extra_value(v: &str) -> Value {
-    serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()))
-}
-
 fn flat(readback: &mut BTreeMap<String, String>, prefix: &str, v: &Value) {
     if let Some(o) = v.as_object() {
         for (k, v) in o {
@@ -331,7 +268,7 @@ impl Detector for Tpx3Detector {
         };
         let mut changes = Map::new();
         for (k, v) in s.extra.iter().filter(|(k, _)| k.as_str() != "TriggerMode") {
-            changes.insert(k.clone(), extra_value(v));
+            changes.insert(k.clone(), crate::http::json_value(v));
         }
         changes.insert("nTriggers".into(), Value::from(n));
         changes.insert("TriggerMode".into(), Value::from(mode));
@@ -475,17 +412,22 @@ impl Detector for Tpx3Detector {
                 let end = loop {
                     match events.recv() {
                         Ok(ReceiverEvent::Finished { summary, .. }) => {
-                            break end_of(&summary, None);
+                            break summary.to_acquisition_end(None);
                         }
                         Ok(ReceiverEvent::Error { error, summary }) => {
                             let msg = error.to_string();
                             break match summary {
-                                Some(s) => end_of(&s, Some(msg)),
-                                None => failed_end(msg),
+                                Some(s) => s.to_acquisition_end(Some(msg)),
+                                None => crate::receiver::failed_end("failed", msg),
                             };
                         }
                         Ok(_) => continue,
-                        Err(_) => break failed_end(format!("{name}: receiver thread ended")),
+                        Err(_) => {
+                            break crate::receiver::failed_end(
+                                "disconnected",
+                                format!("{name}: receiver thread ended"),
+                            );
+                        }
                     }
                 };
                 let _ = end_tx.send(end);

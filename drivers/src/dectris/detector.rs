@@ -40,7 +40,6 @@ use stemflow_core::detector::{
     AcquisitionEnd, ArmMode, ArmedAcquisition, Detector, DetectorSettings, DetectorTrigger,
 };
 use stemflow_core::devices::DeviceError;
-use stemflow_core::validity::FrameValidity;
 use stemflow_core::{DType, NavShape, SigShape};
 
 /// Where and how to reach a DECTRIS detector control unit (DCU).
@@ -149,63 +148,7 @@ impl std::fmt::Debug for DectrisDetector {
 
 /// A REST failure as the device error of the step `what`.
 fn rest_err(device: &str, what: &str, e: RestError) -> DeviceError {
-    match e {
-        RestError::Timeout {
-            method,
-            endpoint,
-            timeout_s,
-            ..
-        } => DeviceError::Timeout {
-            device: device.to_string(),
-            what: format!("the answer to {method} {endpoint} ({what})"),
-            waited_s: timeout_s,
-        },
-        RestError::Status {
-            method,
-            endpoint,
-            status,
-            body,
-            ..
-        } => DeviceError::Rejected {
-            device: device.to_string(),
-            setting: format!("{method} {endpoint}"),
-            requested: "HTTP 2xx".into(),
-            actual: format!("HTTP status {status}, body: {body}"),
-        },
-        RestError::Mismatch {
-            endpoint,
-            requested,
-            read_back,
-            ..
-        } => DeviceError::Rejected {
-            device: device.to_string(),
-            setting: endpoint,
-            requested,
-            actual: format!("{read_back} read back"),
-        },
-        other => DeviceError::Protocol {
-            device: device.to_string(),
-            expected: format!("a valid REST answer during {what}"),
-            observed: other.to_string(),
-        },
-    }
-}
-
-/// An `extra` value as JSON: a number, bool, … if it parses as JSON, else a string.
-fn extra_value(v: &str) -> Value {
-    serde_json::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()))
-}
-
-fn failed_end(reason: &str, error: String) -> AcquisitionEnd {
-    AcquisitionEnd {
-        expected: 0,
-        received: 0,
-        lost: 0,
-        damaged: 0,
-        validity: FrameValidity::new(0),
-        reason: reason.to_string(),
-        error: Some(error),
-    }
+    e.into_device_error(device, what)
 }
 
 fn end_of(summary: &AcquisitionSummary, error: Option<String>) -> AcquisitionEnd {
@@ -434,7 +377,7 @@ impl Detector for DectrisDetector {
             .collect();
         extras.sort_by_key(|(k, _)| !k.starts_with("roi_"));
         for (k, v) in extras {
-            self.put(&mut readback, k, extra_value(v))?;
+            self.put(&mut readback, k, crate::http::json_value(v))?;
         }
         self.put(&mut readback, "trigger_mode", Value::from(mode.as_str()))?;
         self.put(&mut readback, "ntrigger", Value::from(ntrigger))?;
@@ -615,12 +558,12 @@ impl Detector for DectrisDetector {
                             let msg = error.to_string();
                             break match summary {
                                 Some(s) => end_of(&s, Some(msg)),
-                                None => failed_end("failed", msg),
+                                None => crate::receiver::failed_end("failed", msg),
                             };
                         }
                         Ok(ReceiverEvent::Armed { .. }) => continue,
                         Err(_) => {
-                            break failed_end(
+                            break crate::receiver::failed_end(
                                 "disconnected",
                                 format!("{name}: receiver thread ended"),
                             );

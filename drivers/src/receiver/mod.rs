@@ -108,5 +108,19 @@ pub struct Settings {
     pub memory_budget: usize,
 }
 
+/// The end of an acquisition that failed before the receiver could count anything (its
+/// thread gone, no summary): no frames, `reason`, and the error.
+pub(crate) fn failed_end(reason: &str, error: String) -> stemflow_core::detector::AcquisitionEnd {
+    stemflow_core::detector::AcquisitionEnd {
+        expected: 0,
+        received: 0,
+        lost: 0,
+        damaged: 0,
+        validity: stemflow_core::validity::FrameValidity::new(0),
+        reason: reason.to_string(),
+        error: Some(error),
+    }
+}
+
 #[cfg(test)]
 mod tests;
