@@ -148,6 +148,97 @@ fn garbage_mid_stream_names_its_cause_in_run_json_and_the_recording() {
     );
 }
 
+/// An active Merlin whose frames come at another counter depth than configured (uint8
+/// frames where `COUNTERDEPTH 12` asks for uint16): a protocol error for the acquisition,
+/// named with both formats, within seconds; the first frame counted damaged and the rest
+/// lost — counts that add up in run.json and in the finished recording alike, not the
+/// pipeline fault that used to leave "0 received, 0 lost of 16" and an unfinished file.
+#[test]
+fn a_first_frame_of_another_pixel_type_is_a_protocol_error_with_counts() {
+    let faults = MerlinFaults {
+        frames_at_depth: Some(6),
+        ..MerlinFaults::default()
+    };
+    let (sim, c, d) = fast_merlin_sim(4, 4, faults);
+    let dir = ScratchDir::new("fault-dtype");
+    let out = dir.path().join("out");
+    let t0 = Instant::now();
+    let run = command::stemflow(
+        &[
+            "acquire",
+            "--control-port",
+            &c,
+            "--data-port",
+            &d,
+            "--nav-shape",
+            "4x4",
+            "--frame-timeout-s",
+            "2",
+            "--out",
+            path_arg(&out),
+        ],
+        dir.path(),
+        "dtype",
+    );
+    let took = t0.elapsed();
+    assert_eq!(run.status.code(), Some(1), "{}", run.describe());
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+            .expect("run.json parses");
+    let error = json["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error: {json:#}"));
+    assert!(
+        error.contains("uint8") && error.contains("uint16") && error.contains("configured"),
+        "the error names neither format: {error}"
+    );
+    let n = |k: &str| json[k].as_u64().unwrap_or_else(|| panic!("{k}: {json:#}"));
+    assert_eq!(
+        (
+            n("frames_expected"),
+            n("frames_received"),
+            n("frames_damaged"),
+            n("frames_lost") + n("frames_not_acquired")
+        ),
+        (16, 0, 1, 15),
+        "{json:#}"
+    );
+    let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
+        .expect("opening the recording");
+    assert!(rec.is_complete(), "the recording was not finished");
+    let v = rec.validity().expect("validity map");
+    assert_eq!((v.len(), v.received()), (16, 0));
+    assert_eq!(
+        v.status(0),
+        stemflow_core::validity::FrameStatus::Damaged,
+        "frame 0"
+    );
+    let stored: serde_json::Value = serde_json::from_str(
+        &rec.run_record_json()
+            .expect("reading the stored run record")
+            .expect("a stored run record"),
+    )
+    .expect("the stored run record parses");
+    assert_eq!(stored["error"], json["error"], "stored: {stored:#}");
+    assert_eq!(
+        stored["exit_status"], json["exit_status"],
+        "stored: {stored:#}"
+    );
+    // The detector was stopped, not left acquiring.
+    let mut control = stemflow_drivers::merlin::control::MerlinControl::connect(
+        sim.control_addr(),
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    )
+    .expect("connecting to the control port");
+    assert_eq!(
+        control.get("DETECTORSTATUS").expect("GET DETECTORSTATUS"),
+        "0",
+        "the Merlin was left acquiring"
+    );
+}
+
 /// `kill -9` in the middle of a live scan: the recording it leaves is marked incomplete
 /// and still says what it holds — the detector's header, the read-back microscope and the
 /// scan — because the metadata known at arm time is written when the recording opens.

@@ -382,6 +382,7 @@ fn faults_are_visible_on_the_wire() {
         corrupt_prefix_at: None,
         stop_after_frames: None,
         wrong_size_at: Some(6),
+        frames_at_depth: None,
     };
     let sim = start(cfg);
     let c = sim.control_addr();

@@ -607,7 +607,12 @@ impl Instrument {
         }
         self.stop_devices(ctx).await?;
         ctx.metadata.stop_time = now_rfc3339();
-        let status = if output.cancelled {
+        // The fault rules decide before the file is finished, so that its run record says
+        // what run.json will say (a fault, with the same error).
+        let verdict = self.check_end(ctx, &end, output.cancelled);
+        let status = if verdict.is_err() {
+            ExitStatus::Fault
+        } else if output.cancelled {
             ExitStatus::Cancelled
         } else if end.lost + end.damaged > 0 {
             ExitStatus::CompletedWithLoss
@@ -615,12 +620,16 @@ impl Instrument {
             ExitStatus::Completed
         };
         if let Some(recording) = output.recording.take() {
+            let mut run_record = stored_run_record(ctx, status, &end, &output);
+            if let Err(e) = &verdict {
+                run_record["error"] = serde_json::Value::String(e.to_string());
+            }
             let args = FinishArgs {
                 recording,
                 results: output.results.clone(),
                 validity: end.validity.clone(),
                 metadata: ctx.metadata.clone(),
-                run_record: stored_run_record(ctx, status, &end, &output),
+                run_record,
             };
             ctx.output_file = Some(self.finish_recording(refs, args).await?);
         }
@@ -631,7 +640,7 @@ impl Instrument {
             results: ctx.results.clone(),
         });
         self.status.send_modify(|s| s.snapshot = final_snapshot);
-        self.check_end(ctx, &end, output.cancelled)?;
+        verdict?;
         self.transition(AcqEvent::Finished)?;
         Ok(status)
     }

@@ -703,6 +703,15 @@ impl Protocol for DectrisProtocol {
                     ),
                 },
             ),
+            e @ CoreError::Format { .. } => self.msg_err(
+                series,
+                StreamError::Field {
+                    part: "image header".into(),
+                    field: "shape and type".into(),
+                    expected: "the configured frame format".into(),
+                    observed: e.to_string(),
+                },
+            ),
             CoreError::Slot { len, slot } => self.msg_err(
                 series,
                 StreamError::Field {

@@ -295,6 +295,14 @@ impl Detector for MerlinDetector {
                 tracing::debug!("{}: discarding stale receiver event {ev:?}", self.name);
             }
         }
+        if let Some(r) = &self.receiver {
+            // Active: the frames must be as configured (a detector whose setting did not
+            // take effect is a protocol error for the acquisition, not a pipeline fault).
+            r.expect_format(match mode {
+                ArmMode::Active => self.configured,
+                ArmMode::Passive => None,
+            });
+        }
         if mode == ArmMode::Active {
             self.with_control("CMD STARTACQUISITION", |c| c.cmd("STARTACQUISITION"))?;
         }

@@ -100,6 +100,16 @@ pub enum MerlinError {
         #[source]
         source: crate::receiver::CoreError,
     },
+    /// The acquisition's first frame has another shape or pixel type than the detector
+    /// was configured for (counter depth and ROI read back at configure; §1.6 MQ1 header).
+    #[error("{device}: {source}")]
+    Format {
+        /// Device name.
+        device: String,
+        /// The configured and the observed shape and type.
+        #[source]
+        source: crate::receiver::CoreError,
+    },
     /// A frame whose size differs from the acquisition's first frame (or from what its
     /// header's dimensions call for).
     #[error(

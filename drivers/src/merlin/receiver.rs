@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use stemflow_core::frame::FrameDecoder;
 #[cfg(doc)]
 use stemflow_core::frame::RawStack;
+use stemflow_core::{DType, SigShape};
 
 /// Bytes read at the start of every message: the MPX prefix and the 4-byte payload tag
 /// (`HDR,` or `MQ1,`), which tells the message type.
@@ -261,6 +262,14 @@ impl MerlinReceiver {
         self.conn.stop();
     }
 
+    /// The frame shape and pixel type the next acquisitions must have (an active arm's
+    /// configured counter depth and ROI), or `None` to take them from each acquisition's
+    /// first MQ1 header (passive mode). A first frame that differs ends its acquisition
+    /// with [`MerlinError::Format`]: that frame damaged, the rest lost.
+    pub fn expect_format(&self, format: Option<(SigShape, DType)>) {
+        self.conn.expect_format(format);
+    }
+
     /// Ends the acquisition in progress once the stream has been quiet for 100 ms (counted
     /// from this call and from the last byte), reported `Finished`
     /// with [`EndReason::Disarmed`]; the connection stays open for the next acquisition.
@@ -470,6 +479,7 @@ impl Protocol for MerlinProtocol {
                 },
             },
             e @ CoreError::Budget { .. } => MerlinError::Budget { device, source: e },
+            e @ CoreError::Format { .. } => MerlinError::Format { device, source: e },
             e @ (CoreError::Slot { .. } | CoreError::Misuse(_)) => MerlinError::Io {
                 device,
                 during: "writing a frame into its stack",
@@ -837,8 +847,13 @@ impl MerlinProtocol {
             payload_len,
         });
         let (sig_shape, dtype) = (decoder.sig_shape(), decoder.dtype());
-        sink.set_format(Arc::new(decoder), sig_shape, dtype, payload_len)
-            .map_err(|e| self.core_error(e))?;
+        if let Err(e) = sink.set_format(Arc::new(decoder), sig_shape, dtype, payload_len) {
+            if matches!(e, CoreError::Format { .. }) {
+                // It arrived, but not as configured: counted damaged, the rest lost.
+                sink.damaged(next_seq - 1, 1);
+            }
+            return Err(self.core_error(e));
+        }
         Ok(Some(first.sequence))
     }
 

@@ -13,6 +13,7 @@ use super::worker::Sink;
 use std::fmt;
 use std::time::Instant;
 use stemflow_core::pool::PoolError;
+use stemflow_core::{DType, SigShape};
 
 /// The end reasons of a protocol: its own enum (Merlin's and DECTRIS's differ in the
 /// reasons their wire formats allow, protocols.md §1.4 and §2.4), with the members the core
@@ -187,6 +188,23 @@ pub enum CoreError {
         needed: u128,
         /// The budget, bytes.
         budget: usize,
+    },
+    /// The first frame's shape or pixel type differs from the format the detector was
+    /// configured for ([`Connection::expect_format`](super::Connection::expect_format)): a
+    /// protocol error for the acquisition, raised before any of its frames is stored.
+    #[error(
+        "the first frame is {observed_dtype} frames of {observed_sig} pixels, but the detector \
+         was configured for {expected_dtype} frames of {expected_sig} pixels"
+    )]
+    Format {
+        /// Frame shape configured (rows × columns, pixels).
+        expected_sig: SigShape,
+        /// Pixel type configured.
+        expected_dtype: DType,
+        /// Frame shape of the first frame, from its header.
+        observed_sig: SigShape,
+        /// Pixel type of the first frame, from its header.
+        observed_dtype: DType,
     },
     /// A payload larger than a whole stack buffer (the slot the format announced).
     #[error("payload of {len} bytes exceeds the stack slot of {slot} bytes")]

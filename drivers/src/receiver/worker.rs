@@ -126,8 +126,15 @@ pub struct Connection<P: Protocol> {
     /// Called after the stop flag is raised: wakes waits the socket does not see (DECTRIS'
     /// series filter).
     on_stop: Option<Box<dyn Fn() + Send + Sync>>,
+    /// The frame format the next acquisitions must have (see [`expect_format`](Self::expect_format)).
+    expected: ExpectedFormat,
     thread: Option<JoinHandle<()>>,
 }
+
+/// The frame shape and pixel type the detector was configured for, shared between the
+/// detector driver (which sets it when it arms) and the connection thread (which checks
+/// each acquisition's first frame against it). `None`: the first frame sets the format.
+type ExpectedFormat = Arc<std::sync::Mutex<Option<(SigShape, DType)>>>;
 
 impl<P: Protocol> fmt::Debug for Connection<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,12 +160,14 @@ impl<P: Protocol> Connection<P> {
         let device = settings.device.clone();
         let (tx, events) = unbounded();
         let end = Arc::new(AtomicBool::new(false));
+        let expected = ExpectedFormat::default();
         let worker = Worker {
             core: WorkerCore {
                 settings,
                 events: tx,
                 end: Arc::clone(&end),
                 stop: Arc::clone(&stop),
+                expected: Arc::clone(&expected),
                 pool: None,
             },
             protocol,
@@ -173,8 +182,17 @@ impl<P: Protocol> Connection<P> {
             stop,
             end,
             on_stop: None,
+            expected,
             thread: Some(thread),
         })
+    }
+
+    /// Sets the frame shape and pixel type that the acquisitions from now on must have
+    /// (an active detector's configured counter depth and region of interest), or `None`
+    /// to take them from each acquisition's first frame (passive mode). A first frame that
+    /// differs ends its acquisition with [`CoreError::Format`], before any frame is stored.
+    pub fn expect_format(&self, format: Option<(SigShape, DType)>) {
+        *self.expected.lock().unwrap_or_else(|e| e.into_inner()) = format;
     }
 
     /// Calls `wake` after every [`stop`](Self::stop) (and on drop): for waits of the
@@ -295,9 +313,10 @@ impl<P: Protocol> Sink<'_, P> {
     /// a larger slot is needed) and reports [`ReceiverEvent::FirstFrame`].
     ///
     /// # Errors
-    /// [`CoreError::Budget`] when `slot` (from the frame header) cannot fit the memory
-    /// budget: a protocol error for this acquisition, checked before anything is
-    /// allocated.
+    /// [`CoreError::Format`] when the shape or type differs from the one the detector was
+    /// configured for ([`Connection::expect_format`]); [`CoreError::Budget`] when `slot`
+    /// (from the frame header) cannot fit the memory budget. Both are protocol errors for
+    /// this acquisition, checked before anything is allocated.
     pub fn set_format(
         &mut self,
         decoder: Arc<DecoderOf<P>>,
@@ -306,6 +325,17 @@ impl<P: Protocol> Sink<'_, P> {
         slot: usize,
     ) -> Result<(), CoreError> {
         let w = &mut *self.worker;
+        let expected = *w.expected.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((expected_sig, expected_dtype)) = expected
+            && (expected_sig, expected_dtype) != (sig_shape, dtype)
+        {
+            return Err(CoreError::Format {
+                expected_sig,
+                expected_dtype,
+                observed_sig: sig_shape,
+                observed_dtype: dtype,
+            });
+        }
         if w.pool.as_ref().is_none_or(|p| p.slot < slot) {
             // The old pool goes first, so that old and new are never held together.
             w.pool = None;
@@ -469,6 +499,8 @@ struct WorkerCore<P: Protocol> {
     end: Arc<AtomicBool>,
     /// Set by [`Connection::stop`] (the protocol's socket watches it too).
     stop: Arc<AtomicBool>,
+    /// Set by [`Connection::expect_format`].
+    expected: ExpectedFormat,
     pool: Option<StackPool>,
 }
 

@@ -449,8 +449,13 @@ impl Engine {
         acq.released = acq.released.saturating_add(acq.frames_per_trigger);
     }
 
-    fn arm(&mut self, settings: Box<Settings>) -> Result<(), String> {
+    fn arm(&mut self, mut settings: Box<Settings>) -> Result<(), String> {
         self.poll_accept();
+        if let Some(depth) = self.faults.frames_at_depth {
+            // The snapshot this acquisition is sent with; the control port keeps answering
+            // the configured depth.
+            settings.counter_depth = depth;
+        }
         self.ensure_cache(&settings)?;
         let hdr = match &self.source {
             Source::Recording(rec) => {

@@ -134,6 +134,10 @@ pub struct MerlinFaults {
     /// This frame is sent with half its payload (MPX length consistent with what is sent,
     /// MQ1 header unchanged), so its size differs from the others.
     pub wrong_size_at: Option<u64>,
+    /// Every acquisition is sent at this counter depth (HDR and frames), whatever
+    /// `SET COUNTERDEPTH` set and `GET COUNTERDEPTH` answers: a detector whose setting did
+    /// not take effect, so its frames' pixel type differs from the configured one.
+    pub frames_at_depth: Option<u8>,
 }
 
 /// Configuration of a [`MerlinSim`].
