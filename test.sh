@@ -19,4 +19,9 @@ fi
 if [ $# -eq 0 ]; then
     echo "test.sh: the Python package (scripts/test-python.sh)"
     scripts/test-python.sh
+    # Every decoder of untrusted input under libFuzzer (and AddressSanitizer where a nightly
+    # toolchain exists), 10 s each from seeds made of ../shared/data: about 5 minutes with
+    # the build. Longer runs: scripts/fuzz.sh SECONDS.
+    echo "test.sh: every fuzz target briefly (scripts/fuzz.sh)"
+    scripts/fuzz.sh 10
 fi

@@ -203,6 +203,133 @@ fn socket_type_of(mut props: &[u8]) -> Option<String> {
     None
 }
 
+/// Checks a peer's 64-byte greeting: the signature `FF … 7F`, ZMTP version 3 or newer and
+/// the `NULL` security mechanism (RFC 23 "Greeting"; protocols.md §2.1).
+///
+/// # Errors
+/// [`ZmtpError::Handshake`] naming what was expected and the bytes observed; a greeting
+/// shorter than 64 bytes is one too.
+pub fn check_greeting(peer: &str, g: &[u8]) -> Result<(), ZmtpError> {
+    let hs = |expected: &str, observed: String| ZmtpError::Handshake {
+        peer: peer.to_string(),
+        expected: expected.to_string(),
+        observed,
+    };
+    if g.len() < GREETING_LEN {
+        return Err(hs("a greeting of 64 bytes", format!("{} bytes", g.len())));
+    }
+    if g[0] != 0xFF || g[9] & 1 != 1 {
+        return Err(hs(
+            "a ZMTP signature (FF … 7F)",
+            format!("bytes {:02x?}", &g[..10]),
+        ));
+    }
+    if g[10] < 3 {
+        return Err(hs(
+            "ZMTP version 3 or newer",
+            format!("version {}.{}", g[10], g[11]),
+        ));
+    }
+    let mech_end = g[12..32].iter().position(|&b| b == 0).unwrap_or(20);
+    let mech = String::from_utf8_lossy(&g[12..12 + mech_end]).into_owned();
+    if mech != "NULL" {
+        return Err(hs("security mechanism NULL", format!("`{mech}`")));
+    }
+    Ok(())
+}
+
+/// A ZMTP frame header: what follows the flags byte and the size field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHead {
+    /// Body length, bytes (at most [`MAX_PART_LEN`]).
+    pub len: usize,
+    /// More parts of the same message follow (flag bit 0).
+    pub more: bool,
+    /// A command (flag bit 2), not a message part.
+    pub command: bool,
+}
+
+impl FrameHead {
+    /// Bytes of the size field after `flags`: 8 (big-endian) for a long frame (bit 1), else 1.
+    pub fn size_len(flags: u8) -> usize {
+        if flags & FLAG_LONG != 0 { 8 } else { 1 }
+    }
+
+    /// Decodes a frame header from its flags byte and its size field
+    /// ([`size_len`](Self::size_len) bytes).
+    ///
+    /// # Errors
+    /// [`ZmtpError::TooLarge`] for a body over [`MAX_PART_LEN`] (checked before anything
+    /// is allocated for it); [`ZmtpError::Handshake`] for a size field of the wrong length.
+    pub fn decode(peer: &str, flags: u8, size: &[u8]) -> Result<Self, ZmtpError> {
+        let len = match (Self::size_len(flags), size) {
+            (8, &[a, b, c, d, e, f, g, h]) => u64::from_be_bytes([a, b, c, d, e, f, g, h]),
+            (1, &[a]) => u64::from(a),
+            (want, got) => {
+                return Err(ZmtpError::Handshake {
+                    peer: peer.to_string(),
+                    expected: format!("a frame size field of {want} bytes"),
+                    observed: format!("{} bytes", got.len()),
+                });
+            }
+        };
+        if len > MAX_PART_LEN {
+            return Err(ZmtpError::TooLarge {
+                peer: peer.to_string(),
+                len,
+                max: MAX_PART_LEN,
+            });
+        }
+        Ok(Self {
+            len: len as usize,
+            more: flags & FLAG_MORE != 0,
+            command: flags & FLAG_COMMAND != 0,
+        })
+    }
+}
+
+/// A ZMTP command a `PULL` peer acts on (RFC 23 "Commands", RFC 37 `PING`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `READY` with its `Socket-Type` property (`None`: absent or malformed).
+    Ready {
+        /// The peer's socket type.
+        socket_type: Option<String>,
+    },
+    /// `PING`: answered with `PONG` and `context` (after the 2-byte TTL).
+    Ping {
+        /// The ping context, echoed.
+        context: &'a [u8],
+    },
+    /// `ERROR` with its reason: the peer ends the connection.
+    Error {
+        /// The reason the peer gave.
+        reason: String,
+    },
+    /// Any other command (ignored).
+    Other {
+        /// Its name.
+        name: &'a [u8],
+    },
+}
+
+/// Parses a command body (name length, name, data); `None` when malformed.
+pub fn parse_command(body: &[u8]) -> Option<Command<'_>> {
+    let (name, rest) = split_command(body)?;
+    Some(match name {
+        b"READY" => Command::Ready {
+            socket_type: socket_type_of(rest),
+        },
+        b"PING" => Command::Ping {
+            context: rest.get(2..).unwrap_or_default(),
+        },
+        b"ERROR" => Command::Error {
+            reason: String::from_utf8_lossy(rest.get(1..).unwrap_or_default()).into_owned(),
+        },
+        name => Command::Other { name },
+    })
+}
+
 /// A connected ZMTP stream (either side), reading through a buffer with deadlines.
 #[derive(Debug)]
 struct Conn {
@@ -337,61 +464,38 @@ impl Conn {
             expected: expected.to_string(),
             observed,
         };
-        if g[0] != 0xFF || g[9] & 1 != 1 {
-            return Err(hs(
-                "a ZMTP signature (FF … 7F)",
-                format!("bytes {:02x?}", &g[..10]),
-            ));
-        }
-        if g[10] < 3 {
-            return Err(hs(
-                "ZMTP version 3 or newer",
-                format!("version {}.{}", g[10], g[11]),
-            ));
-        }
-        let mech_end = g[12..32].iter().position(|&b| b == 0).unwrap_or(20);
-        let mech = String::from_utf8_lossy(&g[12..12 + mech_end]).into_owned();
-        if mech != "NULL" {
-            return Err(hs("security mechanism NULL", format!("`{mech}`")));
-        }
+        check_greeting(&peer, &g)?;
         self.wr
             .write_all(&ready_frame(own_type))
             .map_err(self.io("sending READY"))?;
-        let mut head = [0u8; 2];
-        if let Wait::Stopped = self.fill_inside(&mut head, timeout, "the READY command")? {
+        let mut flags = [0u8; 1];
+        if let Wait::Stopped = self.fill_inside(&mut flags, timeout, "the READY command")? {
             return Ok(Wait::Stopped);
         }
-        if head[0] & FLAG_COMMAND == 0 {
+        if flags[0] & FLAG_COMMAND == 0 {
             return Err(hs(
                 "a READY command",
-                format!("a message frame (flags {:#04x})", head[0]),
+                format!("a message frame (flags {:#04x})", flags[0]),
             ));
         }
-        let len = if head[0] & FLAG_LONG != 0 {
-            let mut rest = [0u8; 7];
-            if let Wait::Stopped = self.fill_inside(&mut rest, timeout, "the READY command")? {
-                return Ok(Wait::Stopped);
-            }
-            let mut b = [0u8; 8];
-            b[0] = head[1];
-            b[1..].copy_from_slice(&rest);
-            u64::from_be_bytes(b)
-        } else {
-            u64::from(head[1])
-        };
-        if len > 65536 {
+        let mut size = [0u8; 8];
+        let size = &mut size[..FrameHead::size_len(flags[0])];
+        if let Wait::Stopped = self.fill_inside(size, timeout, "the READY command")? {
+            return Ok(Wait::Stopped);
+        }
+        let head = FrameHead::decode(&peer, flags[0], size)?;
+        if head.len > 65536 {
             return Err(hs(
                 "a READY command of at most 64 KiB",
-                format!("{len} bytes"),
+                format!("{} bytes", head.len),
             ));
         }
-        let mut body = vec![0u8; len as usize];
+        let mut body = vec![0u8; head.len];
         if let Wait::Stopped = self.fill_inside(&mut body, timeout, "the READY command")? {
             return Ok(Wait::Stopped);
         }
-        match split_command(&body) {
-            Some((b"READY", props)) => {
-                let st = socket_type_of(props);
+        match parse_command(&body) {
+            Some(Command::Ready { socket_type: st }) => {
                 if st
                     .as_deref()
                     .is_some_and(|t| t.eq_ignore_ascii_case(peer_type))
@@ -404,11 +508,12 @@ impl Conn {
                     ))
                 }
             }
-            Some((b"ERROR", rest)) => Err(ZmtpError::PeerError {
+            Some(Command::Error { reason }) => Err(ZmtpError::PeerError {
                 peer: peer.clone(),
-                reason: String::from_utf8_lossy(rest.get(1..).unwrap_or_default()).into_owned(),
+                reason,
             }),
-            Some((name, _)) => Err(hs(
+            Some(Command::Ping { .. }) => Err(hs("a READY command", "command `PING`".into())),
+            Some(Command::Other { name }) => Err(hs(
                 "a READY command",
                 format!("command `{}`", String::from_utf8_lossy(name)),
             )),
@@ -509,31 +614,17 @@ impl ZmtpPull {
                 Fill::Eof(_) => return Ok(Wait::Closed),
             }
             let flags = flags[0];
-            let len = if flags & FLAG_LONG != 0 {
-                let mut b = [0u8; 8];
-                if let Wait::Stopped = self.conn.fill_inside(&mut b, self.stall, "a frame size")? {
-                    return Ok(Wait::Stopped);
-                }
-                u64::from_be_bytes(b)
-            } else {
-                let mut b = [0u8; 1];
-                if let Wait::Stopped = self.conn.fill_inside(&mut b, self.stall, "a frame size")? {
-                    return Ok(Wait::Stopped);
-                }
-                u64::from(b[0])
-            };
-            if len > MAX_PART_LEN {
-                return Err(ZmtpError::TooLarge {
-                    peer: self.conn.peer.clone(),
-                    len,
-                    max: MAX_PART_LEN,
-                });
+            let mut size = [0u8; 8];
+            let size = &mut size[..FrameHead::size_len(flags)];
+            if let Wait::Stopped = self.conn.fill_inside(size, self.stall, "a frame size")? {
+                return Ok(Wait::Stopped);
             }
-            let len = len as usize;
-            if flags & FLAG_COMMAND == 0 {
+            let head = FrameHead::decode(&self.conn.peer, flags, size)?;
+            let len = head.len;
+            if !head.command {
                 return Ok(Wait::Ready(PartHead {
                     len,
-                    more: flags & FLAG_MORE != 0,
+                    more: head.more,
                 }));
             }
             let mut body = vec![0u8; len.min(65536)];
@@ -547,20 +638,18 @@ impl ZmtpPull {
             if let Wait::Stopped = self.conn.fill_inside(&mut body, self.stall, "a command")? {
                 return Ok(Wait::Stopped);
             }
-            match split_command(&body) {
-                Some((b"PING", rest)) => {
-                    let context = rest.get(2..).unwrap_or_default();
+            match parse_command(&body) {
+                Some(Command::Ping { context }) => {
                     let pong = command_frame("PONG", context);
                     self.conn
                         .wr
                         .write_all(&pong)
                         .map_err(self.conn.io("answering PING"))?;
                 }
-                Some((b"ERROR", rest)) => {
+                Some(Command::Error { reason }) => {
                     return Err(ZmtpError::PeerError {
                         peer: self.conn.peer.clone(),
-                        reason: String::from_utf8_lossy(rest.get(1..).unwrap_or_default())
-                            .into_owned(),
+                        reason,
                     });
                 }
                 _ => {}

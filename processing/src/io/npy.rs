@@ -74,7 +74,16 @@ const MAX_HEADER_LEN: usize = 1 << 20;
 /// lacks `descr`, `fortran_order` (a bool) or `shape`, or a `descr` other than bool,
 /// integers and floats.
 pub fn read_header(path: &Path) -> Result<NpyHeader, IoError> {
-    let mut f = std::fs::File::open(path).map_err(|e| IoError::io(path, "opening", e))?;
+    let f = std::fs::File::open(path).map_err(|e| IoError::io(path, "opening", e))?;
+    parse_header(f, path)
+}
+
+/// Reads and parses a `.npy` header from `f` (the start of the file), as
+/// [`read_header`]; `path` names the file in errors.
+///
+/// # Errors
+/// As [`read_header`].
+pub fn parse_header(mut f: impl Read, path: &Path) -> Result<NpyHeader, IoError> {
     let mut pre = [0u8; 12];
     f.read_exact(&mut pre[..10])
         .map_err(|e| IoError::io(path, "reading the .npy preamble", e))?;
@@ -116,6 +125,18 @@ pub fn read_header(path: &Path) -> Result<NpyHeader, IoError> {
     bytes.resize(start + len, 0);
     f.read_exact(&mut bytes[start..])
         .map_err(|e| IoError::io(path, "reading the .npy header", e))?;
+    // npyz's Python-literal parser backtracks on nested brackets (each `{` tried as a dict,
+    // then as a set): 200 of them took minutes (found by fuzzing). NumPy's header needs a
+    // depth of 2 (the dict, the shape tuple), a structured type a few more.
+    if let Some(at) = too_deep(&bytes[start..], MAX_HEADER_NESTING) {
+        return Err(format_err(
+            path,
+            format!(
+                "the header nests brackets deeper than {MAX_HEADER_NESTING} levels (at byte {})",
+                start + at
+            ),
+        ));
+    }
     // npyz multiplies the shape's dimensions in u64, which a forged shape overflows (a
     // panic in builds with overflow checks): said as an error, checked again by our readers
     // in u128 (RawDataSet::open_as).
@@ -134,6 +155,41 @@ pub fn read_header(path: &Path) -> Result<NpyHeader, IoError> {
             format_err(path, format!("invalid .npy header {shown}{more}: {e}"))
         })?;
     to_header(path, &parsed, (start + len) as u64)
+}
+
+/// Deepest bracket nesting accepted in a header dict.
+const MAX_HEADER_NESTING: usize = 8;
+
+/// The byte offset in `text` where brackets (`{`, `[`, `(`, outside string literals) first
+/// nest deeper than `max`, if they do.
+fn too_deep(text: &[u8], max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, &b) in text.iter().enumerate() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == q {
+                quote = None;
+            }
+            continue;
+        }
+        match b {
+            b'\'' | b'"' => quote = Some(b),
+            b'{' | b'[' | b'(' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b'}' | b']' | b')' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Maps npyz's header onto ours: the element types we read, the byte order, the shape.
@@ -515,6 +571,33 @@ mod tests {
         assert!(msg.contains("unsupported version: (1, 1)"), "{msg}");
         let p = dir.file("short.npy", b"\x93NUMPY\x01\x00\x40\x00{'descr'");
         assert!(matches!(read_header(&p), Err(IoError::Io { .. })));
+    }
+
+    /// Found by fuzzing: nested brackets made npyz's parser backtrack for minutes on a
+    /// 260-byte header. Refused at once, naming the depth; NumPy's own nesting still reads.
+    #[test]
+    fn deeply_nested_headers_are_refused_at_once() {
+        let dir = Scratch::new("nested");
+        let deep = format!(
+            "{{'descr': '<u2', 'fortran_order': False, 'shape': (16, 16, {}256), }}",
+            "{".repeat(200)
+        );
+        let p = dir.file("deep.npy", &header_file(&deep, 1));
+        let t0 = std::time::Instant::now();
+        let msg = read_header(&p).unwrap_err().to_string();
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(1),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert!(msg.contains("deeper than 8 levels"), "{msg}");
+        // Brackets inside a string do not count.
+        let quoted = format!(
+            "{{'descr': '<u2', 'fortran_order': False, 'shape': (2,), 'note': '{}', }}",
+            "{[(".repeat(10)
+        );
+        let p = dir.file("quoted.npy", &header_file(&quoted, 1));
+        assert_eq!(read_header(&p).expect("a quoted note").shape, vec![2]);
     }
 
     #[test]
