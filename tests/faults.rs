@@ -85,6 +85,19 @@ fn a_data_port_that_closes_at_once_is_reported_as_closed() {
         "the error does not say the connection closed: {}",
         run.describe()
     );
+    // The arm failed: no frame was acquired, and run.json says so in counts that add up.
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/run.json")).expect("run.json"),
+    )
+    .expect("run.json parses");
+    assert_eq!(
+        (
+            json["frames_expected"].as_u64(),
+            json["frames_not_acquired"].as_u64()
+        ),
+        (Some(4), Some(4)),
+        "{json:#}"
+    );
 }
 
 /// Garbage instead of an `MPX,` prefix mid-scan: the frames after it are counted lost,
@@ -236,6 +249,133 @@ fn a_first_frame_of_another_pixel_type_is_a_protocol_error_with_counts() {
         control.get("DETECTORSTATUS").expect("GET DETECTORSTATUS"),
         "0",
         "the Merlin was left acquiring"
+    );
+}
+
+/// A Merlin data port that sends a real acquisition's HDR (9 frames of 512 × 512 u16), its
+/// first frame, then its second frame one byte every 0.5 s: every read makes progress, so
+/// only the run's overall deadline can end it.
+struct TricklingPort {
+    port: u16,
+    stop: Arc<AtomicBool>,
+}
+
+impl TricklingPort {
+    fn start() -> Self {
+        use std::io::Write;
+        let data = common::scratch::shared_data().join("merlin/Merlin_Single_Quad");
+        let hdr = std::fs::read(data.join("Quad_9_Frame_CounterDepth_12_Rows_256.hdr"))
+            .expect("the shared HDR");
+        let mib = std::fs::read(data.join("Quad_9_Frame_CounterDepth_12_Rows_256.mib"))
+            .expect("the shared MIB");
+        use stemflow_drivers::merlin::mpx::{MPX_PREFIX_LEN, encode_message};
+        // The .hdr holds the HDR message (tag included), the .mib the MQ1 messages.
+        let one = mib.len() / 9;
+        let first = encode_message(&mib[..one]).expect("framing frame 1");
+        let second = encode_message(&mib[one..2 * one]).expect("framing frame 2");
+        let mut head = encode_message(&hdr).expect("framing the HDR");
+        head.extend_from_slice(&first);
+        head.extend_from_slice(&second[..MPX_PREFIX_LEN]);
+        let frame = second[MPX_PREFIX_LEN..].to_vec();
+        let l = TcpListener::bind("127.0.0.1:0").expect("binding the data port");
+        let port = l.local_addr().expect("its address").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let Ok((mut c, _)) = l.accept() else { return };
+            let _ = c.write_all(&head);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            for b in &frame {
+                if s.load(Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
+                }
+                if c.write_all(std::slice::from_ref(b)).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        Self { port, stop }
+    }
+}
+
+impl Drop for TricklingPort {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A detector that trickles one byte every 0.5 s (passive, scan of 3 × 3): the receiver's
+/// inactivity deadline never fires, the run's overall deadline does. The run fails naming
+/// the deadline, within it plus a few seconds, and its counts add up in run.json and in
+/// the finished recording, which the fault path gets at once (the reception is aborted,
+/// not left waiting for a quiet stream) — before, "0 of 64" with nothing lost and an
+/// unfinished file.
+#[test]
+fn a_detector_that_trickles_bytes_ends_at_the_run_deadline_with_counts() {
+    let data = TricklingPort::start();
+    let control = SlammingPort::start();
+    let dir = ScratchDir::new("fault-trickle");
+    let out = dir.path().join("out");
+    let t0 = Instant::now();
+    let run = command::stemflow(
+        &[
+            "acquire",
+            "--mode",
+            "passive",
+            "--control-port",
+            &control.port.to_string(),
+            "--data-port",
+            &data.port.to_string(),
+            "--nav-shape",
+            "3x3",
+            "--frame-timeout-s",
+            "2",
+            "--out",
+            path_arg(&out),
+        ],
+        dir.path(),
+        "trickle",
+    );
+    let took = t0.elapsed();
+    assert_ne!(run.status.code(), Some(0), "{}", run.describe());
+    assert!(
+        took < Duration::from_secs(40),
+        "took {took:?}: {}",
+        run.describe()
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+            .expect("run.json parses");
+    assert_eq!(json["exit_status"], "fault", "{json:#}");
+    assert!(
+        json["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("deadline")),
+        "{json:#}"
+    );
+    let n = |k: &str| json[k].as_u64().unwrap_or_else(|| panic!("{k}: {json:#}"));
+    assert_eq!(n("frames_expected"), 9, "{json:#}");
+    assert!(n("frames_received") <= 1, "{json:#}");
+    assert_eq!(
+        n("frames_received") + n("frames_lost") + n("frames_damaged") + n("frames_not_acquired"),
+        9,
+        "{json:#}"
+    );
+    let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
+        .expect("opening the recording");
+    assert!(rec.is_complete(), "the recording was not finished");
+    let v = rec.validity().expect("validity map");
+    assert_eq!((v.len(), v.received() as u64), (9, n("frames_received")));
+    let stored: serde_json::Value = serde_json::from_str(
+        &rec.run_record_json()
+            .expect("reading the stored run record")
+            .expect("a stored run record"),
+    )
+    .expect("the stored run record parses");
+    assert_eq!(
+        stored["exit_status"], json["exit_status"],
+        "stored: {stored:#}"
     );
 }
 

@@ -28,6 +28,9 @@ pub enum DetectorMsg {
     SoftTrigger(RpcReplyPort<Result<(), DeviceError>>),
     /// Disarm (idempotent).
     Disarm(RpcReplyPort<Result<(), DeviceError>>),
+    /// [`Detector::abort`](stemflow_core::detector::Detector::abort): the fault path's
+    /// disarm, ending the reception at once.
+    Abort(RpcReplyPort<Result<(), DeviceError>>),
     /// Fault injection for supervision tests: the handler panics with this text.
     InjectPanic(String),
 }
@@ -91,6 +94,10 @@ impl Actor for DetectorActor {
             }
             DetectorMsg::Disarm(reply) => {
                 let r = st.call("disarm", CONTROL_DEADLINE, |d| d.disarm()).await;
+                let _ = reply.send(r);
+            }
+            DetectorMsg::Abort(reply) => {
+                let r = st.call("abort", CONTROL_DEADLINE, |d| d.abort()).await;
                 let _ = reply.send(r);
             }
             DetectorMsg::Name(reply) => {

@@ -139,4 +139,15 @@ pub trait Detector: Send {
     /// # Errors
     /// [`DeviceError`] naming the detector.
     fn disarm(&mut self) -> Result<(), DeviceError>;
+    /// The fault path's disarm: stops any acquisition and ends its reception at once,
+    /// whatever the stream is doing (a detector that trickles bytes never goes quiet, so a
+    /// disarm that waits for quiet would never end it). The acquisition's end is reported
+    /// with what was received; later frames are lost. Defaults to
+    /// [`disarm`](Self::disarm).
+    ///
+    /// # Errors
+    /// [`DeviceError`] naming the detector.
+    fn abort(&mut self) -> Result<(), DeviceError> {
+        self.disarm()
+    }
 }

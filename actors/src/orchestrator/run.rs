@@ -160,9 +160,11 @@ impl Instrument {
                 .call(ScanMsg::Stop, Some(Duration::from_secs(5)))
                 .await;
         }
+        // Abort, not disarm: the reception ends at once even if the stream never goes
+        // quiet, so the salvage below gets the acquisition's end.
         let _ = refs
             .detector
-            .call(DetectorMsg::Disarm, Some(Duration::from_secs(5)))
+            .call(DetectorMsg::Abort, Some(Duration::from_secs(5)))
             .await;
         // A pipeline that died with the processing actor has no results to wait for.
         let pipeline_died = died.is_some_and(|(role, _)| role == Role::Processing)
@@ -301,7 +303,13 @@ impl RunContext {
             frames_expected: self.expected,
             frames_received: self.end.as_ref().map_or(0, |e| e.received),
             frames_lost: self.end.as_ref().map_or(0, |e| e.lost),
-            frames_not_acquired: self.not_acquired,
+            // No end: the run stopped before the detector delivered anything (a failed
+            // configure or arm, a cancel before the start), so no frame was acquired.
+            frames_not_acquired: if self.end.is_some() {
+                self.not_acquired
+            } else {
+                self.expected
+            },
             frames_damaged: self.end.as_ref().map_or(0, |e| e.damaged),
             frames_processed: self.frames_processed,
             bytes_processed: self.frames_processed * self.bytes_per_frame,

@@ -485,6 +485,16 @@ impl Detector for MerlinDetector {
         self.with_control("CMD SOFTTRIGGER", |c| c.cmd("SOFTTRIGGER"))
     }
 
+    fn abort(&mut self) -> Result<(), DeviceError> {
+        let disarmed = self.disarm();
+        // Ends the acquisition under way now (its end reported with what was received)
+        // and the data connection; the next arm connects again.
+        if let Some(r) = &self.receiver {
+            r.stop();
+        }
+        disarmed
+    }
+
     fn disarm(&mut self) -> Result<(), DeviceError> {
         if self.mode == ArmMode::Passive {
             // Someone else owns the detector's acquisition; we only stop listening to it.
