@@ -194,31 +194,3 @@ pub fn read_chunk(ds: &Dataset, offset: &[u64]) -> hdf5::Result<Vec<u8>> {
 pub fn encode(data: &[u8], elem: usize) -> Result<Vec<u8>, codec::CodecError> {
     codec::try_encode_bslz4(data, elem, 0)
 }
-
-/// The pipeline-side encoder of a bitshuffle-LZ4 recording: one frame, little-endian
-/// pixels, one chunk ([`stemflow_core::sink::FrameEncoder`]).
-pub struct FrameBslz4;
-
-impl stemflow_core::sink::FrameEncoder for FrameBslz4 {
-    fn encode(
-        &self,
-        tile: &stemflow_core::frame::Tile,
-        i: usize,
-        out: &mut Vec<u8>,
-    ) -> Result<(), String> {
-        thread_local! {
-            // One frame's little-endian bytes per worker, reused: a fresh 128 KiB buffer per
-            // frame would be an mmap and page faults each time (glibc's threshold).
-            static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        let n = tile.sig_shape.len();
-        let elem = tile.data.dtype().size();
-        BYTES.with(|b| {
-            let mut bytes = b.borrow_mut();
-            bytes.resize(n * elem, 0);
-            crate::hdf5::copy_le(&mut bytes, &tile.data, i * n..(i + 1) * n);
-            *out = encode(&bytes, elem).map_err(|e| e.to_string())?;
-            Ok(())
-        })
-    }
-}

@@ -30,6 +30,7 @@
 //!   diverging (signed) scaling.
 
 pub mod bslz4;
+pub mod chunk;
 pub mod csr;
 pub mod error;
 pub mod hdf5;
