@@ -75,6 +75,12 @@ def test_py4dstem_reads_a_datacube_with_its_calibration(recording):
     assert cal.get_R_pixel_units() == "nm"
     assert cal.get_Q_pixel_units() == "A^-1"
     assert cal.get_Q_pixel_size() == pytest.approx(0.55e-3 / 0.025079, rel=1e-3)
+    # The datacube is registered with its calibration: its dims carry the units and
+    # steps (shown by its repr), not pixels.
+    assert dc.dim_units == ("nm", "nm", "A^-1", "A^-1")
+    assert dc.dims[0][1] == pytest.approx(STEP_NM)
+    assert dc.dims[2][1] == pytest.approx(cal.get_Q_pixel_size())
+    assert "pixels" not in repr(dc)
     assert np.array_equal(np.asarray(dc.data).sum(axis=(0, 1)), summed)
 
 

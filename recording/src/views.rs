@@ -76,6 +76,18 @@ pub(crate) fn create(
     set_attr_str(&cal, p, "emd_group_type", "metadata")?;
     set_attr_str(&cal, p, "python_class", "Calibration")?;
     set_attr_str(&cal, p, "name", "calibration")?;
+    // What py4DSTEM's own writer adds (py4DSTEM.io.save, Calibration.to_h5) so that its
+    // reader registers the datacube with the calibration and gives the dims their units:
+    // without these, `read` keeps the calibration but shows the dims in pixels.
+    emd_string(&cal, p, "_root_treepath", "")?;
+    let targets = new_group(
+        file,
+        p,
+        &format!("{EMD_ROOT}/metadatabundle/calibration/_target_paths"),
+    )?;
+    set_attr_str(&targets, p, "type", "list_of_strings")?;
+    set_attr(&targets, p, "length", &1i64)?;
+    emd_string(&targets, p, "0", "/datacube")?;
 
     // HyperSpy.
     let exp = new_group(file, p, HSPY_EXPERIMENTS)?;
