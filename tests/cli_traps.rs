@@ -309,3 +309,49 @@ fn layout_1_recordings_are_still_processed() {
     let rec = open_recording(out.join("recording.hspy")).expect("recording");
     assert_eq!(rec.frames(), 12);
 }
+
+/// A profile without `[scan] step_nm`: the scan step is the microscope's full scan field
+/// of view read back (the simulated column: 32 nm at 2 000 000×) over the scan's columns,
+/// stored in run.json and the recording; `--scan-step-nm` still wins.
+#[test]
+fn the_scan_step_comes_from_the_microscopes_field_of_view() {
+    let dir = ScratchDir::new("traps-fov");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/profiles/simulated.toml"
+    ))
+    .expect("reading the simulated profile");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("step_nm"))
+        .expect("the profile's step");
+    let profile = dir.path().join("no-step.toml");
+    std::fs::write(&profile, text.replace(line, "")).expect("writing the profile");
+    for (extra, step) in [(None, 4.0), (Some("1.25"), 1.25)] {
+        let out = dir.path().join(format!("out-{step}"));
+        let mut args = vec![
+            "--profile",
+            path_arg(&profile),
+            "--nav-shape",
+            "4x8",
+            "--out",
+            path_arg(&out),
+        ];
+        if let Some(s) = extra {
+            args.extend(["--scan-step-nm", s]);
+        }
+        command::stemflow(&args, dir.path(), "fov").assert_success("scan");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("run.json")).expect("run.json"))
+                .expect("run.json parses");
+        let cal = &json["metadata"]["calibration"];
+        assert_eq!(cal["scan_step_nm"].as_f64(), Some(step), "{cal:#}");
+        let stored = open_recording(out.join("recording.hspy"))
+            .expect("recording")
+            .metadata()
+            .expect("metadata")
+            .calibration
+            .expect("calibration");
+        assert_eq!(stored.scan_step_nm, Some(step));
+    }
+}

@@ -251,6 +251,17 @@ fn microscope_settings_are_applied_read_back_and_stored() {
     assert_eq!(state.defocus_m, -50e-9);
     assert!(state.beam_blanked);
     assert_eq!(m.read_state().expect("read"), state);
+    // The field of view is read only where the map asks for it.
+    assert_eq!(state.field_of_view_m, None);
+    let mut cfg = MappedMicroscopeConfig::new(ScpiAddress::Tcp(sim.addr().to_string()));
+    cfg.commands = BTreeMap::from([("get_field_of_view".to_string(), "COL:FOV?".to_string())]);
+    let fov = MappedMicroscope::connect(cfg)
+        .expect("connect")
+        .read_state()
+        .expect("read with the field of view")
+        .field_of_view_m
+        .expect("a field of view");
+    assert!((fov - 0.064 / 2.5e6).abs() < 1e-15, "{fov}");
     sim.set_beam_current(12e-12);
     assert_eq!(m.beam_current_a().expect("current"), Some(12e-12));
     // Out of range: the column's error queue says so, naming the command.

@@ -30,6 +30,12 @@ pub struct MicroscopeState {
     pub defocus_m: f64,
     /// Beam blanked.
     pub beam_blanked: bool,
+    /// The full scan field of view at this magnification, m: the width a scan spans when
+    /// it covers the whole field (TEM scripting reports it as
+    /// `Illumination.StemFullScanFieldOfView`). `None` when the microscope does not
+    /// report it. The scan step is this over the scan's columns when no step is given.
+    #[serde(default)]
+    pub field_of_view_m: Option<f64>,
 }
 
 /// Everything known about one acquisition, as observed (read back), not as commanded.
@@ -170,8 +176,16 @@ impl Calibration {
             (Some(a), Some(w)) => Some(a * 1e-3 / w),
             _ => None,
         };
+        // Without a given step: the microscope's full scan field of view over the scan's
+        // columns, for a scan of the whole field (a sub-region's field is unknown).
+        let step_from_fov = m
+            .and_then(|m| m.field_of_view_m)
+            .and_then(positive)
+            .zip(md.nav_shape.filter(|n| n.cols > 0))
+            .filter(|_| md.scan.as_ref().is_none_or(|s| s.region_origin.is_none()))
+            .map(|(fov, nav)| fov * 1e9 / nav.cols as f64);
         Self {
-            scan_step_nm: inputs.scan_step_nm.and_then(positive),
+            scan_step_nm: inputs.scan_step_nm.and_then(positive).or(step_from_fov),
             scan_rotation_deg: inputs.scan_rotation_deg,
             pixel_pitch_um: pitch,
             camera_length_m,
@@ -229,6 +243,7 @@ mod tests {
                 magnification: 1e6,
                 defocus_m: 0.0,
                 beam_blanked: false,
+                field_of_view_m: None,
             }),
             ..RunMetadata::default()
         };
@@ -268,5 +283,43 @@ mod tests {
         // Nothing known: pixels.
         let c = Calibration::derive(&RunMetadata::default(), &CalibrationInputs::default());
         assert_eq!(c.reciprocal_axis(), (1.0, "px"));
+    }
+
+    #[test]
+    fn the_scan_step_comes_from_the_field_of_view_unless_given() {
+        let mut md = RunMetadata {
+            nav_shape: Some(NavShape::new(32, 64)),
+            microscope: Some(MicroscopeState {
+                high_tension_v: 200e3,
+                camera_length_m: 0.1,
+                convergence_angle_rad: 0.01,
+                magnification: 1e5,
+                defocus_m: 0.0,
+                beam_blanked: false,
+                field_of_view_m: Some(1e-6),
+            }),
+            ..RunMetadata::default()
+        };
+        // 1 µm over 64 columns.
+        let c = Calibration::derive(&md, &CalibrationInputs::default());
+        assert!((c.scan_step_nm.unwrap() - 15.625).abs() < 1e-9);
+        // A step given wins.
+        let given = CalibrationInputs {
+            scan_step_nm: Some(0.5),
+            ..Default::default()
+        };
+        assert_eq!(Calibration::derive(&md, &given).scan_step_nm, Some(0.5));
+        // A sub-region of the field: its own width is unknown.
+        md.scan = Some(ScanSettings {
+            nav_shape: NavShape::new(32, 64),
+            dwell_time_s: 1e-3,
+            flyback_s: 0.0,
+            trigger: crate::devices::TriggerOutput::Pixel,
+            region_origin: Some((8, 8)),
+        });
+        assert_eq!(
+            Calibration::derive(&md, &CalibrationInputs::default()).scan_step_nm,
+            None
+        );
     }
 }

@@ -805,6 +805,7 @@ impl Default for FakeExecutor {
                 magnification: 100e3,
                 defocus_m: 0.0,
                 beam_blanked: false,
+                field_of_view_m: None,
             })),
             acquire_s: 0.0,
             cancel_labels: Vec::new(),

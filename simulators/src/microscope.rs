@@ -58,6 +58,11 @@ pub struct MicroscopeFaults {
     pub stuck: Option<MicroscopeSetting>,
 }
 
+/// The display width the simulated column's magnification refers to, m: its full scan
+/// field of view is this over the magnification (32 nm at 2 000 000×, the embedded
+/// profile's 64 positions of 0.5 nm).
+pub const DISPLAY_WIDTH_M: f64 = 0.064;
+
 /// A simulated microscope implementing [`Microscope`].
 #[derive(Clone, Debug)]
 pub struct MicroscopeSim {
@@ -78,6 +83,7 @@ impl Default for MicroscopeSim {
                 magnification: 100e3,
                 defocus_m: 0.0,
                 beam_blanked: false,
+                field_of_view_m: None,
             },
             MicroscopeFaults::default(),
         )
@@ -99,6 +105,14 @@ impl MicroscopeSim {
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
+    }
+
+    /// The state as read back: with the full scan field of view the column reports at its
+    /// magnification, [`DISPLAY_WIDTH_M`] / magnification.
+    fn observed(&self) -> MicroscopeState {
+        let mut s = self.state.clone();
+        s.field_of_view_m = (s.magnification > 0.0).then(|| DISPLAY_WIDTH_M / s.magnification);
+        s
     }
 
     fn check(&self, which: MicroscopeSetting, v: Option<f64>) -> Result<(), DeviceError> {
@@ -136,7 +150,7 @@ impl Microscope for MicroscopeSim {
     }
 
     fn read_state(&mut self) -> Result<MicroscopeState, DeviceError> {
-        Ok(self.state.clone())
+        Ok(self.observed())
     }
 
     /// Validates every requested setting first (nothing changes if one is out of range), then
@@ -202,7 +216,7 @@ impl Microscope for MicroscopeSim {
                 }
             }
         }
-        Ok(self.state.clone())
+        Ok(self.observed())
     }
 }
 

@@ -532,6 +532,17 @@ fn column_line(line: &str, sh: &Arc<ColumnShared>) -> Vec<String> {
                     continue;
                 };
                 let mut values = lock(&sh.values);
+                if name == "FOV" {
+                    // The full scan field of view, m, read-only: as the in-process column
+                    // (crate::microscope::DISPLAY_WIDTH_M over the magnification).
+                    match (query, values.iter().find(|v| v.0 == "MAG")) {
+                        (true, Some(mag)) if mag.1 > 0.0 => {
+                            out.push(format!("{:e}", crate::microscope::DISPLAY_WIDTH_M / mag.1))
+                        }
+                        _ => sh.errors.push(-113, "Undefined header"),
+                    }
+                    continue;
+                }
                 let Some(slot) = values.iter_mut().find(|v| v.0 == name) else {
                     sh.errors.push(-113, "Undefined header");
                     continue;

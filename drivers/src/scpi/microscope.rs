@@ -32,6 +32,9 @@ pub const MICROSCOPE_DEFAULT_MAP: &[(&str, &str)] = &[
     ("get_beam_blank", "COL:BLANK?"),
     ("set_beam_blank", "COL:BLANK {value}"),
     ("get_beam_current", "COL:CURR?"),
+    // The full scan field of view, m (e.g. `COL:FOV?`); optional, disabled by default:
+    // set it in the profile's map where the column reports one.
+    ("get_field_of_view", ""),
 ];
 
 /// Tolerances of the read-back comparison: a setting took when
@@ -173,6 +176,11 @@ impl Microscope for MappedMicroscope {
             magnification: self.get("magnification")?,
             defocus_m: self.get("defocus")?,
             beam_blanked: self.get("beam_blank")? != 0.0,
+            field_of_view_m: if self.map.has("get_field_of_view") {
+                Some(self.get("field_of_view")?)
+            } else {
+                None
+            },
         })
     }
 

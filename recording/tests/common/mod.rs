@@ -200,6 +200,7 @@ pub fn metadata(dtype: DType) -> RunMetadata {
             magnification: 100_000.0,
             defocus_m: -0.0000000625,
             beam_blanked: false,
+            field_of_view_m: None,
         }),
         scan: Some(ScanSettings {
             nav_shape: NAV,
