@@ -860,3 +860,47 @@ fn a_frame_is_handed_over_when_no_next_frame_is_waiting() {
         }
     }
 }
+
+/// The peak resident memory of this test process, bytes (Linux: `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = s
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// A first image announcing 65 536 × 65 536 uint16 pixels (8 GiB a frame): refused by the
+/// receive memory budget before anything is allocated, the error naming the frame size and
+/// the budget — not a 69 GB allocation.
+#[test]
+fn a_forged_image_shape_is_refused_within_the_memory_budget() {
+    let c = capture();
+    let mut msgs = sim_messages(&c);
+    let part = String::from_utf8(msgs[2][1].clone()).unwrap();
+    assert!(part.contains("[256,256]"), "{part}");
+    msgs[2][1] = part.replace("[256,256]", "[65536,65536]").into_bytes();
+    let (push, rx) = connect(|_| {});
+    let t0 = Instant::now();
+    let sender = send_all(push, msgs);
+    let out = collect(&rx);
+    let took = t0.elapsed();
+    drop(rx);
+    let _ = sender.join();
+    let error = out
+        .error
+        .expect("a forged shape must end the series")
+        .to_string();
+    assert!(
+        error.contains("memory budget") && error.contains("bytes per frame"),
+        "{error}"
+    );
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    if let Some(peak) = peak_rss() {
+        assert!(peak < 600 << 20, "peak resident memory {peak} bytes");
+    }
+}
