@@ -16,33 +16,39 @@ use std::time::{Duration, Instant};
 use stemflow_core::NavShape;
 use stemflow_simulators::merlin::MerlinFaults;
 
-/// A data port that accepts every connection and closes it at once, until dropped.
-struct SlammingPort {
+/// A misbehaving peer on 127.0.0.1: a listener served by `serve` on its own thread until
+/// the value is dropped (its stop flag raised) or `serve` returns.
+struct FakePort {
     port: u16,
     stop: Arc<AtomicBool>,
 }
 
-impl SlammingPort {
-    fn start() -> Self {
-        let l = TcpListener::bind("127.0.0.1:0").expect("binding the data port");
-        l.set_nonblocking(true).expect("non-blocking listener");
+impl FakePort {
+    fn start(serve: impl FnOnce(TcpListener, Arc<AtomicBool>) + Send + 'static) -> Self {
+        let l = TcpListener::bind("127.0.0.1:0").expect("binding the port");
         let port = l.local_addr().expect("its address").port();
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while !s.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+        std::thread::spawn(move || serve(l, s));
+        Self { port, stop }
+    }
+
+    /// A port that accepts every connection and closes it at once (for a minute at most).
+    fn slamming() -> Self {
+        Self::start(|l, stop| {
+            l.set_nonblocking(true).expect("non-blocking listener");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
                 match l.accept() {
                     Ok((c, _)) => drop(c),
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
-        });
-        Self { port, stop }
+        })
     }
 }
 
-impl Drop for SlammingPort {
+impl Drop for FakePort {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
@@ -53,7 +59,7 @@ impl Drop for SlammingPort {
 #[test]
 fn a_data_port_that_closes_at_once_is_reported_as_closed() {
     let (_sim, c, _) = fast_merlin_sim(2, 2, MerlinFaults::default());
-    let data = SlammingPort::start();
+    let data = FakePort::slamming();
     let d = data.port.to_string();
     let dir = ScratchDir::new("fault-slam");
     let run = command::stemflow(
@@ -255,54 +261,36 @@ fn a_first_frame_of_another_pixel_type_is_a_protocol_error_with_counts() {
 /// A Merlin data port that sends a real acquisition's HDR (9 frames of 512 × 512 u16), its
 /// first frame, then its second frame one byte every 0.5 s: every read makes progress, so
 /// only the run's overall deadline can end it.
-struct TricklingPort {
-    port: u16,
-    stop: Arc<AtomicBool>,
-}
-
-impl TricklingPort {
-    fn start() -> Self {
-        use std::io::Write;
-        let data = common::scratch::shared_data().join("merlin/Merlin_Single_Quad");
-        let hdr = std::fs::read(data.join("Quad_9_Frame_CounterDepth_12_Rows_256.hdr"))
-            .expect("the shared HDR");
-        let mib = std::fs::read(data.join("Quad_9_Frame_CounterDepth_12_Rows_256.mib"))
-            .expect("the shared MIB");
-        use stemflow_drivers::merlin::mpx::{MPX_PREFIX_LEN, encode_message};
-        // The .hdr holds the HDR message (tag included), the .mib the MQ1 messages.
-        let one = mib.len() / 9;
-        let first = encode_message(&mib[..one]).expect("framing frame 1");
-        let second = encode_message(&mib[one..2 * one]).expect("framing frame 2");
-        let mut head = encode_message(&hdr).expect("framing the HDR");
-        head.extend_from_slice(&first);
-        head.extend_from_slice(&second[..MPX_PREFIX_LEN]);
-        let frame = second[MPX_PREFIX_LEN..].to_vec();
-        let l = TcpListener::bind("127.0.0.1:0").expect("binding the data port");
-        let port = l.local_addr().expect("its address").port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let Ok((mut c, _)) = l.accept() else { return };
-            let _ = c.write_all(&head);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            for b in &frame {
-                if s.load(Ordering::SeqCst) || Instant::now() > deadline {
-                    break;
-                }
-                if c.write_all(std::slice::from_ref(b)).is_err() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(500));
+fn trickling_merlin() -> FakePort {
+    use std::io::Write;
+    use stemflow_drivers::merlin::mpx::{MPX_PREFIX_LEN, encode_message};
+    let data = common::scratch::shared_data().join("merlin/Merlin_Single_Quad");
+    let hdr = std::fs::read(data.join("Quad_9_Frame_CounterDepth_12_Rows_256.hdr"))
+        .expect("the shared HDR");
+    let mib = std::fs::read(data.join("Quad_9_Frame_CounterDepth_12_Rows_256.mib"))
+        .expect("the shared MIB");
+    // The .hdr holds the HDR message (tag included), the .mib the MQ1 messages.
+    let one = mib.len() / 9;
+    let first = encode_message(&mib[..one]).expect("framing frame 1");
+    let second = encode_message(&mib[one..2 * one]).expect("framing frame 2");
+    let mut head = encode_message(&hdr).expect("framing the HDR");
+    head.extend_from_slice(&first);
+    head.extend_from_slice(&second[..MPX_PREFIX_LEN]);
+    let frame = second[MPX_PREFIX_LEN..].to_vec();
+    FakePort::start(move |l, stop| {
+        let Ok((mut c, _)) = l.accept() else { return };
+        let _ = c.write_all(&head);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        for b in &frame {
+            if stop.load(Ordering::SeqCst) || Instant::now() > deadline {
+                break;
             }
-        });
-        Self { port, stop }
-    }
-}
-
-impl Drop for TricklingPort {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
+            if c.write_all(std::slice::from_ref(b)).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
 }
 
 /// A detector that trickles one byte every 0.5 s (passive, scan of 3 × 3): the receiver's
@@ -313,8 +301,8 @@ impl Drop for TricklingPort {
 /// unfinished file.
 #[test]
 fn a_detector_that_trickles_bytes_ends_at_the_run_deadline_with_counts() {
-    let data = TricklingPort::start();
-    let control = SlammingPort::start();
+    let data = trickling_merlin();
+    let control = FakePort::slamming();
     let dir = ScratchDir::new("fault-trickle");
     let out = dir.path().join("out");
     let t0 = Instant::now();
