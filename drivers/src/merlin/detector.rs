@@ -488,9 +488,14 @@ impl Detector for MerlinDetector {
     fn abort(&mut self) -> Result<(), DeviceError> {
         let disarmed = self.disarm();
         // Ends the acquisition under way now (its end reported with what was received)
-        // and the data connection; the next arm connects again.
-        if let Some(r) = &self.receiver {
+        // and the data connection. The receiver is let go at once — its thread ends within
+        // a poll, joined apart from this actor — so the next arm connects afresh instead of
+        // finding a connection that is closing.
+        if let Some(r) = self.receiver.take() {
             r.stop();
+            let _ = std::thread::Builder::new()
+                .name("merlin-rx-retire".into())
+                .spawn(move || r.join());
         }
         disarmed
     }
