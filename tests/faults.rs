@@ -154,12 +154,7 @@ fn garbage_mid_stream_names_its_cause_in_run_json_and_the_recording() {
     assert!(frames("frames_lost") > 0, "{json:#}");
     let rec = stemflow_recording::reader::open_recording(out.join("recording.hspy"))
         .expect("opening the recording");
-    let stored: serde_json::Value = serde_json::from_str(
-        &rec.run_record_json()
-            .expect("reading the stored run record")
-            .expect("a stored run record"),
-    )
-    .expect("the stored run record parses");
+    let stored: serde_json::Value = stored_run_record(&rec);
     assert_eq!(stored["error"], json["error"], "stored: {stored:#}");
     assert_eq!(
         stored["exit_status"], json["exit_status"],
@@ -233,12 +228,7 @@ fn a_first_frame_of_another_pixel_type_is_a_protocol_error_with_counts() {
         stemflow_core::validity::FrameStatus::Damaged,
         "frame 0"
     );
-    let stored: serde_json::Value = serde_json::from_str(
-        &rec.run_record_json()
-            .expect("reading the stored run record")
-            .expect("a stored run record"),
-    )
-    .expect("the stored run record parses");
+    let stored: serde_json::Value = stored_run_record(&rec);
     assert_eq!(stored["error"], json["error"], "stored: {stored:#}");
     assert_eq!(
         stored["exit_status"], json["exit_status"],
@@ -355,12 +345,7 @@ fn a_detector_that_trickles_bytes_ends_at_the_run_deadline_with_counts() {
     assert!(rec.is_complete(), "the recording was not finished");
     let v = rec.validity().expect("validity map");
     assert_eq!((v.len(), v.received() as u64), (9, n("frames_received")));
-    let stored: serde_json::Value = serde_json::from_str(
-        &rec.run_record_json()
-            .expect("reading the stored run record")
-            .expect("a stored run record"),
-    )
-    .expect("the stored run record parses");
+    let stored: serde_json::Value = stored_run_record(&rec);
     assert_eq!(
         stored["exit_status"], json["exit_status"],
         "stored: {stored:#}"
@@ -861,4 +846,13 @@ fn a_forged_frame_count_is_refused_within_the_memory_budget() {
         took.as_secs_f64(),
         peak >> 20
     );
+}
+
+/// The run record a recording stores beside its data, parsed.
+fn stored_run_record(rec: &stemflow_recording::reader::RecordingReader) -> serde_json::Value {
+    let text = rec
+        .run_record_json()
+        .expect("reading the stored run record")
+        .expect("a stored run record");
+    serde_json::from_str(&text).expect("the stored run record parses")
 }
